@@ -1,0 +1,369 @@
+"""The ``recsys-infer`` command line: thin commands over the library.
+
+Heavy imports (torch, the toolchain, even the runtime) happen inside the command bodies, so
+``recsys-infer --help`` is instant and the runtime commands work without torch.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+from collections.abc import Callable
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+import typer
+
+from .enums import Device
+from .errors import RecsysError
+
+if TYPE_CHECKING:
+    from .runtime.engine import Recommendation
+
+app = typer.Typer(
+    name="recsys-infer",
+    help="Train, export and serve two-tower recommenders built on pretrained language models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+JsonOut = Annotated[
+    Path | None,
+    typer.Option("--json", help="Also write a machine-readable report to this file.", dir_okay=False),
+]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace --out if it already exists.")]
+
+
+class OutputFormat(StrEnum):
+    TABLE = "table"
+    JSON = "json"
+
+
+def _friendly_errors(func: F) -> F:
+    """Turn the library's errors into one clear line and exit status 1 (tracebacks with
+    RECSYS_INFER_DEBUG=1)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (RecsysError, ValueError) as e:
+            if os.environ.get("RECSYS_INFER_DEBUG"):
+                raise
+            typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _write_json(path: Path | None, payload: dict[str, Any]) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    typer.echo(f"report written to {path}")
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console()
+
+
+def _recs_table(title: str, recs: list[Recommendation]) -> Any:
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", expand=True)
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("item", no_wrap=True)
+    table.add_column("score", justify="right", no_wrap=True)
+    table.add_column("text", overflow="ellipsis", no_wrap=True, ratio=1)
+    for rank, r in enumerate(recs, start=1):
+        table.add_row(str(rank), r.item_id, f"{r.score:.3f}", r.text)
+    return table
+
+
+@app.callback()
+def _main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what the library does.")] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+
+
+@app.command()
+@_friendly_errors
+def quickstart(
+    out: Annotated[Path, typer.Option(help="Where the checkpoint and bundle go.", file_okay=False)] = Path(
+        "quickstart-out"
+    ),
+    steps: Annotated[int, typer.Option(min=0, help="Training steps (batch 32).")] = 40,
+    encoder: Annotated[
+        str | None, typer.Option(help="Encoder id or local path; default all-MiniLM-L6-v2.")
+    ] = None,
+    json_out: JsonOut = None,
+) -> None:
+    """Run the whole path on the built-in sample catalogue: train, export, index, recommend."""
+    from .quickstart import run_quickstart
+
+    console = _console()
+    console.print(f"[bold]recsys-infer quickstart[/bold]: built-in sample catalogue → {out}/")
+    report = run_quickstart(out, steps=steps, encoder=encoder)
+    for user in report.users:
+        console.print(f"\n[bold]user {user.user_id}[/bold], most recent history (newest last):")
+        for item_id, text in user.history[-5:]:
+            console.print(f"  {item_id}  {text[:100]}")
+        console.print(f"  held-out next item: {user.target[0]}  {user.target[1][:90]}")
+        console.print(_recs_table(f"recommendations for {user.user_id}", user.recommendations))
+    console.print(_recs_table(f'\nrequest: "{report.request}"', report.request_recommendations))
+
+    from rich.table import Table
+
+    timings = Table(title="stage timings", title_justify="left")
+    timings.add_column("stage")
+    timings.add_column("seconds", justify="right")
+    for stage, seconds in report.stages.items():
+        timings.add_row(stage, f"{seconds:.1f}")
+    timings.add_row("[bold]total[/bold]", f"[bold]{sum(report.stages.values()):.1f}[/bold]")
+    console.print(timings)
+    parity = report.export["parity"]
+    console.print(
+        f"parity ONNX vs PyTorch: user max|Δ| {parity['user']['max_abs_diff']:.1e}, "
+        f"item max|Δ| {parity['item']['max_abs_diff']:.1e}; HNSW recall@10 vs exact "
+        f"{report.export['index_recall_at_10']:.3f}"
+    )
+    console.print(f'bundle ready: recsys-infer recommend {report.bundle} --text "..."')
+    _write_json(json_out, report.to_json())
+
+
+@app.command()
+@_friendly_errors
+def train(
+    data: Annotated[str, typer.Option(help="Data folder (MovieLens or generic), or 'sample'.")],
+    out: Annotated[Path, typer.Option(help="Checkpoint directory to write.", file_okay=False)],
+    encoder: Annotated[
+        str | None, typer.Option(help="Encoder id or local path; default all-MiniLM-L6-v2.")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(min=1)] = None,
+    max_steps: Annotated[
+        int | None, typer.Option(min=0, help="Stop after this many steps (0: save untrained).")
+    ] = None,
+    max_minutes: Annotated[float | None, typer.Option(help="Stop after this much wall time.")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=2)] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate (AdamW).")] = None,
+    temperature: Annotated[float | None, typer.Option(help="Softmax temperature.")] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    user_max_length: Annotated[int | None, typer.Option(help="User tower token budget.")] = None,
+    item_max_length: Annotated[int | None, typer.Option(help="Item tower token budget.")] = None,
+    max_history: Annotated[int | None, typer.Option(help="History items written into the user text.")] = None,
+    shared_towers: Annotated[bool | None, typer.Option("--shared-towers/--separate-towers")] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="torch intra-op threads.")] = None,
+    recipe: Annotated[Path | None, typer.Option(help="Recipe TOML; its [train] table sets defaults.")] = None,
+    overwrite: Overwrite = False,
+    json_out: JsonOut = None,
+) -> None:
+    """Fine-tune the two towers on a data set's training split."""
+    from .data import load_dataset
+    from .toolchain.train import TrainConfig
+    from .toolchain.train import train as run_train
+
+    base = TrainConfig()
+    if recipe is not None:
+        from .toolchain.export import read_recipe
+
+        doc = read_recipe(recipe)
+        base = TrainConfig(**doc.get("train", {}))
+        encoder = encoder or doc.get("encoder", {}).get("name")
+    config = base.with_overrides(
+        epochs=epochs, max_steps=max_steps, max_minutes=max_minutes, batch_size=batch_size,
+        learning_rate=lr, temperature=temperature, seed=seed, user_max_length=user_max_length,
+        item_max_length=item_max_length, max_history=max_history, shared_towers=shared_towers,
+        threads=threads,
+    )  # fmt: skip
+    dataset = load_dataset(data)
+    typer.echo(dataset.describe())
+    result = run_train(dataset, out, encoder=encoder, config=config, overwrite=overwrite)
+    loss = (
+        f"loss {result.first_loss:.3f} → {result.final_loss:.3f}"
+        if result.first_loss is not None
+        else "no steps"
+    )
+    typer.echo(
+        f"trained {result.steps} steps in {result.seconds:.0f}s ({loss}; stopped by {result.stopped_by})"
+    )
+    typer.echo(f"checkpoint: {out}")
+    _write_json(json_out, result.to_json())
+
+
+@app.command()
+@_friendly_errors
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directory from `train`.")],
+    out: Annotated[Path, typer.Option(help="Bundle directory to write.", file_okay=False)],
+    recipe: Annotated[
+        Path | None, typer.Option(help="Recipe TOML; its [export] and [index] tables apply.")
+    ] = None,
+    probe: Annotated[bool, typer.Option("--probe/--no-probe", help="Carry the validation probe set.")] = True,
+    overwrite: Overwrite = False,
+    json_out: JsonOut = None,
+) -> None:
+    """Export a checkpoint to a verified bundle: ONNX towers, parity check, HNSW index."""
+    from dataclasses import replace
+
+    from .toolchain.export import ExportConfig, export_bundle, export_config_from_recipe, read_recipe
+
+    config = export_config_from_recipe(read_recipe(recipe), source=str(recipe)) if recipe else ExportConfig()
+    result = export_bundle(checkpoint, out, config=replace(config, include_probe=probe), overwrite=overwrite)
+    for tower in ("user", "item"):
+        p = result.parity[tower]
+        typer.echo(
+            f"{tower} tower parity vs PyTorch on {p['texts']} texts ({p['token_lengths']['min']}–"
+            f"{p['token_lengths']['max']} tokens): max|Δ| {p['max_abs_diff']:.1e}, "
+            f"min cos {p['min_cosine']:.6f}"
+        )
+    typer.echo(f"HNSW recall@10 vs exact: {result.index_recall_at_10:.3f}")
+    typer.echo(f"bundle: {out} ({sum(result.files.values()) / 1e6:.1f} MB)")
+    _write_json(json_out, result.to_json())
+
+
+@app.command()
+@_friendly_errors
+def info(
+    bundle: Annotated[Path, typer.Argument(help="Bundle directory.")],
+    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Check every file's sha256.")] = True,
+    json_out: JsonOut = None,
+) -> None:
+    """Describe a bundle: towers, index, catalogue, fidelity and provenance."""
+    from .runtime.bundle import read_manifest, verify_files
+
+    manifest = read_manifest(bundle)
+    verify_files(bundle, manifest, checksums=verify)
+    raw = manifest.raw
+    console = _console()
+    console.print(
+        f"[bold]{bundle}[/bold]  schema v{manifest.schema_version}, created {raw.get('created_at')}"
+    )
+    files = manifest.files
+    for name, spec in manifest.towers.items():
+        size = files[spec.file]["bytes"] / 1e6
+        console.print(
+            f"  {name} tower: {spec.file} ({size:.1f} MB), {spec.precision}, {spec.pooling} pooling, "
+            f"normalised={spec.normalize}, max {spec.max_length} tokens, dim {spec.dim}"
+            + (f", quantization {spec.quantization}" if spec.quantization else "")
+        )
+    idx = manifest.index
+    console.print(
+        f"  index: {idx.kind} {idx.space}, {idx.count} items, M={idx.M}, ef_construction="
+        f"{idx.ef_construction}, ef_search={idx.ef_search}, capacity {idx.extra.get('capacity', '?')}"
+    )
+    ui = manifest.user_input
+    console.print(
+        f"  user input: up to {ui.max_history} history items, newest first, "
+        f"separated by {ui.item_separator!r}"
+    )
+    if raw.get("probe"):
+        p = raw["probe"]
+        console.print(f"  probe: {p['histories']} {p['split']} histories, {p['requests']} requests")
+    fid = raw.get("fidelity", {})
+    par = raw.get("parity", {})
+    if par:
+        console.print(
+            f"  parity vs PyTorch: user max|Δ| {par['user']['max_abs_diff']:.1e}, item max|Δ| "
+            f"{par['item']['max_abs_diff']:.1e}; index recall@10 vs exact "
+            f"{fid.get('index_recall_at_10_vs_exact', float('nan')):.3f}"
+        )
+    prov = raw.get("provenance", {})
+    enc = prov.get("encoder", {})
+    data = prov.get("data", {})
+    training = prov.get("training", {})
+    console.print(f"  encoder: {enc.get('name')} (license: {enc.get('license') or 'unknown'})")
+    if data:
+        console.print(
+            f"  trained on: {data.get('name')} ({data.get('items')} items, {data.get('users')} users), "
+            f"fingerprint {str(data.get('fingerprint'))[:12]}…, {training.get('steps')} steps"
+        )
+    total = sum(f["bytes"] for f in files.values())
+    console.print(
+        f"  files: {len(files)}, {total / 1e6:.1f} MB, checksums {'verified' if verify else 'not checked'}"
+    )
+    _write_json(json_out, dict(raw))
+
+
+@app.command()
+@_friendly_errors
+def recommend(
+    bundle: Annotated[Path, typer.Argument(help="Bundle directory.")],
+    history: Annotated[str | None, typer.Option(help="Comma-separated item ids, oldest first.")] = None,
+    text: Annotated[str | None, typer.Option(help="A free-text request.")] = None,
+    k: Annotated[int, typer.Option("-k", "--k", min=1, help="How many items.")] = 10,
+    output: Annotated[
+        OutputFormat, typer.Option("--format", help="Print a table or JSON.")
+    ] = OutputFormat.TABLE,
+    include_seen: Annotated[bool, typer.Option(help="Allow history items in the results.")] = False,
+    device: Annotated[Device, typer.Option(help="auto, cpu or cuda.")] = Device.AUTO,
+    exact: Annotated[bool, typer.Option(help="Exact search instead of the HNSW index.")] = False,
+    json_out: JsonOut = None,
+) -> None:
+    """Recommend items for a history and/or a text request."""
+    from .runtime.engine import Engine
+
+    ids = [h.strip() for h in history.split(",") if h.strip()] if history else []
+    if not ids and not text:
+        raise typer.BadParameter("give --history ID,ID,... or --text TEXT (or both)")
+    engine = Engine.load(bundle, device=device, exact=exact)
+    recs = engine.recommend(history=ids, text=text, k=k, exclude_seen=not include_seen)
+    payload = {
+        "bundle": str(bundle),
+        "device": str(engine.device),
+        "query": {"history": ids, "text": text},
+        "recommendations": [r.to_json() for r in recs],
+    }
+    if output is OutputFormat.JSON:
+        typer.echo(json.dumps(payload, indent=2, ensure_ascii=False))
+    else:
+        _console().print(_recs_table(f"top {k} ({engine.device})", recs))
+    _write_json(json_out, payload)
+
+
+@app.command("sample-data")
+@_friendly_errors
+def sample_data(
+    out: Annotated[
+        Path, typer.Option(help="Folder to write items.jsonl and interactions.csv into.", file_okay=False)
+    ],
+    overwrite: Overwrite = False,
+) -> None:
+    """Write the built-in sample catalogue as a generic data folder (an example of the format)."""
+    import csv
+
+    from .data import sample_dataset
+    from .runtime.bundle import atomic_directory
+
+    dataset = sample_dataset()
+    with atomic_directory(out, overwrite=overwrite) as tmp:
+        with (tmp / "items.jsonl").open("w", encoding="utf-8") as f:
+            for item in dataset.catalog:
+                f.write(json.dumps({"item_id": item.item_id, "text": item.text, **item.attributes}) + "\n")
+        with (tmp / "interactions.csv").open("w", encoding="utf-8", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["user_id", "item_id", "position"])
+            for user, seq in dataset.sequences.items():
+                writer.writerows((user, item, pos) for pos, item in enumerate(seq))
+    typer.echo(f"{dataset.describe()} → {out}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

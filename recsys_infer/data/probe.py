@@ -1,0 +1,51 @@
+"""The probe set a bundle carries: validation histories and request texts.
+
+Later steps (compression, fidelity checks, calibration) measure against it without being handed
+the data again. It comes from the validation split, never the test split.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from typing import Any
+
+from recsys_infer.runtime.catalog import Catalog, Item
+
+from .split import Split
+
+PROBE_SIZE = 1000
+_REQUEST_FIELDS = ("genres", "category", "tags", "brand")
+
+
+def request_from_item(item: Item) -> str | None:
+    """A short free-text request made of an item's descriptive attributes (genres, category…)."""
+    parts: list[str] = []
+    for name in _REQUEST_FIELDS:
+        value = item.attributes.get(name)
+        if isinstance(value, list):
+            parts.extend(str(v) for v in value[:3])
+        elif value:
+            parts.append(str(value))
+    return ", ".join(parts) if parts else None
+
+
+def build_probe(
+    split: Split, catalog: Catalog, *, max_history: int, size: int = PROBE_SIZE, seed: int = 0
+) -> dict[str, Any]:
+    """Up to ``size`` validation examples (a seeded sample) and a request text for each target."""
+    examples = list(split.validation)
+    if len(examples) > size:
+        examples = random.Random(seed).sample(examples, size)
+    requests = [request_from_item(catalog.get(e.target)) for e in examples]
+    return {
+        "split": "validation",
+        "user_ids": [e.user_id for e in examples],
+        "histories": [list(e.history[-max_history:]) for e in examples],
+        "targets": [e.target for e in examples],
+        "requests": [r for r in requests if r],
+    }
+
+
+def probe_counts(probe: Mapping[str, Any]) -> dict[str, int]:
+    return {"histories": len(probe.get("histories", [])), "requests": len(probe.get("requests", []))}

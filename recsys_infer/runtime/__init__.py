@@ -1,0 +1,29 @@
+"""The torch-free runtime: bundle loading, tower encoders, item index and the engine.
+
+Imports only the standard library, numpy, onnxruntime, tokenizers and hnswlib.
+"""
+
+from .bundle import SCHEMA_VERSION, Manifest, read_manifest
+from .catalog import Catalog, Item
+from .encoder import Encoder, OnnxEncoder
+from .engine import Engine, Query, Recommendation
+from .index import ExactIndex, HnswIndex, HnswParams, Index
+from .userinput import UserInputFormat
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Catalog",
+    "Encoder",
+    "Engine",
+    "ExactIndex",
+    "HnswIndex",
+    "HnswParams",
+    "Index",
+    "Item",
+    "Manifest",
+    "OnnxEncoder",
+    "Query",
+    "Recommendation",
+    "UserInputFormat",
+    "read_manifest",
+]

@@ -1,0 +1,89 @@
+"""The item catalogue: ids, the text each item is encoded from, and its attributes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from recsys_infer.errors import BundleError, DataError
+
+
+@dataclass(frozen=True)
+class Item:
+    """One catalogue item. ``attributes`` keeps the source columns (genres, brand, year, ...)."""
+
+    item_id: str
+    text: str
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.item_id, str) or not self.item_id:
+            raise ValueError(f"item_id must be a non-empty string, got {self.item_id!r}")
+        if not isinstance(self.text, str) or not self.text.strip():
+            raise ValueError(f"item {self.item_id!r} has an empty text")
+        object.__setattr__(self, "attributes", MappingProxyType(dict(self.attributes)))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"item_id": self.item_id, "text": self.text, "attributes": dict(self.attributes)}
+
+
+class Catalog:
+    """An ordered, read-only collection of items. ``item_id in catalog`` asks by id."""
+
+    def __init__(self, items: Iterable[Item]) -> None:
+        self._items: tuple[Item, ...] = tuple(items)
+        self._position: dict[str, int] = {}
+        for i, item in enumerate(self._items):
+            if item.item_id in self._position:
+                raise DataError(f"item id {item.item_id!r} appears twice in the catalogue")
+            self._position[item.item_id] = i
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, i: int) -> Item:
+        return self._items[i]
+
+    def __iter__(self) -> Iterator[Item]:
+        return iter(self._items)
+
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self._position
+
+    @property
+    def ids(self) -> list[str]:
+        return [item.item_id for item in self._items]
+
+    @property
+    def texts(self) -> list[str]:
+        return [item.text for item in self._items]
+
+    def position(self, item_id: str) -> int:
+        """The index label of ``item_id``; ``KeyError`` if unknown."""
+        return self._position[item_id]
+
+    def get(self, item_id: str) -> Item:
+        return self._items[self._position[item_id]]
+
+    def write_jsonl(self, path: Path) -> None:
+        with path.open("w", encoding="utf-8") as f:
+            for item in self._items:
+                f.write(json.dumps(item.to_json(), ensure_ascii=False) + "\n")
+
+    @classmethod
+    def read_jsonl(cls, path: Path) -> Catalog:
+        items: list[Item] = []
+        with path.open(encoding="utf-8") as f:
+            for line_no, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                    items.append(Item(row["item_id"], row["text"], row.get("attributes", {})))
+                except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+                    raise BundleError(f"{path}, line {line_no}: not a catalogue row ({e})") from e
+        return cls(items)

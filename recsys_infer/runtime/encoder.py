@@ -1,0 +1,97 @@
+"""Text encoders: texts in, unit vectors out.
+
+An :class:`Encoder` turns a sequence of texts into a ``float32 (n, dim)`` matrix. The runtime's
+implementation, :class:`OnnxEncoder`, runs one tower's ONNX graph (pooling and normalisation are
+inside the graph) after the tower's own tokenizer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+import onnxruntime as ort
+
+from recsys_infer.errors import BundleError
+
+from .tokenizer import TextTokenizer
+
+_KNOWN_INPUTS = frozenset({"input_ids", "attention_mask", "token_type_ids"})
+
+
+class Encoder(Protocol):
+    """Anything that maps texts to unit vectors of a fixed dimension."""
+
+    @property
+    def dim(self) -> int: ...
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+class OnnxEncoder:
+    """One tower: a tokenizer plus an ONNX Runtime session.
+
+    ``encode`` sorts texts by length before batching (less padding), then restores their order.
+    ONNX Runtime sessions may be run from many threads at once, so this class is thread-safe.
+    """
+
+    def __init__(
+        self, session: ort.InferenceSession, tokenizer: TextTokenizer, *, dim: int, batch_size: int = 64
+    ) -> None:
+        inputs = [i.name for i in session.get_inputs()]
+        unknown = set(inputs) - _KNOWN_INPUTS
+        if unknown or "input_ids" not in inputs:
+            raise BundleError(
+                f"the tower graph has inputs {inputs}; expected input_ids, attention_mask and "
+                "optionally token_type_ids. Re-export it with `recsys-infer export`."
+            )
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self._session = session
+        self._inputs = inputs
+        self._output = session.get_outputs()[0].name
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self._dim = dim
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    @property
+    def providers(self) -> list[str]:
+        return list(self._session.get_providers())
+
+    def run(self, features: dict[str, np.ndarray]) -> np.ndarray:
+        """Run the graph on already-tokenised features; ``float32 (n, dim)``."""
+        feed = {name: features[name] for name in self._inputs}
+        (out,) = self._session.run([self._output], feed)
+        return np.asarray(out, dtype=np.float32)
+
+    def encode(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
+        if isinstance(texts, str):
+            raise TypeError("encode takes a sequence of texts, not a single string")
+        n = len(texts)
+        out = np.empty((n, self._dim), dtype=np.float32)
+        if n == 0:
+            return out
+        order = sorted(range(n), key=lambda i: len(texts[i]))
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=n, desc="encoding", unit="text")
+        for start in range(0, n, self.batch_size):
+            idx = order[start : start + self.batch_size]
+            vectors = self.run(self.tokenizer([texts[i] for i in idx]))
+            if vectors.shape != (len(idx), self._dim):
+                raise BundleError(
+                    f"the tower graph returned shape {vectors.shape}, expected ({len(idx)}, {self._dim})"
+                )
+            out[idx] = vectors
+            if bar is not None:
+                bar.update(len(idx))
+        if bar is not None:
+            bar.close()
+        return out

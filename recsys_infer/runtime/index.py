@@ -1,0 +1,180 @@
+"""Nearest-neighbour search over item vectors.
+
+:class:`ExactIndex` (a numpy matrix product) is the reference; :class:`HnswIndex` (hnswlib) is
+what ships, and its results are checked against the exact ones. Both answer
+``search(vectors, k) -> (labels, scores)`` with labels ``int64 (n, k)`` and scores
+``float32 (n, k)``, best first, where a label is the item's catalogue position.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import hnswlib
+import numpy as np
+
+from recsys_infer.enums import Space
+
+logger = logging.getLogger(__name__)
+
+
+class Index(Protocol):
+    """What the engine needs from an index."""
+
+    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def __len__(self) -> int: ...
+
+
+def _as_queries(vectors: np.ndarray, dim: int) -> np.ndarray:
+    q = np.ascontiguousarray(vectors, dtype=np.float32)
+    if q.ndim == 1:
+        q = q[None, :]
+    if q.ndim != 2 or q.shape[1] != dim:
+        raise ValueError(f"query vectors must have shape (n, {dim}), got {vectors.shape}")
+    return q
+
+
+def _check_k(k: int, size: int) -> None:
+    if k < 1 or k > size:
+        raise ValueError(f"k must be between 1 and the index size ({size}), got {k}")
+
+
+class ExactIndex:
+    """Brute-force inner-product search: exact, and the reference for every approximate index."""
+
+    def __init__(self, vectors: np.ndarray) -> None:
+        self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if self.vectors.ndim != 2:
+            raise ValueError(f"item vectors must be 2-D, got shape {vectors.shape}")
+
+    def __len__(self) -> int:
+        return int(self.vectors.shape[0])
+
+    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        _check_k(k, len(self))
+        scores = _as_queries(vectors, self.vectors.shape[1]) @ self.vectors.T
+        if k < scores.shape[1]:
+            top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        else:
+            top = np.broadcast_to(np.arange(scores.shape[1]), scores.shape).copy()
+        top_scores = np.take_along_axis(scores, top, axis=1)
+        order = np.argsort(-top_scores, axis=1, kind="stable")
+        labels = np.take_along_axis(top, order, axis=1).astype(np.int64)
+        return labels, np.take_along_axis(top_scores, order, axis=1).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class HnswParams:
+    """HNSW graph parameters. ``ef_search`` is a floor: a query for ``k`` uses ``max(ef, k)``."""
+
+    M: int = 16
+    ef_construction: int = 200
+    ef_search: int = 64
+
+    def __post_init__(self) -> None:
+        for name in ("M", "ef_construction", "ef_search"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def grow_capacity(count: int) -> int:
+    """Room for a quarter more items (at least 1,024) before the index must be resized."""
+    return max(count + 1024, (count * 5) // 4)
+
+
+class HnswIndex:
+    """An hnswlib graph over the catalogue's item vectors (inner product on unit vectors).
+
+    Built with room to grow and ``allow_replace_deleted`` so that items can be added and
+    replaced later without a rebuild.
+    """
+
+    def __init__(self, index: hnswlib.Index, params: HnswParams) -> None:
+        self._index = index
+        self.params = params
+        index.set_ef(params.ef_search)
+
+    @staticmethod
+    def _new(space: Space, dim: int) -> hnswlib.Index:
+        if space not in (Space.IP, Space.COSINE):
+            raise ValueError(f"space {space!r} is not supported; towers emit unit vectors: use 'ip'")
+        return hnswlib.Index(space=str(space), dim=dim)
+
+    @classmethod
+    def build(
+        cls,
+        vectors: np.ndarray,
+        params: HnswParams | None = None,
+        *,
+        space: Space = Space.IP,
+        threads: int = 1,
+        capacity: int | None = None,
+        progress: bool = False,
+    ) -> HnswIndex:
+        """Index ``vectors`` under labels ``0..n-1``.
+
+        One thread (the default) inserts in a fixed order, so the same vectors always give the
+        same graph; more threads build faster but not reproducibly.
+        """
+        params = params or HnswParams()
+        data = np.ascontiguousarray(vectors, dtype=np.float32)
+        n, dim = data.shape
+        index = cls._new(space, dim)
+        index.init_index(
+            max_elements=capacity or grow_capacity(n),
+            M=params.M,
+            ef_construction=params.ef_construction,
+            random_seed=100,
+            allow_replace_deleted=True,
+        )
+        chunk = 2048
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=n, desc="HNSW index", unit="item")
+        for start in range(0, n, chunk):
+            stop = min(start + chunk, n)
+            index.add_items(data[start:stop], np.arange(start, stop), num_threads=threads)
+            if bar is not None:
+                bar.update(stop - start)
+        if bar is not None:
+            bar.close()
+        return cls(index, params)
+
+    @classmethod
+    def load(cls, path: Path, *, space: Space, dim: int, params: HnswParams) -> HnswIndex:
+        index = cls._new(space, dim)
+        index.load_index(str(path), allow_replace_deleted=True)
+        return cls(index, params)
+
+    def save(self, path: Path) -> None:
+        self._index.save_index(str(path))
+
+    @property
+    def capacity(self) -> int:
+        return int(self._index.get_max_elements())
+
+    def __len__(self) -> int:
+        return int(self._index.get_current_count())
+
+    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        _check_k(k, len(self))
+        labels, distances = self._index.knn_query(_as_queries(vectors, self._index.dim), k=k)
+        # hnswlib's inner-product "distance" is 1 - <q, x>.
+        return labels.astype(np.int64), (1.0 - distances).astype(np.float32)
+
+
+def recall_at_k(approx: np.ndarray, exact: np.ndarray) -> float:
+    """Mean fraction of each row of ``exact`` labels found in the same row of ``approx``."""
+    if approx.shape[0] != exact.shape[0] or exact.size == 0:
+        raise ValueError("recall needs two label matrices with the same, non-zero number of rows")
+    hits = sum(len(set(a.tolist()) & set(e.tolist())) for a, e in zip(approx, exact, strict=True))
+    return hits / exact.size

@@ -1,0 +1,99 @@
+"""Training checkpoints: a directory a later `export` (or a resumed `train`) reads.
+
+Layout::
+
+    recsys_checkpoint.json   model config, training summary, data provenance
+    user_encoder/            Hugging Face config.json + model.safetensors (the user tower)
+    item_encoder/            the item tower (absent when the towers share weights)
+    tokenizer.json           the encoder's tokenizer
+    catalog.jsonl            the catalogue the model was trained on
+    probe.json               validation histories and requests (for export's probe set)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from recsys_infer.errors import CheckpointError
+from recsys_infer.runtime.bundle import atomic_directory
+from recsys_infer.runtime.catalog import Catalog
+
+from .model import ModelConfig, TwoTower
+
+CHECKPOINT_FILE = "recsys_checkpoint.json"
+CHECKPOINT_VERSION = 1
+_MAKE = "recsys-infer train --data PATH --out CHECKPOINT"
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    model: TwoTower
+    config: ModelConfig
+    catalog: Catalog
+    tokenizer_json: str
+    probe: dict[str, Any] | None
+    meta: dict[str, Any]
+
+
+def save_checkpoint(
+    out: Path,
+    model: TwoTower,
+    *,
+    tokenizer_json: str,
+    catalog: Catalog,
+    probe: dict[str, Any] | None,
+    meta: dict[str, Any],
+    overwrite: bool = False,
+) -> None:
+    """Write the checkpoint atomically: a crash leaves no half-written directory at ``out``."""
+    with atomic_directory(out, overwrite=overwrite) as tmp:
+        model.user.encoder.save_pretrained(tmp / "user_encoder", safe_serialization=True)
+        if not model.config.shared_towers:
+            model.item.encoder.save_pretrained(tmp / "item_encoder", safe_serialization=True)
+        (tmp / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
+        catalog.write_jsonl(tmp / "catalog.jsonl")
+        if probe is not None:
+            (tmp / "probe.json").write_text(json.dumps(probe), encoding="utf-8")
+        doc = {"format_version": CHECKPOINT_VERSION, "model": model.config.to_dict(), **meta}
+        (tmp / CHECKPOINT_FILE).write_text(json.dumps(doc, indent=2), encoding="utf-8")
+
+
+def load_checkpoint(path: Path, *, attn_implementation: str | None = None) -> Checkpoint:
+    """Read a checkpoint. ``attn_implementation="eager"`` gives the graph ONNX export wants."""
+    from transformers import AutoModel
+
+    path = Path(path)
+    doc_path = path / CHECKPOINT_FILE
+    if not doc_path.is_file():
+        raise CheckpointError(
+            f"{path} is not a recsys-infer checkpoint (no {CHECKPOINT_FILE}); make one with: {_MAKE}"
+        )
+    doc = json.loads(doc_path.read_text(encoding="utf-8"))
+    if doc.get("format_version") != CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{doc_path}: checkpoint format {doc.get('format_version')!r} is not supported "
+            f"(this version reads {CHECKPOINT_VERSION}); retrain with: {_MAKE}"
+        )
+    config = ModelConfig.from_dict(doc["model"])
+    folders = ["user_encoder"] + ([] if config.shared_towers else ["item_encoder"])
+    needed = [*folders, "tokenizer.json", "catalog.jsonl"]
+    missing = [n for n in needed if not (path / n).exists()]
+    if missing:
+        raise CheckpointError(f"{path} lacks {missing}: the checkpoint is incomplete; retrain with: {_MAKE}")
+    kwargs: dict[str, Any] = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    user = AutoModel.from_pretrained(path / "user_encoder", **kwargs)
+    item = None if config.shared_towers else AutoModel.from_pretrained(path / "item_encoder", **kwargs)
+    probe_path = path / "probe.json"
+    return Checkpoint(
+        path=path,
+        model=TwoTower(user, item, config),
+        config=config,
+        catalog=Catalog.read_jsonl(path / "catalog.jsonl"),
+        tokenizer_json=(path / "tokenizer.json").read_text(encoding="utf-8"),
+        probe=json.loads(probe_path.read_text(encoding="utf-8")) if probe_path.is_file() else None,
+        meta={k: v for k, v in doc.items() if k not in ("model", "format_version")},
+    )

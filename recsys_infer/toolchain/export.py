@@ -1,0 +1,395 @@
+"""Export a checkpoint to a bundle: ONNX towers verified against PyTorch, then the item index.
+
+Nothing is left at ``--out`` unless every step passed: the bundle is assembled in a temporary
+directory beside it and renamed into place at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+import tomllib
+import warnings
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+
+from recsys_infer import __version__
+from recsys_infer.enums import Device, Precision, Space
+from recsys_infer.errors import ExportError, ParityError
+from recsys_infer.runtime.bundle import atomic_directory, sha256_file, write_manifest
+from recsys_infer.runtime.catalog import Catalog
+from recsys_infer.runtime.encoder import OnnxEncoder
+from recsys_infer.runtime.engine import Engine
+from recsys_infer.runtime.index import ExactIndex, HnswIndex, HnswParams, recall_at_k
+from recsys_infer.runtime.providers import create_session
+from recsys_infer.runtime.tokenizer import TextTokenizer
+
+from .checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint
+from .model import TextTower
+
+logger = logging.getLogger(__name__)
+
+OPSET = 17
+_ODD_TEXTS = (
+    "x",
+    "ok",
+    "Misérables, Les (1995). Genres: Drama, War.",
+    "🎬🍿 night — \u00e9t\u00e9 \u4e2d\u6587 tabs\tand\nnewlines",
+    "UPPER case AND lower case, punctuation!!! ??? ...",
+)
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """How to export and verify a checkpoint and index its catalogue (the ``[export]`` and
+    ``[index]`` tables of a recipe)."""
+
+    opset: int = OPSET
+    max_abs_diff: float = 1e-4
+    min_cosine: float = 0.9999
+    parity_texts: int = 48
+    hnsw: HnswParams = field(default_factory=HnswParams)
+    index_threads: int = 1
+    include_probe: bool = True
+
+    def __post_init__(self) -> None:
+        if not 14 <= self.opset <= 21:
+            raise ValueError(f"opset must be between 14 and 21, got {self.opset}")
+        if self.max_abs_diff <= 0 or not 0 < self.min_cosine <= 1:
+            raise ValueError("max_abs_diff must be positive and min_cosine in (0, 1]")
+        if self.parity_texts < 4:
+            raise ValueError(f"parity_texts must be at least 4, got {self.parity_texts}")
+        if self.index_threads < 1:
+            raise ValueError(f"index_threads must be positive, got {self.index_threads}")
+
+
+def read_recipe(path: Path) -> dict[str, Any]:
+    """A recipe TOML file as a dict, with a clear error for a bad file."""
+    try:
+        with Path(path).open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ExportError(f"recipe {path} not found; see export/default.toml for an example") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ExportError(f"recipe {path} is not valid TOML: {e}") from e
+
+
+def export_config_from_recipe(recipe: dict[str, Any], *, source: str = "recipe") -> ExportConfig:
+    exp = dict(recipe.get("export", {}))
+    idx = dict(recipe.get("index", {}))
+    allowed = {f.name for f in fields(ExportConfig)} - {"hnsw", "index_threads"}
+    unknown = set(exp) - allowed
+    unknown_idx = set(idx) - {"M", "ef_construction", "ef_search", "threads"}
+    if unknown or unknown_idx:
+        raise ExportError(
+            f"{source}: unknown keys {sorted(unknown | unknown_idx)}; [export] takes {sorted(allowed)}, "
+            "[index] takes M, ef_construction, ef_search, threads"
+        )
+    threads = idx.pop("threads", 1)
+    try:
+        return ExportConfig(**exp, hnsw=HnswParams(**idx), index_threads=threads)
+    except (TypeError, ValueError) as e:
+        raise ExportError(f"{source}: {e}") from e
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    bundle: Path
+    parity: dict[str, Any]
+    index_recall_at_10: float
+    seconds: dict[str, float]
+    files: dict[str, int]
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["bundle"] = str(self.bundle)
+        return data
+
+
+def _export_tower(tower: TextTower, path: Path, opset: int, tokenizer: TextTokenizer) -> None:
+    # Two texts of different lengths, so the traced graph sees padding.
+    example = tokenizer(["a short example", "a somewhat longer example text to trace the tower with"])
+    ids = torch.from_numpy(example["input_ids"])
+    mask = torch.from_numpy(example["attention_mask"])
+    tower.eval()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        # The TorchScript exporter (dynamo=False): its graph is the one ONNX Runtime's
+        # transformer optimiser can fuse (attention, layer norm, GELU).
+        torch.onnx.export(
+            tower,
+            (ids, mask),
+            str(path),
+            input_names=["input_ids", "attention_mask"],
+            output_names=["embedding"],
+            dynamic_axes={
+                "input_ids": {0: "batch", 1: "sequence"},
+                "attention_mask": {0: "batch", 1: "sequence"},
+                "embedding": {0: "batch"},
+            },
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    import onnx
+
+    onnx.checker.check_model(str(path))
+
+
+def _pick_parity_texts(texts: list[str], n: int, seed: int = 0) -> list[str]:
+    """Texts of many lengths: shortest, longest, evenly spread quantiles, and a few odd ones."""
+    unique = sorted(set(texts), key=len)
+    if not unique:
+        return list(_ODD_TEXTS)
+    take = max(1, n - len(_ODD_TEXTS) - 1)
+    positions = np.linspace(0, len(unique) - 1, num=min(take, len(unique))).round().astype(int)
+    chosen = [unique[i] for i in sorted(set(positions.tolist()))]
+    longest = " ; ".join(random.Random(seed).sample(unique, min(len(unique), 40)))
+    return [*chosen, longest, *_ODD_TEXTS]
+
+
+def _torch_encode(
+    tower: TextTower, tokenizer: TextTokenizer, texts: list[str], batch: int = 16
+) -> np.ndarray:
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(texts), batch):
+            feats = tokenizer(texts[start : start + batch])
+            out.append(
+                tower(torch.from_numpy(feats["input_ids"]), torch.from_numpy(feats["attention_mask"])).numpy()
+            )
+    return np.concatenate(out).astype(np.float32)
+
+
+def _compare(reference: np.ndarray, other: np.ndarray) -> dict[str, float]:
+    cos = np.sum(reference * other, axis=1) / (
+        np.linalg.norm(reference, axis=1) * np.linalg.norm(other, axis=1) + 1e-12
+    )
+    return {"max_abs_diff": float(np.max(np.abs(reference - other))), "min_cosine": float(np.min(cos)),
+            "mean_cosine": float(np.mean(cos))}  # fmt: skip
+
+
+def check_parity(tower: TextTower, encoder: OnnxEncoder, texts: list[str]) -> dict[str, Any]:
+    """ONNX Runtime vs PyTorch on ``texts``: in mixed-length batches and one text at a time."""
+    reference = _torch_encode(tower, encoder.tokenizer, texts)
+    batched = encoder.encode(texts)
+    singles = np.concatenate([encoder.encode([t]) for t in texts[:: max(1, len(texts) // 8)]])
+    ref_singles = reference[:: max(1, len(texts) // 8)]
+    a, b = _compare(reference, batched), _compare(ref_singles, singles)
+    lengths = encoder.tokenizer.count_tokens(texts)
+    return {
+        "texts": len(texts),
+        "token_lengths": {"min": min(lengths), "max": max(lengths)},
+        "max_abs_diff": max(a["max_abs_diff"], b["max_abs_diff"]),
+        "min_cosine": min(a["min_cosine"], b["min_cosine"]),
+        "mean_cosine": a["mean_cosine"],
+    }
+
+
+def _user_texts(ckpt: Checkpoint) -> list[str]:
+    fmt = ckpt.config.user_input
+    catalog = ckpt.catalog
+    texts = []
+    probe = ckpt.probe or {}
+    requests = list(probe.get("requests", []))
+    for i, history in enumerate(probe.get("histories", [])[:200]):
+        known = [catalog.get(h).text for h in history if h in catalog]
+        request = requests[i] if i % 4 == 0 and i < len(requests) else None
+        if known or request:
+            texts.append(fmt.render(known, request))
+    if not texts:  # no probe: histories from catalogue order
+        all_texts = catalog.texts
+        texts = [fmt.render(all_texts[i : i + 1 + i % 7]) for i in range(0, min(len(all_texts), 400), 5)]
+    return texts
+
+
+def _sessions_encoders(tmp: Path, files: dict[str, str], ckpt: Checkpoint) -> dict[str, OnnxEncoder]:
+    dim = int(ckpt.model.user.encoder.config.hidden_size)
+    sessions = {f: create_session(tmp / f, Device.CPU) for f in set(files.values())}
+    lengths = {"user": ckpt.config.user_max_length, "item": ckpt.config.item_max_length}
+    return {
+        name: OnnxEncoder(
+            sessions[files[name]],
+            TextTokenizer(
+                Tokenizer.from_str(ckpt.tokenizer_json),
+                max_length=lengths[name],
+                pad_token=ckpt.config.pad_token,
+            ),
+            dim=dim,
+        )
+        for name in ("user", "item")
+    }
+
+
+def export_bundle(
+    checkpoint: Path,
+    out: Path,
+    *,
+    config: ExportConfig | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> ExportResult:
+    """Export ``checkpoint`` into a verified bundle at ``out``."""
+    config = config or ExportConfig()
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    ckpt = load_checkpoint(Path(checkpoint), attn_implementation="eager")
+    catalog: Catalog = ckpt.catalog
+    timings["load_checkpoint"] = time.perf_counter() - t0
+
+    with atomic_directory(Path(out), overwrite=overwrite) as tmp:
+        t0 = time.perf_counter()
+        tokenizer = TextTokenizer(
+            Tokenizer.from_str(ckpt.tokenizer_json), max_length=ckpt.config.item_max_length,
+            pad_token=ckpt.config.pad_token,
+        )  # fmt: skip
+        if ckpt.config.shared_towers:
+            files = {"user": "tower.onnx", "item": "tower.onnx"}
+            _export_tower(ckpt.model.user, tmp / "tower.onnx", config.opset, tokenizer)
+        else:
+            files = {"user": "user_tower.onnx", "item": "item_tower.onnx"}
+            _export_tower(ckpt.model.user, tmp / files["user"], config.opset, tokenizer)
+            _export_tower(ckpt.model.item, tmp / files["item"], config.opset, tokenizer)
+        (tmp / "tokenizer.json").write_text(ckpt.tokenizer_json, encoding="utf-8")
+        timings["export_onnx"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        encoders = _sessions_encoders(tmp, files, ckpt)
+        parity: dict[str, Any] = {
+            "reference": "PyTorch fp32 (this checkpoint)",
+            "tolerance": {"max_abs_diff": config.max_abs_diff, "min_cosine": config.min_cosine},
+            "user": check_parity(
+                ckpt.model.user, encoders["user"], _pick_parity_texts(_user_texts(ckpt), config.parity_texts)
+            ),
+            "item": check_parity(
+                ckpt.model.item, encoders["item"], _pick_parity_texts(catalog.texts, config.parity_texts)
+            ),
+        }
+        for name in ("user", "item"):
+            p = parity[name]
+            if p["max_abs_diff"] > config.max_abs_diff or p["min_cosine"] < config.min_cosine:
+                raise ParityError(
+                    f"the exported {name} tower disagrees with PyTorch: max abs diff "
+                    f"{p['max_abs_diff']:.2e} (allowed {config.max_abs_diff:.0e}), min cosine "
+                    f"{p['min_cosine']:.6f} (required {config.min_cosine}). No bundle was written. "
+                    "Check the encoder exports with opset "
+                    f"{config.opset}, or loosen [export] max_abs_diff/min_cosine in the recipe."
+                )
+        timings["parity"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        vectors = encoders["item"].encode(catalog.texts, progress=progress)
+        np.save(tmp / "item_vectors.npy", vectors, allow_pickle=False)
+        timings["encode_catalog"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        index = HnswIndex.build(vectors, config.hnsw, threads=config.index_threads, progress=progress)
+        index.save(tmp / "item_index.hnsw")
+        timings["build_index"] = time.perf_counter() - t0
+        recall, queries = _index_recall(index, vectors, encoders["user"], ckpt)
+
+        (tmp / "item_ids.json").write_text(json.dumps(catalog.ids, ensure_ascii=False), encoding="utf-8")
+        catalog.write_jsonl(tmp / "catalog.jsonl")
+        probe_entry = None
+        if config.include_probe and ckpt.probe:
+            (tmp / "probe.json").write_text(json.dumps(ckpt.probe, ensure_ascii=False), encoding="utf-8")
+            probe_entry = {
+                "file": "probe.json",
+                "split": ckpt.probe.get("split", "validation"),
+                "histories": len(ckpt.probe.get("histories", [])),
+                "requests": len(ckpt.probe.get("requests", [])),
+            }
+        dim = encoders["user"].dim
+        tower_common = {"pooling": str(ckpt.config.pooling), "normalize": True, "dim": dim,
+                        "precision": str(Precision.FP32), "quantization": None, "kind": "text"}  # fmt: skip
+        manifest = {
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "opset": config.opset,
+            "towers": {
+                "user": {"file": files["user"], "max_length": ckpt.config.user_max_length, **tower_common},
+                "item": {"file": files["item"], "max_length": ckpt.config.item_max_length, **tower_common},
+            },
+            "shared_towers": ckpt.config.shared_towers,
+            "tokenizer": {"file": "tokenizer.json", "pad_token": ckpt.config.pad_token},
+            "user_input": ckpt.config.user_input.to_dict(),
+            "index": {
+                "kind": "hnsw",
+                "file": "item_index.hnsw",
+                "vectors_file": "item_vectors.npy",
+                "item_ids_file": "item_ids.json",
+                "space": str(Space.IP),
+                "dim": dim,
+                "count": len(catalog),
+                "capacity": index.capacity,
+                **config.hnsw.to_dict(),
+                "build_threads": config.index_threads,
+                "built_with": "item tower of this bundle",
+            },
+            "catalog": {"file": "catalog.jsonl", "count": len(catalog)},
+            "probe": probe_entry,
+            "parity": parity,
+            "fidelity": {
+                "reference": "this checkpoint in PyTorch fp32 with exact search",
+                "user_min_cosine": parity["user"]["min_cosine"],
+                "item_min_cosine": parity["item"]["min_cosine"],
+                "index_recall_at_10_vs_exact": recall,
+                "index_recall_queries": queries,
+            },
+            "provenance": _provenance(ckpt),
+        }
+        write_manifest(tmp, manifest)
+
+        # The last check: the finished bundle loads in the runtime engine and answers.
+        engine = Engine.load(tmp, device=Device.CPU)
+        first = next(iter(ckpt.probe.get("histories", []) if ckpt.probe else []), None) or [catalog.ids[0]]
+        if not engine.recommend(history=first, k=min(10, len(catalog))) and len(catalog) > len(first):
+            raise ExportError("the exported bundle returned no recommendations for a probe user")
+        sizes = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
+    return ExportResult(
+        bundle=Path(out),
+        parity=parity,
+        index_recall_at_10=recall,
+        seconds={k: round(v, 2) for k, v in timings.items()},
+        files=sizes,
+    )
+
+
+def _index_recall(
+    index: HnswIndex, vectors: np.ndarray, user_encoder: OnnxEncoder, ckpt: Checkpoint
+) -> tuple[float, int]:
+    """Recall@10 of the HNSW index against exact search, for probe users (or item vectors)."""
+    texts = _user_texts(ckpt)[:200]
+    queries = user_encoder.encode(texts) if texts else vectors[:200]
+    k = min(10, len(index))
+    approx, _ = index.search(queries, k)
+    exact, _ = ExactIndex(vectors).search(queries, k)
+    return round(recall_at_k(approx, exact), 4), int(queries.shape[0])
+
+
+def _provenance(ckpt: Checkpoint) -> dict[str, Any]:
+    import onnx
+    import onnxruntime
+    import transformers
+
+    return {
+        "checkpoint": str(ckpt.path.resolve()),
+        "checkpoint_sha256": sha256_file(ckpt.path / CHECKPOINT_FILE),
+        "encoder": {"name": ckpt.config.encoder, "license": ckpt.config.encoder_license},
+        "data": ckpt.meta.get("data", {}),
+        "training": {k: v for k, v in ckpt.meta.get("training", {}).items() if k != "losses"},
+        "versions": {
+            "recsys_infer": __version__,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__,
+        },
+    }

@@ -1,0 +1,99 @@
+"""Shared fixtures: a tiny random BERT encoder, and a checkpoint and bundle built from it.
+
+Everything is offline and seeded. The tiny encoder (2 layers, hidden size 32) has a WordPiece
+vocabulary built in memory from the sample catalogue's words, so tokenisation is realistic.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from recsys_infer.data import Dataset, sample_dataset
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def small_sample() -> Dataset:
+    """A small slice of the built-in catalogue: fast to train and export on."""
+    return sample_dataset(num_items=300, num_users=120, seed=3)
+
+
+def _vocabulary() -> list[str]:
+    words: set[str] = set()
+    for item in sample_dataset().catalog:
+        words.update(re.findall(r"[a-z0-9]+", item.text.lower()))
+    chars = [chr(c) for c in range(ord("a"), ord("z") + 1)] + [str(d) for d in range(10)]
+    punct = list(".,;:!?|&>-()'\"/")
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tokens = specials + sorted(words) + chars + [f"##{c}" for c in chars] + punct
+    return list(dict.fromkeys(tokens))  # unique, first place kept: ids stay dense
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A local encoder folder: random 2-layer BERT (hidden 32) plus a fast WordPiece tokenizer."""
+    import torch
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-encoder")
+    vocab = {token: i for i, token in enumerate(_vocabulary())}
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
+    fast.save_pretrained(folder)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=160,
+    )
+    BertModel(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_encoder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from recsys_infer.toolchain.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("ckpt") / "checkpoint"
+    config = TrainConfig(
+        max_steps=8, batch_size=16, learning_rate=1e-3, user_max_length=48, item_max_length=32
+    )
+    train(small_sample(), out, encoder=str(tiny_encoder), config=config, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from recsys_infer.toolchain.export import export_bundle
+
+    out = tmp_path_factory.mktemp("bundle") / "bundle"
+    export_bundle(tiny_checkpoint, out, progress=False)
+    return out
+
+
+@pytest.fixture
+def bundle_copy(tiny_bundle: Path, tmp_path: Path) -> Path:
+    """A private copy of the tiny bundle that a test may damage."""
+    import shutil
+
+    return Path(shutil.copytree(tiny_bundle, tmp_path / "bundle"))

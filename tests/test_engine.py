@@ -1,0 +1,230 @@
+"""The engine: composition, query rules, ranking equal to brute force, devices."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from recsys_infer import Engine, Query
+from recsys_infer.enums import Device, Precision
+from recsys_infer.errors import DeviceUnavailableError, QueryError, UnknownItemError
+from recsys_infer.runtime import providers
+from recsys_infer.runtime.catalog import Catalog, Item
+from recsys_infer.runtime.index import ExactIndex, recall_at_k
+from recsys_infer.runtime.userinput import UserInputFormat
+
+# -- user input rendering ---------------------------------------------------------------------------
+
+
+def test_user_input_most_recent_first_with_request() -> None:
+    fmt = UserInputFormat(max_history=2, item_separator=" ; ", request_separator=" || ")
+    assert fmt.render(["old", "mid", "new"]) == "new ; mid"
+    assert fmt.render(["a"], "  cozy mysteries ") == "cozy mysteries || a"
+    assert fmt.render([], "just text") == "just text"
+    assert UserInputFormat.from_dict(fmt.to_dict()) == fmt
+    with pytest.raises(ValueError):
+        UserInputFormat(max_history=0)
+
+
+# -- an engine of hand-made parts -------------------------------------------------------------------
+
+
+class KeywordEncoder:
+    """Encodes a text as the normalised counts of a few keywords (a fake tower)."""
+
+    words = ("tent", "stove", "novel", "kettle")
+
+    @property
+    def dim(self) -> int:
+        return len(self.words)
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        # Distinct small offsets per keyword keep every score distinct (no ties to break).
+        counts = np.array(
+            [[t.lower().count(w) + 0.01 * (j + 1) for j, w in enumerate(self.words)] for t in texts],
+            dtype=np.float32,
+        )
+        return counts / np.linalg.norm(counts, axis=1, keepdims=True)
+
+
+@pytest.fixture
+def handmade() -> Engine:
+    catalog = Catalog(
+        [
+            Item("t1", "tent", {"category": "camping"}),
+            Item("t2", "tent tent stove"),
+            Item("s1", "stove"),
+            Item("n1", "novel"),
+            Item("k1", "kettle"),
+        ]
+    )
+    encoder = KeywordEncoder()
+    return Engine(
+        user_encoder=encoder,
+        item_encoder=encoder,
+        index=ExactIndex(encoder.encode(catalog.texts)),
+        catalog=catalog,
+        item_ids=catalog.ids,
+        user_input=UserInputFormat(),
+    )
+
+
+def test_recommend_by_text_and_history(handmade: Engine) -> None:
+    recs = handmade.recommend(text="tent", k=2)
+    assert [r.item_id for r in recs] == ["t1", "t2"]
+    assert recs[0].score == pytest.approx(1.0, abs=1e-5)
+    assert recs[0].text == "tent" and recs[0].attributes["category"] == "camping"
+    # History items are excluded by default and allowed on request.
+    assert [r.item_id for r in handmade.recommend(history=["t1"], k=2)] == ["t2", "k1"]
+    assert [r.item_id for r in handmade.recommend(history=["t1"], k=1, exclude_seen=False)] == ["t1"]
+    # History and text combine.
+    assert handmade.user_text(Query(history=("n1", "t1"), text="stove")) == "stove || tent ; novel"
+
+
+def test_fewer_results_when_history_covers_the_catalogue(handmade: Engine) -> None:
+    recs = handmade.recommend(history=["t1", "t2", "s1", "n1"], k=5)
+    assert [r.item_id for r in recs] == ["k1"]
+
+
+def test_batch_equals_single_requests(handmade: Engine) -> None:
+    requests = [{"history": ["t1"]}, {"text": "novel"}, Query(history=("k1",), text="stove")]
+    batch = handmade.recommend_batch(requests, k=3)
+    singles = [
+        handmade.recommend(history=["t1"], k=3),
+        handmade.recommend(text="novel", k=3),
+        handmade.recommend(history=["k1"], text="stove", k=3),
+    ]
+    assert [[r.item_id for r in recs] for recs in batch] == [[r.item_id for r in recs] for recs in singles]
+    for got, want in zip(batch, singles, strict=True):
+        assert [r.score for r in got] == pytest.approx([r.score for r in want], abs=1e-6)
+    assert handmade.recommend_batch([], k=3) == []
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "fragment"),
+    [
+        (lambda e: e.recommend(k=3), QueryError, "needs a history, a text request, or both"),
+        (lambda e: e.recommend(text="   ", k=3), QueryError, "both were empty"),
+        (lambda e: e.recommend(history="t1", k=3), QueryError, "list of item ids"),
+        (lambda e: e.recommend(history=[1], k=3), QueryError, "non-empty strings"),
+        (lambda e: e.recommend(text="x", k=0), QueryError, "positive integer"),
+        (lambda e: e.recommend(text="x", k=True), QueryError, "positive integer"),
+        (lambda e: e.recommend(text="x", k=6), QueryError, "larger than the catalogue"),
+        (lambda e: e.recommend(history=["t1", "nope"], k=1), UnknownItemError, "'nope'"),
+        (lambda e: e.recommend_batch({"text": "x"}, k=1), QueryError, "takes a list"),
+        (lambda e: e.recommend_batch([{"txt": "x"}], k=1), QueryError, "unknown request field"),
+        (lambda e: e.encode_items("tent"), QueryError, "list of texts"),
+    ],
+)
+def test_bad_queries_are_clear(handmade: Engine, call, error, fragment) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(error, match=fragment):
+        call(handmade)
+
+
+def test_unknown_ids_are_listed(handmade: Engine) -> None:
+    with pytest.raises(UnknownItemError) as info:
+        handmade.recommend(history=["x1", "t1", "x2"], k=1)
+    assert info.value.unknown == ["x1", "x2"]
+    assert isinstance(info.value, ValueError)
+
+
+# -- an engine loaded from a real (tiny) bundle -----------------------------------------------------
+
+
+def brute_force(engine: Engine, vectors: np.ndarray, query: Query, k: int) -> list[str]:
+    scores = vectors @ engine.encode_users([query])[0]
+    order = np.argsort(-scores, kind="stable")
+    ids = [engine.item_ids[i] for i in order if engine.item_ids[i] not in set(query.history)]
+    return ids[:k]
+
+
+def test_engine_equals_numpy_brute_force(tiny_bundle: Path) -> None:
+    exact = Engine.load(tiny_bundle, device="cpu", exact=True)
+    hnsw = Engine.load(tiny_bundle, device="cpu")
+    vectors = np.load(tiny_bundle / "item_vectors.npy")
+    import json
+
+    probe = json.loads((tiny_bundle / "probe.json").read_text())
+    queries = [Query(history=tuple(h)) for h in probe["histories"][:30]] + [Query(text="camping tent")]
+    approx_lists, exact_lists = [], []
+    for q in queries:
+        expected = brute_force(exact, vectors, q, 10)
+        got = [r.item_id for r in exact.recommend(history=q.history, text=q.text, k=10)]
+        assert got == expected
+        exact_lists.append([exact.item_ids.index(i) for i in expected])
+        approx_lists.append(
+            [hnsw.item_ids.index(r.item_id) for r in hnsw.recommend(history=q.history, text=q.text, k=10)]
+        )
+    assert recall_at_k(np.array(approx_lists), np.array(exact_lists)) >= 0.9
+
+
+def test_encode_shapes_and_unit_norm(tiny_bundle: Path) -> None:
+    engine = Engine.load(tiny_bundle, device="cpu")
+    items = engine.encode_items(["red tent", "a kettle for tea", "x"])
+    users = engine.encode_users([{"text": "tent"}, {"history": [engine.item_ids[0]]}])
+    assert items.dtype == users.dtype == np.float32
+    assert items.shape == (3, engine.dim) and users.shape == (2, engine.dim)
+    np.testing.assert_allclose(np.linalg.norm(items, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(users, axis=1), 1.0, atol=1e-5)
+    # The stored catalogue vectors are what the item tower computes.
+    stored = np.load(tiny_bundle / "item_vectors.npy")[:5]
+    np.testing.assert_allclose(engine.encode_items(engine.catalog.texts[:5]), stored, atol=1e-5)
+    assert engine.device is Device.CPU and len(engine) == len(engine.catalog)
+
+
+# -- devices ------------------------------------------------------------------------------------------
+
+
+def test_cuda_unavailable_is_an_error_and_auto_falls_back(
+    tiny_bundle: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(DeviceUnavailableError, match="CPU build.*onnxruntime-gpu"):
+        Engine.load(tiny_bundle, device="cuda")
+    with caplog.at_level("INFO", logger="recsys_infer"):
+        engine = Engine.load(tiny_bundle, device="auto")
+    assert engine.device is Device.CPU
+    assert "running on the CPU" in caplog.text
+
+
+def test_device_plan_when_cuda_is_listed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(
+        ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
+    assert providers.plan_device(Device.CUDA, [Precision.FP32]) is Device.CUDA
+    assert providers.plan_device(Device.AUTO, [Precision.FP16]) is Device.CUDA
+    with pytest.raises(DeviceUnavailableError, match="int8 graphs"):
+        providers.plan_device(Device.CUDA, [Precision.INT8])
+    assert providers.plan_device(Device.AUTO, [Precision.INT8]) is Device.CPU
+    assert providers.plan_device(Device.CPU, [Precision.FP32]) is Device.CPU
+
+
+def test_both_runtime_packages_installed_is_explained(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    monkeypatch.setattr(
+        providers, "installed_runtime_distributions", lambda: ["onnxruntime 1.32.0", "onnxruntime-gpu 1.31.1"]
+    )
+    with pytest.raises(DeviceUnavailableError, match="both onnxruntime and onnxruntime-gpu"):
+        providers.plan_device(Device.CUDA, [Precision.FP32])
+
+
+def test_cuda_provider_dropped_by_runtime_is_detected(
+    tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ONNX Runtime silently drops a provider it cannot start; the engine must notice."""
+
+    class FakeSession:
+        def __init__(self, path: str, sess_options: object, providers: list[str]) -> None:
+            self.asked = providers
+
+        def get_providers(self) -> list[str]:
+            return ["CPUExecutionProvider"]
+
+    monkeypatch.setattr(ort, "InferenceSession", FakeSession)
+    with pytest.raises(DeviceUnavailableError, match="could not start its CUDA provider"):
+        providers.create_session(tiny_bundle / "user_tower.onnx", Device.CUDA)
