@@ -26,16 +26,24 @@ def write(folder: Path, name: str, text: str, encoding: str = "utf-8") -> Path:
 
 
 def test_movielens_latest_small_layout(tmp_path: Path) -> None:
-    write(tmp_path, "movies.csv", 'movieId,title,genres\n1,Toy Story (1995),Adventure|Comedy\n'
-          '2,"Misérables, Les (1995)",Drama|War\n3,Heat (1995),(no genres listed)\n')  # fmt: skip
+    write(
+        tmp_path,
+        "movies.csv",
+        "movieId,title,genres\n1,Toy Story (1995),Adventure|Comedy\n"
+        '2,"Misérables, Les (1995)",Drama|War\n3,Heat (1995),(no genres listed)\n',
+    )
     write(tmp_path, "ratings.csv", "userId,movieId,rating,timestamp\n7,2,4.0,200\n7,1,5.0,100\n7,3,3.0,300\n")
     write(tmp_path, "tags.csv", "userId,movieId,tag,timestamp\n7,1,Pixar,1\n8,1,pixar,2\n7,1,fun,3\n")
     ds = load_dataset(tmp_path)
     assert ds.sequences == {"7": ("1", "2", "3")}
     toy = ds.catalog.get("1")
     assert toy.text == "Toy Story (1995). Genres: Adventure, Comedy. Tags: pixar, fun."
-    assert dict(toy.attributes) == {"title": "Toy Story", "year": 1995, "genres": ["Adventure", "Comedy"],
-                                    "tags": ["pixar", "fun"]}  # fmt: skip
+    assert dict(toy.attributes) == {
+        "title": "Toy Story",
+        "year": 1995,
+        "genres": ["Adventure", "Comedy"],
+        "tags": ["pixar", "fun"],
+    }
     assert ds.catalog.get("2").attributes["title"] == "Misérables, Les"
     assert "genres" not in ds.catalog.get("3").attributes
     assert set(ds.files) == {"movies.csv", "ratings.csv", "tags.csv"}
@@ -44,8 +52,13 @@ def test_movielens_latest_small_layout(tmp_path: Path) -> None:
 def test_movielens_100k_layout_reads_latin1(tmp_path: Path) -> None:
     flags = ["0"] * 19
     flags[5] = flags[8] = "1"  # Comedy, Drama
-    write(tmp_path, "u.item", "1|Café Society (1995)|01-Jan-1995||http://x|" + "|".join(flags) + "\n"
-          "2|Heat (1995)|01-Jan-1995||http://y|" + "|".join(["0"] * 19) + "\n", encoding="latin-1")  # fmt: skip
+    write(
+        tmp_path,
+        "u.item",
+        "1|Café Society (1995)|01-Jan-1995||http://x|" + "|".join(flags) + "\n"
+        "2|Heat (1995)|01-Jan-1995||http://y|" + "|".join(["0"] * 19) + "\n",
+        encoding="latin-1",
+    )
     write(tmp_path, "u.data", "5\t2\t3\t900\n5\t1\t4\t800\n6\t1\t2\t10\n")
     ds = load_dataset(tmp_path)
     assert ds.catalog.get("1").text == "Café Society (1995). Genres: Comedy, Drama."
@@ -74,16 +87,26 @@ def test_generic_folder_in_each_format(tmp_path: Path, suffix: str) -> None:
     events = [("u1", "b", "2024-01-02T00:00:00Z"), ("u1", "a", "2024-01-01T00:00:00Z"), ("u2", "a", "5")]
     if suffix == ".jsonl":
         write(tmp_path, "items.jsonl", "\n".join(json.dumps(r) for r in rows) + "\n")
-        write(tmp_path, "interactions.jsonl",
-              "\n".join(json.dumps({"user_id": u, "item_id": i, "timestamp": t, "rating": 5}) for u, i, t in events))  # fmt: skip
+        write(
+            tmp_path,
+            "interactions.jsonl",
+            "\n".join(
+                json.dumps({"user_id": u, "item_id": i, "timestamp": t, "rating": 5}) for u, i, t in events
+            ),
+        )
     else:
         sep = "," if suffix == ".csv" else "\t"
         cols = ["item_id", "text", "title", "category", "brand", "price"]
         lines = [sep.join(cols)] + [sep.join(r.get(c, "") for c in cols) for r in rows]
         write(tmp_path, f"items{suffix}", "\n".join(lines) + "\n")
-        write(tmp_path, f"interactions{suffix}",
-              sep.join(["user_id", "item_id", "timestamp", "extra"]) + "\n"
-              + "\n".join(sep.join([u, i, t, "x"]) for u, i, t in events) + "\n")  # fmt: skip
+        write(
+            tmp_path,
+            f"interactions{suffix}",
+            sep.join(["user_id", "item_id", "timestamp", "extra"])
+            + "\n"
+            + "\n".join(sep.join([u, i, t, "x"]) for u, i, t in events)
+            + "\n",
+        )
     ds = load_dataset(tmp_path)
     assert ds.catalog.get("a").text == "Red Tent. Category: Camping. Brand: Trailhead."
     assert ds.catalog.get("b").text == "A blue kettle"
@@ -118,18 +141,34 @@ def _generic(tmp_path: Path, items: str, interactions: str = "user_id,item_id,ti
     [
         ("id,title\na,A\n", None, "items.csv", 1, "missing column(s) ['item_id']"),
         ("item_id,price\na,3\n", None, "items.csv", 1, "no text column"),
-        ("item_id,title\na,A\n", "user_id,item_id,timestamp\nu,a,1\nu,zzz,2\n", "interactions.csv", 3,
-         "item_id 'zzz' is not in items.csv"),
-        ("item_id,title\na,A\n", "user_id,timestamp\nu,1\n", "interactions.csv", 1, "missing column(s) ['item_id']"),
+        (
+            "item_id,title\na,A\n",
+            "user_id,item_id,timestamp\nu,a,1\nu,zzz,2\n",
+            "interactions.csv",
+            3,
+            "item_id 'zzz' is not in items.csv",
+        ),
+        (
+            "item_id,title\na,A\n",
+            "user_id,timestamp\nu,1\n",
+            "interactions.csv",
+            1,
+            "missing column(s) ['item_id']",
+        ),
         ("item_id,title\na,A\na,B\n", None, "items.csv", 3, "appears again (first on line 2)"),
         ("item_id,title\na,A\nb,\n", None, "items.csv", 3, "item 'b' has no text"),
         ("item_id,title\na,A,extra\n", None, "items.csv", 2, "expected 2 fields"),
-        ("item_id,title\na,A\n", "user_id,item_id,timestamp\nu,a,yesterday\n", "interactions.csv", 2,
-         "neither a number nor an ISO 8601 date"),
+        (
+            "item_id,title\na,A\n",
+            "user_id,item_id,timestamp\nu,a,yesterday\n",
+            "interactions.csv",
+            2,
+            "neither a number nor an ISO 8601 date",
+        ),
         ("item_id,title\n", None, "items.csv", None, "a header but no rows"),
         ("", None, "items.csv", None, "the file is empty"),
     ],
-)  # fmt: skip
+)
 def test_bad_data_errors_name_file_and_line(
     tmp_path: Path, items: str, interactions: str | None, file: str, line: int | None, fragment: str
 ) -> None:
@@ -165,7 +204,7 @@ def test_unknown_movie_in_ratings(tmp_path: Path) -> None:
 
 def test_unrecognised_and_missing_folders(tmp_path: Path) -> None:
     write(tmp_path, "notes.txt", "hello")
-    with pytest.raises(DataError, match="not a recognised data folder.*notes.txt"):
+    with pytest.raises(DataError, match=r"not a recognised data folder.*notes.txt"):
         load_dataset(tmp_path)
     with pytest.raises(DataError, match="no such folder"):
         load_dataset(tmp_path / "absent")
@@ -184,8 +223,11 @@ def test_two_item_files_is_ambiguous(tmp_path: Path) -> None:
 
 def test_leave_one_out(tmp_path: Path) -> None:
     write(tmp_path, "items.csv", "item_id,title\n" + "".join(f"{c},{c.upper()}\n" for c in "abcdef"))
-    write(tmp_path, "interactions.csv", "user_id,item_id,timestamp\n"
-          "u1,a,1\nu1,b,2\nu1,c,3\nu1,d,4\nu2,e,1\nu2,f,2\nu3,a,5\nu3,b,5\nu3,c,5\n")  # fmt: skip
+    write(
+        tmp_path,
+        "interactions.csv",
+        "user_id,item_id,timestamp\nu1,a,1\nu1,b,2\nu1,c,3\nu1,d,4\nu2,e,1\nu2,f,2\nu3,a,5\nu3,b,5\nu3,c,5\n",
+    )
     split = leave_one_out(load_dataset(tmp_path))
     assert split.train == {"u1": ("a", "b"), "u2": ("e", "f"), "u3": ("a",)}
     assert [(e.user_id, e.history, e.target) for e in split.validation] == [

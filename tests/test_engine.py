@@ -184,7 +184,7 @@ def test_cuda_unavailable_is_an_error_and_auto_falls_back(
 ) -> None:
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("this machine has CUDA")
-    with pytest.raises(DeviceUnavailableError, match="CPU build.*onnxruntime-gpu"):
+    with pytest.raises(DeviceUnavailableError, match=r"CPU build.*onnxruntime-gpu"):
         Engine.load(tiny_bundle, device="cuda")
     with caplog.at_level("INFO", logger="recsys_infer"):
         engine = Engine.load(tiny_bundle, device="auto")

@@ -141,7 +141,13 @@ def _export_tower(tower: TextTower, path: Path, opset: int, tokenizer: TextToken
         )
     import onnx
 
-    onnx.checker.check_model(str(path))
+    # The exporter names the output's second axis after an internal node; it is the fixed width.
+    model = onnx.load(str(path))
+    width = model.graph.output[0].type.tensor_type.shape.dim[1]
+    width.Clear()
+    width.dim_value = int(tower.encoder.config.hidden_size)
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
 
 
 def _pick_parity_texts(texts: list[str], n: int, seed: int = 0) -> list[str]:

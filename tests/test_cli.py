@@ -1,0 +1,156 @@
+"""The command line through Typer's test runner, on the tiny model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from recsys_infer.cli import app
+from recsys_infer.data import sample_dataset
+
+runner = CliRunner()
+
+
+def invoke(*args: str) -> tuple[int, str]:
+    result = runner.invoke(app, list(args))
+    return result.exit_code, result.output
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A generic data folder written by `sample-data`, then trimmed to 150 users."""
+    folder = tmp_path_factory.mktemp("data") / "sample"
+    code, out = invoke("sample-data", "--out", str(folder))
+    assert code == 0, out
+    lines = (folder / "interactions.csv").read_text().splitlines()
+    users = sorted({line.split(",")[0] for line in lines[1:]})[:150]
+    keep = [lines[0]] + [line for line in lines[1:] if line.split(",")[0] in set(users)]
+    (folder / "interactions.csv").write_text("\n".join(keep) + "\n")
+    return folder
+
+
+def test_sample_data_round_trips(small_data: Path) -> None:
+    from recsys_infer.data import load_dataset
+
+    loaded = load_dataset(small_data)
+    sample = sample_dataset()
+    assert len(loaded.catalog) == len(sample.catalog)
+    assert loaded.catalog.get("P00001").text == sample.catalog.get("P00001").text
+    assert loaded.sequences["U0001"] == sample.sequences["U0001"]
+
+
+def test_train_export_info_recommend(small_data: Path, tiny_encoder: Path, tmp_path: Path) -> None:
+    ckpt, bundle, report = tmp_path / "ck", tmp_path / "b", tmp_path / "reports" / "train.json"
+    code, out = invoke(
+        "train",
+        "--data",
+        str(small_data),
+        "--out",
+        str(ckpt),
+        "--encoder",
+        str(tiny_encoder),
+        "--max-steps",
+        "3",
+        "--batch-size",
+        "8",
+        "--user-max-length",
+        "32",
+        "--item-max-length",
+        "24",
+        "--json",
+        str(report),
+    )
+    assert code == 0, out
+    assert "trained 3 steps" in out and "checkpoint:" in out
+    assert json.loads(report.read_text())["steps"] == 3
+
+    recipe = Path(__file__).resolve().parents[1] / "export" / "default.toml"
+    code, out = invoke("export", str(ckpt), "--out", str(bundle), "--recipe", str(recipe))
+    assert code == 0, out
+    assert "user tower parity vs PyTorch" in out and "HNSW recall@10" in out
+
+    code, out = invoke("info", str(bundle), "--json", str(tmp_path / "info.json"))
+    assert code == 0, out
+    assert "user tower: user_tower.onnx" in out and "checksums verified" in out
+    assert json.loads((tmp_path / "info.json").read_text())["schema_version"] == 1
+
+    code, out = invoke("recommend", str(bundle), "--history", "P00001,P00002", "-k", "4", "--format", "json")
+    assert code == 0, out
+    payload = json.loads(out)
+    ids = [r["item_id"] for r in payload["recommendations"]]
+    assert len(ids) == 4 and not {"P00001", "P00002"} & set(ids)
+    assert payload["device"] == "cpu"
+
+    code, out = invoke("recommend", str(bundle), "--text", "camping tent", "-k", "3")
+    assert code == 0 and "top 3 (cpu)" in out
+
+    code, out = invoke("export", str(ckpt), "--out", str(bundle))
+    assert code == 1 and "already exists" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "fragment"),
+    [
+        (["recommend", "{bundle}"], 2, "give --history"),
+        (["recommend", "{bundle}", "--history", "NOPE"], 1, "not in the catalogue"),
+        (["recommend", "{bundle}", "--text", "x", "-k", "100000"], 1, "larger than the catalogue"),
+        (["recommend", "{missing}", "--text", "x"], 1, "no bundle directory"),
+        (["info", "{missing}"], 1, "no bundle directory"),
+        (["train", "--data", "{missing}", "--out", "{missing}"], 1, "no such folder"),
+        (["export", "{missing}", "--out", "{missing}2"], 1, "not a recsys-infer checkpoint"),
+    ],
+)
+def test_errors_are_one_clear_line(
+    tiny_bundle: Path, tmp_path: Path, args: list[str], code: int, fragment: str
+) -> None:
+    filled = [a.format(bundle=tiny_bundle, missing=tmp_path / "missing") for a in args]
+    exit_code, out = invoke(*filled)
+    assert exit_code == code, out
+    assert fragment in out
+    assert "Traceback" not in out
+
+
+def test_quickstart_runs_the_whole_path(tiny_encoder: Path, tmp_path: Path) -> None:
+    out_dir = tmp_path / "qs"
+    code, out = invoke(
+        "quickstart",
+        "--out",
+        str(out_dir),
+        "--encoder",
+        str(tiny_encoder),
+        "--steps",
+        "2",
+        "--json",
+        str(tmp_path / "qs.json"),
+    )
+    assert code == 0, out
+    report = json.loads((tmp_path / "qs.json").read_text())
+    assert set(report["stages_seconds"]) == {
+        "load data",
+        "train",
+        "export + parity + index",
+        "load engine",
+        "recommend",
+    }
+    assert len(report["users"]) == 3
+    for user in report["users"]:
+        recommended = [r["item_id"] for r in user["recommendations"]]
+        assert len(recommended) == 5 and not set(recommended) & set(user["history"])
+    assert len(report["request"]["recommendations"]) == 5
+    assert "stage timings" in out and "held-out next item" in out
+    from recsys_infer import Engine
+
+    assert len(Engine.load(out_dir / "bundle", device="cpu").recommend(text="tent", k=2)) == 2
+    # Running it again replaces its own outputs.
+    code, out = invoke("quickstart", "--out", str(out_dir), "--encoder", str(tiny_encoder), "--steps", "1")
+    assert code == 0, out
+
+
+def test_help_lists_every_command() -> None:
+    code, out = invoke("--help")
+    assert code == 0
+    for command in ("quickstart", "train", "export", "info", "recommend", "sample-data"):
+        assert command in out
