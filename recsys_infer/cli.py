@@ -72,6 +72,10 @@ def _write_json(path: Path | None, payload: dict[str, Any]) -> None:
     typer.echo(f"report written to {path}")
 
 
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def _console() -> Any:
     from rich.console import Console
 
@@ -120,9 +124,12 @@ def quickstart(
     report = run_quickstart(out, steps=steps, encoder=encoder)
     for user in report.users:
         console.print(f"\n[bold]user {user.user_id}[/bold], most recent history (newest last):")
+        width = max(40, console.width - 12)
         for item_id, text in user.history[-5:]:
-            console.print(f"  {item_id}  {text[:100]}")
-        console.print(f"  held-out next item: {user.target[0]}  {user.target[1][:90]}")
+            console.print(f"  {item_id}  {_clip(text, width)}", highlight=False)
+        console.print(
+            f"  held-out next item: {user.target[0]}  {_clip(user.target[1], width - 20)}", highlight=False
+        )
         console.print(_recs_table(f"recommendations for {user.user_id}", user.recommendations))
     console.print(_recs_table(f'\nrequest: "{report.request}"', report.request_recommendations))
 
