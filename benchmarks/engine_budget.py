@@ -87,7 +87,10 @@ def main() -> None:
     args = parser.parse_args()
 
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    code = "import sys, time; t=time.perf_counter(); import recsys_infer; print(time.perf_counter()-t, 'torch' in sys.modules)"
+    code = (
+        "import sys, time; t = time.perf_counter(); import recsys_infer; "
+        "print(time.perf_counter() - t, 'torch' in sys.modules)"
+    )
     import_runs = [
         subprocess.run(
             [sys.executable, "-c", code], check=True, capture_output=True, text=True, env=env

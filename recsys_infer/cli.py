@@ -38,6 +38,9 @@ JsonOut = Annotated[
     typer.Option("--json", help="Also write a machine-readable report to this file.", dir_okay=False),
 ]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace --out if it already exists.")]
+EncoderOpt = Annotated[
+    str | None, typer.Option("--encoder", help="Encoder id or local path; default all-MiniLM-L6-v2.")
+]
 
 
 class OutputFormat(StrEnum):
@@ -72,6 +75,13 @@ def _write_json(path: Path | None, payload: dict[str, Any]) -> None:
     typer.echo(f"report written to {path}")
 
 
+def _parity_line(parity: dict[str, Any], recall: float) -> str:
+    return (
+        f"parity vs PyTorch: user max|Δ| {parity['user']['max_abs_diff']:.1e}, item max|Δ| "
+        f"{parity['item']['max_abs_diff']:.1e}; HNSW recall@10 vs exact {recall:.3f}"
+    )
+
+
 def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
@@ -79,7 +89,7 @@ def _clip(text: str, width: int) -> str:
 def _console() -> Any:
     from rich.console import Console
 
-    return Console()
+    return Console(soft_wrap=True)  # long lines are not broken when output is piped
 
 
 def _recs_table(title: str, recs: list[Recommendation]) -> Any:
@@ -111,9 +121,7 @@ def quickstart(
         "quickstart-out"
     ),
     steps: Annotated[int, typer.Option(min=0, help="Training steps (batch 32).")] = 40,
-    encoder: Annotated[
-        str | None, typer.Option(help="Encoder id or local path; default all-MiniLM-L6-v2.")
-    ] = None,
+    encoder: EncoderOpt = None,
     json_out: JsonOut = None,
 ) -> None:
     """Run the whole path on the built-in sample catalogue: train, export, index, recommend."""
@@ -142,12 +150,7 @@ def quickstart(
         timings.add_row(stage, f"{seconds:.1f}")
     timings.add_row("[bold]total[/bold]", f"[bold]{sum(report.stages.values()):.1f}[/bold]")
     console.print(timings)
-    parity = report.export["parity"]
-    console.print(
-        f"parity ONNX vs PyTorch: user max|Δ| {parity['user']['max_abs_diff']:.1e}, "
-        f"item max|Δ| {parity['item']['max_abs_diff']:.1e}; HNSW recall@10 vs exact "
-        f"{report.export['index_recall_at_10']:.3f}"
-    )
+    console.print(_parity_line(report.export["parity"], report.export["index_recall_at_10"]))
     console.print(f'bundle ready: recsys-infer recommend {report.bundle} --text "..."')
     _write_json(json_out, report.to_json())
 
@@ -157,9 +160,7 @@ def quickstart(
 def train(
     data: Annotated[str, typer.Option(help="Data folder (MovieLens or generic), or 'sample'.")],
     out: Annotated[Path, typer.Option(help="Checkpoint directory to write.", file_okay=False)],
-    encoder: Annotated[
-        str | None, typer.Option(help="Encoder id or local path; default all-MiniLM-L6-v2.")
-    ] = None,
+    encoder: EncoderOpt = None,
     epochs: Annotated[int | None, typer.Option(min=1)] = None,
     max_steps: Annotated[
         int | None, typer.Option(min=0, help="Stop after this many steps (0: save untrained).")
@@ -281,12 +282,9 @@ def info(
         p = raw["probe"]
         console.print(f"  probe: {p['histories']} {p['split']} histories, {p['requests']} requests")
     fid = raw.get("fidelity", {})
-    par = raw.get("parity", {})
-    if par:
+    if raw.get("parity"):
         console.print(
-            f"  parity vs PyTorch: user max|Δ| {par['user']['max_abs_diff']:.1e}, item max|Δ| "
-            f"{par['item']['max_abs_diff']:.1e}; index recall@10 vs exact "
-            f"{fid.get('index_recall_at_10_vs_exact', float('nan')):.3f}"
+            "  " + _parity_line(raw["parity"], fid.get("index_recall_at_10_vs_exact", float("nan")))
         )
     prov = raw.get("provenance", {})
     enc = prov.get("encoder", {})
