@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from .enums import Device
+from .enums import Device, UserTowerKind
 from .errors import RecsysError
 
 if TYPE_CHECKING:
@@ -175,6 +175,27 @@ def train(
     max_history: Annotated[int | None, typer.Option(help="History items written into the user text.")] = None,
     shared_towers: Annotated[bool | None, typer.Option("--shared-towers/--separate-towers")] = None,
     threads: Annotated[int | None, typer.Option(min=1, help="torch intra-op threads.")] = None,
+    user_tower: Annotated[
+        UserTowerKind | None, typer.Option(help="text: history as text; sequence: history item vectors.")
+    ] = None,
+    hidden: Annotated[int | None, typer.Option(help="Sequence tower width.")] = None,
+    layers: Annotated[int | None, typer.Option(help="Sequence tower layers.")] = None,
+    dropout: Annotated[float | None, typer.Option(help="Sequence tower dropout.")] = None,
+    item_head_hidden: Annotated[
+        int | None, typer.Option(help="Width of the item head (sequence kind).")
+    ] = None,
+    eval_every: Annotated[int | None, typer.Option(help="Validate every N epochs (sequence kind).")] = None,
+    patience: Annotated[int | None, typer.Option(help="Stop after N validations without gain.")] = None,
+    bf16: Annotated[
+        bool | None, typer.Option("--bf16/--fp32", help="bf16 autocast (AMX) for training.")
+    ] = None,
+    cold_items: Annotated[
+        int | None, typer.Option(help="Hold this many test-target items out of training.")
+    ] = None,
+    save_every: Annotated[
+        int | None, typer.Option(help="Save a resumable state every N steps (text kind).")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run from <out>.partial/.")] = False,
     recipe: Annotated[Path | None, typer.Option(help="Recipe TOML; its [train] table sets defaults.")] = None,
     overwrite: Overwrite = False,
     json_out: JsonOut = None,
@@ -192,14 +213,34 @@ def train(
         base = TrainConfig(**doc.get("train", {}))
         encoder = encoder or doc.get("encoder", {}).get("name")
     config = base.with_overrides(
-        epochs=epochs, max_steps=max_steps, max_minutes=max_minutes, batch_size=batch_size,
-        learning_rate=lr, temperature=temperature, seed=seed, user_max_length=user_max_length,
-        item_max_length=item_max_length, max_history=max_history, shared_towers=shared_towers,
+        epochs=epochs,
+        max_steps=max_steps,
+        max_minutes=max_minutes,
+        batch_size=batch_size,
+        learning_rate=lr,
+        temperature=temperature,
+        seed=seed,
+        user_max_length=user_max_length,
+        item_max_length=item_max_length,
+        max_history=max_history,
+        shared_towers=shared_towers,
         threads=threads,
-    )  # fmt: skip
+        user_tower=user_tower,
+        hidden=hidden,
+        layers=layers,
+        dropout=dropout,
+        item_head_hidden=item_head_hidden,
+        eval_every=eval_every,
+        patience=patience,
+        bf16=bf16,
+        cold_items=cold_items,
+        save_every=save_every,
+    )
     dataset = load_dataset(data)
     typer.echo(dataset.describe())
-    result = run_train(dataset, out, encoder=encoder, config=config, overwrite=overwrite)
+    result = run_train(
+        dataset, out, encoder=encoder, config=config, overwrite=overwrite or resume, resume=resume
+    )
     loss = (
         f"loss {result.first_loss:.3f} → {result.final_loss:.3f}"
         if result.first_loss is not None
@@ -208,6 +249,11 @@ def train(
     typer.echo(
         f"trained {result.steps} steps in {result.seconds:.0f}s ({loss}; stopped by {result.stopped_by})"
     )
+    if result.extra.get("best_epoch"):
+        typer.echo(
+            f"best validation NDCG@10 {result.extra['best_validation_ndcg@10']:.4f} at epoch "
+            f"{result.extra['best_epoch']} of {result.extra['epochs']}"
+        )
     typer.echo(f"checkpoint: {out}")
     _write_json(json_out, result.to_json())
 
@@ -231,11 +277,16 @@ def export(
 
     config = export_config_from_recipe(read_recipe(recipe), source=str(recipe)) if recipe else ExportConfig()
     result = export_bundle(checkpoint, out, config=replace(config, include_probe=probe), overwrite=overwrite)
-    for tower in ("user", "item"):
-        p = result.parity[tower]
+    for tower, p in result.parity.items():
+        if not isinstance(p, dict) or "mean_cosine" not in p:  # the reference and tolerance entries
+            continue
+        if "histories" in p:
+            lengths = p["history_lengths"]
+            inputs = f"{p['histories']} histories ({lengths['min']}–{lengths['max']} items)"
+        else:
+            inputs = f"{p['texts']} texts ({p['token_lengths']['min']}–{p['token_lengths']['max']} tokens)"
         typer.echo(
-            f"{tower} tower parity vs PyTorch on {p['texts']} texts ({p['token_lengths']['min']}–"
-            f"{p['token_lengths']['max']} tokens): max|Δ| {p['max_abs_diff']:.1e}, "
+            f"{tower} tower parity vs PyTorch on {inputs}: max|Δ| {p['max_abs_diff']:.1e}, "
             f"min cos {p['min_cosine']:.6f}"
         )
     typer.echo(f"HNSW recall@10 vs exact: {result.index_recall_at_10:.3f}")
@@ -263,9 +314,17 @@ def info(
     files = manifest.files
     for name, spec in manifest.towers.items():
         size = files[spec.file]["bytes"] / 1e6
+        if spec.kind == "sequence":
+            shape = (
+                f"causal transformer over up to {spec.max_length} history item vectors "
+                f"({spec.extra.get('layers')} layers, width {spec.extra.get('hidden')})"
+            )
+        else:
+            shape = f"{spec.pooling} pooling, max {spec.max_length} tokens" + (
+                ", with a trained head" if spec.extra.get("head") else ""
+            )
         console.print(
-            f"  {name} tower: {spec.file} ({size:.1f} MB), {spec.precision}, {spec.pooling} pooling, "
-            f"normalised={spec.normalize}, max {spec.max_length} tokens, dim {spec.dim}"
+            f"  {name} tower: {spec.file} ({size:.1f} MB), {spec.precision}, {shape}, dim {spec.dim}"
             + (f", quantization {spec.quantization}" if spec.quantization else "")
         )
     idx = manifest.index
@@ -273,11 +332,12 @@ def info(
         f"  index: {idx.kind} {idx.space}, {idx.count} items, M={idx.M}, ef_construction="
         f"{idx.ef_construction}, ef_search={idx.ef_search}, capacity {idx.extra.get('capacity', '?')}"
     )
-    ui = manifest.user_input
-    console.print(
-        f"  user input: up to {ui.max_history} history items, newest first, "
-        f"separated by {ui.item_separator!r}"
-    )
+    if manifest.user.kind == "text":
+        ui = manifest.user_input
+        console.print(
+            f"  user input: up to {ui.max_history} history items as text, newest first, "
+            f"separated by {ui.item_separator!r}"
+        )
     if raw.get("probe"):
         p = raw["probe"]
         console.print(f"  probe: {p['histories']} {p['split']} histories, {p['requests']} requests")
@@ -348,21 +408,12 @@ def sample_data(
     overwrite: Overwrite = False,
 ) -> None:
     """Write the built-in sample catalogue as a generic data folder (an example of the format)."""
-    import csv
-
-    from .data import sample_dataset
+    from .data import sample_dataset, write_generic
     from .runtime.bundle import atomic_directory
 
     dataset = sample_dataset()
     with atomic_directory(out, overwrite=overwrite) as tmp:
-        with (tmp / "items.jsonl").open("w", encoding="utf-8") as f:
-            for item in dataset.catalog:
-                f.write(json.dumps({"item_id": item.item_id, "text": item.text, **item.attributes}) + "\n")
-        with (tmp / "interactions.csv").open("w", encoding="utf-8", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["user_id", "item_id", "position"])
-            for user, seq in dataset.sequences.items():
-                writer.writerows((user, item, pos) for pos, item in enumerate(seq))
+        write_generic(dataset, tmp)
     typer.echo(f"{dataset.describe()} → {out}")
 
 

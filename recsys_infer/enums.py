@@ -38,3 +38,15 @@ class Space(StrEnum):
     IP = "ip"
     COSINE = "cosine"
     L2 = "l2"
+
+
+class UserTowerKind(StrEnum):
+    """What the user tower reads.
+
+    ``TEXT``: the request and the history written as text, through a language model.
+    ``SEQUENCE``: the history's item vectors, through a small causal transformer; a free-text
+    request goes through the item tower's text graph (the bundle's ``request`` tower).
+    """
+
+    TEXT = "text"
+    SEQUENCE = "sequence"

@@ -16,6 +16,7 @@ from recsys_infer.runtime import providers
 from recsys_infer.runtime.catalog import Catalog, Item
 from recsys_infer.runtime.index import ExactIndex, recall_at_k
 from recsys_infer.runtime.userinput import UserInputFormat
+from recsys_infer.runtime.users import TextUserEncoder
 
 # -- user input rendering ---------------------------------------------------------------------------
 
@@ -64,12 +65,11 @@ def handmade() -> Engine:
     )
     encoder = KeywordEncoder()
     return Engine(
-        user_encoder=encoder,
+        user_encoder=TextUserEncoder(encoder, catalog, UserInputFormat()),
         item_encoder=encoder,
         index=ExactIndex(encoder.encode(catalog.texts)),
         catalog=catalog,
         item_ids=catalog.ids,
-        user_input=UserInputFormat(),
     )
 
 

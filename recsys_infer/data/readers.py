@@ -33,10 +33,26 @@ TEXT_FIELDS = ("title", "category", "brand", "genres", "tags", "description")
 _TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl")
 _MAX_TAGS = 5
 _ML100K_GENRES = (
-    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
-    "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi",
-    "Thriller", "War", "Western",
-)  # fmt: skip
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
+)
 _YEAR = re.compile(r"\s*\((\d{4})\)\s*$")
 
 
@@ -409,3 +425,16 @@ def load_dataset(path: str | Path) -> Dataset:
         dataset = _read_generic(folder)
     logger.info("loaded %s", dataset.describe())
     return dataset
+
+
+def write_generic(dataset: Dataset, folder: Path) -> None:
+    """Write ``dataset`` into ``folder`` as ``items.jsonl`` and ``interactions.csv`` (the generic
+    format; the order of each user's interactions goes into a ``position`` column)."""
+    with (folder / "items.jsonl").open("w", encoding="utf-8") as f:
+        for item in dataset.catalog:
+            f.write(json.dumps({"item_id": item.item_id, "text": item.text, **item.attributes}) + "\n")
+    with (folder / "interactions.csv").open("w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["user_id", "item_id", "position"])
+        for user, seq in dataset.sequences.items():
+            writer.writerows((user, item, position) for position, item in enumerate(seq))

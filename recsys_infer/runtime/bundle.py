@@ -3,8 +3,10 @@
 Layout (schema version 1)::
 
     manifest.json        what is here, how it was made, and a sha256 of every other file
-    user_tower.onnx      user tower graph; pooling and L2 normalisation inside
-    item_tower.onnx      item tower graph; same contract
+    user_tower.onnx      user tower graph (text kind); pooling and L2 normalisation inside
+    item_tower.onnx      item tower graph; same contract (a head, if trained, inside too)
+    user_sequence.onnx   user tower graph (sequence kind): history item vectors in, user out;
+                         its ``request`` tower (free text) is the item tower's graph
     tokenizer.json       the encoder's tokenizer (Hugging Face ``tokenizers`` format)
     item_index.hnsw      hnswlib graph over the item vectors; label i is item_ids[i]
     item_vectors.npy     float32 (n, dim) item vectors, the exact reference (no pickle)
@@ -54,6 +56,11 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+#: ``text``: token ids in, unit vector out. ``sequence``: history item vectors in (``max_length``
+#: is then the number of history items), unit vector out.
+TOWER_KINDS = ("text", "sequence")
+
+
 @dataclass(frozen=True)
 class TowerSpec:
     """One tower's graph and the contract of its input and output."""
@@ -66,13 +73,14 @@ class TowerSpec:
     precision: Precision = Precision.FP32
     quantization: str | None = None
     kind: str = "text"
+    extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pooling", Pooling(self.pooling))
         object.__setattr__(self, "precision", Precision(self.precision))
         if self.max_length < 2 or self.dim < 1:
             raise BundleError(f"tower {self.file}: max_length and dim must be positive")
-        if self.kind != "text":
+        if self.kind not in TOWER_KINDS:
             raise BundleError(
                 f"tower {self.file} is of kind {self.kind!r}, which this version cannot run; "
                 "upgrade recsys-infer"
@@ -134,16 +142,15 @@ class Manifest:
                 f"bundle with this version: {_MAKE_BUNDLE}"
             )
         try:
-            towers = {name: TowerSpec(**spec) for name, spec in data["towers"].items()}
+            towers = {name: _known(TowerSpec, spec) for name, spec in data["towers"].items()}
             for name in ("user", "item"):
                 if name not in towers:
                     raise KeyError(f"towers.{name}")
-            index = dict(data["index"])
-            known = {f for f in IndexSpec.__dataclass_fields__ if f != "extra"}
-            spec = IndexSpec(
-                **{k: v for k, v in index.items() if k in known},
-                extra={k: v for k, v in index.items() if k not in known},
-            )
+            if towers["item"].kind != "text":
+                raise ValueError("the item tower must be a text tower")
+            if towers["user"].kind == "sequence" and "request" not in towers:
+                raise KeyError("towers.request (a sequence user tower needs a text request tower)")
+            spec = _known(IndexSpec, data["index"])
             probe = data.get("probe")
             return cls(
                 schema_version=version,
@@ -165,6 +172,15 @@ class Manifest:
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.raw)
+
+
+def _known(cls: Any, fields: Mapping[str, Any]) -> Any:
+    """``cls`` built from the fields it knows; the others are kept in its ``extra``."""
+    known = {f for f in cls.__dataclass_fields__ if f != "extra"}
+    return cls(
+        **{k: v for k, v in fields.items() if k in known},
+        extra={k: v for k, v in fields.items() if k not in known},
+    )
 
 
 def read_manifest(bundle: Path) -> Manifest:

@@ -24,7 +24,7 @@ from .encoder import Encoder, OnnxEncoder
 from .index import ExactIndex, HnswIndex, HnswParams, Index
 from .providers import create_session, plan_device
 from .tokenizer import TextTokenizer
-from .userinput import UserInputFormat
+from .users import SequenceUserEncoder, TextUserEncoder, UserEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +98,8 @@ class Engine:
     Build one with :meth:`load`; the constructor composes already-made parts (tests inject an
     :class:`ExactIndex` or their own encoders this way).
 
-    Unknown item ids in a history raise :class:`UnknownItemError` (they have no text to read).
+    Unknown item ids in a history raise :class:`UnknownItemError` (there is nothing to read for
+    them: no text, no vector).
     With ``exclude_seen=True`` (the default) history items are never returned; when the
     catalogue is so small that fewer than ``k`` unseen items remain, fewer are returned.
     """
@@ -106,12 +107,11 @@ class Engine:
     def __init__(
         self,
         *,
-        user_encoder: Encoder,
+        user_encoder: UserEncoder,
         item_encoder: Encoder,
         index: Index,
         catalog: Catalog,
         item_ids: Sequence[str],
-        user_input: UserInputFormat,
         device: Device = Device.CPU,
         manifest: Manifest | None = None,
         path: Path | None = None,
@@ -132,7 +132,6 @@ class Engine:
         self.index = index
         self.catalog = catalog
         self.item_ids: tuple[str, ...] = tuple(item_ids)
-        self.user_input = user_input
         self.manifest = manifest
         self.path = path
         self._device = Device(device)
@@ -173,7 +172,7 @@ class Engine:
 
         tokenizer_json = (bundle / manifest.tokenizer_file).read_text(encoding="utf-8")
 
-        def encoder(name: str) -> OnnxEncoder:
+        def text_encoder(name: str) -> OnnxEncoder:
             spec = manifest.towers[name]
             tokenizer = TextTokenizer(
                 Tokenizer.from_str(tokenizer_json), max_length=spec.max_length, pad_token=manifest.pad_token
@@ -184,20 +183,36 @@ class Engine:
         item_ids = json.loads((bundle / spec.item_ids_file).read_text(encoding="utf-8"))
         if not isinstance(item_ids, list) or not all(isinstance(i, str) for i in item_ids):
             raise BundleError(f"{bundle / spec.item_ids_file} must hold a JSON list of item id strings")
-        index: Index
-        if exact:
+        catalog = Catalog.read_jsonl(bundle / manifest.catalog_file)
+        sequence = manifest.user.kind == "sequence"
+        vectors = None
+        if exact or sequence:
             vectors = np.load(bundle / spec.vectors_file, allow_pickle=False)
+        index: Index
+        if exact and vectors is not None:
             index = ExactIndex(vectors)
         else:
             params = HnswParams(spec.M, spec.ef_construction, spec.ef_search)
             index = HnswIndex.load(bundle / spec.file, space=spec.space, dim=spec.dim, params=params)
+        user_encoder: UserEncoder
+        if sequence and vectors is not None:
+            label = {item_id: i for i, item_id in enumerate(item_ids)}
+            stored = vectors
+            user_encoder = SequenceUserEncoder(
+                sessions[manifest.user.file],
+                lambda item_id: stored[label[item_id]],
+                dim=manifest.user.dim,
+                max_history=manifest.user.max_length,
+                requests=text_encoder("request"),
+            )
+        else:
+            user_encoder = TextUserEncoder(text_encoder("user"), catalog, manifest.user_input)
         engine = cls(
-            user_encoder=encoder("user"),
-            item_encoder=encoder("item"),
+            user_encoder=user_encoder,
+            item_encoder=text_encoder("item"),
             index=index,
-            catalog=Catalog.read_jsonl(bundle / manifest.catalog_file),
+            catalog=catalog,
             item_ids=item_ids,
-            user_input=manifest.user_input,
             device=planned,
             manifest=manifest,
             path=bundle,
@@ -227,18 +242,22 @@ class Engine:
 
     # -- encoding -------------------------------------------------------------------------------
 
-    def user_text(self, query: Query | Mapping[str, Any]) -> str:
-        """The exact text the user tower reads for ``query``."""
-        q = Query.coerce(query)
-        unknown = [h for h in q.history if h not in self.catalog]
+    def _checked(self, request: Query | Mapping[str, Any]) -> Query:
+        query = Query.coerce(request)
+        unknown = [h for h in query.history if h not in self.catalog]
         if unknown:
             raise UnknownItemError(unknown, len(self.catalog))
-        texts = [self.catalog.get(h).text for h in q.history]
-        return self.user_input.render(texts, q.text)
+        return query
+
+    def user_text(self, query: Query | Mapping[str, Any]) -> str:
+        """The exact text a text user tower reads for ``query``."""
+        if not isinstance(self.user_encoder, TextUserEncoder):
+            raise QueryError("this bundle's user tower reads the history's item vectors, not text")
+        return self.user_encoder.text(self._checked(query))
 
     def encode_users(self, requests: Sequence[Query | Mapping[str, Any]]) -> np.ndarray:
         """User vectors, ``float32 (len(requests), dim)``, unit norm."""
-        return self.user_encoder.encode([self.user_text(r) for r in requests])
+        return self.user_encoder.encode([self._checked(r) for r in requests])
 
     def encode_items(self, texts: Sequence[str]) -> np.ndarray:
         """Item vectors for arbitrary item texts, ``float32 (len(texts), dim)``, unit norm."""

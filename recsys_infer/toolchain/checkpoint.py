@@ -3,8 +3,10 @@
 Layout::
 
     recsys_checkpoint.json   model config, training summary, data provenance
-    user_encoder/            Hugging Face config.json + model.safetensors (the user tower)
-    item_encoder/            the item tower (absent when the towers share weights)
+    user_encoder/            Hugging Face config.json + model.safetensors (text user tower)
+    item_encoder/            the item tower's encoder (absent when text towers share weights)
+    item_head.safetensors    sequence kind: the trainable head on the frozen item encoder
+    sequence_tower.safetensors  sequence kind: the user tower over history item vectors
     tokenizer.json           the encoder's tokenizer
     catalog.jsonl            the catalogue the model was trained on
     probe.json               validation histories and requests (for export's probe set)
@@ -17,6 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from recsys_infer.enums import UserTowerKind
 from recsys_infer.errors import CheckpointError
 from recsys_infer.runtime.bundle import atomic_directory
 from recsys_infer.runtime.catalog import Catalog
@@ -24,6 +30,8 @@ from recsys_infer.runtime.catalog import Catalog
 from .model import ModelConfig, TwoTower
 
 CHECKPOINT_FILE = "recsys_checkpoint.json"
+ITEM_HEAD = "item_head.safetensors"
+SEQUENCE_TOWER = "sequence_tower.safetensors"
 CHECKPOINT_VERSION = 1
 _MAKE = "recsys-infer train --data PATH --out CHECKPOINT"
 
@@ -51,15 +59,26 @@ def save_checkpoint(
 ) -> None:
     """Write the checkpoint atomically: a crash leaves no half-written directory at ``out``."""
     with atomic_directory(out, overwrite=overwrite) as tmp:
-        model.user.encoder.save_pretrained(tmp / "user_encoder", safe_serialization=True)
-        if not model.config.shared_towers:
+        if model.config.user_tower is UserTowerKind.SEQUENCE:
+            if model.item.head is None:
+                raise CheckpointError("a sequence model's item tower must have a head")
             model.item.encoder.save_pretrained(tmp / "item_encoder", safe_serialization=True)
+            save_file(_contiguous(model.item.head), str(tmp / ITEM_HEAD))
+            save_file(_contiguous(model.user), str(tmp / SEQUENCE_TOWER))
+        else:
+            model.user.encoder.save_pretrained(tmp / "user_encoder", safe_serialization=True)
+            if not model.config.shared_towers:
+                model.item.encoder.save_pretrained(tmp / "item_encoder", safe_serialization=True)
         (tmp / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
         catalog.write_jsonl(tmp / "catalog.jsonl")
         if probe is not None:
             (tmp / "probe.json").write_text(json.dumps(probe), encoding="utf-8")
         doc = {"format_version": CHECKPOINT_VERSION, "model": model.config.to_dict(), **meta}
         (tmp / CHECKPOINT_FILE).write_text(json.dumps(doc, indent=2), encoding="utf-8")
+
+
+def _contiguous(module: nn.Module) -> dict[str, Any]:
+    return {k: v.detach().contiguous() for k, v in module.state_dict().items()}
 
 
 def load_checkpoint(path: Path, *, attn_implementation: str | None = None) -> Checkpoint:
@@ -79,18 +98,31 @@ def load_checkpoint(path: Path, *, attn_implementation: str | None = None) -> Ch
             f"(this version reads {CHECKPOINT_VERSION}); retrain with: {_MAKE}"
         )
     config = ModelConfig.from_dict(doc["model"])
-    folders = ["user_encoder"] + ([] if config.shared_towers else ["item_encoder"])
-    needed = [*folders, "tokenizer.json", "catalog.jsonl"]
+    sequence = config.user_tower is UserTowerKind.SEQUENCE
+    if sequence:
+        parts = ["item_encoder", ITEM_HEAD, SEQUENCE_TOWER]
+    else:
+        parts = ["user_encoder"] + ([] if config.shared_towers else ["item_encoder"])
+    needed = [*parts, "tokenizer.json", "catalog.jsonl"]
     missing = [n for n in needed if not (path / n).exists()]
     if missing:
         raise CheckpointError(f"{path} lacks {missing}: the checkpoint is incomplete; retrain with: {_MAKE}")
     kwargs: dict[str, Any] = {"attn_implementation": attn_implementation} if attn_implementation else {}
-    user = AutoModel.from_pretrained(path / "user_encoder", **kwargs)
-    item = None if config.shared_towers else AutoModel.from_pretrained(path / "item_encoder", **kwargs)
+    if sequence:
+        model = TwoTower(None, AutoModel.from_pretrained(path / "item_encoder", **kwargs), config)
+        if model.item.head is None:  # pragma: no cover - TwoTower always makes one for this kind
+            raise CheckpointError("internal: the sequence model has no item head")
+        model.item.head.load_state_dict(load_file(str(path / ITEM_HEAD)))
+        model.user.load_state_dict(load_file(str(path / SEQUENCE_TOWER)))
+    else:
+        user = AutoModel.from_pretrained(path / "user_encoder", **kwargs)
+        item = None if config.shared_towers else AutoModel.from_pretrained(path / "item_encoder", **kwargs)
+        model = TwoTower(user, item, config)
+    model.eval()
     probe_path = path / "probe.json"
     return Checkpoint(
         path=path,
-        model=TwoTower(user, item, config),
+        model=model,
         config=config,
         catalog=Catalog.read_jsonl(path / "catalog.jsonl"),
         tokenizer_json=(path / "tokenizer.json").read_text(encoding="utf-8"),

@@ -22,7 +22,7 @@ import torch
 from tokenizers import Tokenizer
 
 from recsys_infer import __version__
-from recsys_infer.enums import Device, Precision, Space
+from recsys_infer.enums import Device, Precision, Space, UserTowerKind
 from recsys_infer.errors import ExportError, ParityError
 from recsys_infer.runtime.bundle import atomic_directory, sha256_file, write_manifest
 from recsys_infer.runtime.catalog import Catalog
@@ -31,9 +31,10 @@ from recsys_infer.runtime.engine import Engine
 from recsys_infer.runtime.index import ExactIndex, HnswIndex, HnswParams, recall_at_k
 from recsys_infer.runtime.providers import create_session
 from recsys_infer.runtime.tokenizer import TextTokenizer
+from recsys_infer.runtime.users import SequenceUserEncoder
 
 from .checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint
-from .model import TextTower
+from .model import SequenceTower, TextTower
 
 logger = logging.getLogger(__name__)
 
@@ -139,13 +140,17 @@ def _export_tower(tower: TextTower, path: Path, opset: int, tokenizer: TextToken
             do_constant_folding=True,
             dynamo=False,
         )
+    _fix_width_and_check(path, int(tower.encoder.config.hidden_size))
+
+
+def _fix_width_and_check(path: Path, width: int) -> None:
     import onnx
 
     # The exporter names the output's second axis after an internal node; it is the fixed width.
     model = onnx.load(str(path))
-    width = model.graph.output[0].type.tensor_type.shape.dim[1]
-    width.Clear()
-    width.dim_value = int(tower.encoder.config.hidden_size)
+    axis = model.graph.output[0].type.tensor_type.shape.dim[1]
+    axis.Clear()
+    axis.dim_value = width
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(path))
 
@@ -179,8 +184,11 @@ def _compare(reference: np.ndarray, other: np.ndarray) -> dict[str, float]:
     cos = np.sum(reference * other, axis=1) / (
         np.linalg.norm(reference, axis=1) * np.linalg.norm(other, axis=1) + 1e-12
     )
-    return {"max_abs_diff": float(np.max(np.abs(reference - other))), "min_cosine": float(np.min(cos)),
-            "mean_cosine": float(np.mean(cos))}  # fmt: skip
+    return {
+        "max_abs_diff": float(np.max(np.abs(reference - other))),
+        "min_cosine": float(np.min(cos)),
+        "mean_cosine": float(np.mean(cos)),
+    }
 
 
 def check_parity(tower: TextTower, encoder: OnnxEncoder, texts: list[str]) -> dict[str, Any]:
@@ -217,22 +225,83 @@ def _user_texts(ckpt: Checkpoint) -> list[str]:
     return texts
 
 
-def _sessions_encoders(tmp: Path, files: dict[str, str], ckpt: Checkpoint) -> dict[str, OnnxEncoder]:
-    dim = int(ckpt.model.user.encoder.config.hidden_size)
-    sessions = {f: create_session(tmp / f, Device.CPU) for f in set(files.values())}
-    lengths = {"user": ckpt.config.user_max_length, "item": ckpt.config.item_max_length}
-    return {
-        name: OnnxEncoder(
-            sessions[files[name]],
-            TextTokenizer(
-                Tokenizer.from_str(ckpt.tokenizer_json),
-                max_length=lengths[name],
-                pad_token=ckpt.config.pad_token,
-            ),
-            dim=dim,
+def _export_sequence(tower: SequenceTower, path: Path, opset: int, dim: int) -> None:
+    history = torch.nn.functional.normalize(torch.randn(2, 5, dim), dim=-1)
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    tower.eval()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            tower,
+            (history, mask),
+            str(path),
+            input_names=["history", "history_mask"],
+            output_names=["embedding"],
+            dynamic_axes={
+                "history": {0: "batch", 1: "length"},
+                "history_mask": {0: "batch", 1: "length"},
+                "embedding": {0: "batch"},
+            },
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
         )
-        for name in ("user", "item")
+    _fix_width_and_check(path, dim)
+
+
+def _pick_histories(histories: list[list[str]], n: int) -> list[list[str]]:
+    """Histories of many lengths (1 to the longest), shortest and longest included."""
+    if not histories:
+        return []
+    by_length = sorted(histories, key=len)
+    positions = np.linspace(0, len(by_length) - 1, num=min(n, len(by_length))).round().astype(int)
+    picked = [by_length[i] for i in sorted(set(positions.tolist()))]
+    return [by_length[-1][-1:], *picked]  # a one-item history too
+
+
+def check_sequence_parity(
+    tower: SequenceTower, encoder: SequenceUserEncoder, histories: list[list[str]], vector_of: Any
+) -> dict[str, Any]:
+    """ONNX Runtime vs PyTorch on history vectors: mixed-length batches and one at a time."""
+    reference = []
+    with torch.no_grad():
+        for start in range(0, len(histories), 16):
+            chunk = histories[start : start + 16]
+            length = min(tower.max_history, max(len(h) for h in chunk))
+            batch = torch.zeros(len(chunk), length, encoder.dim)
+            mask = torch.zeros(len(chunk), length, dtype=torch.long)
+            for row, h in enumerate(chunk):
+                recent = h[-length:]
+                batch[row, length - len(recent) :] = torch.from_numpy(
+                    np.stack([vector_of(i) for i in recent])
+                )
+                mask[row, length - len(recent) :] = 1
+            reference.append(tower(batch, mask).numpy())
+    ref = np.concatenate(reference)
+    batched = encoder.encode_histories(histories)
+    every = max(1, len(histories) // 8)
+    singles = np.concatenate([encoder.encode_histories([h]) for h in histories[::every]])
+    a, b = _compare(ref, batched), _compare(ref[::every], singles)
+    lengths = [min(len(h), tower.max_history) for h in histories]
+    return {
+        "histories": len(histories),
+        "history_lengths": {"min": min(lengths), "max": max(lengths)},
+        "max_abs_diff": max(a["max_abs_diff"], b["max_abs_diff"]),
+        "min_cosine": min(a["min_cosine"], b["min_cosine"]),
+        "mean_cosine": a["mean_cosine"],
     }
+
+
+def _require(parity: dict[str, Any], name: str, config: ExportConfig) -> None:
+    p = parity[name]
+    if p["max_abs_diff"] > config.max_abs_diff or p["min_cosine"] < config.min_cosine:
+        raise ParityError(
+            f"the exported {name} tower disagrees with PyTorch: max abs diff "
+            f"{p['max_abs_diff']:.2e} (allowed {config.max_abs_diff:.0e}), min cosine "
+            f"{p['min_cosine']:.6f} (required {config.min_cosine}). No bundle was written. "
+            f"Check the encoder exports with opset {config.opset}, or loosen [export] "
+            "max_abs_diff/min_cosine in the recipe."
+        )
 
 
 def export_bundle(
@@ -249,59 +318,102 @@ def export_bundle(
     t0 = time.perf_counter()
     ckpt = load_checkpoint(Path(checkpoint), attn_implementation="eager")
     catalog: Catalog = ckpt.catalog
+    model_config = ckpt.config
+    sequence = model_config.user_tower is UserTowerKind.SEQUENCE
+    dim = int(ckpt.model.item.encoder.config.hidden_size)
+    probe = ckpt.probe or {}
     timings["load_checkpoint"] = time.perf_counter() - t0
+
+    def tokenizer(max_length: int) -> TextTokenizer:
+        return TextTokenizer(
+            Tokenizer.from_str(ckpt.tokenizer_json), max_length=max_length, pad_token=model_config.pad_token
+        )
 
     with atomic_directory(Path(out), overwrite=overwrite) as tmp:
         t0 = time.perf_counter()
-        tokenizer = TextTokenizer(
-            Tokenizer.from_str(ckpt.tokenizer_json), max_length=ckpt.config.item_max_length,
-            pad_token=ckpt.config.pad_token,
-        )  # fmt: skip
-        if ckpt.config.shared_towers:
+        item_tokenizer = tokenizer(model_config.item_max_length)
+        if sequence:
+            files = {"user": "user_sequence.onnx", "item": "item_tower.onnx", "request": "item_tower.onnx"}
+            _export_tower(ckpt.model.item, tmp / files["item"], config.opset, item_tokenizer)
+            _export_sequence(ckpt.model.user, tmp / files["user"], config.opset, dim)
+        elif model_config.shared_towers:
             files = {"user": "tower.onnx", "item": "tower.onnx"}
-            _export_tower(ckpt.model.user, tmp / "tower.onnx", config.opset, tokenizer)
+            _export_tower(ckpt.model.user, tmp / "tower.onnx", config.opset, item_tokenizer)
         else:
             files = {"user": "user_tower.onnx", "item": "item_tower.onnx"}
-            _export_tower(ckpt.model.user, tmp / files["user"], config.opset, tokenizer)
-            _export_tower(ckpt.model.item, tmp / files["item"], config.opset, tokenizer)
+            _export_tower(ckpt.model.user, tmp / files["user"], config.opset, item_tokenizer)
+            _export_tower(ckpt.model.item, tmp / files["item"], config.opset, item_tokenizer)
         (tmp / "tokenizer.json").write_text(ckpt.tokenizer_json, encoding="utf-8")
         timings["export_onnx"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        encoders = _sessions_encoders(tmp, files, ckpt)
-        user_texts = _user_texts(ckpt)
+        sessions = {f: create_session(tmp / f, Device.CPU) for f in set(files.values())}
+        lengths = {
+            "user": model_config.user_max_length,
+            "item": model_config.item_max_length,
+            "request": model_config.user_max_length,
+        }
+        text = {
+            name: OnnxEncoder(sessions[file], tokenizer(lengths[name]), dim=dim)
+            for name, file in files.items()
+            if not (sequence and name == "user")
+        }
         parity: dict[str, Any] = {
             "reference": "PyTorch fp32 (this checkpoint)",
             "tolerance": {"max_abs_diff": config.max_abs_diff, "min_cosine": config.min_cosine},
-            "user": check_parity(
-                ckpt.model.user, encoders["user"], _pick_parity_texts(user_texts, config.parity_texts)
-            ),
             "item": check_parity(
-                ckpt.model.item, encoders["item"], _pick_parity_texts(catalog.texts, config.parity_texts)
+                ckpt.model.item, text["item"], _pick_parity_texts(catalog.texts, config.parity_texts)
             ),
         }
-        for name in ("user", "item"):
-            p = parity[name]
-            if p["max_abs_diff"] > config.max_abs_diff or p["min_cosine"] < config.min_cosine:
-                raise ParityError(
-                    f"the exported {name} tower disagrees with PyTorch: max abs diff "
-                    f"{p['max_abs_diff']:.2e} (allowed {config.max_abs_diff:.0e}), min cosine "
-                    f"{p['min_cosine']:.6f} (required {config.min_cosine}). No bundle was written. "
-                    "Check the encoder exports with opset "
-                    f"{config.opset}, or loosen [export] max_abs_diff/min_cosine in the recipe."
-                )
-        timings["parity"] = time.perf_counter() - t0
+        user_texts = [] if sequence else _user_texts(ckpt)
+        if sequence:
+            requests = list(probe.get("requests", [])) or [t[:60] for t in catalog.texts[:50]]
+            parity["request"] = check_parity(
+                ckpt.model.item, text["request"], _pick_parity_texts(requests, config.parity_texts)
+            )
+        else:
+            parity["user"] = check_parity(
+                ckpt.model.user,
+                text["user"],
+                _pick_parity_texts(user_texts, config.parity_texts),
+            )
+        for name in ("item", "request" if sequence else "user"):
+            _require(parity, name, config)
 
-        t0 = time.perf_counter()
-        vectors = encoders["item"].encode(catalog.texts, progress=progress)
+        vectors = text["item"].encode(catalog.texts, progress=progress)
         np.save(tmp / "item_vectors.npy", vectors, allow_pickle=False)
-        timings["encode_catalog"] = time.perf_counter() - t0
+        if sequence:
+            label = {item_id: i for i, item_id in enumerate(catalog.ids)}
+
+            def vector_of(item_id: str) -> np.ndarray:
+                return vectors[label[item_id]]
+
+            seq_tower: SequenceTower = ckpt.model.user
+            users = SequenceUserEncoder(
+                sessions[files["user"]],
+                vector_of,
+                dim=dim,
+                max_history=seq_tower.max_history,
+                requests=text["request"],
+            )
+            histories = [[i for i in h if i in label] for h in probe.get("histories", [])]
+            histories = [h for h in histories if h] or [
+                catalog.ids[i : i + 1 + i % 50] for i in range(0, 400, 7)
+            ]
+            parity["user"] = check_sequence_parity(
+                seq_tower, users, _pick_histories(histories, config.parity_texts), vector_of
+            )
+            _require(parity, "user", config)
+            queries = users.encode_histories(histories[:200])
+        else:
+            queries = text["user"].encode(user_texts[:200])
+        timings["parity_and_encode_catalog"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         index = HnswIndex.build(vectors, config.hnsw, threads=config.index_threads, progress=progress)
         index.save(tmp / "item_index.hnsw")
         timings["build_index"] = time.perf_counter() - t0
-        recall, queries = _index_recall(index, vectors, encoders["user"].encode(user_texts[:200]))
+        recall, n_queries = _index_recall(index, vectors, queries)
 
         (tmp / "item_ids.json").write_text(json.dumps(catalog.ids, ensure_ascii=False), encoding="utf-8")
         catalog.write_jsonl(tmp / "catalog.jsonl")
@@ -314,17 +426,46 @@ def export_bundle(
                 "histories": len(ckpt.probe.get("histories", [])),
                 "requests": len(ckpt.probe.get("requests", [])),
             }
-        dim = encoders["user"].dim
-        tower_common = {"pooling": str(ckpt.config.pooling), "normalize": True, "dim": dim,
-                        "precision": str(Precision.FP32), "quantization": None, "kind": "text"}  # fmt: skip
+        common = {
+            "pooling": str(model_config.pooling),
+            "normalize": True,
+            "dim": dim,
+            "precision": str(Precision.FP32),
+            "quantization": None,
+            "kind": "text",
+        }
+        towers: dict[str, dict[str, Any]] = {
+            "item": {
+                "file": files["item"],
+                "max_length": model_config.item_max_length,
+                **common,
+                "head": ckpt.model.item.head is not None,
+            },
+        }
+        if sequence and model_config.sequence is not None:
+            seq = model_config.sequence
+            towers["user"] = {
+                "file": files["user"],
+                **common,
+                "kind": "sequence",
+                "max_length": seq.max_history,
+                "hidden": seq.hidden,
+                "layers": seq.layers,
+                "heads": seq.heads,
+            }
+            towers["request"] = {
+                "file": files["request"],
+                "max_length": model_config.user_max_length,
+                **common,
+            }
+        else:
+            towers["user"] = {"file": files["user"], "max_length": model_config.user_max_length, **common}
         manifest = {
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "opset": config.opset,
-            "towers": {
-                "user": {"file": files["user"], "max_length": ckpt.config.user_max_length, **tower_common},
-                "item": {"file": files["item"], "max_length": ckpt.config.item_max_length, **tower_common},
-            },
-            "shared_towers": ckpt.config.shared_towers,
+            "towers": towers,
+            "user_tower": str(model_config.user_tower),
+            "shared_towers": model_config.shared_towers,
             "tokenizer": {"file": "tokenizer.json", "pad_token": ckpt.config.pad_token},
             "user_input": ckpt.config.user_input.to_dict(),
             "index": {
@@ -345,10 +486,9 @@ def export_bundle(
             "parity": parity,
             "fidelity": {
                 "reference": "this checkpoint in PyTorch fp32 with exact search",
-                "user_min_cosine": parity["user"]["min_cosine"],
-                "item_min_cosine": parity["item"]["min_cosine"],
+                **{f"{name}_min_cosine": parity[name]["min_cosine"] for name in towers},
                 "index_recall_at_10_vs_exact": recall,
-                "index_recall_queries": queries,
+                "index_recall_queries": n_queries,
             },
             "provenance": _provenance(ckpt),
         }

@@ -1,7 +1,17 @@
-"""The PyTorch two-tower model: a pretrained encoder per tower, pooling and L2 normalisation."""
+"""The PyTorch two-tower model.
+
+Two kinds of user tower share one item tower design:
+
+- ``text``: user and item towers are each a pretrained encoder with pooling and L2
+  normalisation; the user tower reads the request and history written as text.
+- ``sequence``: the item tower is the (frozen) pretrained encoder plus a small trainable head;
+  the user tower is a causal transformer over the history's item vectors, and a free-text request
+  goes through the item tower.
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -9,8 +19,32 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recsys_infer.enums import Pooling
+from recsys_infer.enums import Pooling, UserTowerKind
 from recsys_infer.runtime.userinput import UserInputFormat
+
+
+@dataclass(frozen=True)
+class SequenceConfig:
+    """Shape of the sequence user tower and of the item head it trains with."""
+
+    max_history: int = 50
+    hidden: int = 256
+    layers: int = 2
+    heads: int = 4
+    dropout: float = 0.2
+    item_head_hidden: int = 1024
+    # Add the newest item's own vector (times a learned weight) to the user vector, so the model
+    # starts from "more like the last thing" and learns what to change. Off in checkpoints made
+    # before it existed.
+    last_item_residual: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_history < 1 or self.layers < 1 or self.item_head_hidden < 1:
+            raise ValueError("max_history, layers and item_head_hidden must be positive")
+        if self.hidden < 1 or self.heads < 1 or self.hidden % self.heads:
+            raise ValueError(f"hidden ({self.hidden}) must be a positive multiple of heads ({self.heads})")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
 
 @dataclass(frozen=True)
@@ -19,6 +53,7 @@ class ModelConfig:
 
     encoder: str
     encoder_license: str | None = None
+    user_tower: UserTowerKind = UserTowerKind.TEXT
     shared_towers: bool = False
     pooling: Pooling = Pooling.MEAN
     user_max_length: int = 128
@@ -26,11 +61,17 @@ class ModelConfig:
     temperature: float = 0.05
     pad_token: str = "[PAD]"
     user_input: UserInputFormat = field(default_factory=UserInputFormat)
+    sequence: SequenceConfig | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pooling", Pooling(self.pooling))
+        object.__setattr__(self, "user_tower", UserTowerKind(self.user_tower))
         if isinstance(self.user_input, dict):
             object.__setattr__(self, "user_input", UserInputFormat.from_dict(self.user_input))
+        if isinstance(self.sequence, dict):
+            object.__setattr__(self, "sequence", SequenceConfig(**self.sequence))
+        if self.user_tower is UserTowerKind.SEQUENCE and (self.sequence is None or self.shared_towers):
+            raise ValueError("a sequence user tower needs a SequenceConfig and cannot share the item tower")
         for name in ("user_max_length", "item_max_length"):
             if getattr(self, name) < 8:
                 raise ValueError(f"{name} must be at least 8 tokens, got {getattr(self, name)}")
@@ -40,6 +81,7 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["pooling"] = str(self.pooling)
+        data["user_tower"] = str(self.user_tower)
         return data
 
     @classmethod
@@ -58,27 +100,142 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: Pooling) -
     return F.normalize(pooled, p=2.0, dim=-1, eps=1e-12)
 
 
+class ItemHead(nn.Module):
+    """A residual MLP on the encoder's unit vector, re-normalised.
+
+    Its last layer starts at zero, so an untrained head is the identity: training starts from
+    the pretrained encoder's space and moves items only as far as the data asks.
+    """
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        last = nn.Linear(hidden, dim)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), last)
+
+    def forward(self, vectors: torch.Tensor) -> torch.Tensor:
+        return F.normalize(vectors + self.mlp(vectors), p=2.0, dim=-1, eps=1e-12)
+
+
 class TextTower(nn.Module):
-    """A Hugging Face encoder followed by pooling and normalisation; what each ONNX graph holds."""
+    """A Hugging Face encoder, pooling, normalisation and an optional head: one ONNX graph."""
 
     encoder: Any  # a transformers PreTrainedModel (save_pretrained, config, ...)
 
-    def __init__(self, encoder: nn.Module, pooling: Pooling = Pooling.MEAN) -> None:
+    def __init__(
+        self, encoder: nn.Module, pooling: Pooling = Pooling.MEAN, head: ItemHead | None = None
+    ) -> None:
         super().__init__()
         self.encoder = encoder
         self.pooling = Pooling(pooling)
+        self.head = head
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The encoder's pooled unit vectors, before the head."""
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return pool(hidden, attention_mask, self.pooling)
 
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        vectors = self.embed(input_ids, attention_mask)
+        return vectors if self.head is None else self.head(vectors)
+
+
+class _Block(nn.Module):
+    """Pre-norm transformer block with an explicit additive attention bias (exports cleanly)."""
+
+    def __init__(self, hidden: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(hidden)
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.proj = nn.Linear(hidden, hidden)
+        self.norm2 = nn.LayerNorm(hidden)
+        self.ff = nn.Sequential(
+            nn.Linear(hidden, 2 * hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * hidden, hidden)
+        )
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        b, n, h = x.shape
+        d = h // self.heads
+        q, k, v = self.qkv(self.norm1(x)).view(b, n, 3, self.heads, d).permute(2, 0, 3, 1, 4)
+        weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d) + bias, dim=-1)
+        y = (self.dropout(weights) @ v).transpose(1, 2).reshape(b, n, h)
+        x = x + self.dropout(self.proj(y))
+        return x + self.dropout(self.ff(self.norm2(x)))
+
+
+class SequenceTower(nn.Module):
+    """A causal transformer over a history's item vectors (SASRec-style), newest item last.
+
+    Inputs are left-padded: ``history`` ``(n, length, dim)`` and ``history_mask`` ``(n, length)``
+    with 1 for real items. Positions count back from the newest item, so the most recent item
+    always has the same position embedding. The output at the last position is the user.
+    """
+
+    def __init__(self, dim: int, config: SequenceConfig) -> None:
+        super().__init__()
+        self.max_history = config.max_history
+        self.input = nn.Linear(dim, config.hidden)
+        self.position = nn.Embedding(config.max_history, config.hidden)
+        self.blocks = nn.ModuleList(
+            _Block(config.hidden, config.heads, config.dropout) for _ in range(config.layers)
+        )
+        self.norm = nn.LayerNorm(config.hidden)
+        self.output = nn.Linear(config.hidden, dim)
+        self.dropout = nn.Dropout(config.dropout)
+        self.last_item_weight = nn.Parameter(torch.tensor(1.0)) if config.last_item_residual else None
+
+    def encode_positions(self, history: torch.Tensor, history_mask: torch.Tensor) -> torch.Tensor:
+        """Unit user vectors at every position, ``(n, length, dim)``; training reads them all."""
+        n = history.shape[1]
+        positions = torch.arange(n, device=history.device) + (self.max_history - n)
+        x = self.dropout(self.input(history) + self.position(positions))
+        index = torch.arange(n, device=history.device)
+        causal = index.unsqueeze(1) >= index.unsqueeze(0)  # comparisons export to plain ONNX ops
+        itself = index.unsqueeze(1) == index.unsqueeze(0)
+        # Each position sees itself and the real items before it; a padded position sees
+        # only itself, so no softmax row is ever empty.
+        allowed = (causal.unsqueeze(0) & history_mask.bool().unsqueeze(1)) | itself.unsqueeze(0)
+        bias = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device).masked_fill(~allowed, float("-inf"))
+        bias = bias.unsqueeze(1)
+        for block in self.blocks:
+            x = block(x, bias)
+        out = self.output(self.norm(x))
+        if self.last_item_weight is not None:
+            out = out + self.last_item_weight * history  # position t adds item t itself
+        return F.normalize(out, p=2.0, dim=-1, eps=1e-12)
+
+    def forward(self, history: torch.Tensor, history_mask: torch.Tensor) -> torch.Tensor:
+        return self.encode_positions(history, history_mask)[:, -1]
+
 
 class TwoTower(nn.Module):
-    """User tower and item tower; with ``shared_towers`` they are one module."""
+    """User and item towers.
 
-    def __init__(self, user_encoder: nn.Module, item_encoder: nn.Module | None, config: ModelConfig) -> None:
+    ``text`` kind: ``TwoTower(user_encoder, item_encoder, config)``; with ``shared_towers`` pass
+    ``item_encoder=None`` and the towers are one module. ``sequence`` kind:
+    ``TwoTower(None, item_encoder, config)``; the item encoder is frozen and gets a head.
+    """
+
+    def __init__(self, user_encoder: Any, item_encoder: Any, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
+        self.user: Any  # TextTower or SequenceTower
+        self.item: TextTower
+        if config.user_tower is UserTowerKind.SEQUENCE:
+            if item_encoder is None or user_encoder is not None or config.sequence is None:
+                raise ValueError("a sequence model takes only an item encoder")
+            dim = int(item_encoder.config.hidden_size)
+            self.item = TextTower(
+                item_encoder, config.pooling, ItemHead(dim, config.sequence.item_head_hidden)
+            )
+            item_encoder.requires_grad_(False)
+            self.user = SequenceTower(dim, config.sequence)
+            return
+        if user_encoder is None:
+            raise ValueError("a text model needs a user encoder")
         self.user = TextTower(user_encoder, config.pooling)
         if config.shared_towers:
             if item_encoder is not None:

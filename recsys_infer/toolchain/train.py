@@ -1,11 +1,23 @@
-"""Training the two towers with in-batch sampled softmax over (history → next item) examples."""
+"""Training: the front door for both kinds of user tower.
+
+- ``text``: both towers fine-tuned with in-batch sampled softmax over (history text → next item
+  text) examples.
+- ``sequence``: the item encoder frozen, a head on it and a causal transformer over history
+  item vectors trained with a full softmax (see :mod:`.sequence_train`).
+
+Both are seeded, report progress, stop on a NaN loss or the ``max_minutes`` budget, save a
+resumable state as they go (``<out>.partial/``) and write the checkpoint atomically at the end.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,56 +27,135 @@ import torch
 
 from recsys_infer.data.dataset import Dataset
 from recsys_infer.data.probe import build_probe
-from recsys_infer.data.split import Example, leave_one_out
+from recsys_infer.data.split import Example, Split, leave_one_out
+from recsys_infer.enums import UserTowerKind
 from recsys_infer.errors import CheckpointError, DataError, OutputExistsError, TrainingError
 from recsys_infer.runtime.tokenizer import TextTokenizer
 from recsys_infer.runtime.userinput import UserInputFormat
 
 from .checkpoint import save_checkpoint
-from .encoders import resolve_encoder
-from .model import ModelConfig, TwoTower, in_batch_softmax_loss
+from .encoders import EncoderSource, resolve_encoder
+from .model import ModelConfig, SequenceConfig, TwoTower, in_batch_softmax_loss
+from .state import SavedState, load_state, remove_state, save_state
 
 logger = logging.getLogger(__name__)
+
+# Defaults that differ between the two kinds of user tower; ``None`` in TrainConfig means these.
+KIND_DEFAULTS: dict[UserTowerKind, dict[str, Any]] = {
+    UserTowerKind.TEXT: {
+        "epochs": 1,
+        "batch_size": 32,
+        "learning_rate": 5e-5,
+        "temperature": 0.05,
+        "max_history": 20,
+        "bf16": False,
+    },
+    UserTowerKind.SEQUENCE: {
+        "epochs": 200,
+        "batch_size": 64,
+        "learning_rate": 1e-3,
+        "temperature": 0.07,
+        "max_history": 50,
+        "bf16": True,
+    },
+}
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Training hyper-parameters. ``max_steps=0`` saves the pretrained encoder untrained."""
+    """Training settings. ``None`` takes the user tower kind's default (``KIND_DEFAULTS``).
 
-    epochs: int = 1
+    ``max_steps=0`` saves the pretrained encoder untrained (the zero-shot model).
+    ``cold_items`` holds that many items (test targets, seeded choice) out of training entirely.
+    """
+
+    user_tower: UserTowerKind = UserTowerKind.TEXT
+    epochs: int | None = None
     max_steps: int | None = None
     max_minutes: float | None = None
-    batch_size: int = 32
-    learning_rate: float = 5e-5
+    batch_size: int | None = None
+    learning_rate: float | None = None
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
-    temperature: float = 0.05
+    temperature: float | None = None
     seed: int = 0
     user_max_length: int = 128
     item_max_length: int = 64
-    max_history: int = 20
+    max_history: int | None = None
     shared_towers: bool = False
     threads: int | None = None
+    bf16: bool | None = None
+    cold_items: int = 0
+    save_every: int = 200
+    # sequence kind
+    hidden: int = 256
+    layers: int = 2
+    heads: int = 4
+    dropout: float = 0.2
+    item_head_hidden: int = 1024
+    last_item_residual: bool = True
+    eval_every: int = 5
+    patience: int = 4
 
     def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be at least 1, got {self.epochs}")
-        if self.max_steps is not None and self.max_steps < 0:
-            raise ValueError(f"max_steps must be 0 or more, got {self.max_steps}")
-        if self.max_minutes is not None and self.max_minutes <= 0:
-            raise ValueError(f"max_minutes must be positive, got {self.max_minutes}")
-        if self.batch_size < 2:
-            raise ValueError(f"batch_size must be at least 2 (in-batch negatives), got {self.batch_size}")
-        if not 0 < self.learning_rate < 1:
-            raise ValueError(f"learning_rate must be in (0, 1), got {self.learning_rate}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"threads must be positive, got {self.threads}")
+        object.__setattr__(self, "user_tower", UserTowerKind(self.user_tower))
+        for name, value in KIND_DEFAULTS[self.user_tower].items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
+        checks = [
+            (self.epochs is not None and self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
+            (
+                self.max_steps is None or self.max_steps >= 0,
+                f"max_steps must be 0 or more, got {self.max_steps}",
+            ),
+            (
+                self.max_minutes is None or self.max_minutes > 0,
+                f"max_minutes must be positive, got {self.max_minutes}",
+            ),
+            (
+                self.batch_size is not None and self.batch_size >= 2,
+                f"batch_size must be at least 2 (in-batch negatives), got {self.batch_size}",
+            ),
+            (
+                self.learning_rate is not None and 0 < self.learning_rate < 1,
+                f"learning_rate must be in (0, 1), got {self.learning_rate}",
+            ),
+            (0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}"),
+            (self.threads is None or self.threads >= 1, f"threads must be positive, got {self.threads}"),
+            (self.cold_items >= 0, f"cold_items must be 0 or more, got {self.cold_items}"),
+            (
+                self.save_every >= 1 and self.eval_every >= 1 and self.patience >= 1,
+                "save_every, eval_every and patience must be positive",
+            ),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        if self.user_tower is UserTowerKind.SEQUENCE:
+            self.sequence_config()  # validates the shape
+            if self.shared_towers:
+                raise ValueError("--shared-towers applies to the text user tower only")
 
     def with_overrides(self, **overrides: Any) -> TrainConfig:
-        """A copy with every non-``None`` override applied."""
-        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+        """A copy with every non-``None`` override applied; a new ``user_tower`` resets the
+        kind-dependent defaults that were not given explicitly."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        kind = given.get("user_tower")
+        if kind is not None and UserTowerKind(kind) is not self.user_tower:
+            defaults = KIND_DEFAULTS[self.user_tower]
+            given = {**{k: None for k, v in defaults.items() if getattr(self, k) == v}, **given}
+        return replace(self, **given)
+
+    def sequence_config(self) -> SequenceConfig:
+        return SequenceConfig(
+            max_history=int(self.max_history or 50),
+            hidden=self.hidden,
+            layers=self.layers,
+            heads=self.heads,
+            dropout=self.dropout,
+            item_head_hidden=self.item_head_hidden,
+            last_item_residual=self.last_item_residual,
+        )
 
 
 @dataclass(frozen=True)
@@ -77,6 +168,7 @@ class TrainResult:
     final_loss: float | None
     stopped_by: str
     losses: list[float] = field(repr=False, default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -113,6 +205,25 @@ def _lr_lambda(total: int, warmup: int) -> Any:
     return factor
 
 
+def hold_out_items(split: Split, count: int, seed: int) -> tuple[Split, list[str]]:
+    """Remove ``count`` test-target items (a seeded choice) from every training sequence."""
+    if count == 0:
+        return split, []
+    targets = sorted({e.target for e in split.test})
+    if count > len(targets):
+        raise DataError(f"cannot hold out {count} items: only {len(targets)} distinct test targets exist")
+    cold = sorted(random.Random(seed).sample(targets, count))
+    held = set(cold)
+    train = {u: tuple(i for i in seq if i not in held) for u, seq in split.train.items()}
+    return Split(train=train, validation=split.validation, test=split.test), cold
+
+
+def _fingerprint(config: TrainConfig, dataset: Dataset, source: EncoderSource) -> str:
+    settings = {k: v for k, v in asdict(config).items() if k not in ("max_minutes", "threads", "save_every")}
+    doc = json.dumps([settings, dataset.fingerprint, source.name], sort_keys=True, default=str)
+    return hashlib.sha256(doc.encode()).hexdigest()
+
+
 def train(
     dataset: Dataset,
     out: Path,
@@ -121,8 +232,9 @@ def train(
     config: TrainConfig | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    resume: bool = False,
 ) -> TrainResult:
-    """Fine-tune two towers on ``dataset``'s training split and save a checkpoint at ``out``."""
+    """Train on ``dataset``'s training split and save a checkpoint at ``out``."""
     config = config or TrainConfig()
     out = Path(out)
     if out.exists() and not overwrite:
@@ -132,128 +244,53 @@ def train(
     random.seed(config.seed)
     torch.manual_seed(config.seed)
 
-    split = leave_one_out(dataset)
-    examples = list(split.train_examples(max_history=config.max_history))
-    if not examples and config.max_steps != 0:
-        raise DataError(
-            f"{dataset.name} has no training examples: a user needs at least two training "
-            "interactions (after the last two are held out for validation and test)"
-        )
-    catalog = dataset.catalog
+    split, cold = hold_out_items(leave_one_out(dataset), config.cold_items, config.seed)
     source = resolve_encoder(encoder)
+    fingerprint = _fingerprint(config, dataset, source)
+    saved = load_state(out, fingerprint=fingerprint) if resume else None
     logger.info("encoder %s from %s", source.name, source.location)
-    user_encoder, tokenizer_json, pad_token = _load_encoder(source.location)
-    item_encoder = None if config.shared_towers else _load_encoder(source.location)[0]
+    max_history = int(config.max_history or 20)
+    first, tokenizer_json, pad_token = _load_encoder(source.location)
     model_config = ModelConfig(
         encoder=source.name,
         encoder_license=source.license,
+        user_tower=config.user_tower,
         shared_towers=config.shared_towers,
         user_max_length=config.user_max_length,
         item_max_length=config.item_max_length,
-        temperature=config.temperature,
+        temperature=float(config.temperature or 0.05),
         pad_token=pad_token,
-        user_input=UserInputFormat(max_history=config.max_history),
+        user_input=UserInputFormat(max_history=max_history),
+        sequence=config.sequence_config() if config.user_tower is UserTowerKind.SEQUENCE else None,
     )
-    model = TwoTower(user_encoder, item_encoder, model_config)
-    from tokenizers import Tokenizer
-
-    user_tok = TextTokenizer(
-        Tokenizer.from_str(tokenizer_json), max_length=config.user_max_length, pad_token=pad_token
-    )
-    item_tok = TextTokenizer(
-        Tokenizer.from_str(tokenizer_json), max_length=config.item_max_length, pad_token=pad_token
-    )
-
-    steps_per_epoch = math.ceil(len(examples) / config.batch_size) if examples else 0
-    total = steps_per_epoch * config.epochs
-    if config.max_steps is not None:
-        total = min(total, config.max_steps)
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad],
-        lr=config.learning_rate,
-        weight_decay=config.weight_decay,
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _lr_lambda(total, max(1, int(total * config.warmup_ratio)))
-    )
-    fmt = model_config.user_input
-
-    def batch_tensors(batch: list[Example]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        user_texts = [fmt.render([catalog.get(h).text for h in ex.history]) for ex in batch]
-        item_texts = [catalog.get(ex.target).text for ex in batch]
-        u = {k: torch.from_numpy(v) for k, v in user_tok(user_texts).items() if k != "token_type_ids"}
-        i = {k: torch.from_numpy(v) for k, v in item_tok(item_texts).items() if k != "token_type_ids"}
-        return u, i
-
-    losses: list[float] = []
-    started = time.monotonic()
-    out_of_time = False
-    step = 0
-    bar = None
-    if progress and total:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total, desc="training", unit="step")
-    model.train()
-    order_rng = random.Random(config.seed)
-    try:
-        for _epoch in range(config.epochs):
-            order = list(range(len(examples)))
-            order_rng.shuffle(order)
-            for start in range(0, len(order), config.batch_size):
-                if step >= total:
-                    break
-                if config.max_minutes is not None and time.monotonic() - started > config.max_minutes * 60:
-                    out_of_time = True
-                    break
-                batch = [examples[j] for j in order[start : start + config.batch_size]]
-                if len(batch) < 2:
-                    continue
-                user_features, item_features = batch_tensors(batch)
-                loss = in_batch_softmax_loss(
-                    model.user(**user_features),
-                    model.item(**item_features),
-                    [ex.target for ex in batch],
-                    config.temperature,
-                )
-                if not torch.isfinite(loss):
-                    raise TrainingError(
-                        f"the loss became {loss.item()} at step {step + 1}: training diverged and "
-                        "nothing was saved. Lower --lr, or raise --temperature."
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimizer.step()
-                scheduler.step()
-                losses.append(float(loss.item()))
-                step += 1
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
-            if step >= total or out_of_time:
-                break
-    finally:
-        if bar is not None:
-            bar.close()
-    seconds = time.monotonic() - started
-    model.eval()
-    if out_of_time:
-        stopped_by = "max_minutes"
-    elif config.max_steps is not None and step >= config.max_steps:
-        stopped_by = "max_steps"
+    if config.user_tower is UserTowerKind.SEQUENCE:
+        model = TwoTower(None, first, model_config)
     else:
-        stopped_by = "epochs"
+        second = None if config.shared_towers else _load_encoder(source.location)[0]
+        model = TwoTower(first, second, model_config)
+    # Time already spent by an interrupted run counts, towards the budget too.
+    before = float(saved.meta["progress"].get("seconds", 0.0)) if saved else 0.0
+    started = time.monotonic()
 
+    def elapsed() -> float:
+        return before + time.monotonic() - started
+
+    deadline = started - before + config.max_minutes * 60 if config.max_minutes else None
+    run = _Run(model, split, dataset, config, tokenizer_json, pad_token, out, fingerprint, deadline, elapsed,
+               progress, saved)  # fmt: skip
+    trainer = _train_sequence if config.user_tower is UserTowerKind.SEQUENCE else _train_text
+    result_fields, extra = trainer(run)
+    seconds = elapsed()
+    model.eval()
+    losses: list[float] = result_fields.pop("losses")
     result = TrainResult(
         checkpoint=out,
-        steps=step,
-        examples_seen=step * config.batch_size,
         seconds=round(seconds, 2),
         first_loss=losses[0] if losses else None,
         final_loss=sum(losses[-10:]) / len(losses[-10:]) if losses else None,
-        stopped_by=stopped_by,
         losses=losses,
+        extra=extra,
+        **result_fields,
     )
     meta = {
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -263,26 +300,218 @@ def train(
             "source": dataset.source,
             "fingerprint": dataset.fingerprint,
             "files": dict(dataset.files),
-            "items": len(catalog),
+            "items": len(dataset.catalog),
             "users": len(dataset.sequences),
             "interactions": dataset.num_interactions,
-            "train_examples": len(examples),
+            "train_examples": split.num_train_examples(),
             "validation_users": len(split.validation),
             "test_users": len(split.test),
+            "cold_items": cold,
         },
         "versions": _versions(),
     }
-    probe = build_probe(split, catalog, max_history=config.max_history, seed=config.seed)
+    probe_history = model_config.sequence.max_history if model_config.sequence else max_history
+    probe = build_probe(split, dataset.catalog, max_history=probe_history, seed=config.seed)
     save_checkpoint(
         out,
         model,
         tokenizer_json=tokenizer_json,
-        catalog=catalog,
+        catalog=dataset.catalog,
         probe=probe,
         meta=meta,
         overwrite=overwrite,
     )
+    remove_state(out)
     return result
+
+
+@dataclass
+class _Run:
+    """What one training run works with, handed to the trainer of its user tower kind."""
+
+    model: TwoTower
+    split: Split
+    dataset: Dataset
+    config: TrainConfig
+    tokenizer_json: str
+    pad_token: str
+    out: Path
+    fingerprint: str
+    deadline: float | None
+    elapsed: Callable[[], float]
+    progress: bool
+    saved: SavedState | None
+
+
+def _train_text(run: _Run) -> tuple[dict[str, Any], dict[str, Any]]:
+    from tokenizers import Tokenizer
+
+    model, split, dataset, config, out = run.model, run.split, run.dataset, run.config, run.out
+
+    examples = list(split.train_examples(max_history=int(config.max_history or 20)))
+    if not examples and config.max_steps != 0:
+        raise DataError(
+            f"{dataset.name} has no training examples: a user needs at least two training "
+            "interactions (after the last two are held out for validation and test)"
+        )
+    catalog = dataset.catalog
+    batch_size, epochs = int(config.batch_size or 32), int(config.epochs or 1)
+    user_tok = TextTokenizer(
+        Tokenizer.from_str(run.tokenizer_json), max_length=config.user_max_length, pad_token=run.pad_token
+    )
+    item_tok = TextTokenizer(
+        Tokenizer.from_str(run.tokenizer_json), max_length=config.item_max_length, pad_token=run.pad_token
+    )
+    steps_per_epoch = math.ceil(len(examples) / batch_size) if examples else 0
+    total = steps_per_epoch * epochs
+    if config.max_steps is not None:
+        total = min(total, config.max_steps)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        trainable, lr=float(config.learning_rate or 5e-5), weight_decay=config.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _lr_lambda(total, max(1, int(total * config.warmup_ratio)))
+    )
+    fmt = model.config.user_input
+    temperature = float(config.temperature or 0.05)
+
+    def features(texts: list[str], tok: TextTokenizer) -> dict[str, torch.Tensor]:
+        return {k: torch.from_numpy(v) for k, v in tok(texts).items() if k != "token_type_ids"}
+
+    losses: list[float] = []
+    step = 0
+    if run.saved is not None:
+        from .state import restore_optimizer, restore_rng
+
+        model.load_state_dict(run.saved.group("model"))
+        restore_optimizer(optimizer, run.saved)
+        scheduler.load_state_dict(run.saved.meta["scheduler"])
+        restore_rng(run.saved)
+        step, losses = run.saved.meta["progress"]["step"], run.saved.meta["progress"]["losses"]
+    out_of_time = False
+    bar = None
+    if run.progress and total:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, initial=step, desc="training", unit="step")
+    model.train()
+    try:
+        while step < total and not out_of_time:
+            epoch, skip = divmod(step, steps_per_epoch)
+            order = list(range(len(examples)))
+            random.Random(config.seed * 1_000_003 + epoch).shuffle(order)
+            for start in range(skip * batch_size, len(order), batch_size):
+                if step >= total:
+                    break
+                if run.deadline is not None and time.monotonic() > run.deadline:
+                    out_of_time = True
+                    break
+                batch: list[Example] = [examples[j] for j in order[start : start + batch_size]]
+                if len(batch) < 2:
+                    step += 1  # a lone example has no in-batch negative; count the step, skip it
+                    continue
+                user_texts = [fmt.render([catalog.get(h).text for h in ex.history]) for ex in batch]
+                item_texts = [catalog.get(ex.target).text for ex in batch]
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(config.bf16)):
+                    users = model.user(**features(user_texts, user_tok))
+                    items = model.item(**features(item_texts, item_tok))
+                loss = in_batch_softmax_loss(
+                    users.float(), items.float(), [ex.target for ex in batch], temperature
+                )
+                if not torch.isfinite(loss):
+                    raise TrainingError(
+                        f"the loss became {loss.item()} at step {step + 1}: training diverged and "
+                        "nothing was saved. Lower --lr, or raise --temperature."
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+                optimizer.step()
+                scheduler.step()
+                losses.append(float(loss.item()))
+                step += 1
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
+                if step % config.save_every == 0 and step < total:
+                    save_state(
+                        out,
+                        fingerprint=run.fingerprint,
+                        progress={"step": step, "losses": losses, "seconds": run.elapsed()},
+                        modules={"model": model.state_dict()},
+                        optimizer=optimizer,
+                        scheduler=scheduler,
+                    )
+    finally:
+        if bar is not None:
+            bar.close()
+    if out_of_time:
+        stopped_by = "max_minutes"
+    elif config.max_steps is not None and step >= config.max_steps:
+        stopped_by = "max_steps"
+    else:
+        stopped_by = "epochs"
+    return {"steps": step, "examples_seen": step * batch_size, "stopped_by": stopped_by, "losses": losses}, {}
+
+
+def _train_sequence(run: _Run) -> tuple[dict[str, Any], dict[str, Any]]:
+    from tokenizers import Tokenizer
+
+    from .sequence_train import SequenceRun, embed_items, train_sequence_loop
+
+    model, config = run.model, run.config
+    tokenizer = TextTokenizer(
+        Tokenizer.from_str(run.tokenizer_json), max_length=config.item_max_length, pad_token=run.pad_token
+    )
+    if config.max_steps == 0:  # the untrained model: an identity head, a random sequence tower
+        return {"steps": 0, "examples_seen": 0, "stopped_by": "max_steps", "losses": []}, {}
+    embeddings = embed_items(model.item, tokenizer, run.dataset.catalog.texts, progress=run.progress)
+
+    def checkpoint_state(
+        state: SequenceRun, optimizer: torch.optim.Optimizer, best: dict[str, torch.Tensor]
+    ) -> None:
+        trainable = {k: v for k, v in model.state_dict().items() if not k.startswith("item.encoder.")}
+        save_state(
+            run.out,
+            fingerprint=run.fingerprint,
+            progress={**asdict(state), "seconds": run.elapsed()},
+            modules={"model": trainable, "best": best},
+            optimizer=optimizer,
+        )
+
+    done, _ = train_sequence_loop(
+        model,
+        embeddings,
+        run.split,
+        run.dataset.catalog,
+        epochs=int(config.epochs or 200),
+        batch_size=int(config.batch_size or 64),
+        learning_rate=float(config.learning_rate or 1e-3),
+        weight_decay=config.weight_decay,
+        temperature=float(config.temperature or 0.07),
+        seed=config.seed,
+        bf16=bool(config.bf16),
+        eval_every=config.eval_every,
+        patience=config.patience,
+        deadline=run.deadline,
+        progress=run.progress,
+        resume=run.saved,
+        on_eval=checkpoint_state,
+    )
+    stopped_by = "max_minutes" if done.out_of_time else "early_stopping" if done.stopped_early else "epochs"
+    extra = {
+        "epochs": done.epochs,
+        "best_epoch": done.best_epoch,
+        "best_validation_ndcg@10": done.best_ndcg,
+        "validation": done.validation,
+    }
+    return {
+        "steps": done.steps,
+        "examples_seen": done.steps * int(config.batch_size or 64),
+        "stopped_by": stopped_by,
+        "losses": done.losses,
+    }, extra
 
 
 def _versions() -> dict[str, str]:

@@ -1,0 +1,272 @@
+"""Training the sequence user tower and the item head over frozen text embeddings.
+
+The item encoder runs once over the catalogue; its unit vectors ``E`` are then fixed inputs.
+Each step computes every item's vector ``V = head(E)`` and scores the user vector at every
+position of a batch of history windows against all items: a full softmax over the catalogue
+(the limit of in-batch negatives, with no sampling bias to correct), SASRec-style, so a window of
+50 items trains 49 next-item predictions. Model selection uses NDCG@10 on the validation split
+(history masked), never the test split.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from recsys_infer.data.split import Example, Split
+from recsys_infer.errors import TrainingError
+from recsys_infer.runtime.catalog import Catalog
+from recsys_infer.runtime.tokenizer import TextTokenizer
+
+from .model import SequenceTower, TextTower, TwoTower
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SequenceRun:
+    """What the loop reports back: counters, the loss curve and the validation curve."""
+
+    epochs: int = 0
+    steps: int = 0
+    losses: list[float] = field(default_factory=list)
+    validation: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_ndcg: float = -1.0
+    out_of_time: bool = False
+    stopped_early: bool = False
+
+
+def embed_items(
+    tower: TextTower, tokenizer: TextTokenizer, texts: Sequence[str], *, progress: bool
+) -> torch.Tensor:
+    """The frozen encoder's unit vectors for every text, ``(n, dim)`` float32."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out = torch.empty(len(texts), int(tower.encoder.config.hidden_size))
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(texts), desc="embedding items", unit="item")
+    tower.eval()
+    with torch.no_grad():
+        for start in range(0, len(order), 64):
+            idx = order[start : start + 64]
+            feats = tokenizer([texts[i] for i in idx])
+            out[idx] = tower.embed(
+                torch.from_numpy(feats["input_ids"]), torch.from_numpy(feats["attention_mask"])
+            )
+            if bar is not None:
+                bar.update(len(idx))
+    if bar is not None:
+        bar.close()
+    return out
+
+
+def history_windows(
+    train: dict[str, tuple[str, ...]], position: dict[str, int], length: int
+) -> list[list[int]]:
+    """Each training sequence cut from its end into windows of ``length + 1`` items (inputs plus
+    next items), so every (item → next item) pair appears once per epoch."""
+    windows = []
+    for seq in train.values():
+        rows = [position[i] for i in seq]
+        for end in range(len(rows), 1, -length):
+            window = rows[max(0, end - length - 1) : end]
+            if len(window) >= 2:
+                windows.append(window)
+    return windows
+
+
+def _window_batch(
+    windows: Sequence[list[int]], length: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    n = len(windows)
+    history = torch.zeros(n, length, dtype=torch.long)
+    targets = torch.full((n, length), -1, dtype=torch.long)
+    mask = torch.zeros(n, length, dtype=torch.long)
+    for b, window in enumerate(windows):
+        k = len(window) - 1
+        history[b, length - k :] = torch.tensor(window[:-1])
+        targets[b, length - k :] = torch.tensor(window[1:])
+        mask[b, length - k :] = 1
+    return history, targets, mask
+
+
+def left_padded(histories: Sequence[Sequence[int]], length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    rows = torch.zeros(len(histories), length, dtype=torch.long)
+    mask = torch.zeros(len(histories), length, dtype=torch.long)
+    for b, h in enumerate(histories):
+        h = list(h)[-length:]
+        if h:
+            rows[b, length - len(h) :] = torch.tensor(h)
+            mask[b, length - len(h) :] = 1
+    return rows, mask
+
+
+def validation_ndcg(
+    model: TwoTower,
+    embeddings: torch.Tensor,
+    examples: Sequence[Example],
+    position: dict[str, int],
+    k: int = 10,
+) -> dict[str, float]:
+    """NDCG@k and Recall@k on ``examples`` with the history masked, full ranking (eval mode)."""
+    user: SequenceTower = model.user
+    model.eval()
+    ndcg = hits = 0.0
+    head = model.item.head
+    if head is None:
+        raise TrainingError("the sequence model's item tower has no head")
+    with torch.no_grad():
+        vectors = head(embeddings)
+        for start in range(0, len(examples), 256):
+            chunk = examples[start : start + 256]
+            rows, mask = left_padded([[position[i] for i in e.history] for e in chunk], user.max_history)
+            scores = user(vectors[rows], mask) @ vectors.T
+            for b, e in enumerate(chunk):
+                scores[b, [position[i] for i in e.history]] = -math.inf
+            target = torch.tensor([position[e.target] for e in chunk])
+            rank = (scores > scores[torch.arange(len(chunk)), target].unsqueeze(1)).sum(dim=1) + 1
+            hit = rank <= k
+            hits += float(hit.sum())
+            ndcg += float((hit / torch.log2(rank.float() + 1)).sum())
+    model.train()
+    return {f"ndcg@{k}": ndcg / max(1, len(examples)), f"recall@{k}": hits / max(1, len(examples))}
+
+
+def train_sequence_loop(
+    model: TwoTower,
+    embeddings: torch.Tensor,
+    split: Split,
+    catalog: Catalog,
+    *,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    weight_decay: float,
+    temperature: float,
+    seed: int,
+    bf16: bool,
+    eval_every: int,
+    patience: int,
+    deadline: float | None,
+    progress: bool,
+    resume: Any = None,
+    on_eval: Callable[[SequenceRun, torch.optim.Optimizer, dict[str, torch.Tensor]], None] | None = None,
+) -> tuple[SequenceRun, dict[str, torch.Tensor]]:
+    """Train head and sequence tower; returns the run and the best (validation) state dict."""
+    user: SequenceTower = model.user
+    head = model.item.head
+    if head is None:
+        raise TrainingError("the sequence model's item tower has no head to train")
+    position = {item_id: i for i, item_id in enumerate(catalog.ids)}
+    windows = history_windows(dict(split.train), position, user.max_history)
+    if not windows:
+        raise TrainingError("no training windows: users need at least two training interactions")
+    validation = [Example(e.user_id, e.history[-user.max_history :], e.target) for e in split.validation]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=learning_rate, weight_decay=weight_decay)
+    run = SequenceRun()
+    best_state = {
+        k: v.detach().clone() for k, v in model.state_dict().items() if not k.startswith("item.encoder.")
+    }
+    if resume is not None:
+        from .state import restore_optimizer, restore_rng
+
+        model.load_state_dict(resume.group("model"), strict=False)
+        best_state = resume.group("best")
+        restore_optimizer(optimizer, resume)
+        restore_rng(resume)
+        p = resume.meta["progress"]
+        run = SequenceRun(
+            p["epochs"], p["steps"], p["losses"], p["validation"], p["best_epoch"], p["best_ndcg"]
+        )
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=epochs, initial=run.epochs, desc="training (epochs)", unit="epoch")
+    model.train()
+    evals_without_gain = sum(1 for v in run.validation if v["epoch"] > run.best_epoch)
+    try:
+        while run.epochs < epochs:
+            order = list(range(len(windows)))
+            random.Random(seed * 1_000_003 + run.epochs).shuffle(order)
+            epoch_losses = []
+            for start in range(0, len(order), batch_size):
+                if deadline is not None and time.monotonic() > deadline:
+                    run.out_of_time = True
+                    break
+                rows, targets, mask = _window_batch(
+                    [windows[j] for j in order[start : start + batch_size]], user.max_history
+                )
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    vectors = head(embeddings)
+                    users = user.encode_positions(vectors[rows], mask)
+                    selected = targets >= 0
+                    logits = (users[selected] @ vectors.T).float() / temperature
+                loss = F.cross_entropy(logits, targets[selected])
+                if not torch.isfinite(loss):
+                    raise TrainingError(
+                        f"the loss became {loss.item()} in epoch {run.epochs + 1}: training diverged and "
+                        "nothing was saved. Lower --lr, or raise --temperature."
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+                optimizer.step()
+                run.steps += 1
+                epoch_losses.append(float(loss.item()))
+            if run.out_of_time:
+                break
+            run.epochs += 1
+            run.losses.append(float(np.mean(epoch_losses)))
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{run.losses[-1]:.3f}", best=f"{max(run.best_ndcg, 0):.4f}")
+            if run.epochs % eval_every == 0 or run.epochs == epochs:
+                scores = validation_ndcg(model, embeddings, validation, position)
+                run.validation.append({"epoch": run.epochs, **scores})
+                logger.info("epoch %d: loss %.4f, validation %s", run.epochs, run.losses[-1], scores)
+                if scores["ndcg@10"] > run.best_ndcg:
+                    run.best_ndcg, run.best_epoch = scores["ndcg@10"], run.epochs
+                    best_state = {
+                        k: v.detach().clone()
+                        for k, v in model.state_dict().items()
+                        if not k.startswith("item.encoder.")
+                    }
+                    evals_without_gain = 0
+                else:
+                    evals_without_gain += 1
+                if on_eval is not None:
+                    on_eval(run, optimizer, best_state)
+                if evals_without_gain >= patience:
+                    run.stopped_early = True
+                    break
+    finally:
+        if bar is not None:
+            bar.close()
+    if not run.validation or run.out_of_time:
+        # Stopped by the clock (or no evaluation yet): measure where we are before choosing.
+        scores = validation_ndcg(model, embeddings, validation, position)
+        run.validation.append({"epoch": run.epochs, **scores})
+        if scores["ndcg@10"] > run.best_ndcg:
+            run.best_ndcg, run.best_epoch = scores["ndcg@10"], run.epochs
+            best_state = {
+                k: v.detach().clone()
+                for k, v in model.state_dict().items()
+                if not k.startswith("item.encoder.")
+            }
+    model.load_state_dict(best_state, strict=False)
+    model.eval()
+    return run, best_state

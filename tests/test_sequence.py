@@ -1,0 +1,190 @@
+"""The sequence user tower: its numerics, training, resume, export, and serving."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from recsys_infer import Engine, Query
+from recsys_infer.data import leave_one_out
+from recsys_infer.errors import CheckpointError
+from recsys_infer.runtime.bundle import read_manifest
+from recsys_infer.toolchain.model import ItemHead, SequenceConfig, SequenceTower
+from recsys_infer.toolchain.train import TrainConfig, hold_out_items, train
+
+from .conftest import small_sample
+
+SEQ = {"user_tower": "sequence", "user_max_length": 32, "item_max_length": 32, "hidden": 32, "heads": 2,
+       "item_head_hidden": 64, "batch_size": 32}  # fmt: skip
+
+
+def unit(x: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.normalize(x, dim=-1)
+
+
+def test_item_head_starts_as_the_identity() -> None:
+    e = unit(torch.randn(5, 16))
+    torch.testing.assert_close(ItemHead(16, 32)(e), e)
+
+
+def test_sequence_tower_padding_and_causality() -> None:
+    torch.manual_seed(0)
+    tower = SequenceTower(16, SequenceConfig(max_history=8, hidden=16, heads=2, dropout=0.0)).eval()
+    items = unit(torch.randn(3, 16))
+    one = tower(items.unsqueeze(0), torch.ones(1, 3, dtype=torch.long))
+    # The same history left-padded to 6, with garbage in the padding: the same user.
+    padded = torch.cat([torch.randn(1, 3, 16) * 100, items.unsqueeze(0)], dim=1)
+    mask = torch.tensor([[0, 0, 0, 1, 1, 1]])
+    torch.testing.assert_close(tower(padded, mask), one, atol=1e-5, rtol=1e-5)
+    # Causal: the outputs at earlier positions do not depend on later items.
+    ones = torch.ones(1, 3, dtype=torch.long)
+    full = tower.encode_positions(items.unsqueeze(0), ones)
+    changed = tower.encode_positions(torch.cat([items[:2], unit(torch.randn(1, 16))]).unsqueeze(0), ones)
+    torch.testing.assert_close(full[:, :2], changed[:, :2], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(full[:, 2], changed[:, 2], atol=1e-3)
+    assert torch.allclose(one.norm(dim=-1), torch.ones(1))
+    # Order matters: the newest item is not just one of a bag.
+    flipped = tower(items.flip(0).unsqueeze(0), torch.ones(1, 3, dtype=torch.long))
+    assert not torch.allclose(flipped, one, atol=1e-3)
+
+
+def test_hold_out_items() -> None:
+    split = leave_one_out(small_sample())
+    held, cold = hold_out_items(split, 10, seed=1)
+    assert len(cold) == 10 and set(cold) <= {e.target for e in split.test}
+    assert not any(set(cold) & set(seq) for seq in held.train.values())
+    assert held.test == split.test and held.validation == split.validation
+    assert hold_out_items(split, 10, seed=1)[1] == cold
+
+
+@pytest.fixture(scope="module")
+def seq_checkpoint(tiny_encoder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("seq") / "checkpoint"
+    config = TrainConfig(**SEQ, epochs=6, eval_every=2, cold_items=5)  # type: ignore[arg-type]
+    train(small_sample(), out, encoder=str(tiny_encoder), config=config, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def seq_bundle(seq_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from recsys_infer.toolchain.export import export_bundle
+
+    out = tmp_path_factory.mktemp("seqb") / "bundle"
+    export_bundle(seq_checkpoint, out, progress=False)
+    return out
+
+
+def test_sequence_training_selects_on_validation(seq_checkpoint: Path) -> None:
+    doc = json.loads((seq_checkpoint / "recsys_checkpoint.json").read_text())
+    extra = doc["training"]["extra"]
+    assert [v["epoch"] for v in extra["validation"]] == [2, 4, 6]
+    best = max(extra["validation"], key=lambda v: v["ndcg@10"])
+    assert extra["best_epoch"] == best["epoch"] and extra["best_validation_ndcg@10"] == best["ndcg@10"]
+    assert len(doc["data"]["cold_items"]) == 5
+    assert not (seq_checkpoint.parent / "checkpoint.partial").exists()  # removed once finished
+
+
+def test_sequence_bundle_parity_and_serving(seq_bundle: Path) -> None:
+    manifest = read_manifest(seq_bundle)
+    assert manifest.user.kind == "sequence" and manifest.user.max_length == 50
+    assert manifest.towers["request"].file == manifest.item.file == "item_tower.onnx"
+    parity = manifest.raw["parity"]
+    for tower in ("user", "item", "request"):
+        assert parity[tower]["max_abs_diff"] < 1e-4, tower
+    assert parity["user"]["history_lengths"]["min"] == 1
+
+    engine = Engine.load(seq_bundle, device="cpu", exact=True)
+    vectors = np.load(seq_bundle / "item_vectors.npy")
+    probe = json.loads((seq_bundle / "probe.json").read_text())
+    for history in probe["histories"][:10]:
+        user = engine.encode_users([Query(history=tuple(history))])[0]
+        scores = vectors @ user
+        expected = [
+            engine.item_ids[i]
+            for i in np.argsort(-scores, kind="stable")
+            if engine.item_ids[i] not in history
+        ]
+        assert [r.item_id for r in engine.recommend(history=history, k=5)] == expected[:5]
+    # A text request alone goes through the request (item) tower; with history, both count.
+    text_only = engine.encode_users([{"text": "camping tent"}])[0]
+    np.testing.assert_allclose(text_only, engine.encode_items(["camping tent"])[0], atol=1e-5)
+    both = engine.encode_users([{"history": probe["histories"][0], "text": "camping tent"}])[0]
+    hist = engine.encode_users([{"history": probe["histories"][0]}])[0]
+    np.testing.assert_allclose(both, (hist + text_only) / np.linalg.norm(hist + text_only), atol=1e-5)
+    with pytest.raises(Exception, match="item vectors, not text"):
+        engine.user_text({"history": probe["histories"][0]})
+
+
+def test_sequence_bundle_is_served_torch_free(seq_bundle: Path) -> None:
+    from .test_torch_free import TOOLCHAIN_MODULES, run_isolated
+
+    code = f"""
+import json, sys
+from recsys_infer import Engine
+engine = Engine.load({str(seq_bundle)!r}, device="cpu")
+a = engine.recommend(history=list(engine.item_ids[:3]), k=3)
+b = engine.recommend(text="tent", k=3)
+print(json.dumps({{"n": [len(a), len(b)], "loaded": [m for m in {TOOLCHAIN_MODULES!r} if m in sys.modules]}}))
+"""
+    assert run_isolated(code) == {"n": [3, 3], "loaded": []}
+
+
+def _interrupt_after(monkeypatch: pytest.MonkeyPatch, module: object, name: str, calls: int) -> None:
+    """Make ``module.name`` raise KeyboardInterrupt right after its ``calls``-th call."""
+    real = getattr(module, name)
+    seen = {"n": 0}
+
+    def wrapper(*args: object, **kwargs: object) -> object:
+        result = real(*args, **kwargs)
+        seen["n"] += 1
+        if seen["n"] == calls:
+            raise KeyboardInterrupt
+        return result
+
+    monkeypatch.setattr(module, name, wrapper)
+
+
+@pytest.mark.parametrize(
+    ("kind", "settings", "hook"),
+    [
+        ("sequence", {**SEQ, "epochs": 4, "eval_every": 1}, "save_state"),
+        (
+            "text",
+            {"max_steps": 6, "batch_size": 8, "user_max_length": 32, "item_max_length": 24, "save_every": 2},
+            "save_state",
+        ),
+    ],
+)
+def test_interrupted_training_resumes_to_the_same_model(
+    tiny_encoder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str, settings: dict, hook: str
+) -> None:
+    import recsys_infer.toolchain.train as train_module
+
+    config = TrainConfig(**settings)
+    data = small_sample()
+    whole = train(data, tmp_path / "whole", encoder=str(tiny_encoder), config=config, progress=False)
+    _interrupt_after(monkeypatch, train_module, hook, 2)
+    with pytest.raises(KeyboardInterrupt):
+        train(data, tmp_path / "cut", encoder=str(tiny_encoder), config=config, progress=False)
+    assert (tmp_path / "cut.partial").is_dir() and not (tmp_path / "cut").exists()
+    monkeypatch.undo()
+    with pytest.raises(CheckpointError, match="other settings"):
+        train(data, tmp_path / "cut", encoder=str(tiny_encoder), config=config.with_overrides(seed=9),
+              progress=False, resume=True)  # fmt: skip
+    resumed = train(
+        data, tmp_path / "cut", encoder=str(tiny_encoder), config=config, progress=False, resume=True
+    )
+    assert resumed.losses == pytest.approx(whole.losses, rel=1e-5)
+    from safetensors.torch import load_file
+
+    for name in ("sequence_tower.safetensors", "item_head.safetensors") if kind == "sequence" else ():
+        a, b = load_file(str(tmp_path / "whole" / name)), load_file(str(tmp_path / "cut" / name))
+        assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a), name
+    assert not (tmp_path / "cut.partial").exists()
+    with pytest.raises(CheckpointError, match="nothing to resume"):
+        train(data, tmp_path / "fresh", encoder=str(tiny_encoder), config=config, progress=False, resume=True)
+
