@@ -101,8 +101,11 @@ def main() -> None:
     help_s = _median_wall([cli, "--help"], 5)
     served = subprocess.run(
         [sys.executable, "-c", _LOAD_AND_SERVE, str(args.bundle), str(args.threads), str(args.requests)],
-        check=True, capture_output=True, text=True, env=env,
-    )  # fmt: skip
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     m = json.loads(served.stdout.strip().splitlines()[-1])
     bundle_bytes = sum(p.stat().st_size for p in args.bundle.iterdir() if p.is_file())
     import onnxruntime
@@ -120,12 +123,19 @@ def main() -> None:
         "rss_budget_mb": round(bundle_bytes / 1e6 + 150, 1),
         "recommend_history_ms": _pcts(m["history_ms"]),
         "recommend_text_ms": _pcts(m["text_ms"]),
-        "history_tokens": {"min": min(m["history_tokens"]), "median": statistics.median(m["history_tokens"]),
-                           "max": max(m["history_tokens"])},
-        "environment": {"python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
-                        "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                        "threads": args.threads},
-    }  # fmt: skip
+        "history_tokens": {
+            "min": min(m["history_tokens"]),
+            "median": statistics.median(m["history_tokens"]),
+            "max": max(m["history_tokens"]),
+        },
+        "environment": {
+            "python": platform.python_version(),
+            "onnxruntime": onnxruntime.__version__,
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "threads": args.threads,
+        },
+    }
     print(json.dumps(report, indent=2))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")

@@ -399,6 +399,113 @@ def recommend(
     _write_json(json_out, payload)
 
 
+class Split(StrEnum):
+    TEST = "test"
+    VALIDATION = "validation"
+
+
+@app.command()
+@_friendly_errors
+def evaluate(
+    bundles: Annotated[
+        list[Path] | None, typer.Argument(help="Bundles to evaluate; the first is the reference.")
+    ] = None,
+    data: Annotated[str, typer.Option(help="The data folder the bundles were trained on.")] = "",
+    baseline: Annotated[
+        list[str] | None,
+        typer.Option(help="Also evaluate a baseline: popularity, als or zero-shot (repeatable)."),
+    ] = None,
+    k: Annotated[
+        list[int] | None, typer.Option("--k", help="Cut-offs (repeatable); default 10 and 50.")
+    ] = None,
+    split: Annotated[Split, typer.Option(help="Which held-out item is the target.")] = Split.TEST,
+    users: Annotated[
+        int | None, typer.Option(min=1, help="Evaluate a seeded sample of this many users.")
+    ] = None,
+    exclude_seen: Annotated[
+        bool, typer.Option("--exclude-seen/--include-seen", help="Mask the input history from the ranking.")
+    ] = False,
+    exact: Annotated[
+        bool, typer.Option(help="Rank by exact search instead of the bundles' HNSW indexes.")
+    ] = False,
+    requests: Annotated[
+        bool, typer.Option(help="Also score text requests built from each target's attributes.")
+    ] = False,
+    tune: Annotated[
+        bool, typer.Option("--tune-als/--no-tune-als", help="Grid-search ALS on validation.")
+    ] = True,
+    seed: Annotated[int, typer.Option(help="Seed of the user sample and the bootstrap.")] = 0,
+    json_out: JsonOut = None,
+) -> None:
+    """Leave-one-out, full-ranking evaluation with 95% bootstrap intervals and paired comparisons."""
+    from .evaluation.run import EvalConfig, run_evaluation
+
+    if not data:
+        raise typer.BadParameter("--data is required: the folder the bundles were trained on, or 'sample'")
+    config = EvalConfig(
+        split=str(split),
+        ks=tuple(k or (10, 50)),
+        users=users,
+        exclude_seen=exclude_seen,
+        exact=exact,
+        requests=requests,
+        tune_als=tune,
+        seed=seed,
+    )
+    report = run_evaluation(data, bundles or [], baseline or [], config)
+    _print_evaluation(report.to_json())
+    _write_json(json_out, report.to_json())
+
+
+def _fmt(metric: dict[str, Any]) -> str:
+    lo, hi = metric["ci95"]
+    return f"{metric['mean']:.4f} [{lo:.4f}, {hi:.4f}]"
+
+
+def _print_evaluation(report: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    console = _console()
+    protocol = report["protocol"]
+    console.print(
+        f"{report['data']['name']}: {protocol['users']} {protocol['split']} users, history ≤ 50, "
+        f"full ranking, {'history masked' if protocol['exclude_seen'] else 'history not masked'}, "
+        f"{'exact search' if protocol['exact'] else 'HNSW'}; mean [95% CI]"
+    )
+
+    def table(title: str, key: str | None) -> None:
+        rows = [(m["name"], m if key is None else m.get(key)) for m in report["models"]]
+        rows = [(name, m) for name, m in rows if m]
+        if not rows:
+            return
+        metrics = list(rows[0][1]["metrics"])
+        t = Table(title=title, title_justify="left")
+        t.add_column("model")
+        t.add_column("users", justify="right")
+        for metric in metrics:
+            t.add_column(metric, justify="right")
+        for name, m in rows:
+            t.add_row(name, str(m["users"]), *(_fmt(m["metrics"][metric]) for metric in metrics))
+        console.print(t)
+
+    table("all users", None)
+    table("users whose target was held out of training (cold-start items)", "cold_start_items")
+    table("text requests built from the target's attributes (no history)", "text_requests")
+    if report["paired"]:
+        t = Table(title=f"paired differences: {report['models'][0]['name']} minus …", title_justify="left")
+        for col in ("other", "metric", "mean difference [95% CI]", "significant"):
+            t.add_column(col)
+        for p in report["paired"]:
+            lo, hi = p["ci95"]
+            t.add_row(
+                p["b"],
+                p["metric"],
+                f"{p['mean_difference']:+.4f} [{lo:+.4f}, {hi:+.4f}]",
+                "yes" if p["significant"] else "no",
+            )
+        console.print(t)
+
+
 @app.command("sample-data")
 @_friendly_errors
 def sample_data(

@@ -188,3 +188,20 @@ def test_interrupted_training_resumes_to_the_same_model(
     with pytest.raises(CheckpointError, match="nothing to resume"):
         train(data, tmp_path / "fresh", encoder=str(tiny_encoder), config=config, progress=False, resume=True)
 
+
+def test_cold_start_evaluation_fits_baselines_without_the_held_out_items(seq_bundle: Path) -> None:
+    from recsys_infer.evaluation.run import EvalConfig, run_evaluation
+
+    report = run_evaluation(
+        small_sample(), [seq_bundle], ["popularity"], EvalConfig(exclude_seen=True), progress=False
+    )
+    cold = set(report.cold_items)
+    assert len(cold) == 5
+    bundle, popularity = report.models
+    expected = sum(1 for t in bundle.result.targets if t in cold)
+    assert bundle.cold is not None and popularity.cold is not None
+    assert bundle.cold.users == popularity.cold.users == expected > 0
+    assert set(bundle.cold.targets) <= cold
+    # Popularity never saw the held-out items, so it never ranks them in its top 10.
+    assert popularity.cold.per_user["recall@10"].sum() == 0
+    assert report.to_json()["models"][0]["held_out_items"] == 5

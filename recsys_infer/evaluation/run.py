@@ -1,0 +1,264 @@
+"""The `evaluate` job: bundles and baselines on one data set, same users, paired comparisons."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recsys_infer.data import Dataset, leave_one_out, load_dataset
+from recsys_infer.data.split import Split
+from recsys_infer.errors import DataError
+from recsys_infer.runtime.bundle import MANIFEST
+from recsys_infer.runtime.engine import Engine
+
+from .metrics import (
+    EvalResult,
+    PairedDifference,
+    eval_examples,
+    evaluate,
+    metric_names,
+    paired_difference,
+    sample_examples,
+)
+from .recommenders import (
+    ALSParams,
+    ALSRecommender,
+    EngineRecommender,
+    PopularityRecommender,
+    evaluate_requests,
+    tune_als,
+)
+
+logger = logging.getLogger(__name__)
+
+REPORT_SCHEMA = "recsys-infer/evaluate/1"
+BASELINES = ("popularity", "als", "zero-shot")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    split: str = "test"
+    ks: tuple[int, ...] = (10, 50)
+    users: int | None = None
+    exclude_seen: bool = False
+    exact: bool = False
+    requests: bool = False
+    tune_als: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.split not in ("test", "validation"):
+            raise ValueError(f"split must be 'test' or 'validation', got {self.split!r}")
+        if not self.ks or min(self.ks) < 1:
+            raise ValueError(f"--k must be positive, got {list(self.ks)}")
+        if self.users is not None and self.users < 1:
+            raise ValueError(f"--users must be positive, got {self.users}")
+
+
+@dataclass
+class ModelReport:
+    name: str
+    kind: str
+    result: EvalResult
+    cold: EvalResult | None = None
+    requests: EvalResult | None = None
+    source: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "kind": self.kind, **self.source, **self.result.to_json()}
+        if self.cold is not None:
+            out["cold_start_items"] = self.cold.to_json()
+        if self.requests is not None:
+            out["text_requests"] = self.requests.to_json()
+        return out
+
+
+@dataclass
+class EvalReport:
+    config: EvalConfig
+    dataset: Dataset
+    data_path: str
+    models: list[ModelReport]
+    paired: list[PairedDifference]
+    als_tuning: list[dict[str, Any]] = field(default_factory=list)
+    cold_items: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        first = self.models[0].result if self.models else None
+        return {
+            "schema": REPORT_SCHEMA,
+            "data": {
+                "path": self.data_path,
+                "name": self.dataset.name,
+                "fingerprint": self.dataset.fingerprint,
+                "files_sha256": dict(self.dataset.files),
+            },
+            "protocol": {
+                **asdict(self.config),
+                "history_limit": 50,
+                "users": first.users if first else 0,
+                "metric_note": "recall@K = hit rate (one target); mrr counts ranks up to 100",
+            },
+            "models": [m.to_json() for m in self.models],
+            "paired": [p.to_json() for p in self.paired],
+            "als_tuning": self.als_tuning,
+            "cold_items": len(self.cold_items),
+        }
+
+
+def _manifest_sha(bundle: Path) -> str:
+    return hashlib.sha256((bundle / MANIFEST).read_bytes()).hexdigest()
+
+
+def _held_out(engine: Engine) -> list[str]:
+    if engine.manifest is None:
+        return []
+    return list(engine.manifest.raw.get("provenance", {}).get("data", {}).get("cold_items") or [])
+
+
+def _cold_items(engines: Sequence[Engine], names: Sequence[str]) -> list[str]:
+    """The items the bundles held out of training; bundles that held out different sets cannot
+    be compared on cold-start targets."""
+    sets = {name: _held_out(e) for name, e in zip(names, engines, strict=True)}
+    distinct = {tuple(sorted(v)) for v in sets.values() if v}
+    if len(distinct) > 1:
+        raise ValueError(
+            "the bundles held out different items during training "
+            f"({', '.join(n for n, v in sets.items() if v)}); evaluate bundles trained with the same "
+            "--cold-items and --seed together"
+        )
+    return list(distinct.pop()) if distinct else []
+
+
+def _check_catalogue(engine: Engine, dataset: Dataset, name: str) -> None:
+    missing = [i for i in dataset.catalog.ids if i not in engine.catalog]
+    if missing:
+        raise DataError(
+            f"{len(missing)} items of {dataset.name} are not in the catalogue of {name} (e.g. "
+            f"{missing[0]!r}): evaluate a bundle on the data it was built from"
+        )
+
+
+def _zero_shot_bundle(dataset: Dataset, like: Engine | None, work: Path) -> Path:
+    """The pretrained encoder, untrained, as text towers with the token budgets of ``like``."""
+    from recsys_infer.toolchain.export import export_bundle
+    from recsys_infer.toolchain.train import TrainConfig, train
+
+    config, encoder = TrainConfig(max_steps=0), None
+    if like is not None and like.manifest is not None:
+        towers = like.manifest.towers
+        text_user = towers.get("request", towers["user"]) if towers["user"].kind != "text" else towers["user"]
+        config = config.with_overrides(
+            user_max_length=text_user.max_length, item_max_length=towers["item"].max_length
+        )
+        encoder = like.manifest.raw.get("provenance", {}).get("encoder", {}).get("name")
+    train(dataset, work / "checkpoint", encoder=encoder, config=config, progress=False)
+    export_bundle(work / "checkpoint", work / "bundle", progress=False)
+    return work / "bundle"
+
+
+def run_evaluation(
+    data: str | Path | Dataset,
+    bundles: Sequence[Path],
+    baselines: Sequence[str],
+    config: EvalConfig,
+    *,
+    progress: bool = True,
+) -> EvalReport:
+    """Evaluate every bundle and baseline on the same users of ``data``; pair each against the first."""
+    unknown = [b for b in baselines if b not in BASELINES]
+    if unknown:
+        raise ValueError(f"unknown baseline(s) {unknown}; choose from {list(BASELINES)}")
+    if not bundles and not baselines:
+        raise ValueError("give at least one bundle or --baseline")
+    dataset = data if isinstance(data, Dataset) else load_dataset(data)
+    split: Split = leave_one_out(dataset)
+    examples = sample_examples(eval_examples(split, config.split), config.users, config.seed)
+    if not examples:
+        raise DataError(f"{dataset.name} has no {config.split} users (users need at least 3 interactions)")
+
+    engines = [Engine.load(b, device="cpu", exact=config.exact) for b in bundles]
+    for engine, bundle in zip(engines, bundles, strict=True):
+        _check_catalogue(engine, dataset, str(bundle))
+    names = _unique_names([b.name for b in bundles])
+    cold = set(_cold_items(engines, names))
+    cold_mask = np.array([e.target in cold for e in examples]) if cold else None
+    if cold:
+        # Baselines learn from the same training part the bundles did: without the held-out items.
+        train = {u: tuple(i for i in seq if i not in cold) for u, seq in split.train.items()}
+        split = Split(train=train, validation=split.validation, test=split.test)
+
+    models: list[ModelReport] = []
+    ks = tuple(sorted(set(config.ks)))
+
+    def add(name: str, kind: str, recommender: Any, engine: Engine | None, source: dict[str, Any]) -> None:
+        result = evaluate(recommender, examples, ks=ks, exclude_seen=config.exclude_seen, progress=progress)
+        result.name = name
+        report = ModelReport(name, kind, result, source=source)
+        if cold_mask is not None and cold_mask.any():
+            report.cold = result.subset(cold_mask, f"{name} (cold-start targets)")
+        if config.requests and engine is not None:
+            report.requests = evaluate_requests(engine, name, examples, dataset.catalog, ks)
+        models.append(report)
+
+    for name, engine, bundle in zip(names, engines, bundles, strict=True):
+        source = {
+            "bundle": str(bundle),
+            "manifest_sha256": _manifest_sha(bundle),
+            "held_out_items": len(_held_out(engine)),
+        }
+        add(name, "bundle", EngineRecommender(engine, name), engine, source)
+
+    tuning: list[dict[str, Any]] = []
+    for baseline in baselines:
+        if baseline == "popularity":
+            add("popularity", "baseline", PopularityRecommender(split.train, dataset.catalog), None, {})
+        elif baseline == "als":
+            params = ALSParams()
+            if config.tune_als:
+                validation = sample_examples(eval_examples(split, "validation"), config.users, config.seed)
+                params, tuning = tune_als(
+                    split, dataset.catalog, validation, exclude_seen=config.exclude_seen, seed=config.seed
+                )
+            add(
+                "als",
+                "baseline",
+                ALSRecommender(split.train, dataset.catalog, params, seed=config.seed),
+                None,
+                {"params": asdict(params), "tuned_on": "validation" if config.tune_als else None},
+            )
+        elif baseline == "zero-shot":
+            with tempfile.TemporaryDirectory(prefix="recsys-zero-shot-") as tmp:
+                path = _zero_shot_bundle(dataset, engines[0] if engines else None, Path(tmp))
+                engine = Engine.load(path, device="cpu", exact=config.exact)
+                add(
+                    "zero-shot",
+                    "baseline",
+                    EngineRecommender(engine, "zero-shot"),
+                    engine,
+                    {"encoder": engine.manifest.raw["provenance"]["encoder"] if engine.manifest else None},
+                )
+
+    paired = [
+        paired_difference(models[0].result, other.result, metric)
+        for other in models[1:]
+        for metric in metric_names(ks)
+    ]
+    data_source = dataset.source if isinstance(data, Dataset) else str(data)
+    return EvalReport(config, dataset, data_source, models, paired, tuning, sorted(cold))
+
+
+def _unique_names(names: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
+    return out
