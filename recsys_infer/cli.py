@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from .enums import Device, UserTowerKind
+from .enums import Calibration, Device, QuantMode, TowerChoice, UserTowerKind
 from .errors import RecsysError
 
 if TYPE_CHECKING:
@@ -291,6 +291,103 @@ def export(
         )
     typer.echo(f"HNSW recall@10 vs exact: {result.index_recall_at_10:.3f}")
     typer.echo(f"bundle: {out} ({sum(result.files.values()) / 1e6:.1f} MB)")
+    _write_json(json_out, result.to_json())
+
+
+def _step_summary(result: Any) -> None:
+    f = result.fidelity
+    for name, q in f["queries"].items():
+        typer.echo(
+            f"{name} vs reference: overlap@10 {q['overlap@10']:.4f}, overlap@100 {q['overlap@100']:.4f}, "
+            f"cosine mean {q['mean_cosine']:.4f} min {q['min_cosine']:.4f} ({q['count']} probe queries)"
+        )
+    onnx_mb = sum(v for k, v in result.files.items() if k.endswith(".onnx")) / 1e6
+    typer.echo(f"bundle: {result.bundle} (graphs {onnx_mb:.1f} MB, {result.seconds:.0f} s)")
+
+
+MaxDrop = Annotated[
+    float | None,
+    typer.Option(
+        min=0.0, max=1.0, help="Fail, writing nothing, if overlap@10 with the reference falls below 1 - X."
+    ),
+]
+Reference = Annotated[
+    Path | None,
+    typer.Option(help="The uncompressed bundle to measure against (default: the one the input records)."),
+]
+
+
+@app.command()
+@_friendly_errors
+def optimize(
+    bundle: Annotated[Path, typer.Argument(help="Bundle to optimise (left unchanged).")],
+    out: Annotated[Path, typer.Option(help="Bundle directory to write.", file_okay=False)],
+    tower: Annotated[TowerChoice, typer.Option(help="Which towers to optimise.")] = TowerChoice.BOTH,
+    max_overlap_drop: MaxDrop = None,
+    reference: Reference = None,
+    overwrite: Overwrite = False,
+    json_out: JsonOut = None,
+) -> None:
+    """ONNX Runtime's transformer fusions (attention, layer norm, GELU), verified against the reference."""
+    from .toolchain.compress import optimize_bundle
+
+    result = optimize_bundle(
+        bundle, out, towers=tower, max_overlap_drop=max_overlap_drop, reference=reference, overwrite=overwrite
+    )
+    for name, g in result.step["graphs"].items():
+        fused = ", ".join(f"{k} {v}" for k, v in g.get("fused_operators", {}).items()) or g.get("reason", "")
+        typer.echo(f"{name}: {g['nodes_before']} -> {g['nodes_after']} nodes ({fused})")
+    _step_summary(result)
+    _write_json(json_out, result.to_json())
+
+
+@app.command()
+@_friendly_errors
+def quantize(
+    bundle: Annotated[Path, typer.Argument(help="Bundle to quantize (left unchanged).")],
+    out: Annotated[Path, typer.Option(help="Bundle directory to write.", file_okay=False)],
+    mode: Annotated[
+        QuantMode, typer.Option(help="dynamic or static int8 (CPU), fp16 (CUDA).")
+    ] = QuantMode.DYNAMIC,
+    tower: Annotated[TowerChoice, typer.Option(help="Which towers to quantize.")] = TowerChoice.BOTH,
+    calibration_size: Annotated[
+        int, typer.Option(min=8, help="static: probe inputs used to calibrate activation ranges.")
+    ] = 256,
+    calibration: Annotated[
+        Calibration, typer.Option(help="static: calibration method.")
+    ] = Calibration.MINMAX,
+    keep_fp32: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Keep these MatMuls in fp32: ffn-out, ffn-in, attention-out, head, or a regex (repeatable)."
+        ),
+    ] = None,
+    per_channel: Annotated[bool, typer.Option("--per-channel/--per-tensor", help="Weight scales.")] = True,
+    reindex: Annotated[
+        bool, typer.Option(help="Rebuild the item index with the quantized item tower.")
+    ] = False,
+    max_overlap_drop: MaxDrop = None,
+    reference: Reference = None,
+    overwrite: Overwrite = False,
+    json_out: JsonOut = None,
+) -> None:
+    """int8 (dynamic or calibrated static) or fp16 towers, with their measured cost."""
+    from .toolchain.compress import QuantizeConfig, quantize_bundle
+
+    config = QuantizeConfig(
+        mode=mode,
+        towers=tower,
+        per_channel=per_channel,
+        calibration=calibration,
+        calibration_size=calibration_size,
+        keep_fp32=tuple(keep_fp32 or ()),
+        reindex=reindex,
+        max_overlap_drop=max_overlap_drop,
+    )
+    result = quantize_bundle(bundle, out, config, reference=reference, overwrite=overwrite)
+    if mode is QuantMode.FP16:
+        typer.echo("fp16 graphs are for device='cuda'; on the CPU they run, slowly, through casts.")
+    _step_summary(result)
     _write_json(json_out, result.to_json())
 
 

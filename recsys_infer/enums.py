@@ -50,3 +50,29 @@ class UserTowerKind(StrEnum):
 
     TEXT = "text"
     SEQUENCE = "sequence"
+
+
+class QuantMode(StrEnum):
+    """``dynamic``: int8 weights, activations quantized at run time (CPUs with VNNI).
+    ``static``: int8 weights and activations, QDQ, scales calibrated on real texts.
+    ``fp16``: half-precision weights and activations, for the CUDA provider."""
+
+    DYNAMIC = "dynamic"
+    STATIC = "static"
+    FP16 = "fp16"
+
+
+class TowerChoice(StrEnum):
+    """Which side a step compresses. ``user`` covers the user tower and the request tower."""
+
+    USER = "user"
+    ITEM = "item"
+    BOTH = "both"
+
+
+class Calibration(StrEnum):
+    """How static quantization picks activation ranges (ONNX Runtime's calibrators)."""
+
+    MINMAX = "minmax"
+    PERCENTILE = "percentile"
+    ENTROPY = "entropy"

@@ -14,6 +14,7 @@ One tree, so a service can catch what it can handle and let the rest through::
     ├── DeviceUnavailableError     the requested device cannot run this bundle
     ├── ExportError                an export failed
     │   └── ParityError                ONNX Runtime disagrees with PyTorch beyond tolerance
+    ├── FidelityError              a compressed bundle strays further from its reference than allowed
     ├── TrainingError              training cannot go on (e.g. the loss diverged)
     ├── OutputExistsError (FileExistsError)  an output path is taken and overwriting was not asked
     └── MissingDependencyError     an optional dependency (the ``train`` extra) is absent
@@ -91,6 +92,10 @@ class ExportError(RecsysError):
 
 class ParityError(ExportError):
     """The exported ONNX graph's outputs differ from PyTorch's beyond the tolerance."""
+
+
+class FidelityError(RecsysError):
+    """A compression step changed the recommendations more than its budget allows."""
 
 
 class TrainingError(RecsysError):

@@ -1,0 +1,191 @@
+"""optimize and quantize on the tiny model: the graphs really change, the input never does, the
+cost is measured against the reference, and the fidelity gate refuses what it should."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from typer.testing import CliRunner
+
+from recsys_infer import Engine
+from recsys_infer.cli import app
+from recsys_infer.enums import Precision
+from recsys_infer.errors import BundleError, DeviceUnavailableError, FidelityError
+from recsys_infer.runtime.bundle import read_manifest, sha256_file
+from recsys_infer.toolchain.compress import QuantizeConfig, optimize_bundle, quantize_bundle
+
+
+def _ops(path: Path) -> Counter[str]:
+    return Counter(n.op_type for n in onnx.load(str(path)).graph.node)
+
+
+def _fingerprint(bundle: Path) -> dict[str, str]:
+    return {p.name: sha256_file(p) for p in sorted(bundle.iterdir())}
+
+
+@pytest.fixture(scope="module")
+def optimized(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("opt") / "bundle"
+    optimize_bundle(tiny_bundle, out, progress=False)
+    return out
+
+
+def test_optimize_fuses_and_keeps_outputs(tiny_bundle: Path, optimized: Path) -> None:
+    manifest = read_manifest(optimized)
+    step = manifest.raw["compression"][0]
+    assert step["step"] == "optimize"
+    for name, graph in step["graphs"].items():
+        ops = _ops(optimized / name)
+        assert ops["Attention"] == 2 and ops["SkipLayerNormalization"] >= 2, ops
+        assert graph["nodes_after"] < graph["nodes_before"]
+    fidelity = manifest.raw["fidelity"]
+    assert fidelity["reference"] == str(tiny_bundle.resolve())
+    assert fidelity["overlap@10"] >= 0.99
+    assert fidelity["queries"]["user"]["min_cosine"] > 0.9999
+    assert fidelity["item"]["min_cosine"] > 0.9999
+    assert manifest.raw["reference"]["manifest_sha256"] == sha256_file(tiny_bundle / "manifest.json")
+
+
+def test_dynamic_int8_user_tower(tiny_bundle: Path, optimized: Path, tmp_path: Path) -> None:
+    before = _fingerprint(optimized)
+    out = tmp_path / "int8"
+    result = quantize_bundle(optimized, out, QuantizeConfig(mode="dynamic", towers="user"), progress=False)
+    assert _fingerprint(optimized) == before, "the input bundle must not change"
+    manifest = read_manifest(out)
+    assert manifest.user.precision is Precision.INT8 and manifest.item.precision is Precision.FP32
+    assert manifest.item.file == read_manifest(optimized).item.file
+    assert sha256_file(out / manifest.item.file) == sha256_file(optimized / manifest.item.file)
+    ops = _ops(out / manifest.user.file)
+    assert ops["DynamicQuantizeMatMul"] + ops["MatMulInteger"] + ops["QAttention"] > 0, ops
+    # Measured against the uncompressed bundle the chain started from, not the optimised input.
+    assert result.fidelity["reference"] == str(tiny_bundle.resolve())
+    assert [s["step"] for s in manifest.raw["compression"]] == ["optimize", "quantize"]
+    assert 0.0 < result.fidelity["overlap@10"] <= 1.0
+    assert result.fidelity["item"]["min_cosine"] > 0.9999  # the item tower was not touched
+    engine = Engine.load(out, device="cpu")
+    assert len(engine.recommend(history=list(engine.item_ids[:3]), k=5)) == 5
+    with pytest.raises(DeviceUnavailableError):
+        Engine.load(out, device="cuda")
+
+
+def test_keep_fp32_leaves_named_matmuls(tiny_bundle: Path, tmp_path: Path) -> None:
+    out = tmp_path / "int8"
+    config = QuantizeConfig(mode="dynamic", towers="user", keep_fp32=("ffn-out",))
+    result = quantize_bundle(tiny_bundle, out, config, progress=False)
+    kept = next(iter(result.step["graphs"].values()))["kept_fp32"]
+    assert len(kept) == 2 and all("/output/dense/" in k for k in kept)
+    graph = onnx.load(str(out / read_manifest(out).user.file)).graph
+    matmuls = {n.name for n in graph.node if n.op_type == "MatMul"}
+    assert set(kept) <= matmuls
+
+
+def test_static_int8_has_qdq_nodes(tiny_bundle: Path, tmp_path: Path) -> None:
+    out = tmp_path / "qdq"
+    config = QuantizeConfig(mode="static", towers="both", calibration_size=32)
+    result = quantize_bundle(tiny_bundle, out, config, progress=False)
+    manifest = read_manifest(out)
+    for tower in (manifest.user, manifest.item):
+        ops = _ops(out / tower.file)
+        assert ops["QuantizeLinear"] > 0 and ops["DequantizeLinear"] > 0, ops
+        assert tower.precision is Precision.INT8
+    assert result.step["calibration"] == "minmax" and result.step["calibration_size"] == 32
+    # Both towers changed and the index was kept: stored item vectors are the reference's.
+    assert np.array_equal(np.load(out / "item_vectors.npy"), np.load(tiny_bundle / "item_vectors.npy"))
+    assert "reference item tower" in manifest.raw["index"]["built_with"]
+
+
+def test_fp16_graph_for_cuda(tiny_bundle: Path, tmp_path: Path) -> None:
+    out = tmp_path / "fp16"
+    result = quantize_bundle(tiny_bundle, out, QuantizeConfig(mode="fp16", towers="user"), progress=False)
+    manifest = read_manifest(out)
+    assert manifest.user.precision is Precision.FP16
+    graph = onnx.load(str(out / manifest.user.file)).graph
+    types = Counter(t.data_type for t in graph.initializer)
+    assert types[onnx.TensorProto.FLOAT16] > types[onnx.TensorProto.FLOAT], types
+    assert result.fidelity["queries"]["user"]["mean_cosine"] > 0.99
+
+
+def test_reindex_rebuilds_the_index_with_the_new_item_tower(tiny_bundle: Path, tmp_path: Path) -> None:
+    out = tmp_path / "reindexed"
+    config = QuantizeConfig(mode="dynamic", towers="item", reindex=True)
+    result = quantize_bundle(tiny_bundle, out, config, progress=False)
+    assert result.step["reindexed"] is True
+    new, old = np.load(out / "item_vectors.npy"), np.load(tiny_bundle / "item_vectors.npy")
+    assert new.shape == old.shape and not np.array_equal(new, old)
+    assert "compressed item tower" in read_manifest(out).raw["index"]["built_with"]
+    engine = Engine.load(out, device="cpu")
+    texts = [engine.catalog.get(i).text for i in engine.item_ids[:5]]
+    # Dynamic int8 scales activations per batch tensor, so batch makeup moves the last digits.
+    np.testing.assert_allclose(engine.encode_items(texts), new[:5], atol=1e-3)
+
+
+def test_fidelity_gate_refuses_and_leaves_nothing(tiny_bundle: Path, tmp_path: Path) -> None:
+    out = tmp_path / "gated"
+    config = QuantizeConfig(mode="static", towers="both", calibration_size=8, max_overlap_drop=0.0)
+    with pytest.raises(FidelityError, match="No bundle was written"):
+        quantize_bundle(tiny_bundle, out, config, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_output_must_differ_from_input(tiny_bundle: Path) -> None:
+    with pytest.raises(BundleError, match="never modifies its input"):
+        optimize_bundle(tiny_bundle, tiny_bundle, overwrite=True, progress=False)
+
+
+def test_sequence_bundle_splits_the_shared_request_graph(
+    seq_bundle_for_compress: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "seq-int8"
+    config = QuantizeConfig(mode="dynamic", towers="user")
+    quantize_bundle(seq_bundle_for_compress, out, config, progress=False)
+    manifest = read_manifest(out)
+    assert manifest.towers["item"].file == "item_tower.onnx"
+    assert manifest.towers["request"].file == "request_tower.int8.onnx"
+    assert manifest.user.file == "user_sequence.int8.onnx"
+    assert manifest.towers["request"].precision is Precision.INT8
+    engine = Engine.load(out, device="cpu")
+    assert engine.recommend(text="something to read", k=3)
+
+
+@pytest.fixture(scope="module")
+def seq_bundle_for_compress(tiny_encoder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from recsys_infer.toolchain.export import export_bundle
+    from recsys_infer.toolchain.train import TrainConfig, train
+
+    from .conftest import small_sample
+
+    root = tmp_path_factory.mktemp("seqc")
+    config = TrainConfig(
+        user_tower="sequence",  # type: ignore[arg-type]
+        epochs=2,
+        eval_every=1,
+        batch_size=16,
+        hidden=32,
+        heads=2,
+        layers=1,
+        item_head_hidden=64,
+        item_max_length=32,
+        user_max_length=32,
+        max_history=8,
+    )
+    train(small_sample(), root / "ckpt", encoder=str(tiny_encoder), config=config, progress=False)
+    export_bundle(root / "ckpt", root / "bundle", progress=False)
+    return root / "bundle"
+
+
+def test_cli_quantize_prints_the_cost(optimized: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cli"
+    report = tmp_path / "q.json"
+    result = CliRunner().invoke(
+        app, ["quantize", str(optimized), "--out", str(out), "--tower", "user", "--json", str(report)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "user vs reference: overlap@10" in result.output
+    payload = json.loads(report.read_text())
+    assert payload["step"]["mode"] == "dynamic"
+    assert payload["fidelity"]["overlap@10"] == read_manifest(out).raw["fidelity"]["overlap@10"]
