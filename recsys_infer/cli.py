@@ -184,6 +184,13 @@ def train(
     item_head_hidden: Annotated[
         int | None, typer.Option(help="Width of the item head (sequence kind).")
     ] = None,
+    item_offsets: Annotated[
+        bool | None,
+        typer.Option(
+            "--item-offsets/--no-item-offsets",
+            help="Learn a vector per item on top of its text vector (sequence kind).",
+        ),
+    ] = None,
     eval_every: Annotated[int | None, typer.Option(help="Validate every N epochs (sequence kind).")] = None,
     patience: Annotated[int | None, typer.Option(help="Stop after N validations without gain.")] = None,
     bf16: Annotated[
@@ -230,6 +237,7 @@ def train(
         layers=layers,
         dropout=dropout,
         item_head_hidden=item_head_hidden,
+        item_offsets=item_offsets,
         eval_every=eval_every,
         patience=patience,
         bf16=bf16,

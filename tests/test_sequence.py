@@ -205,3 +205,32 @@ def test_cold_start_evaluation_fits_baselines_without_the_held_out_items(seq_bun
     # Popularity never saw the held-out items, so it never ranks them in its top 10.
     assert popularity.cold.per_user["recall@10"].sum() == 0
     assert report.to_json()["models"][0]["held_out_items"] == 5
+
+
+def test_item_offsets_train_export_and_stay_zero_for_cold_items(
+    tiny_encoder: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    from recsys_infer.toolchain.checkpoint import load_checkpoint
+    from recsys_infer.toolchain.compress import add_offsets
+    from recsys_infer.toolchain.export import export_bundle
+
+    root = tmp_path_factory.mktemp("offsets")
+    config = TrainConfig(**SEQ, epochs=2, eval_every=1, cold_items=5, item_offsets=True)  # type: ignore[arg-type]
+    train(small_sample(), root / "ckpt", encoder=str(tiny_encoder), config=config, progress=False)
+    ckpt = load_checkpoint(root / "ckpt")
+    offsets = ckpt.model.offset_matrix()
+    assert offsets is not None and offsets.shape == (
+        len(ckpt.catalog),
+        ckpt.model.item.encoder.config.hidden_size,
+    )
+    cold = json.loads((root / "ckpt" / "recsys_checkpoint.json").read_text())["data"]["cold_items"]
+    rows = [ckpt.catalog.ids.index(i) for i in cold]
+    assert float(offsets[rows].abs().sum()) == 0.0  # never trained, so ranked by text alone
+    assert float(offsets.abs().sum()) > 0.0  # the seen items moved
+    export_bundle(root / "ckpt", root / "bundle", progress=False)
+    stored = np.load(root / "bundle" / "item_vectors.npy")
+    engine = Engine.load(root / "bundle", device="cpu")
+    text_only = engine.encode_items(list(ckpt.catalog.texts))
+    np.testing.assert_allclose(stored, add_offsets(text_only, offsets.numpy()), atol=1e-5)
+    np.testing.assert_allclose(stored[rows], text_only[rows], atol=1e-5)
+    assert engine.manifest is not None and engine.manifest.raw["index"]["offsets_file"] == "item_offsets.npy"

@@ -10,6 +10,7 @@ Layout (schema version 1)::
     tokenizer.json       the encoder's tokenizer (Hugging Face ``tokenizers`` format)
     item_index.hnsw      hnswlib graph over the item vectors; label i is item_ids[i]
     item_vectors.npy     float32 (n, dim) item vectors, the exact reference (no pickle)
+    item_offsets.npy     optional: learned per-item offsets already inside item_vectors.npy
     item_ids.json        the item-id map: a JSON list, position = index label
     catalog.jsonl        one item a line: item_id, text, attributes
     probe.json           optional: validation histories and request texts for later checks

@@ -7,6 +7,7 @@ Layout::
     item_encoder/            the item tower's encoder (absent when text towers share weights)
     item_head.safetensors    sequence kind: the trainable head on the frozen item encoder
     sequence_tower.safetensors  sequence kind: the user tower over history item vectors
+    item_offsets.safetensors    sequence kind, optional: learned per-item offsets and their mask
     tokenizer.json           the encoder's tokenizer
     catalog.jsonl            the catalogue the model was trained on
     probe.json               validation histories and requests (for export's probe set)
@@ -32,6 +33,7 @@ from .model import ModelConfig, TwoTower
 CHECKPOINT_FILE = "recsys_checkpoint.json"
 ITEM_HEAD = "item_head.safetensors"
 SEQUENCE_TOWER = "sequence_tower.safetensors"
+ITEM_OFFSETS = "item_offsets.safetensors"
 CHECKPOINT_VERSION = 1
 _MAKE = "recsys-infer train --data PATH --out CHECKPOINT"
 
@@ -65,6 +67,9 @@ def save_checkpoint(
             model.item.encoder.save_pretrained(tmp / "item_encoder", safe_serialization=True)
             save_file(_contiguous(model.item.head), str(tmp / ITEM_HEAD))
             save_file(_contiguous(model.user), str(tmp / SEQUENCE_TOWER))
+            if model.item_offsets is not None:
+                offsets = {"offsets": model.item_offsets.detach(), "mask": model.offset_mask}
+                save_file({k: v.contiguous() for k, v in offsets.items()}, str(tmp / ITEM_OFFSETS))
         else:
             model.user.encoder.save_pretrained(tmp / "user_encoder", safe_serialization=True)
             if not model.config.shared_towers:
@@ -101,6 +106,8 @@ def load_checkpoint(path: Path, *, attn_implementation: str | None = None) -> Ch
     sequence = config.user_tower is UserTowerKind.SEQUENCE
     if sequence:
         parts = ["item_encoder", ITEM_HEAD, SEQUENCE_TOWER]
+        if config.sequence is not None and config.sequence.item_offsets:
+            parts.append(ITEM_OFFSETS)
     else:
         parts = ["user_encoder"] + ([] if config.shared_towers else ["item_encoder"])
     needed = [*parts, "tokenizer.json", "catalog.jsonl"]
@@ -108,8 +115,14 @@ def load_checkpoint(path: Path, *, attn_implementation: str | None = None) -> Ch
     if missing:
         raise CheckpointError(f"{path} lacks {missing}: the checkpoint is incomplete; retrain with: {_MAKE}")
     kwargs: dict[str, Any] = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    catalog = Catalog.read_jsonl(path / "catalog.jsonl")
     if sequence:
-        model = TwoTower(None, AutoModel.from_pretrained(path / "item_encoder", **kwargs), config)
+        encoder = AutoModel.from_pretrained(path / "item_encoder", **kwargs)
+        model = TwoTower(None, encoder, config, n_items=len(catalog))
+        if model.item_offsets is not None:
+            offsets = load_file(str(path / ITEM_OFFSETS))
+            model.item_offsets.data.copy_(offsets["offsets"])
+            model.offset_mask.copy_(offsets["mask"])
         if model.item.head is None:  # pragma: no cover - TwoTower always makes one for this kind
             raise CheckpointError("internal: the sequence model has no item head")
         model.item.head.load_state_dict(load_file(str(path / ITEM_HEAD)))
@@ -124,7 +137,7 @@ def load_checkpoint(path: Path, *, attn_implementation: str | None = None) -> Ch
         path=path,
         model=model,
         config=config,
-        catalog=Catalog.read_jsonl(path / "catalog.jsonl"),
+        catalog=catalog,
         tokenizer_json=(path / "tokenizer.json").read_text(encoding="utf-8"),
         probe=json.loads(probe_path.read_text(encoding="utf-8")) if probe_path.is_file() else None,
         meta={k: v for k, v in doc.items() if k not in ("model", "format_version")},

@@ -468,12 +468,21 @@ def derive_bundle(
     return StepResult(out, record, fidelity, files, time.perf_counter() - started)
 
 
+def add_offsets(vectors: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Text vectors plus learned per-item offsets, re-normalised to unit length."""
+    out = vectors + offsets
+    return np.asarray(out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12), dtype=np.float32)
+
+
 def _reindex(bundle: Path, raw: dict[str, Any], *, progress: bool) -> dict[str, Any]:
     """Re-encode the catalogue with the bundle's (new) item tower and rebuild the HNSW index."""
     engine = Engine.load(bundle, device=Device.CPU, exact=True, verify=False)
     index = dict(raw["index"])
     texts = [engine.catalog.get(i).text for i in engine.item_ids]
     vectors = engine.item_encoder.encode(texts)
+    if index.get("offsets_file"):
+        # Learned per-item offsets (sequence models) are part of the stored vectors.
+        vectors = add_offsets(vectors, np.load(bundle / index["offsets_file"], allow_pickle=False))
     np.save(bundle / index["vectors_file"], vectors, allow_pickle=False)
     params = HnswParams(index["M"], index["ef_construction"], index["ef_search"])
     hnsw = HnswIndex.build(vectors, params, threads=index.get("build_threads", 1), progress=progress)

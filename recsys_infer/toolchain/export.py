@@ -34,6 +34,7 @@ from recsys_infer.runtime.tokenizer import TextTokenizer
 from recsys_infer.runtime.users import SequenceUserEncoder
 
 from .checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint
+from .compress import add_offsets
 from .model import SequenceTower, TextTower
 
 logger = logging.getLogger(__name__)
@@ -381,6 +382,12 @@ def export_bundle(
             _require(parity, name, config)
 
         vectors = text["item"].encode(catalog.texts, progress=progress)
+        offsets = ckpt.model.offset_matrix() if sequence else None
+        if offsets is not None:
+            # The learned per-item offsets join the stored vectors (items unseen in training
+            # have none); the item graph itself reads text alone, as a new item's would be.
+            np.save(tmp / "item_offsets.npy", offsets.numpy().astype(np.float32), allow_pickle=False)
+            vectors = add_offsets(vectors, offsets.numpy())
         np.save(tmp / "item_vectors.npy", vectors, allow_pickle=False)
         if sequence:
             label = {item_id: i for i, item_id in enumerate(catalog.ids)}
@@ -480,6 +487,7 @@ def export_bundle(
                 **config.hnsw.to_dict(),
                 "build_threads": config.index_threads,
                 "built_with": "item tower of this bundle",
+                **({"offsets_file": "item_offsets.npy"} if offsets is not None else {}),
             },
             "catalog": {"file": "catalog.jsonl", "count": len(catalog)},
             "probe": probe_entry,

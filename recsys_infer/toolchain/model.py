@@ -37,6 +37,10 @@ class SequenceConfig:
     # starts from "more like the last thing" and learns what to change. Off in checkpoints made
     # before it existed.
     last_item_residual: bool = False
+    # A learned vector per catalogue item, added to its text vector: what text cannot tell apart
+    # (two thrillers with different audiences) the data can. Items never seen in training keep a
+    # zero offset, so they are ranked by their text alone, exactly like items added later.
+    item_offsets: bool = False
 
     def __post_init__(self) -> None:
         if self.max_history < 1 or self.layers < 1 or self.item_head_hidden < 1:
@@ -219,11 +223,15 @@ class TwoTower(nn.Module):
     ``TwoTower(None, item_encoder, config)``; the item encoder is frozen and gets a head.
     """
 
-    def __init__(self, user_encoder: Any, item_encoder: Any, config: ModelConfig) -> None:
+    def __init__(
+        self, user_encoder: Any, item_encoder: Any, config: ModelConfig, *, n_items: int = 0
+    ) -> None:
         super().__init__()
         self.config = config
         self.user: Any  # TextTower or SequenceTower
         self.item: TextTower
+        self.item_offsets: nn.Parameter | None = None
+        self.offset_mask: torch.Tensor
         if config.user_tower is UserTowerKind.SEQUENCE:
             if item_encoder is None or user_encoder is not None or config.sequence is None:
                 raise ValueError("a sequence model takes only an item encoder")
@@ -233,6 +241,12 @@ class TwoTower(nn.Module):
             )
             item_encoder.requires_grad_(False)
             self.user = SequenceTower(dim, config.sequence)
+            if config.sequence.item_offsets:
+                if n_items < 1:
+                    raise ValueError("item offsets need the catalogue size (n_items)")
+                self.item_offsets = nn.Parameter(torch.zeros(n_items, dim))
+                # 1 for items the training data has seen; the others keep a zero offset.
+                self.register_buffer("offset_mask", torch.zeros(n_items, 1))
             return
         if user_encoder is None:
             raise ValueError("a text model needs a user encoder")
@@ -245,6 +259,23 @@ class TwoTower(nn.Module):
             if item_encoder is None:
                 raise ValueError("separate towers need an item encoder")
             self.item = TextTower(item_encoder, config.pooling)
+
+    def catalogue_vectors(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Sequence kind: every catalogue item's vector from its frozen text embedding, through
+        the head and, when the model has them, plus its learned offset."""
+        head = self.item.head
+        if head is None:
+            raise ValueError("only a sequence model's item tower has a head")
+        vectors = head(embeddings)
+        if self.item_offsets is None:
+            return vectors
+        return F.normalize(vectors + self.item_offsets * self.offset_mask, p=2.0, dim=-1, eps=1e-12)
+
+    def offset_matrix(self) -> torch.Tensor | None:
+        """The offsets as applied (zero for items unseen in training), or ``None``."""
+        if self.item_offsets is None:
+            return None
+        return (self.item_offsets * self.offset_mask).detach()
 
 
 def in_batch_softmax_loss(

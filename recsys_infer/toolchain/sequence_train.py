@@ -128,7 +128,7 @@ def validation_ndcg(
     if head is None:
         raise TrainingError("the sequence model's item tower has no head")
     with torch.no_grad():
-        vectors = head(embeddings)
+        vectors = model.catalogue_vectors(embeddings)
         for start in range(0, len(examples), 256):
             chunk = examples[start : start + 256]
             rows, mask = left_padded([[position[i] for i in e.history] for e in chunk], user.max_history)
@@ -211,7 +211,7 @@ def train_sequence_loop(
                     [windows[j] for j in order[start : start + batch_size]], user.max_history
                 )
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                    vectors = head(embeddings)
+                    vectors = model.catalogue_vectors(embeddings)
                     users = user.encode_positions(vectors[rows], mask)
                     selected = targets >= 0
                     logits = (users[selected] @ vectors.T).float() / temperature

@@ -94,6 +94,7 @@ class TrainConfig:
     dropout: float = 0.2
     item_head_hidden: int = 1024
     last_item_residual: bool = True
+    item_offsets: bool = False
     eval_every: int = 5
     patience: int = 4
 
@@ -155,6 +156,7 @@ class TrainConfig:
             dropout=self.dropout,
             item_head_hidden=self.item_head_hidden,
             last_item_residual=self.last_item_residual,
+            item_offsets=self.item_offsets,
         )
 
 
@@ -264,7 +266,7 @@ def train(
         sequence=config.sequence_config() if config.user_tower is UserTowerKind.SEQUENCE else None,
     )
     if config.user_tower is UserTowerKind.SEQUENCE:
-        model = TwoTower(None, first, model_config)
+        model = TwoTower(None, first, model_config, n_items=len(dataset.catalog))
     else:
         second = None if config.shared_towers else _load_encoder(source.location)[0]
         model = TwoTower(first, second, model_config)
@@ -467,6 +469,10 @@ def _train_sequence(run: _Run) -> tuple[dict[str, Any], dict[str, Any]]:
     if config.max_steps == 0:  # the untrained model: an identity head, a random sequence tower
         return {"steps": 0, "examples_seen": 0, "stopped_by": "max_steps", "losses": []}, {}
     embeddings = embed_items(model.item, tokenizer, run.dataset.catalog.texts, progress=run.progress)
+    if model.item_offsets is not None:
+        seen = {i for seq in run.split.train.values() for i in seq}
+        mask = torch.tensor([[1.0 if i in seen else 0.0] for i in run.dataset.catalog.ids])
+        model.offset_mask.copy_(mask)
 
     def checkpoint_state(
         state: SequenceRun, optimizer: torch.optim.Optimizer, best: dict[str, torch.Tensor]
