@@ -266,6 +266,18 @@ def train(
     _write_json(json_out, result.to_json())
 
 
+MaxDrop = Annotated[
+    float | None,
+    typer.Option(
+        min=0.0, max=1.0, help="Fail, writing nothing, if overlap@10 with the reference falls below 1 - X."
+    ),
+]
+Reference = Annotated[
+    Path | None,
+    typer.Option(help="The uncompressed bundle to measure against (default: the one the input records)."),
+]
+
+
 @app.command()
 @_friendly_errors
 def export(
@@ -275,6 +287,8 @@ def export(
         Path | None, typer.Option(help="Recipe TOML; its [export] and [index] tables apply.")
     ] = None,
     probe: Annotated[bool, typer.Option("--probe/--no-probe", help="Carry the validation probe set.")] = True,
+    reference: Reference = None,
+    max_overlap_drop: MaxDrop = None,
     overwrite: Overwrite = False,
     json_out: JsonOut = None,
 ) -> None:
@@ -284,7 +298,14 @@ def export(
     from .toolchain.export import ExportConfig, export_bundle, export_config_from_recipe, read_recipe
 
     config = export_config_from_recipe(read_recipe(recipe), source=str(recipe)) if recipe else ExportConfig()
-    result = export_bundle(checkpoint, out, config=replace(config, include_probe=probe), overwrite=overwrite)
+    result = export_bundle(
+        checkpoint,
+        out,
+        config=replace(config, include_probe=probe),
+        overwrite=overwrite,
+        reference=reference,
+        max_overlap_drop=max_overlap_drop,
+    )
     for tower, p in result.parity.items():
         if not isinstance(p, dict) or "mean_cosine" not in p:  # the reference and tolerance entries
             continue
@@ -298,6 +319,12 @@ def export(
             f"min cos {p['min_cosine']:.6f}"
         )
     typer.echo(f"HNSW recall@10 vs exact: {result.index_recall_at_10:.3f}")
+    if result.fidelity is not None:
+        for name, q in result.fidelity["queries"].items():
+            typer.echo(
+                f"{name} vs reference: overlap@10 {q['overlap@10']:.4f}, overlap@100 {q['overlap@100']:.4f}, "
+                f"cosine mean {q['mean_cosine']:.4f}"
+            )
     typer.echo(f"bundle: {out} ({sum(result.files.values()) / 1e6:.1f} MB)")
     _write_json(json_out, result.to_json())
 
@@ -311,18 +338,6 @@ def _step_summary(result: Any) -> None:
         )
     onnx_mb = sum(v for k, v in result.files.items() if k.endswith(".onnx")) / 1e6
     typer.echo(f"bundle: {result.bundle} (graphs {onnx_mb:.1f} MB, {result.seconds:.0f} s)")
-
-
-MaxDrop = Annotated[
-    float | None,
-    typer.Option(
-        min=0.0, max=1.0, help="Fail, writing nothing, if overlap@10 with the reference falls below 1 - X."
-    ),
-]
-Reference = Annotated[
-    Path | None,
-    typer.Option(help="The uncompressed bundle to measure against (default: the one the input records)."),
-]
 
 
 @app.command()
@@ -396,6 +411,82 @@ def quantize(
     if mode is QuantMode.FP16:
         typer.echo("fp16 graphs are for device='cuda'; on the CPU they run, slowly, through casts.")
     _step_summary(result)
+    _write_json(json_out, result.to_json())
+
+
+@app.command()
+@_friendly_errors
+def prune(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directory from `train` (left unchanged).")],
+    out: Annotated[Path, typer.Option(help="Checkpoint directory to write.", file_okay=False)],
+    ratio: Annotated[
+        float, typer.Option(min=0.0, max=0.95, help="Fraction of heads and FFN neurons removed per layer.")
+    ],
+    layers: Annotated[int, typer.Option(min=0, help="Also remove this many whole layers.")] = 0,
+    tower: Annotated[TowerChoice, typer.Option(help="Which towers' encoders to prune.")] = TowerChoice.BOTH,
+    distill_steps: Annotated[
+        int, typer.Option(min=0, help="Distillation steps from the unpruned model.")
+    ] = 0,
+    data: Annotated[
+        str | None,
+        typer.Option(help="The training data (its training split feeds importance and distillation)."),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=2, help="Distillation batch size.")] = 32,
+    lr: Annotated[float, typer.Option(help="Distillation learning rate.")] = 1e-4,
+    overwrite: Overwrite = False,
+    json_out: JsonOut = None,
+) -> None:
+    """Remove attention heads, FFN neurons (and layers) by measured importance; recover by distillation."""
+    from .toolchain.prune import PruneConfig, prune_checkpoint
+
+    config = PruneConfig(
+        ratio=ratio,
+        layers=layers,
+        towers=tower,
+        distill_steps=distill_steps,
+        batch_size=batch_size,
+        learning_rate=lr,
+    )
+    result = prune_checkpoint(checkpoint, out, config, data=data, overwrite=overwrite)
+    for t in result.towers:
+        agree = t.agreement_after_distill or t.agreement_before_distill
+        typer.echo(
+            f"{t.name} encoder: {t.parameters_before / 1e6:.1f}M -> "
+            f"{t.parameters_after / 1e6:.1f}M parameters, "
+            f"{t.layers_after} layers, heads {t.heads_per_layer}, FFN {t.ffn_per_layer[0]}; "
+            f"cosine to unpruned {agree.get('mean_cosine', float('nan')):.4f} "
+            f"({'after' if t.agreement_after_distill else 'without'} distillation)"
+        )
+    typer.echo(
+        f"weights {result.bytes_before / 1e6:.1f} MB -> {result.bytes_after / 1e6:.1f} MB; checkpoint: {out}"
+    )
+    _write_json(json_out, result.to_json())
+
+
+@app.command()
+@_friendly_errors
+def build(
+    recipe: Annotated[Path, typer.Argument(help="Recipe TOML (see export/*.toml).")],
+    out: Annotated[Path, typer.Option(help="Bundle directory to write.", file_okay=False)],
+    data: Annotated[str | None, typer.Option(help="Data folder to train on (and to distill on).")] = None,
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="Start from this trained checkpoint instead of training.")
+    ] = None,
+    work: Annotated[
+        Path | None, typer.Option(help="Folder for intermediate models (default <out>.work).")
+    ] = None,
+    overwrite: Overwrite = False,
+    json_out: JsonOut = None,
+) -> None:
+    """Run a recipe's whole chain: train, export, prune, optimise, quantize."""
+    from .toolchain.build import build as run_build
+
+    result = run_build(recipe, out, data=data, checkpoint=checkpoint, work=work, overwrite=overwrite)
+    for stage in result.stages:
+        fidelity = stage.get("fidelity")
+        cost = f" (overlap@10 vs reference {fidelity['overlap@10']:.4f})" if fidelity else ""
+        typer.echo(f"{stage['stage']}: {stage.get('bundle') or stage.get('checkpoint')}{cost}")
+    typer.echo(f"bundle: {out}")
     _write_json(json_out, result.to_json())
 
 

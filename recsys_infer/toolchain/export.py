@@ -109,6 +109,7 @@ class ExportResult:
     index_recall_at_10: float
     seconds: dict[str, float]
     files: dict[str, int]
+    fidelity: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -312,12 +313,26 @@ def export_bundle(
     config: ExportConfig | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    reference: Path | None = None,
+    max_overlap_drop: float | None = None,
 ) -> ExportResult:
-    """Export ``checkpoint`` into a verified bundle at ``out``."""
+    """Export ``checkpoint`` into a verified bundle at ``out``.
+
+    A pruned checkpoint's bundle is measured against ``reference``, the bundle of the unpruned
+    model (fidelity in the manifest, as for every compression step); ``max_overlap_drop`` then
+    refuses a result whose overlap@10 with it falls below ``1 - max_overlap_drop``.
+    """
     config = config or ExportConfig()
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     ckpt = load_checkpoint(Path(checkpoint), attn_implementation="eager")
+    pruning = ckpt.meta.get("pruning")
+    if pruning and reference is None:
+        raise ExportError(
+            f"{checkpoint} is pruned, and a compressed bundle needs its measured cost: pass --reference "
+            f"with the bundle of the unpruned checkpoint ({pruning.get('from')}), made by "
+            "`recsys-infer export` of that checkpoint"
+        )
     catalog: Catalog = ckpt.catalog
     model_config = ckpt.config
     sequence = model_config.user_tower is UserTowerKind.SEQUENCE
@@ -507,6 +522,9 @@ def export_bundle(
         first = next(iter(ckpt.probe.get("histories", []) if ckpt.probe else []), None) or [catalog.ids[0]]
         if not engine.recommend(history=first, k=min(10, len(catalog))) and len(catalog) > len(first):
             raise ExportError("the exported bundle returned no recommendations for a probe user")
+        fidelity = None
+        if reference is not None:
+            fidelity = _measure_against(reference, tmp, manifest, pruning, max_overlap_drop)
         sizes = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
     return ExportResult(
         bundle=Path(out),
@@ -514,7 +532,46 @@ def export_bundle(
         index_recall_at_10=recall,
         seconds={k: round(v, 2) for k, v in timings.items()},
         files=sizes,
+        fidelity=fidelity,
     )
+
+
+def _measure_against(
+    reference: Path,
+    bundle: Path,
+    manifest: dict[str, Any],
+    pruning: dict[str, Any] | None,
+    max_drop: float | None,
+) -> dict[str, Any]:
+    """Fidelity of the fresh bundle against ``reference``, gated, recorded in its manifest."""
+    from recsys_infer.errors import FidelityError
+    from recsys_infer.runtime.bundle import read_manifest
+
+    from .compress import measure_fidelity, reference_of
+
+    ref = reference_of(reference, dict(read_manifest(reference).raw), None).resolve()
+    fidelity = measure_fidelity(
+        Engine.load(ref, device=Device.CPU, exact=True, verify=False),
+        Engine.load(bundle, device=Device.CPU, exact=True, verify=False),
+    )
+    fidelity["reference"] = str(ref)
+    if max_drop is not None and fidelity["overlap@10"] < 1 - max_drop:
+        raise FidelityError(
+            f"the exported model's overlap@10 with the reference is {fidelity['overlap@10']:.4f}, below "
+            f"the allowed {1 - max_drop:.4f} (--max-overlap-drop {max_drop}). No bundle was written. "
+            "Prune less, or distill longer (--distill-steps)."
+        )
+    step = {"step": "prune", **(pruning or {}), "fidelity": fidelity} if pruning else None
+    manifest["reference"] = {"bundle": str(ref), "manifest_sha256": sha256_file(ref / "manifest.json")}
+    manifest["fidelity"] = {
+        **manifest["fidelity"],
+        **fidelity,
+        "measured_by": "recsys-infer export --reference",
+    }
+    if step is not None:
+        manifest["compression"] = [step]
+    write_manifest(bundle, manifest)
+    return fidelity
 
 
 def _index_recall(index: HnswIndex, vectors: np.ndarray, queries: np.ndarray) -> tuple[float, int]:

@@ -1,0 +1,169 @@
+"""``recsys-infer build RECIPE``: one recipe, the whole chain from data (or a checkpoint) to a
+compressed bundle.
+
+A recipe is a TOML file in ``export/``. Its tables, each optional except where said:
+
+- ``[encoder]`` and ``[train]``: how to train (as ``train --recipe``); skipped when the build is
+  given a trained checkpoint.
+- ``[export]`` and ``[index]``: how to export (as ``export --recipe``).
+- ``[prune]``: ``ratio``, ``layers``, ``tower``, ``distill_steps``, ``batch_size``,
+  ``learning_rate``. The unpruned model is exported first: it is the reference every later step
+  is measured against.
+- ``[[steps]]``: after export, in order. ``kind = "optimize"`` or ``kind = "quantize"`` with the
+  options of those commands (``mode``, ``tower``, ``keep_fp32``, ``calibration``,
+  ``calibration_size``, ``per_channel``, ``reindex``).
+- ``[gate]``: ``max_overlap_drop``, applied to every step.
+
+Intermediate checkpoints and bundles go to a work folder (default ``<out>.work/``), so a failed
+build can be inspected; the final bundle is moved to ``out`` only when every step passed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from recsys_infer.errors import ExportError, OutputExistsError
+
+from .compress import QuantizeConfig, optimize_bundle, quantize_bundle
+from .export import export_bundle, export_config_from_recipe, read_recipe
+
+logger = logging.getLogger(__name__)
+
+_STEP_KEYS = {
+    "optimize": {"kind", "tower"},
+    "quantize": {
+        "kind",
+        "mode",
+        "tower",
+        "keep_fp32",
+        "calibration",
+        "calibration_size",
+        "per_channel",
+        "reindex",
+    },
+}
+_PRUNE_KEYS = {"ratio", "layers", "tower", "distill_steps", "batch_size", "learning_rate"}
+
+
+@dataclass
+class BuildResult:
+    bundle: Path
+    stages: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"bundle": str(self.bundle), "stages": self.stages}
+
+
+def check_recipe(recipe: dict[str, Any], source: str) -> None:
+    """Refuse unknown step kinds and keys before any long work starts."""
+    for i, step in enumerate(recipe.get("steps", []), 1):
+        kind = step.get("kind")
+        if kind not in _STEP_KEYS:
+            raise ExportError(f"{source}: step {i} has kind {kind!r}; use 'optimize' or 'quantize'")
+        unknown = set(step) - _STEP_KEYS[kind]
+        if unknown:
+            raise ExportError(f"{source}: step {i} ({kind}) has unknown keys {sorted(unknown)}")
+    unknown = set(recipe.get("prune", {})) - _PRUNE_KEYS
+    if unknown:
+        raise ExportError(
+            f"{source}: [prune] has unknown keys {sorted(unknown)}; it takes {sorted(_PRUNE_KEYS)}"
+        )
+    export_config_from_recipe(recipe, source=source)
+
+
+def build(
+    recipe_path: Path,
+    out: Path,
+    *,
+    data: str | None = None,
+    checkpoint: Path | None = None,
+    work: Path | None = None,
+    overwrite: bool = False,
+) -> BuildResult:
+    """Run ``recipe_path`` end to end; see the module docstring."""
+    recipe = read_recipe(recipe_path)
+    source = str(recipe_path)
+    check_recipe(recipe, source)
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise OutputExistsError(
+            f"{out} already exists; choose another --out, or pass --overwrite to replace it"
+        )
+    work = Path(work) if work else out.parent / f"{out.name}.work"
+    work.mkdir(parents=True, exist_ok=True)
+    result = BuildResult(out)
+    gate = recipe.get("gate", {}).get("max_overlap_drop")
+
+    if checkpoint is None:
+        if not data:
+            raise ExportError("build needs --data to train on, or --checkpoint with a trained model")
+        from recsys_infer.data import load_dataset
+
+        from .train import TrainConfig, train
+
+        checkpoint = work / "checkpoint"
+        config = TrainConfig(**recipe.get("train", {}))
+        trained = train(
+            load_dataset(data),
+            checkpoint,
+            encoder=recipe.get("encoder", {}).get("name"),
+            config=config,
+            overwrite=True,
+        )
+        result.stages.append({"stage": "train", "checkpoint": str(checkpoint), "seconds": trained.seconds})
+
+    export_config = export_config_from_recipe(recipe, source=source)
+    current = work / "bundle-0-export"
+    export_bundle(checkpoint, current, config=export_config, overwrite=True)
+    result.stages.append({"stage": "export", "bundle": str(current)})
+
+    if "prune" in recipe:
+        from .prune import PruneConfig, prune_checkpoint
+
+        spec = dict(recipe["prune"])
+        prune_config = PruneConfig(
+            ratio=float(spec["ratio"]),
+            layers=int(spec.get("layers", 0)),
+            towers=spec.get("tower", "both"),
+            distill_steps=int(spec.get("distill_steps", 0)),
+            batch_size=int(spec.get("batch_size", 32)),
+            learning_rate=float(spec.get("learning_rate", 1e-4)),
+        )
+        pruned_ckpt = work / "checkpoint-pruned"
+        prune_checkpoint(checkpoint, pruned_ckpt, prune_config, data=data, overwrite=True)
+        reference, current = current, work / "bundle-1-pruned"
+        exported = export_bundle(
+            pruned_ckpt,
+            current,
+            config=export_config,
+            overwrite=True,
+            reference=reference,
+            max_overlap_drop=gate,
+        )
+        result.stages.append({"stage": "prune", "bundle": str(current), "fidelity": exported.fidelity})
+
+    for i, step in enumerate(recipe.get("steps", []), 2):
+        options = {k: v for k, v in step.items() if k != "kind"}
+        target = work / f"bundle-{i}-{step['kind']}"
+        tower = options.pop("tower", "both")
+        if step["kind"] == "optimize":
+            done = optimize_bundle(current, target, towers=tower, max_overlap_drop=gate, overwrite=True)
+        else:
+            if "keep_fp32" in options:
+                options["keep_fp32"] = tuple(options["keep_fp32"])
+            quant = QuantizeConfig(towers=tower, max_overlap_drop=gate, **options)
+            done = quantize_bundle(current, target, quant, overwrite=True)
+        result.stages.append({"stage": step["kind"], "bundle": str(target), "fidelity": done.fidelity})
+        current = target
+
+    if out.exists():
+        shutil.rmtree(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(current, out.parent / f".{out.name}.tmp")
+    os.replace(out.parent / f".{out.name}.tmp", out)
+    return result

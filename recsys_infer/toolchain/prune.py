@@ -1,0 +1,462 @@
+"""Structured pruning of the towers' encoders, recovered by distillation.
+
+``ratio`` is the fraction of attention heads and of FFN neurons removed from every encoder layer
+(the same count in each layer, chosen per layer); ``layers`` whole layers can go too. Embeddings
+are left alone. The pruned encoder is physically smaller: heads go through Hugging Face's
+``prune_heads`` (recorded in the config as ``pruned_heads``, so ``from_pretrained`` rebuilds the
+shape) and FFN neurons by slicing the two linear layers (a smaller ``intermediate_size``).
+
+What to remove is measured on real inputs, not guessed from weights:
+
+- **Heads and neurons**: first-order importance, ``|dL/dm|`` for a mask ``m`` multiplied into
+  each head's attention (``head_mask``; eager attention) and each FFN neuron's activation, summed
+  over batches, with ``L`` the retrieval loss the tower serves: its vectors must find the right
+  teacher vector among the batch (and, for a text user tower given ``--data``, the right target
+  item). Head scores are normalised per layer.
+- **Layers**: each is removed in turn and the loss measured; the ones whose removal costs least go.
+
+Distillation then trains the pruned tower towards the unpruned one: ``1 - cos`` to the teacher's
+vector plus the same retrieval loss, for ``distill_steps`` steps on the training split of
+``--data`` (never the probe set, which the fidelity figures are measured on).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer
+from torch import nn
+
+from recsys_infer.data.probe import request_from_item
+from recsys_infer.enums import TowerChoice, UserTowerKind
+from recsys_infer.errors import CheckpointError
+from recsys_infer.runtime.tokenizer import TextTokenizer
+
+from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .model import TextTower, pool
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    ratio: float
+    layers: int = 0
+    towers: TowerChoice = TowerChoice.BOTH
+    distill_steps: int = 0
+    batch_size: int = 32
+    learning_rate: float = 1e-4
+    temperature: float = 0.05
+    importance_batches: int = 8
+    bf16: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "towers", TowerChoice(self.towers))
+        if not 0 <= self.ratio < 1:
+            raise ValueError(
+                f"ratio must be in [0, 1): the fraction of heads and neurons removed, got {self.ratio}"
+            )
+        if self.layers < 0 or self.distill_steps < 0:
+            raise ValueError("layers and distill_steps must be 0 or more")
+        if self.batch_size < 2:
+            raise ValueError("batch_size must be at least 2 (the retrieval loss needs negatives)")
+
+
+@dataclass
+class TowerReport:
+    name: str
+    parameters_before: int
+    parameters_after: int
+    layers_before: int
+    layers_after: int
+    heads_per_layer: list[int]
+    ffn_per_layer: list[int]
+    dropped_layers: list[int]
+    agreement_before_distill: dict[str, float] = field(default_factory=dict)
+    agreement_after_distill: dict[str, float] = field(default_factory=dict)
+    distill_losses: list[float] = field(default_factory=list)
+
+
+@dataclass
+class PruneResult:
+    checkpoint: Path
+    towers: list[TowerReport]
+    bytes_before: int
+    bytes_after: int
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "checkpoint": str(self.checkpoint),
+            "towers": [asdict(t) for t in self.towers],
+            "bytes_before": self.bytes_before,
+            "bytes_after": self.bytes_after,
+            "seconds": round(self.seconds, 2),
+        }
+
+
+# -- the tower's inputs ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Inputs:
+    """Texts a tower reads, and optionally for each the text of the item it should retrieve."""
+
+    texts: list[str]
+    targets: list[str] | None = None
+
+
+def _encoder_parameters(encoder: nn.Module) -> int:
+    return sum(p.numel() for p in encoder.parameters())
+
+
+def _forward(
+    tower: TextTower,
+    features: dict[str, torch.Tensor],
+    head_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    hidden = tower.encoder(
+        input_ids=features["input_ids"], attention_mask=features["attention_mask"], head_mask=head_mask
+    ).last_hidden_state
+    vectors = pool(hidden, features["attention_mask"], tower.pooling)
+    return vectors if tower.head is None else tower.head(vectors)
+
+
+def _loss(
+    student: torch.Tensor, teacher: torch.Tensor, target_vectors: torch.Tensor | None, temperature: float
+) -> torch.Tensor:
+    """Retrieval among the batch: each vector must find its own teacher vector (and its target)."""
+    labels = torch.arange(student.shape[0])
+    loss = F.cross_entropy(student @ teacher.T / temperature, labels)
+    if target_vectors is not None:
+        loss = loss + F.cross_entropy(student @ target_vectors.T / temperature, labels)
+    return loss
+
+
+class _Batches:
+    def __init__(
+        self, inputs: _Inputs, tokenizer: TextTokenizer, item_tower: TextTower | None, batch: int, seed: int
+    ):
+        self.inputs, self.tokenizer, self.item_tower, self.batch = inputs, tokenizer, item_tower, batch
+        self.rng = random.Random(seed)
+        self._item_cache: dict[str, torch.Tensor] = {}
+
+    def features(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        f = self.tokenizer(list(texts))
+        return {
+            "input_ids": torch.from_numpy(f["input_ids"]),
+            "attention_mask": torch.from_numpy(f["attention_mask"]),
+        }
+
+    def sample(self) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        rows = self.rng.sample(range(len(self.inputs.texts)), min(self.batch, len(self.inputs.texts)))
+        features = self.features([self.inputs.texts[i] for i in rows])
+        targets = None
+        if self.inputs.targets is not None and self.item_tower is not None:
+            names = [self.inputs.targets[i] for i in rows]
+            with torch.no_grad():
+                targets = _forward(self.item_tower, self.features(names))
+        return features, targets
+
+
+# -- importance and physical pruning --------------------------------------------------------------
+
+
+def _ffn_hooks(encoder: Any, mask: torch.Tensor) -> list[Any]:
+    handles = []
+    for i, layer in enumerate(encoder.encoder.layer):
+        handles.append(layer.intermediate.register_forward_hook(lambda _m, _i, out, i=i: out * mask[i]))
+    return handles
+
+
+def importance(
+    tower: TextTower, teacher: TextTower, batches: _Batches, n_batches: int, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``|dL/dm|`` summed over batches for every head ``(layers, heads)`` and FFN neuron."""
+    config = tower.encoder.config
+    head_mask = torch.ones(config.num_hidden_layers, config.num_attention_heads, requires_grad=True)
+    ffn_mask = torch.ones(config.num_hidden_layers, config.intermediate_size, requires_grad=True)
+    handles = _ffn_hooks(tower.encoder, ffn_mask)
+    heads = torch.zeros_like(head_mask)
+    neurons = torch.zeros_like(ffn_mask)
+    tower.eval()
+    try:
+        for _ in range(n_batches):
+            features, targets = batches.sample()
+            with torch.no_grad():
+                reference = _forward(teacher, features)
+            loss = _loss(_forward(tower, features, head_mask), reference, targets, temperature)
+            head_grad, ffn_grad = torch.autograd.grad(loss, [head_mask, ffn_mask])
+            heads += head_grad.abs()
+            neurons += ffn_grad.abs()
+    finally:
+        for h in handles:
+            h.remove()
+    heads = heads / heads.norm(dim=1, keepdim=True).clamp(min=1e-12)
+    return heads, neurons
+
+
+def _loss_without(tower: TextTower, teacher: TextTower, batches: list[Any], temperature: float) -> float:
+    with torch.no_grad():
+        return float(
+            sum(_loss(_forward(tower, f), _forward(teacher, f), t, temperature) for f, t in batches)
+            / len(batches)
+        )
+
+
+def drop_layers(
+    tower: TextTower, teacher: TextTower, batches: _Batches, count: int, temperature: float
+) -> list[int]:
+    """Remove the ``count`` layers whose removal raises the retrieval loss least; returns them."""
+    layers = tower.encoder.encoder.layer
+    if count >= len(layers):
+        raise ValueError(f"cannot drop {count} of {len(layers)} layers: at least one must stay")
+    fixed = [batches.sample() for _ in range(4)]
+    costs = []
+    for i in range(len(layers)):
+        tower.encoder.encoder.layer = nn.ModuleList(layer for j, layer in enumerate(layers) if j != i)
+        costs.append((_loss_without(tower, teacher, fixed, temperature), i))
+    dropped = sorted(i for _, i in sorted(costs)[:count])
+    tower.encoder.encoder.layer = nn.ModuleList(layer for j, layer in enumerate(layers) if j not in dropped)
+    tower.encoder.config.num_hidden_layers = len(tower.encoder.encoder.layer)
+    for i, layer in enumerate(tower.encoder.encoder.layer):  # attention modules know their index
+        if hasattr(layer.attention.self, "layer_idx"):
+            layer.attention.self.layer_idx = i
+    return dropped
+
+
+def prune_ffn(encoder: Any, keep: list[torch.Tensor]) -> None:
+    """Keep only the FFN neurons ``keep[layer]`` (the same count in every layer)."""
+    for layer, idx in zip(encoder.encoder.layer, keep, strict=True):
+        inner, outer = layer.intermediate.dense, layer.output.dense
+        new_inner = nn.Linear(inner.in_features, len(idx))
+        new_inner.weight.data = inner.weight.data[idx].clone()
+        new_inner.bias.data = inner.bias.data[idx].clone()
+        new_outer = nn.Linear(len(idx), outer.out_features)
+        new_outer.weight.data = outer.weight.data[:, idx].clone()
+        new_outer.bias.data = outer.bias.data.clone()
+        layer.intermediate.dense, layer.output.dense = new_inner, new_outer
+    encoder.config.intermediate_size = len(keep[0])
+
+
+def prune_tower(
+    tower: TextTower, teacher: TextTower, batches: _Batches, config: PruneConfig, name: str
+) -> TowerReport:
+    encoder = tower.encoder
+    before = _encoder_parameters(encoder)
+    layers_before = encoder.config.num_hidden_layers
+    dropped = drop_layers(tower, teacher, batches, config.layers, config.temperature) if config.layers else []
+    heads, neurons = importance(tower, teacher, batches, config.importance_batches, config.temperature)
+    n_heads, n_ffn = heads.shape[1], neurons.shape[1]
+    remove_heads = round(config.ratio * n_heads)
+    keep_ffn = max(1, n_ffn - round(config.ratio * n_ffn))
+    if remove_heads >= n_heads:
+        remove_heads = n_heads - 1
+    if remove_heads:
+        encoder.prune_heads({i: heads[i].argsort()[:remove_heads].tolist() for i in range(heads.shape[0])})
+    prune_ffn(
+        encoder,
+        [neurons[i].argsort(descending=True)[:keep_ffn].sort().values for i in range(neurons.shape[0])],
+    )
+    layers = encoder.encoder.layer
+    return TowerReport(
+        name=name,
+        parameters_before=before,
+        parameters_after=_encoder_parameters(encoder),
+        layers_before=layers_before,
+        layers_after=len(layers),
+        heads_per_layer=[int(layer.attention.self.num_attention_heads) for layer in layers],
+        ffn_per_layer=[int(layer.intermediate.dense.out_features) for layer in layers],
+        dropped_layers=dropped,
+    )
+
+
+def agreement(
+    student: TextTower, teacher: TextTower, batches: _Batches, texts: Sequence[str]
+) -> dict[str, float]:
+    """Cosine between the pruned and the unpruned tower's vectors on held-out texts."""
+    student.eval()
+    cos = []
+    with torch.no_grad():
+        for start in range(0, len(texts), 64):
+            f = batches.features(texts[start : start + 64])
+            cos.append(F.cosine_similarity(_forward(student, f), _forward(teacher, f)))
+    all_cos = torch.cat(cos)
+    return {"mean_cosine": round(float(all_cos.mean()), 6), "min_cosine": round(float(all_cos.min()), 6)}
+
+
+def distill(
+    student: TextTower, teacher: TextTower, batches: _Batches, config: PruneConfig, progress: bool
+) -> list[float]:
+    params = [p for p in student.encoder.parameters() if p.requires_grad]
+    if not params:  # the sequence kind freezes its item encoder; distillation trains it here
+        student.encoder.requires_grad_(True)
+        params = list(student.encoder.parameters())
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.01)
+    losses: list[float] = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=config.distill_steps, desc="distilling", unit="step")
+    student.train()
+    for _ in range(config.distill_steps):
+        features, targets = batches.sample()
+        with torch.no_grad():
+            reference = _forward(teacher, features)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+            vectors = _forward(student, features)
+        vectors = vectors.float()
+        loss = (1 - F.cosine_similarity(vectors, reference)).mean() + _loss(
+            vectors, reference, targets, config.temperature
+        )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        losses.append(float(loss.item()))
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    if bar is not None:
+        bar.close()
+    student.eval()
+    return losses
+
+
+# -- the command ----------------------------------------------------------------------------------
+
+
+def _user_pairs(ckpt: Checkpoint, data: str | None, seed: int) -> _Inputs:
+    """User texts and their target items: the training split of ``data``, or the probe set."""
+    fmt, catalog = ckpt.config.user_input, ckpt.catalog
+    rng = random.Random(seed)
+    texts, targets = [], []
+    if data:
+        from recsys_infer.data import leave_one_out, load_dataset
+
+        split = leave_one_out(load_dataset(data))
+        for seq in split.train.values():
+            for t in rng.sample(range(1, len(seq)), min(8, len(seq) - 1)) if len(seq) > 1 else []:
+                history = [catalog.get(h).text for h in seq[:t][-fmt.max_history :] if h in catalog]
+                if history and seq[t] in catalog:
+                    texts.append(fmt.render(history))
+                    targets.append(catalog.get(seq[t]).text)
+    else:
+        probe = ckpt.probe or {}
+        for history, target in zip(probe.get("histories", []), probe.get("targets", []), strict=False):
+            known = [catalog.get(h).text for h in history if h in catalog]
+            if known and target in catalog:
+                texts.append(fmt.render(known))
+                targets.append(catalog.get(target).text)
+    if len(texts) < 2:
+        raise CheckpointError(
+            "pruning needs real user inputs: pass --data with the data set the model was trained on"
+        )
+    return _Inputs(texts, targets)
+
+
+def _item_inputs(ckpt: Checkpoint, with_requests: bool) -> _Inputs:
+    texts = list(ckpt.catalog.texts)
+    if with_requests:  # the sequence kind's item encoder also reads free-text requests
+        texts += [r for r in (request_from_item(item) for item in ckpt.catalog) if r]
+    return _Inputs(texts)
+
+
+def prune_checkpoint(
+    checkpoint: Path,
+    out: Path,
+    config: PruneConfig,
+    *,
+    data: str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> PruneResult:
+    """Prune ``checkpoint``'s encoders and write the result as a new checkpoint at ``out``."""
+    import copy
+
+    started = time.perf_counter()
+    if config.distill_steps and not data:
+        raise CheckpointError(
+            "--distill-steps needs --data: distillation trains on the training split, and the probe "
+            "set is kept for measuring fidelity"
+        )
+    torch.manual_seed(config.seed)
+    ckpt = load_checkpoint(Path(checkpoint), attn_implementation="eager")
+    model, mc = ckpt.model, ckpt.config
+    for encoder in {
+        id(t.encoder): t.encoder for t in (model.item, model.user) if isinstance(t, TextTower)
+    }.values():
+        if encoder.config.pruned_heads:
+            raise CheckpointError(
+                f"{checkpoint} was pruned already; prune the original checkpoint with the ratio you want"
+            )
+    teacher = copy.deepcopy(model)
+    teacher.eval()
+    bytes_before = _weights_bytes(Path(checkpoint))
+
+    def tokenizer(max_length: int) -> TextTokenizer:
+        return TextTokenizer(
+            Tokenizer.from_str(ckpt.tokenizer_json), max_length=max_length, pad_token=mc.pad_token
+        )
+
+    sequence = mc.user_tower is UserTowerKind.SEQUENCE
+    plan: list[tuple[str, TextTower, TextTower, _Inputs, TextTokenizer]] = []
+    if sequence or mc.shared_towers or config.towers is not TowerChoice.USER:
+        item_inputs = _item_inputs(ckpt, with_requests=sequence)
+        length = mc.item_max_length if not mc.shared_towers else mc.user_max_length
+        name = "item" if not mc.shared_towers else "shared"
+        plan.append((name, model.item, teacher.item, item_inputs, tokenizer(length)))
+    if not sequence and not mc.shared_towers and config.towers is not TowerChoice.ITEM:
+        plan.append(
+            (
+                "user",
+                model.user,
+                teacher.user,
+                _user_pairs(ckpt, data, config.seed),
+                tokenizer(mc.user_max_length),
+            )
+        )
+    if sequence and config.towers is TowerChoice.USER:
+        logger.info("a sequence model's only encoder is its item tower (it also reads requests): pruning it")
+    reports = []
+    for name, tower, reference, inputs, tok in plan:
+        rng = random.Random(config.seed)
+        held = rng.sample(inputs.texts, min(256, len(inputs.texts)))
+        batches = _Batches(
+            inputs, tok, teacher.item if inputs.targets is not None else None, config.batch_size, config.seed
+        )
+        logger.info("pruning the %s tower: ratio %.2f, %d layers", name, config.ratio, config.layers)
+        report = prune_tower(tower, reference, batches, config, name)
+        report.agreement_before_distill = agreement(tower, reference, batches, held)
+        if config.distill_steps:
+            report.distill_losses = distill(tower, reference, batches, config, progress)
+            report.agreement_after_distill = agreement(tower, reference, batches, held)
+        reports.append(report)
+    meta = dict(ckpt.meta)
+    meta["pruning"] = {
+        "from": str(Path(checkpoint).resolve()),
+        "config": {**asdict(config), "towers": str(config.towers)},
+        "data": data,
+        "towers": [asdict(r) for r in reports],
+    }
+    save_checkpoint(
+        Path(out), model, tokenizer_json=ckpt.tokenizer_json, catalog=ckpt.catalog, probe=ckpt.probe,
+        meta=meta, overwrite=overwrite,
+    )  # fmt: skip
+    return PruneResult(
+        Path(out), reports, bytes_before, _weights_bytes(Path(out)), time.perf_counter() - started
+    )
+
+
+def _weights_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*.safetensors"))

@@ -1,0 +1,151 @@
+"""prune on the tiny model: physically smaller, importance that means something, distillation,
+export against the unpruned reference, and the fidelity gate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from recsys_infer import Engine
+from recsys_infer.errors import CheckpointError, ExportError, FidelityError
+from recsys_infer.runtime.bundle import read_manifest
+from recsys_infer.toolchain.checkpoint import load_checkpoint
+from recsys_infer.toolchain.export import export_bundle
+from recsys_infer.toolchain.prune import PruneConfig, prune_checkpoint
+
+
+@pytest.fixture(scope="module")
+def pruned(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("pruned") / "ckpt"
+    config = PruneConfig(ratio=0.5, distill_steps=4, batch_size=8)
+    prune_checkpoint(tiny_checkpoint, out, config, data="sample", progress=False)
+    return out
+
+
+def test_pruned_checkpoint_is_physically_smaller(tiny_checkpoint: Path, pruned: Path) -> None:
+    before, after = load_checkpoint(tiny_checkpoint), load_checkpoint(pruned)
+    for name in ("user", "item"):
+        old = getattr(before.model, name).encoder
+        new = getattr(after.model, name).encoder
+        assert [layer.attention.self.num_attention_heads for layer in new.encoder.layer] == [1, 1]
+        assert new.config.intermediate_size == old.config.intermediate_size // 2 == 32
+        assert new.encoder.layer[0].intermediate.dense.weight.shape == (32, 32)
+        assert sum(p.numel() for p in new.parameters()) < sum(p.numel() for p in old.parameters())
+    size = lambda p: sum(f.stat().st_size for f in p.rglob("*.safetensors"))  # noqa: E731
+    assert size(pruned) < size(tiny_checkpoint)
+    report = json.loads((pruned / "recsys_checkpoint.json").read_text())["pruning"]
+    assert report["config"]["ratio"] == 0.5
+    assert all(len(t["distill_losses"]) == 4 for t in report["towers"])
+
+
+def test_importance_removes_a_dead_head_first(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """Zero one head's value projection in every layer: it contributes nothing, so it must go."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    ckpt = tmp_path / "dead-head"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    weights_file = ckpt / "user_encoder" / "model.safetensors"
+    weights = load_file(str(weights_file))
+    head_dim = 16  # hidden 32, 2 heads
+    for layer in range(2):
+        for part in ("weight", "bias"):
+            key = f"encoder.layer.{layer}.attention.self.value.{part}"
+            weights[key] = weights[key].clone()
+            weights[key][head_dim:] = 0.0  # head 1 reads nothing
+    save_file(weights, str(weights_file))
+    out = tmp_path / "pruned"
+    prune_checkpoint(ckpt, out, PruneConfig(ratio=0.5, towers="user"), data="sample", progress=False)
+    encoder = load_checkpoint(out).model.user.encoder
+    assert {int(k): v for k, v in encoder.config.pruned_heads.items()} == {0: [1], 1: [1]}
+    # And the kept head's value weights are the original head 0's, not the dead ones.
+    kept = encoder.encoder.layer[0].attention.self.value.weight
+    assert torch.count_nonzero(kept) == kept.numel()
+
+
+def test_drop_layers(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "shallow"
+    result = prune_checkpoint(
+        tiny_checkpoint, out, PruneConfig(ratio=0.0, layers=1, towers="user"), data="sample", progress=False
+    )
+    (report,) = result.towers
+    assert report.layers_before == 2 and report.layers_after == 1 and len(report.dropped_layers) == 1
+    assert load_checkpoint(out).model.user.encoder.config.num_hidden_layers == 1
+
+
+def test_pruned_export_is_measured_against_the_reference(
+    pruned: Path, tiny_bundle: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(ExportError, match="--reference"):
+        export_bundle(pruned, tmp_path / "unmeasured", progress=False)
+    assert not (tmp_path / "unmeasured").exists()
+    result = export_bundle(pruned, tmp_path / "bundle", reference=tiny_bundle, progress=False)
+    manifest = read_manifest(tmp_path / "bundle").raw
+    assert manifest["compression"][0]["step"] == "prune"
+    assert manifest["reference"]["bundle"] == str(tiny_bundle.resolve())
+    assert result.fidelity is not None and 0 <= result.fidelity["overlap@10"] <= 1
+    assert manifest["fidelity"]["overlap@10"] == result.fidelity["overlap@10"]
+    graph = lambda b: (b / read_manifest(b).user.file).stat().st_size  # noqa: E731
+    assert graph(tmp_path / "bundle") < graph(tiny_bundle)
+    engine = Engine.load(tmp_path / "bundle")
+    assert len(engine.recommend(history=list(engine.item_ids[:2]), k=3)) == 3
+
+
+def test_gate_refuses_an_absurd_ratio(tiny_checkpoint: Path, tiny_bundle: Path, tmp_path: Path) -> None:
+    out = tmp_path / "absurd"
+    prune_checkpoint(tiny_checkpoint, out, PruneConfig(ratio=0.9, layers=1), data="sample", progress=False)
+    with pytest.raises(FidelityError, match="No bundle was written"):
+        export_bundle(out, tmp_path / "bundle", reference=tiny_bundle, max_overlap_drop=0.01, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["absurd"]
+
+
+def test_bad_requests_are_refused(pruned: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="--data"):
+        prune_checkpoint(
+            tiny_checkpoint, tmp_path / "x", PruneConfig(ratio=0.5, distill_steps=2), progress=False
+        )
+    with pytest.raises(CheckpointError, match="pruned already"):
+        prune_checkpoint(pruned, tmp_path / "y", PruneConfig(ratio=0.5), data="sample", progress=False)
+    with pytest.raises(ValueError, match="ratio"):
+        PruneConfig(ratio=1.0)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_build_runs_a_whole_chain(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from recsys_infer.cli import app
+
+    recipe = tmp_path / "chain.toml"
+    recipe.write_text(
+        "[prune]\nratio = 0.5\ndistill_steps = 2\nbatch_size = 8\n"
+        '[[steps]]\nkind = "optimize"\n'
+        '[[steps]]\nkind = "quantize"\nmode = "dynamic"\ntower = "user"\n'
+    )
+    out = tmp_path / "final"
+    args = ["build", str(recipe), "--checkpoint", str(tiny_checkpoint), "--data", "sample", "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    manifest = read_manifest(out).raw
+    assert [s["step"] for s in manifest["compression"]] == ["prune", "optimize", "quantize"]
+    assert manifest["reference"]["bundle"] == str((tmp_path / "final.work" / "bundle-0-export").resolve())
+    assert manifest["towers"]["user"]["precision"] == "int8"
+    assert len(Engine.load(out).recommend(history=list(Engine.load(out).item_ids[:2]), k=2)) == 2
+
+
+def test_shipped_recipes_are_valid(tmp_path: Path) -> None:
+    from recsys_infer.toolchain.build import check_recipe
+    from recsys_infer.toolchain.export import read_recipe
+
+    recipes = sorted((Path(__file__).resolve().parents[1] / "export").glob("*.toml"))
+    assert len(recipes) >= 3
+    for path in recipes:
+        check_recipe(read_recipe(path), str(path))
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[steps]]\nkind = "quantise"\n')
+    with pytest.raises(ExportError, match="optimize"):
+        check_recipe(read_recipe(bad), str(bad))
