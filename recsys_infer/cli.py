@@ -266,6 +266,14 @@ def train(
     _write_json(json_out, result.to_json())
 
 
+def _fidelity_lines(fidelity: dict[str, Any]) -> None:
+    for name, q in fidelity["queries"].items():
+        typer.echo(
+            f"{name} vs reference: overlap@10 {q['overlap@10']:.4f}, overlap@100 {q['overlap@100']:.4f}, "
+            f"cosine mean {q['mean_cosine']:.4f} min {q['min_cosine']:.4f} ({q['count']} probe queries)"
+        )
+
+
 MaxDrop = Annotated[
     float | None,
     typer.Option(
@@ -320,22 +328,13 @@ def export(
         )
     typer.echo(f"HNSW recall@10 vs exact: {result.index_recall_at_10:.3f}")
     if result.fidelity is not None:
-        for name, q in result.fidelity["queries"].items():
-            typer.echo(
-                f"{name} vs reference: overlap@10 {q['overlap@10']:.4f}, overlap@100 {q['overlap@100']:.4f}, "
-                f"cosine mean {q['mean_cosine']:.4f}"
-            )
+        _fidelity_lines(result.fidelity)
     typer.echo(f"bundle: {out} ({sum(result.files.values()) / 1e6:.1f} MB)")
     _write_json(json_out, result.to_json())
 
 
 def _step_summary(result: Any) -> None:
-    f = result.fidelity
-    for name, q in f["queries"].items():
-        typer.echo(
-            f"{name} vs reference: overlap@10 {q['overlap@10']:.4f}, overlap@100 {q['overlap@100']:.4f}, "
-            f"cosine mean {q['mean_cosine']:.4f} min {q['min_cosine']:.4f} ({q['count']} probe queries)"
-        )
+    _fidelity_lines(result.fidelity)
     onnx_mb = sum(v for k, v in result.files.items() if k.endswith(".onnx")) / 1e6
     typer.echo(f"bundle: {result.bundle} (graphs {onnx_mb:.1f} MB, {result.seconds:.0f} s)")
 
