@@ -184,11 +184,25 @@ def train(
     item_head_hidden: Annotated[
         int | None, typer.Option(help="Width of the item head (sequence kind).")
     ] = None,
+    last_item_residual: Annotated[
+        bool | None,
+        typer.Option(
+            "--last-item-residual/--no-last-item-residual",
+            help="Add the newest history item's vector to the user vector (sequence kind).",
+        ),
+    ] = None,
     item_offsets: Annotated[
         bool | None,
         typer.Option(
             "--item-offsets/--no-item-offsets",
             help="Learn a vector per item on top of its text vector (sequence kind).",
+        ),
+    ] = None,
+    unseen_negatives: Annotated[
+        bool | None,
+        typer.Option(
+            "--unseen-negatives/--no-unseen-negatives",
+            help="Score items the training split never shows as negatives (sequence kind).",
         ),
     ] = None,
     eval_every: Annotated[int | None, typer.Option(help="Validate every N epochs (sequence kind).")] = None,
@@ -238,6 +252,8 @@ def train(
         dropout=dropout,
         item_head_hidden=item_head_hidden,
         item_offsets=item_offsets,
+        last_item_residual=last_item_residual,
+        unseen_negatives=unseen_negatives,
         eval_every=eval_every,
         patience=patience,
         bf16=bf16,

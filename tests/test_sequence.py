@@ -234,3 +234,21 @@ def test_item_offsets_train_export_and_stay_zero_for_cold_items(
     np.testing.assert_allclose(stored, add_offsets(text_only, offsets.numpy()), atol=1e-5)
     np.testing.assert_allclose(stored[rows], text_only[rows], atol=1e-5)
     assert engine.manifest is not None and engine.manifest.raw["index"]["offsets_file"] == "item_offsets.npy"
+
+
+def test_items_the_training_part_never_shows_can_leave_the_softmax(
+    tiny_encoder: Path, tmp_path: Path
+) -> None:
+    from recsys_infer.toolchain.sequence_train import seen_in_training
+
+    dataset = small_sample()
+    split, cold = hold_out_items(leave_one_out(dataset), 5, seed=0)
+    position = {item_id: i for i, item_id in enumerate(dataset.catalog.ids)}
+    seen = seen_in_training(split, position)
+    assert not seen[[position[i] for i in cold]].any()
+    trained = {i for seq in split.train.values() for i in seq}
+    assert int(seen.sum()) == len(trained)
+    config = TrainConfig(**SEQ, epochs=1, eval_every=1, cold_items=5, unseen_negatives=False)  # type: ignore[arg-type]
+    train(dataset, tmp_path / "ckpt", encoder=str(tiny_encoder), config=config, progress=False)
+    doc = json.loads((tmp_path / "ckpt" / "recsys_checkpoint.json").read_text())
+    assert doc["training"]["config"]["unseen_negatives"] is False

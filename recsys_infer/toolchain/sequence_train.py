@@ -102,6 +102,13 @@ def _window_batch(
     return history, targets, mask
 
 
+def seen_in_training(split: Split, position: dict[str, int]) -> torch.Tensor:
+    """``(n_items,)`` bool: whether the training part shows each catalogue item at all."""
+    seen = torch.zeros(len(position), dtype=torch.bool)
+    seen[[position[i] for seq in split.train.values() for i in seq]] = True
+    return seen
+
+
 def left_padded(histories: Sequence[Sequence[int]], length: int) -> tuple[torch.Tensor, torch.Tensor]:
     rows = torch.zeros(len(histories), length, dtype=torch.long)
     mask = torch.zeros(len(histories), length, dtype=torch.long)
@@ -161,6 +168,7 @@ def train_sequence_loop(
     patience: int,
     deadline: float | None,
     progress: bool,
+    unseen_negatives: bool = True,
     resume: Any = None,
     on_eval: Callable[[SequenceRun, torch.optim.Optimizer, dict[str, torch.Tensor]], None] | None = None,
 ) -> tuple[SequenceRun, dict[str, torch.Tensor]]:
@@ -171,6 +179,10 @@ def train_sequence_loop(
         raise TrainingError("the sequence model's item tower has no head to train")
     position = {item_id: i for i, item_id in enumerate(catalog.ids)}
     windows = history_windows(dict(split.train), position, user.max_history)
+    # Items the training part never shows (held-out cold items, items whose only interactions
+    # are validation or test targets) are, to this model, items that do not exist yet. As
+    # negatives in every step they would teach the head to push their kind of text away.
+    excluded = None if unseen_negatives else ~seen_in_training(split, position)
     if not windows:
         raise TrainingError("no training windows: users need at least two training interactions")
     validation = [Example(e.user_id, e.history[-user.max_history :], e.target) for e in split.validation]
@@ -215,6 +227,8 @@ def train_sequence_loop(
                     users = user.encode_positions(vectors[rows], mask)
                     selected = targets >= 0
                     logits = (users[selected] @ vectors.T).float() / temperature
+                    if excluded is not None:
+                        logits = logits.masked_fill(excluded, float("-inf"))
                 loss = F.cross_entropy(logits, targets[selected])
                 if not torch.isfinite(loss):
                     raise TrainingError(

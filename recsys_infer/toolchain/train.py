@@ -95,6 +95,8 @@ class TrainConfig:
     item_head_hidden: int = 1024
     last_item_residual: bool = True
     item_offsets: bool = False
+    # False: items the training part never shows are left out of the softmax (see sequence_train).
+    unseen_negatives: bool = True
     eval_every: int = 5
     patience: int = 4
 
@@ -500,6 +502,7 @@ def _train_sequence(run: _Run) -> tuple[dict[str, Any], dict[str, Any]]:
         bf16=bool(config.bf16),
         eval_every=config.eval_every,
         patience=config.patience,
+        unseen_negatives=config.unseen_negatives,
         deadline=run.deadline,
         progress=run.progress,
         resume=run.saved,

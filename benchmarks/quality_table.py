@@ -1,0 +1,98 @@
+"""Render `recsys-infer evaluate --json` reports as the Markdown tables of QUALITY.md.
+
+    python benchmarks/quality_table.py REPORT.json [REPORT.json ...]
+    python benchmarks/quality_table.py --glance REPORT.json [REPORT.json ...]
+
+One table of metrics (mean [95% CI]) per report, then its paired differences against the
+first model. Numbers are copied from the reports, never typed by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _cell(metric: dict[str, Any]) -> str:
+    lo, hi = metric["ci95"]
+    return f"{metric['mean']:.4f} [{lo:.4f}, {hi:.4f}]"
+
+
+def render(report: dict[str, Any], title: str) -> str:
+    protocol = report["protocol"]
+    mask = "history masked" if protocol["exclude_seen"] else "history not masked"
+    search = "exact search" if protocol["exact"] else "HNSW"
+    lines = [
+        f"### {title}",
+        "",
+        f"{report['data']['name']}, {protocol['users']} {protocol['split']} users, {mask}, {search}.",
+        "",
+    ]
+    sections = [
+        ("", None),
+        (" (cold-start targets)", "cold_start_items"),
+        (" (text requests)", "text_requests"),
+    ]
+    metrics = list(report["models"][0]["metrics"])
+    lines.append("| model | users | " + " | ".join(metrics) + " |")
+    lines.append("|---|---|" + "---|" * len(metrics))
+    for suffix, key in sections:
+        for model in report["models"]:
+            block = model if key is None else model.get(key)
+            if block:
+                cells = " | ".join(_cell(block["metrics"][m]) for m in metrics)
+                lines.append(f"| {model['name']}{suffix} | {block['users']} | {cells} |")
+    if report["paired"]:
+        lines += ["", f"Paired differences, {report['models'][0]['name']} minus each other model:", ""]
+        lines.append("| other | metric | difference [95% CI] | excludes 0 |")
+        lines.append("|---|---|---|---|")
+        for p in report["paired"]:
+            if p["metric"] in ("recall@10", "ndcg@10"):
+                lo, hi = p["ci95"]
+                lines.append(
+                    f"| {p['b']} | {p['metric']} | {p['mean_difference']:+.4f} [{lo:+.4f}, {hi:+.4f}] | "
+                    f"{'yes' if p['significant'] else 'no'} |"
+                )
+    if report.get("als_tuning"):
+        best = max(report["als_tuning"], key=lambda t: t["ndcg@10"])
+        lines += [
+            "",
+            f"ALS tuned on validation over {len(report['als_tuning'])} settings; best: "
+            f"factors {best['factors']}, regularization {best['regularization']}, alpha {best['alpha']} "
+            f"(validation NDCG@10 {best['ndcg@10']:.4f}).",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def glance(reports: list[dict[str, Any]]) -> str:
+    """One row per (data set, baseline): the paired Recall@10 and NDCG@10 differences."""
+    lines = [
+        "| data | trained model minus | Recall@10 | NDCG@10 |",
+        "|---|---|---|---|",
+    ]
+    for report in reports:
+        paired = {(p["b"], p["metric"]): p for p in report["paired"]}
+        for other in [m["name"] for m in report["models"][1:]]:
+            cells = []
+            for metric in ("recall@10", "ndcg@10"):
+                p = paired[(other, metric)]
+                lo, hi = p["ci95"]
+                text = f"{p['mean_difference']:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+                cells.append(f"**{text}**" if p["significant"] else text)
+            lines.append(f"| {report['data']['name']} | {other} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    if args and args[0] == "--glance":
+        print(glance([json.loads(Path(a).read_text()) for a in args[1:]]))
+        return
+    for path in map(Path, args):
+        print(render(json.loads(path.read_text()), f"{path.parent.name}: {path.stem}"))
+
+
+if __name__ == "__main__":
+    main()
