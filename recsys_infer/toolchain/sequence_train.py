@@ -151,6 +151,11 @@ def validation_ndcg(
     return {f"ndcg@{k}": ndcg / max(1, len(examples)), f"recall@{k}": hits / max(1, len(examples))}
 
 
+def trainable_state(model: TwoTower) -> dict[str, torch.Tensor]:
+    """A copy of everything but the frozen item encoder: what a best state or a resume needs."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if not k.startswith("item.encoder.")}
+
+
 def train_sequence_loop(
     model: TwoTower,
     embeddings: torch.Tensor,
@@ -189,9 +194,7 @@ def train_sequence_loop(
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=learning_rate, weight_decay=weight_decay)
     run = SequenceRun()
-    best_state = {
-        k: v.detach().clone() for k, v in model.state_dict().items() if not k.startswith("item.encoder.")
-    }
+    best_state = trainable_state(model)
     if resume is not None:
         from .state import restore_optimizer, restore_rng
 
@@ -254,11 +257,7 @@ def train_sequence_loop(
                 logger.info("epoch %d: loss %.4f, validation %s", run.epochs, run.losses[-1], scores)
                 if scores["ndcg@10"] > run.best_ndcg:
                     run.best_ndcg, run.best_epoch = scores["ndcg@10"], run.epochs
-                    best_state = {
-                        k: v.detach().clone()
-                        for k, v in model.state_dict().items()
-                        if not k.startswith("item.encoder.")
-                    }
+                    best_state = trainable_state(model)
                     evals_without_gain = 0
                 else:
                     evals_without_gain += 1
@@ -276,11 +275,7 @@ def train_sequence_loop(
         run.validation.append({"epoch": run.epochs, **scores})
         if scores["ndcg@10"] > run.best_ndcg:
             run.best_ndcg, run.best_epoch = scores["ndcg@10"], run.epochs
-            best_state = {
-                k: v.detach().clone()
-                for k, v in model.state_dict().items()
-                if not k.startswith("item.encoder.")
-            }
+            best_state = trainable_state(model)
     model.load_state_dict(best_state, strict=False)
     model.eval()
     return run, best_state
