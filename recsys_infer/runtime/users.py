@@ -36,7 +36,8 @@ class UserEncoder(Protocol):
     def encode(self, queries: Sequence[Query]) -> np.ndarray: ...
 
 
-def _normalise(vectors: np.ndarray) -> np.ndarray:
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """Each row scaled to unit length (an all-zero row stays zero), as float32."""
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     return np.asarray(vectors / np.maximum(norms, 1e-12), dtype=np.float32)
 
@@ -119,4 +120,4 @@ class SequenceUserEncoder:
             out[with_history] = self.encode_histories([queries[i].history for i in with_history])
         if with_text:
             out[with_text] += self.requests.encode([queries[i].text or "" for i in with_text])
-        return _normalise(out)
+        return unit_rows(out)

@@ -43,6 +43,7 @@ from recsys_infer.runtime.bundle import (
 )
 from recsys_infer.runtime.engine import Engine, Query
 from recsys_infer.runtime.index import HnswIndex, HnswParams
+from recsys_infer.runtime.users import unit_rows
 
 logger = logging.getLogger(__name__)
 
@@ -112,10 +113,7 @@ def _scratch() -> Iterator[Path]:
             os.chdir(here)
 
 
-def _is_bert(path: Path) -> bool:
-    import onnx
-
-    graph = onnx.load(str(path), load_external_data=False).graph
+def _is_bert(graph: Any) -> bool:
     return {i.name for i in graph.input} == {"input_ids", "attention_mask"}
 
 
@@ -123,8 +121,9 @@ def optimize_graph(src: Path, dst: Path) -> dict[str, Any]:
     """ONNX Runtime's transformer fusions for a BERT-style text tower; other graphs are copied."""
     import onnx
 
-    before = len(onnx.load(str(src)).graph.node)
-    if not _is_bert(src):
+    graph = onnx.load(str(src)).graph
+    before = len(graph.node)
+    if not _is_bert(graph):
         shutil.copyfile(src, dst)
         return {"fused": False, "nodes_before": before, "nodes_after": before, "reason": "not a BERT graph"}
     from onnxruntime.transformers.optimizer import optimize_model
@@ -137,11 +136,9 @@ def optimize_graph(src: Path, dst: Path) -> dict[str, Any]:
     return {"fused": True, "nodes_before": before, "nodes_after": after, "fused_operators": stats}
 
 
-def _matmuls_to_keep(path: Path, keep: Sequence[str]) -> list[str]:
-    import onnx
-
+def _matmuls_to_keep(graph: Any, keep: Sequence[str]) -> list[str]:
     patterns = [re.compile(KEEP_FP32_GROUPS.get(k, k)) for k in keep]
-    names = [n.name for n in onnx.load(str(path)).graph.node if n.op_type in ("MatMul", "Gemm")]
+    names = [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm")]
     return [n for n in names if any(p.search(n) for p in patterns)]
 
 
@@ -149,8 +146,9 @@ def quantize_dynamic_graph(src: Path, dst: Path, config: QuantizeConfig) -> dict
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    excluded = _matmuls_to_keep(src, config.keep_fp32)
-    ops = ["MatMul", "Attention"] if _is_bert(src) else ["MatMul"]
+    graph = onnx.load(str(src)).graph
+    excluded = _matmuls_to_keep(graph, config.keep_fp32)
+    ops = ["MatMul", "Attention"] if _is_bert(graph) else ["MatMul"]
     with _scratch():
         quantize_dynamic(
             str(src),
@@ -240,7 +238,7 @@ def quantize_static_graph(src: Path, dst: Path, reader: Any, config: QuantizeCon
         Calibration.PERCENTILE: CalibrationMethod.Percentile,
         Calibration.ENTROPY: CalibrationMethod.Entropy,
     }
-    excluded = _matmuls_to_keep(src, config.keep_fp32)
+    excluded = _matmuls_to_keep(onnx.load(str(src)).graph, config.keep_fp32)
     with _scratch() as tmp:
         prepared = tmp / "prepared.onnx"
         quant_pre_process(str(src), str(prepared), auto_merge=True, skip_optimization=False)
@@ -470,8 +468,7 @@ def derive_bundle(
 
 def add_offsets(vectors: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """Text vectors plus learned per-item offsets, re-normalised to unit length."""
-    out = vectors + offsets
-    return np.asarray(out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12), dtype=np.float32)
+    return unit_rows(vectors + offsets)
 
 
 def _reindex(bundle: Path, raw: dict[str, Any], *, progress: bool) -> dict[str, Any]:

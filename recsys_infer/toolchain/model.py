@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recsys_infer.enums import Pooling, UserTowerKind
+from recsys_infer.errors import TrainingError
 from recsys_infer.runtime.userinput import UserInputFormat
 
 
@@ -291,3 +292,16 @@ def in_batch_softmax_loss(
     same = torch.tensor([[targets[i] == targets[j] and i != j for j in range(n)] for i in range(n)])
     logits = logits.masked_fill(same, float("-inf"))
     return F.cross_entropy(logits, torch.arange(n))
+
+
+def guarded_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, params: list[Any], where: str) -> None:
+    """One optimiser step, refused when the loss is not finite: nothing diverged is ever saved."""
+    if not torch.isfinite(loss):
+        raise TrainingError(
+            f"the loss became {loss.item()} {where}: training diverged and nothing was saved. "
+            "Lower --lr, or raise --temperature."
+        )
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()

@@ -41,7 +41,7 @@ from recsys_infer.errors import CheckpointError
 from recsys_infer.runtime.tokenizer import TextTokenizer
 
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from .model import TextTower, pool
+from .model import TextTower, guarded_step, pool
 
 logger = logging.getLogger(__name__)
 
@@ -309,7 +309,7 @@ def distill(
 
         bar = tqdm(total=config.distill_steps, desc="distilling", unit="step")
     student.train()
-    for _ in range(config.distill_steps):
+    for step in range(config.distill_steps):
         features, targets = batches.sample()
         with torch.no_grad():
             reference = _forward(teacher, features)
@@ -319,10 +319,7 @@ def distill(
         loss = (1 - F.cosine_similarity(vectors, reference)).mean() + _loss(
             vectors, reference, targets, config.temperature
         )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
+        guarded_step(loss, optimizer, params, f"at distillation step {step + 1}")
         losses.append(float(loss.item()))
         if bar is not None:
             bar.update(1)

@@ -27,7 +27,7 @@ from recsys_infer.errors import TrainingError
 from recsys_infer.runtime.catalog import Catalog
 from recsys_infer.runtime.tokenizer import TextTokenizer
 
-from .model import SequenceTower, TextTower, TwoTower
+from .model import SequenceTower, TextTower, TwoTower, guarded_step
 
 logger = logging.getLogger(__name__)
 
@@ -233,15 +233,7 @@ def train_sequence_loop(
                     if excluded is not None:
                         logits = logits.masked_fill(excluded, float("-inf"))
                 loss = F.cross_entropy(logits, targets[selected])
-                if not torch.isfinite(loss):
-                    raise TrainingError(
-                        f"the loss became {loss.item()} in epoch {run.epochs + 1}: training diverged and "
-                        "nothing was saved. Lower --lr, or raise --temperature."
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-                optimizer.step()
+                guarded_step(loss, optimizer, trainable, f"in epoch {run.epochs + 1}")
                 run.steps += 1
                 epoch_losses.append(float(loss.item()))
             if run.out_of_time:

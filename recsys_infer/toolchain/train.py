@@ -29,13 +29,13 @@ from recsys_infer.data.dataset import Dataset
 from recsys_infer.data.probe import build_probe
 from recsys_infer.data.split import Example, Split, leave_one_out
 from recsys_infer.enums import UserTowerKind
-from recsys_infer.errors import CheckpointError, DataError, OutputExistsError, TrainingError
+from recsys_infer.errors import CheckpointError, DataError, OutputExistsError
 from recsys_infer.runtime.tokenizer import TextTokenizer
 from recsys_infer.runtime.userinput import UserInputFormat
 
 from .checkpoint import save_checkpoint
 from .encoders import EncoderSource, resolve_encoder
-from .model import ModelConfig, SequenceConfig, TwoTower, in_batch_softmax_loss
+from .model import ModelConfig, SequenceConfig, TwoTower, guarded_step, in_batch_softmax_loss
 from .state import SavedState, load_state, remove_state, save_state
 
 logger = logging.getLogger(__name__)
@@ -423,15 +423,7 @@ def _train_text(run: _Run) -> tuple[dict[str, Any], dict[str, Any]]:
                 loss = in_batch_softmax_loss(
                     users.float(), items.float(), [ex.target for ex in batch], temperature
                 )
-                if not torch.isfinite(loss):
-                    raise TrainingError(
-                        f"the loss became {loss.item()} at step {step + 1}: training diverged and "
-                        "nothing was saved. Lower --lr, or raise --temperature."
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-                optimizer.step()
+                guarded_step(loss, optimizer, trainable, f"at step {step + 1}")
                 scheduler.step()
                 losses.append(float(loss.item()))
                 step += 1
