@@ -717,6 +717,60 @@ def _print_evaluation(report: dict[str, Any]) -> None:
         console.print(t)
 
 
+@app.command()
+@_friendly_errors
+def bench(
+    bundles: Annotated[list[Path], typer.Argument(help="Bundles to measure, side by side.", exists=True)],
+    data: Annotated[str, typer.Option(help="The data the bundles were built from (a folder, or 'sample').")],
+    json_out: Annotated[Path, typer.Option("--json", help="Write the report (JSON) here.", dir_okay=False)],
+    md: Annotated[
+        Path | None, typer.Option(help="Also write the Markdown table here.", dir_okay=False)
+    ] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option(help="Also draw latency vs overlap and HNSW recall vs QPS (PNG).", dir_okay=False),
+    ] = None,
+    reference: Annotated[
+        Path | None,
+        typer.Option(
+            help="The uncompressed checkpoint (default: the one the first bundle was exported from)."
+        ),
+    ] = None,
+    threads: Annotated[
+        int, typer.Option(min=1, help="Threads for every subject (ONNX Runtime, PyTorch).")
+    ] = 2,
+    rounds: Annotated[int | None, typer.Option(min=1, help="Interleaved timing rounds.")] = None,
+    peers: Annotated[
+        bool, typer.Option("--peers/--no-peers", help="Include the sentence-transformers peers.")
+    ] = True,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="A smoke test: few users, rounds and calls.")
+    ] = False,
+) -> None:
+    """Measure bundles against the PyTorch reference and sentence-transformers: speed, memory, quality."""
+    from .bench import BenchConfig, markdown, run_bench
+    from .bench import plot as draw
+
+    overrides: dict[str, Any] = {"threads": threads, "peers": peers}
+    if rounds is not None:
+        overrides["rounds"] = rounds
+    config = BenchConfig.quick_mode(**overrides) if quick else BenchConfig(**overrides)
+    report = run_bench(
+        bundles, data, reference=reference, config=config, progress=lambda msg: typer.echo(msg, err=True)
+    )
+    table = markdown(report)
+    typer.echo(table)
+    _write_json(json_out, report)
+    if md is not None:
+        md.parent.mkdir(parents=True, exist_ok=True)
+        md.write_text(table, encoding="utf-8")
+        typer.echo(f"table written to {md}")
+    if plot is not None:
+        plot.parent.mkdir(parents=True, exist_ok=True)
+        draw(report, plot)
+        typer.echo(f"plot written to {plot}")
+
+
 @app.command("sample-data")
 @_friendly_errors
 def sample_data(

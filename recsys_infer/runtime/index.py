@@ -158,6 +158,13 @@ class HnswIndex:
     def save(self, path: Path) -> None:
         self._index.save_index(str(path))
 
+    def set_ef_search(self, ef: int) -> None:
+        """Change the search breadth (recall against speed); the graph is unchanged."""
+        if ef < 1:
+            raise ValueError(f"ef_search must be positive, got {ef}")
+        self.params = HnswParams(self.params.M, self.params.ef_construction, ef)
+        self._index.set_ef(ef)
+
     @property
     def capacity(self) -> int:
         return int(self._index.get_max_elements())

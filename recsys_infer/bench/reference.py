@@ -1,0 +1,295 @@
+"""The subjects that need PyTorch: the uncompressed checkpoint (fp32 and bf16) and the
+sentence-transformers peers.
+
+The PyTorch reference is served by the runtime's own :class:`~recsys_infer.Engine`, composed
+with PyTorch modules where a bundle has ONNX sessions and with exact search where a bundle has
+HNSW, so that the reference and the bundles differ in exactly what compression and the index
+change. bf16 casts the weights once (this CPU's AMX runs bf16 matrix products natively).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+
+from recsys_infer.enums import UserTowerKind
+from recsys_infer.runtime.encoder import Encoder
+from recsys_infer.runtime.engine import Engine
+from recsys_infer.runtime.index import ExactIndex
+from recsys_infer.runtime.tokenizer import TextTokenizer
+from recsys_infer.runtime.users import SequenceUserEncoder, TextUserEncoder, UserEncoder
+from recsys_infer.toolchain.checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint
+from recsys_infer.toolchain.compress import add_offsets
+from recsys_infer.toolchain.model import SequenceTower, TextTower
+
+from .subjects import Subject, folder_bytes
+
+logger = logging.getLogger(__name__)
+
+
+class TorchTextEncoder:
+    """A PyTorch text tower behind the runtime's :class:`Encoder` protocol (same tokenizer, same
+    length-sorted batching as the ONNX encoder)."""
+
+    def __init__(self, tower: TextTower, tokenizer: TextTokenizer, *, dim: int, dtype: torch.dtype) -> None:
+        self.tower = tower
+        self.tokenizer = tokenizer
+        self.dtype = dtype
+        self._dim = dim
+        self.batch_size = 64
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    def run(self, features: dict[str, np.ndarray]) -> np.ndarray:
+        with torch.inference_mode():
+            out = self.tower(
+                torch.from_numpy(features["input_ids"]), torch.from_numpy(features["attention_mask"])
+            )
+        return out.float().numpy()
+
+    def encode(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
+        out = np.empty((len(texts), self._dim), dtype=np.float32)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            out[idx] = self.run(self.tokenizer([texts[i] for i in idx]))
+        return out
+
+
+class _Port:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+class TorchSequenceSession:
+    """The sequence tower answering the two calls :class:`SequenceUserEncoder` makes of an ONNX
+    Runtime session, so the reference pads, truncates and normalises exactly like a bundle."""
+
+    def __init__(self, tower: SequenceTower, dtype: torch.dtype) -> None:
+        self.tower = tower
+        self.dtype = dtype
+
+    def get_inputs(self) -> list[_Port]:
+        return [_Port("history"), _Port("history_mask")]
+
+    def get_outputs(self) -> list[_Port]:
+        return [_Port("user")]
+
+    def run(self, names: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        history = torch.from_numpy(feeds["history"]).to(self.dtype)
+        with torch.inference_mode():
+            out = self.tower(history, torch.from_numpy(feeds["history_mask"]))
+        return [out.float().numpy()]
+
+
+def _catalogue_vectors(ckpt: Checkpoint, items: TorchTextEncoder, model: Any) -> np.ndarray:
+    texts = list(ckpt.catalog.texts)
+    if ckpt.config.user_tower is not UserTowerKind.SEQUENCE:
+        return items.encode(texts)
+    # Sequence kind: the frozen encoder's vectors through the head, plus any learned offsets.
+    vectors = items.encode(texts)
+    offsets = model.offset_matrix()
+    return vectors if offsets is None else add_offsets(vectors, offsets.float().numpy())
+
+
+def reference_subject(
+    ckpt_path: Path, *, threads: int, bf16: bool = False, checkpoint: Checkpoint | None = None
+) -> Subject:
+    """The checkpoint served by PyTorch eager with exact search; ``bf16`` casts weights once."""
+    torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    ckpt = checkpoint or load_checkpoint(Path(ckpt_path))
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    model = copy.deepcopy(ckpt.model).to(dtype) if bf16 else ckpt.model
+    model.eval()
+    load_s = time.perf_counter() - t0
+    config = ckpt.config
+    dim = int(model.item.encoder.config.hidden_size)
+
+    def tokenizer(max_length: int) -> TextTokenizer:
+        return TextTokenizer(
+            Tokenizer.from_str(ckpt.tokenizer_json), max_length=max_length, pad_token=config.pad_token
+        )
+
+    items = TorchTextEncoder(model.item, tokenizer(config.item_max_length), dim=dim, dtype=dtype)
+    text: Encoder
+    users: UserEncoder
+    if config.user_tower is UserTowerKind.SEQUENCE:
+        text = TorchTextEncoder(model.item, tokenizer(config.user_max_length), dim=dim, dtype=dtype)
+    else:
+        text = TorchTextEncoder(model.user, tokenizer(config.user_max_length), dim=dim, dtype=dtype)
+    t0 = time.perf_counter()
+    vectors = _catalogue_vectors(ckpt, items, model)
+    encode_s = time.perf_counter() - t0
+    ids = list(ckpt.catalog.ids)
+    if config.user_tower is UserTowerKind.SEQUENCE:
+        label = {item_id: i for i, item_id in enumerate(ids)}
+        users = SequenceUserEncoder(
+            TorchSequenceSession(model.user, dtype),
+            lambda item_id: vectors[label[item_id]],
+            dim=dim,
+            max_history=model.user.max_history,
+            requests=text,
+        )
+    else:
+        users = TextUserEncoder(text, ckpt.catalog, config.user_input)
+    engine = Engine(
+        user_encoder=users, item_encoder=items, index=ExactIndex(vectors), catalog=ckpt.catalog, item_ids=ids
+    )
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    return Subject(
+        name="pytorch-bf16" if bf16 else "pytorch-fp32",
+        kind="pytorch",
+        description=f"PyTorch {torch.__version__} eager, "
+        + ("weights cast to bf16 once" if bf16 else "fp32 (the reference)")
+        + ", exact search",
+        text_encoder=text,
+        item_encoder=items,
+        engine=engine,
+        size_bytes=weights if bf16 else folder_bytes(Path(ckpt_path)),
+        load_s=load_s,
+        path=str(ckpt_path),
+        text_max_length=config.user_max_length,
+        precision="bf16" if bf16 else "fp32",
+        extra={
+            "catalogue_encode_s": round(encode_s, 3),
+            "size_is": "weights in memory" if bf16 else "checkpoint",
+        },
+    )
+
+
+# -- the peers ----------------------------------------------------------------------------------
+
+
+class SentenceTransformerEncoder:
+    """A sentence-transformers model behind the :class:`Encoder` protocol (unit vectors)."""
+
+    def __init__(self, model: Any, dim: int) -> None:
+        self.model = model
+        self._dim = dim
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    def encode(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
+        out = self.model.encode(
+            list(texts),
+            batch_size=64,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return np.asarray(out, dtype=np.float32)
+
+
+def _quantization_target() -> str:
+    """sentence-transformers' dynamic int8 preset for this CPU."""
+    flags = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        pass
+    if "avx512_vnni" in flags:
+        return "avx512_vnni"
+    if "avx512" in flags:
+        return "avx512"
+    return "avx2" if "avx2" in flags else "arm64"
+
+
+def encoder_folder(ckpt_path: Path) -> Path:
+    """The checkpoint's encoder a request runs through (the item encoder of a sequence model)."""
+    for name in ("user_encoder", "item_encoder"):  # a text model's user tower reads requests
+        if (ckpt_path / name / "config.json").is_file():
+            return ckpt_path / name
+    raise FileNotFoundError(f"{ckpt_path} has no encoder folder ({CHECKPOINT_FILE} without weights?)")
+
+
+def peer_subjects(
+    ckpt_path: Path, work: Path, *, threads: int, max_length: int, checkpoint: Checkpoint
+) -> list[Subject]:
+    """sentence-transformers with its ONNX backend, plain and with its own dynamic int8 export,
+    on the checkpoint's encoder (pooling and normalisation as ours, no head)."""
+    try:
+        import onnxruntime as ort
+        from sentence_transformers import SentenceTransformer
+        from sentence_transformers.backend import export_dynamic_quantized_onnx_model
+    except ImportError as e:
+        raise ImportError(
+            f"the sentence-transformers peers need the bench extra ({e}); install it with "
+            "pip install 'recsys-infer[bench]', or pass --no-peers"
+        ) from e
+    folder = work / "peer-encoder"
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.copytree(encoder_folder(ckpt_path), folder)
+    (folder / "tokenizer.json").write_text(checkpoint.tokenizer_json, encoding="utf-8")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    kwargs: dict[str, Any] = {"session_options": options, "provider": "CPUExecutionProvider"}
+    dim = int(checkpoint.model.item.encoder.config.hidden_size)
+    t0 = time.perf_counter()
+    plain = SentenceTransformer(str(folder), backend="onnx", device="cpu", model_kwargs=kwargs)
+    plain.save_pretrained(str(folder))  # keeps the exported onnx/model.onnx beside the weights
+    plain_s = time.perf_counter() - t0
+    target = _quantization_target()
+    t0 = time.perf_counter()
+    export_dynamic_quantized_onnx_model(plain, target, str(folder))
+    quant_file = f"onnx/model_qint8_{target}.onnx"
+    int8 = SentenceTransformer(
+        str(folder), backend="onnx", device="cpu", model_kwargs={**kwargs, "file_name": quant_file}
+    )
+    int8_s = time.perf_counter() - t0
+    import sentence_transformers
+
+    out = []
+    for model, name, file, secs, what in (
+        (plain, "st-onnx", "onnx/model.onnx", plain_s, "ONNX backend, fp32"),
+        (int8, "st-onnx-int8", quant_file, int8_s, f"ONNX backend, its dynamic int8 export ({target})"),
+    ):
+        model.max_seq_length = max_length  # the same truncation as the bundles' text graph
+        encoder = SentenceTransformerEncoder(model, dim)
+        out.append(
+            Subject(
+                name=name,
+                kind="peer",
+                description=f"sentence-transformers {sentence_transformers.__version__} {what}",
+                text_encoder=encoder,
+                item_encoder=encoder,
+                engine=None,
+                size_bytes=(folder / file).stat().st_size,
+                load_s=secs,
+                path=str(folder / file),
+                text_max_length=max_length,
+                precision="int8" if "int8" in name else "fp32",
+                extra={"load_includes": "ONNX export" + (" and quantization" if "int8" in name else "")},
+            )
+        )
+    return out
+
+
+def encoder_only(checkpoint: Checkpoint, *, threads: int) -> Encoder:
+    """The checkpoint's request-side encoder without any head, fp32: what the peers reproduce."""
+    torch.set_num_threads(threads)
+    config = checkpoint.config
+    model = checkpoint.model
+    tower = model.user if config.user_tower is UserTowerKind.TEXT else model.item
+    bare = TextTower(tower.encoder, config.pooling)
+    tokenizer = TextTokenizer(
+        Tokenizer.from_str(checkpoint.tokenizer_json),
+        max_length=config.user_max_length,
+        pad_token=config.pad_token,
+    )
+    return TorchTextEncoder(bare, tokenizer, dim=int(tower.encoder.config.hidden_size), dtype=torch.float32)
