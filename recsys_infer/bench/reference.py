@@ -137,7 +137,7 @@ def reference_subject(
         label = {item_id: i for i, item_id in enumerate(ids)}
         users = SequenceUserEncoder(
             TorchSequenceSession(model.user, dtype),
-            lambda item_id: vectors[label[item_id]],
+            lambda item_ids: vectors[[label[i] for i in item_ids]],
             dim=dim,
             max_history=model.user.max_history,
             requests=text,

@@ -32,46 +32,62 @@ class Item:
 
 
 class Catalog:
-    """An ordered, read-only collection of items. ``item_id in catalog`` asks by id."""
+    """An ordered collection of items. ``item_id in catalog`` asks by id.
+
+    Read-only to its users. The engine edits its catalogue (``upsert``, ``remove``) while it
+    holds its writer lock; nothing else should.
+    """
 
     def __init__(self, items: Iterable[Item]) -> None:
-        self._items: tuple[Item, ...] = tuple(items)
-        self._position: dict[str, int] = {}
-        for i, item in enumerate(self._items):
-            if item.item_id in self._position:
+        self._by_id: dict[str, Item] = {}
+        for item in items:
+            if item.item_id in self._by_id:
                 raise DataError(f"item id {item.item_id!r} appears twice in the catalogue")
-            self._position[item.item_id] = i
+            self._by_id[item.item_id] = item
+        self._order: tuple[Item, ...] | None = None
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._by_id)
+
+    def _items(self) -> tuple[Item, ...]:
+        if self._order is None:
+            self._order = tuple(self._by_id.values())
+        return self._order
 
     def __getitem__(self, i: int) -> Item:
-        return self._items[i]
+        return self._items()[i]
 
     def __iter__(self) -> Iterator[Item]:
-        return iter(self._items)
+        return iter(self._items())
 
     def __contains__(self, item_id: object) -> bool:
-        return item_id in self._position
+        return item_id in self._by_id
 
     @property
     def ids(self) -> list[str]:
-        return [item.item_id for item in self._items]
+        return list(self._by_id)
 
     @property
     def texts(self) -> list[str]:
-        return [item.text for item in self._items]
-
-    def position(self, item_id: str) -> int:
-        """The index label of ``item_id``; ``KeyError`` if unknown."""
-        return self._position[item_id]
+        return [item.text for item in self._items()]
 
     def get(self, item_id: str) -> Item:
-        return self._items[self._position[item_id]]
+        return self._by_id[item_id]
+
+    def upsert(self, items: Iterable[Item]) -> None:
+        """Add new items and replace existing ones (by id); new ones go to the end."""
+        for item in items:
+            self._by_id[item.item_id] = item
+        self._order = None
+
+    def remove(self, item_ids: Iterable[str]) -> None:
+        for item_id in item_ids:
+            del self._by_id[item_id]
+        self._order = None
 
     def write_jsonl(self, path: Path) -> None:
         with path.open("w", encoding="utf-8") as f:
-            for item in self._items:
+            for item in self._items():
                 f.write(json.dumps(item.to_json(), ensure_ascii=False) + "\n")
 
     @classmethod

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import re
+import shutil
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +21,12 @@ from tokenizers import Tokenizer
 from recsys_infer.enums import Device
 from recsys_infer.errors import BundleError, DeviceUnavailableError, QueryError, UnknownItemError
 
-from .bundle import Manifest, read_manifest, verify_files
-from .catalog import Catalog
+from .bundle import MANIFEST, Manifest, atomic_directory, read_manifest, verify_files, write_manifest
+from .catalog import Catalog, Item
 from .encoder import Encoder, OnnxEncoder
-from .index import ExactIndex, HnswIndex, HnswParams, Index
+from .index import ExactIndex, FilterTooNarrowError, HnswIndex, HnswParams, Index
 from .providers import create_session, plan_device
+from .rwlock import RWLock
 from .tokenizer import TextTokenizer
 from .users import SequenceUserEncoder, TextUserEncoder, UserEncoder
 
@@ -30,21 +34,45 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class Reason:
+    """Why an item was recommended: a history item (``kind="history"``, ``source`` its id) or a
+    word of the request (``kind="request"``) close to it, with their cosine ``similarity``."""
+
+    kind: str
+    source: str
+    similarity: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "source": self.source, "similarity": self.similarity}
+
+
+@dataclass(frozen=True)
 class Recommendation:
-    """One recommended item, best first. ``score`` is the cosine between user and item."""
+    """One recommended item, best first. ``score`` is the cosine between user and item;
+    ``because`` is filled when the caller asked for explanations."""
 
     item_id: str
     score: float
     text: str
     attributes: Mapping[str, Any]
+    because: tuple[Reason, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "item_id": self.item_id,
             "score": self.score,
             "text": self.text,
             "attributes": dict(self.attributes),
         }
+        if self.because:
+            out["because"] = [r.to_json() for r in self.because]
+        return out
+
+
+#: A predicate on an item's attributes: True keeps the item.
+AttributeFilter = Callable[[Mapping[str, Any]], bool]
+
+_WORD = re.compile(r"[^\W_][\w'-]*", re.UNICODE)
 
 
 @dataclass(frozen=True)
@@ -102,6 +130,12 @@ class Engine:
     them: no text, no vector).
     With ``exclude_seen=True`` (the default) history items are never returned; when the
     catalogue is so small that fewer than ``k`` unseen items remain, fewer are returned.
+
+    Thread safety: every public method may be called from many threads at once. Reads
+    (``recommend*``, ``encode_users``, ``explain``, ``item_ids``, ``save``) share a lock;
+    catalogue edits (``add_items``, ``update_items``, ``remove_items``) take it alone, after
+    encoding their texts outside it, and are atomic: once one returns, every later call sees
+    the whole edit, and an item removed is never returned again.
     """
 
     def __init__(
@@ -111,14 +145,15 @@ class Engine:
         item_encoder: Encoder,
         index: Index,
         catalog: Catalog,
-        item_ids: Sequence[str],
+        item_ids: Sequence[str | None],
         device: Device = Device.CPU,
         manifest: Manifest | None = None,
         path: Path | None = None,
     ) -> None:
-        if len(item_ids) != len(index):
-            raise BundleError(f"the index holds {len(index)} items but the item-id map has {len(item_ids)}")
-        missing = [i for i in item_ids if i not in catalog]
+        live = [i for i in item_ids if i is not None]
+        if len(live) != len(index):
+            raise BundleError(f"the index holds {len(index)} items but the item-id map has {len(live)}")
+        missing = [i for i in live if i not in catalog]
         if missing:
             raise BundleError(
                 f"{len(missing)} indexed item ids are not in the catalogue, e.g. {missing[0]!r}"
@@ -131,10 +166,15 @@ class Engine:
         self.item_encoder = item_encoder
         self.index = index
         self.catalog = catalog
-        self.item_ids: tuple[str, ...] = tuple(item_ids)
+        self._ids: list[str | None] = list(item_ids)  # index label -> item id; None: removed
+        self._label: dict[str, int] = {
+            item_id: n for n, item_id in enumerate(item_ids) if item_id is not None
+        }
         self.manifest = manifest
         self.path = path
         self._device = Device(device)
+        self._lock = RWLock()
+        self._edits = {"added": 0, "updated": 0, "removed": 0}
 
     # -- construction ---------------------------------------------------------------------------
 
@@ -181,26 +221,31 @@ class Engine:
 
         spec = manifest.index
         item_ids = json.loads((bundle / spec.item_ids_file).read_text(encoding="utf-8"))
-        if not isinstance(item_ids, list) or not all(isinstance(i, str) for i in item_ids):
-            raise BundleError(f"{bundle / spec.item_ids_file} must hold a JSON list of item id strings")
+        if not isinstance(item_ids, list) or not all(i is None or isinstance(i, str) for i in item_ids):
+            raise BundleError(
+                f"{bundle / spec.item_ids_file} must hold a JSON list of item id strings (null for a "
+                "removed item)"
+            )
+        removed = [n for n, i in enumerate(item_ids) if i is None]
         catalog = Catalog.read_jsonl(bundle / manifest.catalog_file)
-        sequence = manifest.user.kind == "sequence"
-        vectors = None
-        if exact or sequence:
-            vectors = np.load(bundle / spec.vectors_file, allow_pickle=False)
         index: Index
-        if exact and vectors is not None:
-            index = ExactIndex(vectors)
+        if exact:
+            vectors = np.load(bundle / spec.vectors_file, allow_pickle=False)
+            index = ExactIndex(vectors, removed=removed)
         else:
             params = HnswParams(spec.M, spec.ef_construction, spec.ef_search)
-            index = HnswIndex.load(bundle / spec.file, space=spec.space, dim=spec.dim, params=params)
+            index = HnswIndex.load(
+                bundle / spec.file, space=spec.space, dim=spec.dim, params=params, removed=len(removed)
+            )
+
+        def history_vectors(item_ids: Sequence[str]) -> np.ndarray:
+            return engine._history_vectors(item_ids)  # `engine` is bound below, before any call
+
         user_encoder: UserEncoder
-        if sequence and vectors is not None:
-            label = {item_id: i for i, item_id in enumerate(item_ids)}
-            stored = vectors
+        if manifest.user.kind == "sequence":
             user_encoder = SequenceUserEncoder(
                 sessions[manifest.user.file],
-                lambda item_id: stored[label[item_id]],
+                history_vectors,
                 dim=manifest.user.dim,
                 max_history=manifest.user.max_length,
                 requests=text_encoder("request"),
@@ -217,7 +262,7 @@ class Engine:
             manifest=manifest,
             path=bundle,
         )
-        logger.info("loaded %s: %d items, device %s", bundle, len(item_ids), planned)
+        logger.info("loaded %s: %d items, device %s", bundle, len(engine), planned)
         return engine
 
     @staticmethod
@@ -225,6 +270,10 @@ class Engine:
         # Towers that share one graph file (shared weights) share one session.
         files = sorted({spec.file for spec in manifest.towers.values()})
         return {f: create_session(bundle / f, device, threads=threads) for f in files}
+
+    def _history_vectors(self, item_ids: Sequence[str]) -> np.ndarray:
+        """The stored vectors of catalogue items (the index holds them), for the sequence tower."""
+        return self.index.vectors([self._label[i] for i in item_ids])
 
     # -- properties -----------------------------------------------------------------------------
 
@@ -237,27 +286,35 @@ class Engine:
     def dim(self) -> int:
         return self.user_encoder.dim
 
+    @property
+    def item_ids(self) -> tuple[str, ...]:
+        """The ids of the items that can be recommended, in index order."""
+        with self._lock.read():
+            return tuple(i for i in self._ids if i is not None)
+
     def __len__(self) -> int:
-        return len(self.item_ids)
+        return len(self._label)
 
     # -- encoding -------------------------------------------------------------------------------
 
     def _checked(self, request: Query | Mapping[str, Any]) -> Query:
         query = Query.coerce(request)
-        unknown = [h for h in query.history if h not in self.catalog]
+        unknown = [h for h in query.history if h not in self._label]
         if unknown:
-            raise UnknownItemError(unknown, len(self.catalog))
+            raise UnknownItemError(unknown, len(self._label))
         return query
 
     def user_text(self, query: Query | Mapping[str, Any]) -> str:
         """The exact text a text user tower reads for ``query``."""
         if not isinstance(self.user_encoder, TextUserEncoder):
             raise QueryError("this bundle's user tower reads the history's item vectors, not text")
-        return self.user_encoder.text(self._checked(query))
+        with self._lock.read():
+            return self.user_encoder.text(self._checked(query))
 
     def encode_users(self, requests: Sequence[Query | Mapping[str, Any]]) -> np.ndarray:
         """User vectors, ``float32 (len(requests), dim)``, unit norm."""
-        return self.user_encoder.encode([self._checked(r) for r in requests])
+        with self._lock.read():
+            return self.user_encoder.encode([self._checked(r) for r in requests])
 
     def encode_items(self, texts: Sequence[str]) -> np.ndarray:
         """Item vectors for arbitrary item texts, ``float32 (len(texts), dim)``, unit norm."""
@@ -274,10 +331,22 @@ class Engine:
         *,
         k: int = 10,
         exclude_seen: bool = True,
+        exclude: Iterable[str] = (),
+        allow: Iterable[str] | None = None,
+        where: AttributeFilter | None = None,
+        explain: bool = False,
     ) -> list[Recommendation]:
-        """Top-``k`` items for one user; see the class docstring for the rules."""
+        """Top-``k`` items for one user; see :meth:`recommend_batch` for the options."""
         query = Query(history=history if history is not None else (), text=text)  # type: ignore[arg-type]
-        return self.recommend_batch([query], k=k, exclude_seen=exclude_seen)[0]
+        return self.recommend_batch(
+            [query],
+            k=k,
+            exclude_seen=exclude_seen,
+            exclude=exclude,
+            allow=allow,
+            where=where,
+            explain=explain,
+        )[0]
 
     def recommend_batch(
         self,
@@ -285,31 +354,249 @@ class Engine:
         *,
         k: int = 10,
         exclude_seen: bool = True,
+        exclude: Iterable[str] = (),
+        allow: Iterable[str] | None = None,
+        where: AttributeFilter | None = None,
+        explain: bool = False,
     ) -> list[list[Recommendation]]:
-        """One list of recommendations per request, in order; one ONNX run and one index search."""
+        """One list of recommendations per request, in order; one ONNX run and one index search.
+
+        Filters apply during the search, so ``k`` items still come back when many are filtered
+        out (fewer only when fewer pass): ``exclude`` ids never come back, ``allow`` restricts
+        to an id allow-list, ``where`` keeps items whose attributes it returns True for.
+        ``explain`` fills each recommendation's ``because`` with the history items (or request
+        words) closest to it.
+        """
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise QueryError(f"k must be a positive integer, got {k!r}")
-        if k > len(self.item_ids):
-            raise QueryError(f"k={k} is larger than the catalogue ({len(self.item_ids)} items)")
         if isinstance(requests, (str, Mapping, Query)):
             raise QueryError("recommend_batch takes a list of requests; use recommend() for one")
+        if isinstance(exclude, str) or isinstance(allow, str):
+            raise QueryError("exclude and allow take a list of item ids, not a single string")
+        if where is not None and not callable(where):
+            raise QueryError("where must be a function of an item's attributes that returns True to keep it")
         queries = [Query.coerce(r) for r in requests]
         if not queries:
             return []
-        vectors = self.encode_users(queries)
-        seen = [set(q.history) if exclude_seen else set() for q in queries]
-        fetch = min(len(self.item_ids), k + max(len(s) for s in seen))
-        labels, scores = self.index.search(vectors, fetch)
-        results = []
-        for row_labels, row_scores, row_seen in zip(labels, scores, seen, strict=True):
-            recs: list[Recommendation] = []
-            for label, score in zip(row_labels.tolist(), row_scores.tolist(), strict=True):
-                item_id = self.item_ids[label]
-                if item_id in row_seen:
-                    continue
-                item = self.catalog.get(item_id)
-                recs.append(Recommendation(item_id, float(score), item.text, item.attributes))
-                if len(recs) == k:
-                    break
-            results.append(recs)
+        excluded = set(exclude)
+        allowed = None if allow is None else set(allow)
+        with self._lock.read():
+            if k > len(self._label):
+                raise QueryError(f"k={k} is larger than the catalogue ({len(self._label)} items)")
+            vectors = self.user_encoder.encode([self._checked(q) for q in queries])
+            results = []
+            for row, query in enumerate(queries):
+                blocked = excluded | set(query.history) if exclude_seen else excluded
+                labels, scores = self._search(vectors[row], k, blocked, allowed, where)
+                recs = []
+                for label, score in zip(labels, scores, strict=True):
+                    item_id = self._ids[label]
+                    if item_id is None:  # pragma: no cover - the index never returns removed labels
+                        continue
+                    item = self.catalog.get(item_id)
+                    recs.append(Recommendation(item_id, float(score), item.text, item.attributes))
+                results.append(recs)
+            if explain:
+                results = [self._explain(q, recs) for q, recs in zip(queries, results, strict=True)]
         return results
+
+    def _search(
+        self,
+        vector: np.ndarray,
+        k: int,
+        blocked: set[str],
+        allowed: set[str] | None,
+        where: AttributeFilter | None,
+    ) -> tuple[list[int], list[float]]:
+        """Top-``k`` labels for one user vector under the filters (called with the read lock)."""
+        if allowed is None and where is None:
+            # Only a few ids are blocked: fetch that many more and skip them.
+            fetch = min(len(self._label), k + len(blocked))
+            labels, scores = self.index.search(vector[None, :], fetch)
+            keep = [(int(n), float(s)) for n, s in zip(labels[0], scores[0], strict=True)
+                    if self._ids[int(n)] not in blocked]  # fmt: skip
+            return [n for n, _ in keep[:k]], [s for _, s in keep[:k]]
+
+        def passes(label: int) -> bool:
+            item_id = self._ids[label]
+            if item_id is None or item_id in blocked or (allowed is not None and item_id not in allowed):
+                return False
+            return where is None or bool(where(self.catalog.get(item_id).attributes))
+
+        candidates: list[int] | None = None
+        if allowed is not None and len(allowed) <= max(256, len(self._label) // 50):
+            # A short allow-list: score its items exactly rather than walk the graph.
+            candidates = [self._label[i] for i in allowed if i in self._label]
+        else:
+            try:
+                want = min(k, len(self._label))
+                labels, scores = self.index.search(vector[None, :], want, allowed=passes)
+                return [int(n) for n in labels[0]], [float(s) for s in scores[0]]
+            except FilterTooNarrowError:
+                pass  # the graph walk found too few: fall back to scoring every passing item
+        if candidates is None:
+            candidates = [n for n in self._label.values()]
+        candidates = [n for n in candidates if passes(n)]
+        if not candidates:
+            return [], []
+        scores = self.index.vectors(candidates) @ vector
+        top = np.argsort(-scores, kind="stable")[:k]
+        return [candidates[t] for t in top], [float(scores[t]) for t in top]
+
+    # -- explanations ---------------------------------------------------------------------------
+
+    def explain(
+        self, history: Sequence[str] | None = None, text: str | None = None, *, item_ids: Sequence[str]
+    ) -> dict[str, tuple[Reason, ...]]:
+        """Why each of ``item_ids`` suits this user: the closest history items or request words."""
+        query = Query(history=history if history is not None else (), text=text)  # type: ignore[arg-type]
+        with self._lock.read():
+            query = self._checked(query)
+            unknown = [i for i in item_ids if i not in self._label]
+            if unknown:
+                raise UnknownItemError(unknown, len(self._label))
+            stub = [Recommendation(i, 0.0, "", {}) for i in item_ids]
+            return {r.item_id: r.because for r in self._explain(query, stub)}
+
+    def _explain(self, query: Query, recs: list[Recommendation], top: int = 3) -> list[Recommendation]:
+        if not recs:
+            return recs
+        targets = self.index.vectors([self._label[r.item_id] for r in recs])
+        sources: list[tuple[str, str]] = []
+        vectors = []
+        if query.history:
+            history = list(dict.fromkeys(query.history[-50:]))
+            sources += [("history", h) for h in history]
+            vectors.append(self.index.vectors([self._label[h] for h in history]))
+        if query.text:
+            words = list(dict.fromkeys(w.lower() for w in _WORD.findall(query.text)))[:16]
+            if words:
+                sources += [("request", w) for w in words]
+                vectors.append(self.user_encoder.encode([Query(text=w) for w in words]))
+        if not sources:
+            return recs
+        sims = targets @ np.concatenate(vectors).T
+        out = []
+        for rec, row in zip(recs, sims, strict=True):
+            best = np.argsort(-row, kind="stable")[:top]
+            because = tuple(Reason(sources[b][0], sources[b][1], round(float(row[b]), 4)) for b in best)
+            out.append(replace(rec, because=because))
+        return out
+
+    # -- the live catalogue ---------------------------------------------------------------------
+
+    def _new_items(
+        self, ids: Sequence[str], texts: Sequence[str], attributes: Sequence[Mapping[str, Any]] | None
+    ) -> list[Item]:
+        if isinstance(ids, str) or isinstance(texts, str):
+            raise QueryError("ids and texts take lists (one entry per item), not single strings")
+        ids, texts = list(ids), list(texts)
+        attrs = list(attributes) if attributes is not None else [{} for _ in ids]
+        if not (len(ids) == len(texts) == len(attrs)):
+            raise QueryError(
+                f"ids, texts and attributes must have one entry per item; got {len(ids)}, {len(texts)} "
+                f"and {len(attrs)}"
+            )
+        if len(set(ids)) != len(ids):
+            raise QueryError("the same item id appears twice in one call")
+        try:
+            return [Item(i, t, a) for i, t, a in zip(ids, texts, attrs, strict=True)]
+        except (ValueError, TypeError) as e:
+            raise QueryError(f"not a valid item: {e}") from e
+
+    def add_items(
+        self, ids: Sequence[str], texts: Sequence[str], attributes: Sequence[Mapping[str, Any]] | None = None
+    ) -> None:
+        """Encode new items with the bundle's item tower and make them recommendable.
+
+        Ids already in the catalogue are refused (use :meth:`update_items`)."""
+        items = self._new_items(ids, texts, attributes)
+        taken = [i.item_id for i in items if i.item_id in self._label]
+        if taken:
+            raise QueryError(
+                f"{len(taken)} ids are already in the catalogue (e.g. {taken[0]!r}); use update_items"
+            )
+        vectors = self.item_encoder.encode([i.text for i in items]) if items else None
+        with self._lock.write():
+            taken = [i.item_id for i in items if i.item_id in self._label]
+            if taken:
+                raise QueryError(f"{taken[0]!r} was added by another call meanwhile; use update_items")
+            if vectors is None:
+                return
+            labels = list(range(len(self._ids), len(self._ids) + len(items)))
+            self.index.add(vectors, labels)
+            self.catalog.upsert(items)
+            self._ids += [i.item_id for i in items]
+            self._label.update({i.item_id: n for i, n in zip(items, labels, strict=True)})
+            self._edits["added"] += len(items)
+
+    def update_items(
+        self, ids: Sequence[str], texts: Sequence[str], attributes: Sequence[Mapping[str, Any]] | None = None
+    ) -> None:
+        """Replace existing items' texts and attributes, re-encoding them."""
+        items = self._new_items(ids, texts, attributes)
+        vectors = self.item_encoder.encode([i.text for i in items]) if items else None
+        with self._lock.write():
+            unknown = [i.item_id for i in items if i.item_id not in self._label]
+            if unknown:
+                raise UnknownItemError(unknown, len(self._label))
+            if vectors is None:
+                return
+            self.index.add(vectors, [self._label[i.item_id] for i in items])
+            self.catalog.upsert(items)
+            self._edits["updated"] += len(items)
+
+    def remove_items(self, ids: Sequence[str]) -> None:
+        """Take items out: never recommended again, and unknown to histories from now on."""
+        if isinstance(ids, str):
+            raise QueryError("remove_items takes a list of ids, not a single string")
+        ids = list(dict.fromkeys(ids))
+        with self._lock.write():
+            unknown = [i for i in ids if i not in self._label]
+            if unknown:
+                raise UnknownItemError(unknown, len(self._label))
+            if len(ids) >= len(self._label):
+                raise QueryError("cannot remove every item: an engine needs at least one to recommend")
+            labels = [self._label.pop(i) for i in ids]
+            self.index.remove(labels)
+            for n in labels:
+                self._ids[n] = None
+            self.catalog.remove(ids)
+            self._edits["removed"] += len(ids)
+
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Write the bundle with the current catalogue and index to ``path``, atomically: a
+        crash mid-save leaves whatever stood at ``path`` whole. Saving over the bundle this
+        engine was loaded from needs ``overwrite=True``."""
+        if self.path is None or self.manifest is None:
+            raise BundleError("only an engine loaded from a bundle can be saved")
+        if not isinstance(self.index, HnswIndex):
+            raise BundleError("an engine loaded with exact=True has no HNSW index to save; load it without")
+        target = Path(path)
+        with self._lock.read(), atomic_directory(target, overwrite=overwrite) as tmp:
+            raw = json.loads(json.dumps(self.manifest.raw))
+            spec = self.manifest.index
+            changed = {spec.file, spec.vectors_file, spec.item_ids_file, self.manifest.catalog_file, MANIFEST}
+            for name in self.manifest.files:
+                if name not in changed:
+                    shutil.copy2(self.path / name, tmp / name)
+            self.index.save(tmp / spec.file)
+            live = [n for n, i in enumerate(self._ids) if i is not None]
+            vectors = np.zeros((len(self._ids), self.dim), dtype=np.float32)
+            vectors[live] = self.index.vectors(live)
+            np.save(tmp / spec.vectors_file, vectors, allow_pickle=False)
+            (tmp / spec.item_ids_file).write_text(json.dumps(self._ids, ensure_ascii=False), encoding="utf-8")
+            self.catalog.write_jsonl(tmp / self.manifest.catalog_file)
+            raw["index"]["count"] = len(self._label)
+            history = list(raw.get("catalogue_edits") or [])
+            history.append(
+                {
+                    "saved_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                    **self._edits,
+                    "items": len(self._label),
+                    "removed_slots": len(self._ids) - len(self._label),
+                }
+            )
+            raw["catalogue_edits"] = history
+            write_manifest(tmp, {k: v for k, v in raw.items() if k not in ("files", "schema_version")})
+        return target

@@ -3,12 +3,17 @@
 :class:`ExactIndex` (a numpy matrix product) is the reference; :class:`HnswIndex` (hnswlib) is
 what ships, and its results are checked against the exact ones. Both answer
 ``search(vectors, k) -> (labels, scores)`` with labels ``int64 (n, k)`` and scores
-``float32 (n, k)``, best first, where a label is the item's catalogue position.
+``float32 (n, k)``, best first, where a label is the item's slot in the bundle's item-id map.
+
+Both also take items in and out while serving (``add``, ``remove``), hand back stored vectors
+(``vectors``), and search under a label filter (``allowed``). Neither is thread-safe on its
+own: the engine serialises writers against readers.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -21,10 +26,26 @@ from recsys_infer.enums import Space
 logger = logging.getLogger(__name__)
 
 
+#: A label filter: True for the labels a search may return.
+LabelFilter = Callable[[int], bool]
+
+
+class FilterTooNarrowError(RuntimeError):
+    """The approximate search found fewer than ``k`` labels that pass the filter."""
+
+
 class Index(Protocol):
     """What the engine needs from an index."""
 
-    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
+    def search(
+        self, vectors: np.ndarray, k: int, *, allowed: LabelFilter | None = None
+    ) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def add(self, vectors: np.ndarray, labels: Sequence[int]) -> None: ...
+
+    def remove(self, labels: Sequence[int]) -> None: ...
+
+    def vectors(self, labels: Sequence[int]) -> np.ndarray: ...
 
     def __len__(self) -> int: ...
 
@@ -44,19 +65,50 @@ def _check_k(k: int, size: int) -> None:
 
 
 class ExactIndex:
-    """Brute-force inner-product search: exact, and the reference for every approximate index."""
+    """Brute-force inner-product search: exact, and the reference for every approximate index.
 
-    def __init__(self, vectors: np.ndarray) -> None:
-        self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        if self.vectors.ndim != 2:
+    Labels are row numbers; a removed row stays as a tombstone that is never returned.
+    """
+
+    def __init__(self, vectors: np.ndarray, *, removed: Sequence[int] = ()) -> None:
+        data = np.ascontiguousarray(vectors, dtype=np.float32)
+        if data.ndim != 2:
             raise ValueError(f"item vectors must be 2-D, got shape {vectors.shape}")
+        self._data = data
+        self._alive = np.ones(data.shape[0], dtype=bool)
+        self._alive[list(removed)] = False
 
     def __len__(self) -> int:
-        return int(self.vectors.shape[0])
+        return int(self._alive.sum())
 
-    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def add(self, vectors: np.ndarray, labels: Sequence[int]) -> None:
+        data = _as_queries(vectors, self._data.shape[1])
+        top = max(labels) + 1
+        if top > self._data.shape[0]:
+            grow = top - self._data.shape[0]
+            self._data = np.vstack([self._data, np.zeros((grow, self._data.shape[1]), np.float32)])
+            self._alive = np.concatenate([self._alive, np.zeros(grow, dtype=bool)])
+        self._data[list(labels)] = data
+        self._alive[list(labels)] = True
+
+    def remove(self, labels: Sequence[int]) -> None:
+        self._alive[list(labels)] = False
+
+    def vectors(self, labels: Sequence[int]) -> np.ndarray:
+        return np.asarray(self._data[list(labels)], dtype=np.float32)
+
+    def search(
+        self, vectors: np.ndarray, k: int, *, allowed: LabelFilter | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         _check_k(k, len(self))
-        scores = _as_queries(vectors, self.vectors.shape[1]) @ self.vectors.T
+        scores = _as_queries(vectors, self._data.shape[1]) @ self._data.T
+        mask = self._alive
+        if allowed is not None:
+            mask = mask & np.fromiter((allowed(i) for i in range(mask.size)), dtype=bool, count=mask.size)
+            passing = int(mask.sum())
+            if passing < k:
+                raise FilterTooNarrowError(f"only {passing} items pass the filter, {k} were asked for")
+        scores[:, ~mask] = -np.inf
         if k < scores.shape[1]:
             top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
         else:
@@ -96,9 +148,10 @@ class HnswIndex:
     replaced later without a rebuild.
     """
 
-    def __init__(self, index: hnswlib.Index, params: HnswParams) -> None:
+    def __init__(self, index: hnswlib.Index, params: HnswParams, *, removed: int = 0) -> None:
         self._index = index
         self.params = params
+        self._removed = removed  # tombstones (hnswlib counts them among its elements)
         index.set_ef(params.ef_search)
 
     @staticmethod
@@ -150,10 +203,12 @@ class HnswIndex:
         return cls(index, params)
 
     @classmethod
-    def load(cls, path: Path, *, space: Space, dim: int, params: HnswParams) -> HnswIndex:
+    def load(cls, path: Path, *, space: Space, dim: int, params: HnswParams, removed: int = 0) -> HnswIndex:
+        """``removed``: how many of the saved labels are tombstones (the bundle's item-id map
+        says which; hnswlib keeps their deleted marks in the file)."""
         index = cls._new(space, dim)
         index.load_index(str(path), allow_replace_deleted=True)
-        return cls(index, params)
+        return cls(index, params, removed=removed)
 
     def save(self, path: Path) -> None:
         self._index.save_index(str(path))
@@ -170,11 +225,37 @@ class HnswIndex:
         return int(self._index.get_max_elements())
 
     def __len__(self) -> int:
-        return int(self._index.get_current_count())
+        return int(self._index.get_current_count()) - self._removed
 
-    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def add(self, vectors: np.ndarray, labels: Sequence[int]) -> None:
+        """Insert new labels (or overwrite existing ones), growing the graph when it is full."""
+        data = _as_queries(vectors, self._index.dim)
+        need = int(self._index.get_current_count()) + len(labels)
+        if need > self.capacity:
+            self._index.resize_index(grow_capacity(need))
+        self._index.add_items(data, np.asarray(labels, dtype=np.int64), num_threads=1)
+
+    def remove(self, labels: Sequence[int]) -> None:
+        for label in labels:
+            self._index.mark_deleted(int(label))
+        self._removed += len(labels)
+
+    def vectors(self, labels: Sequence[int]) -> np.ndarray:
+        if not len(labels):
+            return np.zeros((0, self._index.dim), dtype=np.float32)
+        return np.asarray(self._index.get_items(list(labels)), dtype=np.float32)
+
+    def search(
+        self, vectors: np.ndarray, k: int, *, allowed: LabelFilter | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         _check_k(k, len(self))
-        labels, distances = self._index.knn_query(_as_queries(vectors, self._index.dim), k=k)
+        queries = _as_queries(vectors, self._index.dim)
+        try:
+            labels, distances = self._index.knn_query(queries, k=k, num_threads=1, filter=allowed)
+        except RuntimeError as e:
+            if allowed is None:
+                raise
+            raise FilterTooNarrowError(str(e)) from e
         # hnswlib's inner-product "distance" is 1 - <q, x>.
         return labels.astype(np.int64), (1.0 - distances).astype(np.float32)
 

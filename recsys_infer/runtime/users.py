@@ -64,15 +64,16 @@ class TextUserEncoder:
 class SequenceUserEncoder:
     """The sequence tower over history item vectors, plus a text tower for requests.
 
-    ``vector_of`` returns the stored item vector of an item id (the item tower's output, the same
-    vectors the index holds). Histories longer than ``max_history`` keep their newest items.
-    The ONNX session is safe to run from many threads, and so is this class.
+    ``vectors_of`` returns the stored item vectors ``(n, dim)`` of a list of item ids (the item
+    tower's output, the same vectors the index holds). Histories longer than ``max_history``
+    keep their newest items. The ONNX session is safe to run from many threads, and so is this
+    class.
     """
 
     def __init__(
         self,
         session: ort.InferenceSession,
-        vector_of: Callable[[str], np.ndarray],
+        vectors_of: Callable[[Sequence[str]], np.ndarray],
         *,
         dim: int,
         max_history: int,
@@ -88,7 +89,7 @@ class SequenceUserEncoder:
             raise BundleError(f"the request tower emits {requests.dim}-d vectors, the sequence tower {dim}-d")
         self._session = session
         self._output = session.get_outputs()[0].name
-        self._vector_of = vector_of
+        self._vectors_of = vectors_of
         self._dim = dim
         self.max_history = max_history
         self.requests = requests
@@ -107,7 +108,7 @@ class SequenceUserEncoder:
         for b, history in enumerate(histories):
             recent = list(history)[-length:]
             if recent:
-                batch[b, length - len(recent) :] = np.stack([self._vector_of(i) for i in recent])
+                batch[b, length - len(recent) :] = self._vectors_of(recent)
                 mask[b, length - len(recent) :] = 1
         (out,) = self._session.run([self._output], {"history": batch, "history_mask": mask})
         return np.asarray(out, dtype=np.float32)

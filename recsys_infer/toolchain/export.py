@@ -12,6 +12,7 @@ import random
 import time
 import tomllib
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -262,7 +263,7 @@ def _pick_histories(histories: list[list[str]], n: int) -> list[list[str]]:
 
 
 def check_sequence_parity(
-    tower: SequenceTower, encoder: SequenceUserEncoder, histories: list[list[str]], vector_of: Any
+    tower: SequenceTower, encoder: SequenceUserEncoder, histories: list[list[str]], vectors_of: Any
 ) -> dict[str, Any]:
     """ONNX Runtime vs PyTorch on history vectors: mixed-length batches and one at a time."""
     reference = []
@@ -274,9 +275,7 @@ def check_sequence_parity(
             mask = torch.zeros(len(chunk), length, dtype=torch.long)
             for row, h in enumerate(chunk):
                 recent = h[-length:]
-                batch[row, length - len(recent) :] = torch.from_numpy(
-                    np.stack([vector_of(i) for i in recent])
-                )
+                batch[row, length - len(recent) :] = torch.from_numpy(vectors_of(recent))
                 mask[row, length - len(recent) :] = 1
             reference.append(tower(batch, mask).numpy())
     ref = np.concatenate(reference)
@@ -407,13 +406,13 @@ def export_bundle(
         if sequence:
             label = {item_id: i for i, item_id in enumerate(catalog.ids)}
 
-            def vector_of(item_id: str) -> np.ndarray:
-                return vectors[label[item_id]]
+            def vectors_of(item_ids: Sequence[str]) -> np.ndarray:
+                return np.asarray(vectors[[label[i] for i in item_ids]])
 
             seq_tower: SequenceTower = ckpt.model.user
             users = SequenceUserEncoder(
                 sessions[files["user"]],
-                vector_of,
+                vectors_of,
                 dim=dim,
                 max_history=seq_tower.max_history,
                 requests=text["request"],
@@ -423,7 +422,7 @@ def export_bundle(
                 catalog.ids[i : i + 1 + i % 50] for i in range(0, 400, 7)
             ]
             parity["user"] = check_sequence_parity(
-                seq_tower, users, _pick_histories(histories, config.parity_texts), vector_of
+                seq_tower, users, _pick_histories(histories, config.parity_texts), vectors_of
             )
             _require(parity, "user", config)
             queries = users.encode_histories(histories[:200])
