@@ -14,7 +14,7 @@ import logging
 
 from . import errors
 from .enums import Device, Pooling, Precision, Space
-from .runtime import Catalog, Engine, Item, Query, Recommendation
+from .runtime import Catalog, Engine, Item, MicroBatcher, Query, Reason, Recommendation
 
 __version__ = "0.1.0"
 
@@ -23,9 +23,11 @@ __all__ = [
     "Device",
     "Engine",
     "Item",
+    "MicroBatcher",
     "Pooling",
     "Precision",
     "Query",
+    "Reason",
     "Recommendation",
     "Space",
     "__version__",

@@ -510,6 +510,10 @@ def build(
 def info(
     bundle: Annotated[Path, typer.Argument(help="Bundle directory.")],
     verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Check every file's sha256.")] = True,
+    device: Annotated[
+        Device | None,
+        typer.Option(help="Also load the engine on this device and report where its graphs really run."),
+    ] = None,
     json_out: JsonOut = None,
 ) -> None:
     """Describe a bundle: towers, index, catalogue, fidelity and provenance."""
@@ -571,7 +575,18 @@ def info(
     console.print(
         f"  files: {len(files)}, {total / 1e6:.1f} MB, checksums {'verified' if verify else 'not checked'}"
     )
-    _write_json(json_out, dict(raw))
+    report = dict(raw)
+    if device is not None:
+        from .runtime.engine import Engine
+
+        engine = Engine.load(bundle, device=device, verify=False)
+        providers = getattr(engine.item_encoder, "providers", [])
+        console.print(
+            f"  device: {device} requested, the graphs run on {engine.device} "
+            f"(providers: {', '.join(providers)})"
+        )
+        report["device"] = {"requested": str(device), "running": str(engine.device), "providers": providers}
+    _write_json(json_out, report)
 
 
 @app.command()
@@ -769,6 +784,61 @@ def bench(
         plot.parent.mkdir(parents=True, exist_ok=True)
         draw(report, plot)
         typer.echo(f"plot written to {plot}")
+
+
+@app.command()
+@_friendly_errors
+def serve(
+    bundle: Annotated[Path, typer.Argument(help="The bundle to serve.", exists=True, file_okay=False)],
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="ONNX Runtime intra-op threads (default: the physical cores).")
+    ] = None,
+    max_batch: Annotated[int, typer.Option(min=1, help="Most requests the micro-batcher runs at once.")] = 32,
+    max_wait_us: Annotated[
+        int, typer.Option(min=0, help="How long the micro-batcher waits to fill a batch (microseconds).")
+    ] = 2000,
+) -> None:
+    """Serve a bundle over HTTP: /recommend, /items, /healthz, /metrics (needs the serve extra)."""
+    try:
+        import uvicorn
+
+        from .serve import API_KEY_ENV, create_app
+    except ImportError as e:
+        raise typer.BadParameter(
+            f"serving needs the serve extra ({e}): pip install 'recsys-infer[serve]'"
+        ) from e
+    if not os.environ.get(API_KEY_ENV):
+        typer.echo(f"catalogue editing routes are off: set {API_KEY_ENV} to enable them", err=True)
+    app_ = create_app(bundle, threads=threads, max_batch=max_batch, max_wait_us=max_wait_us)
+    uvicorn.run(app_, host=host, port=port, log_level="info")
+
+
+@app.command()
+@_friendly_errors
+def index(
+    bundle: Annotated[Path, typer.Argument(help="The bundle whose towers encode the new catalogue.")],
+    items: Annotated[
+        Path, typer.Option(help="Items file: .csv, .tsv or .jsonl with item_id and text (or text columns).")
+    ],
+    out: Annotated[Path, typer.Option(help="The new bundle to write.")],
+    threads: Annotated[int | None, typer.Option(min=1, help="ONNX Runtime threads.")] = None,
+    index_threads: Annotated[int, typer.Option(min=1, help="Threads building HNSW (1: reproducible).")] = 1,
+    overwrite: Overwrite = False,
+    json_out: JsonOut = None,
+) -> None:
+    """Rebuild a bundle's catalogue and index for a new items file, without retraining."""
+    from .runtime.reindex import reindex_bundle
+
+    result = reindex_bundle(
+        bundle, items, out, threads=threads, index_threads=index_threads, overwrite=overwrite, progress=True
+    )
+    typer.echo(
+        f"wrote {result['bundle']}: {result['items']} items, encoded in {result['encode_seconds']} s, "
+        f"indexed in {result['index_seconds']} s"
+    )
+    _write_json(json_out, result)
 
 
 @app.command("sample-data")

@@ -76,6 +76,11 @@ def test_train_export_info_recommend(small_data: Path, tiny_encoder: Path, tmp_p
     assert code == 0, out
     assert "user tower: user_tower.onnx" in out and "checksums verified" in out
     assert json.loads((tmp_path / "info.json").read_text())["schema_version"] == 1
+    code, out = invoke("info", str(bundle), "--device", "auto", "--json", str(tmp_path / "info.json"))
+    assert code == 0 and "auto requested, the graphs run on cpu" in out, out
+    assert json.loads((tmp_path / "info.json").read_text())["device"]["providers"] == ["CPUExecutionProvider"]
+    code, out = invoke("info", str(bundle), "--device", "cuda")
+    assert code == 1 and "cannot be used" in out and "onnxruntime" in out, out
 
     code, out = invoke("recommend", str(bundle), "--history", "P00001,P00002", "-k", "4", "--format", "json")
     assert code == 0, out

@@ -195,3 +195,32 @@ def test_edits_under_concurrent_load_are_atomic(engine: Engine) -> None:
         t.join(timeout=30)
     assert not errors, errors[:3]
     assert added_at and removed_at  # the writer really ran
+
+
+def test_index_command_rebuilds_the_catalogue_without_retraining(tiny_bundle: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from recsys_infer.cli import app
+
+    old = Engine.load(tiny_bundle, device="cpu", exact=True)
+    keep = list(old.item_ids[:40])
+    rows = [{"item_id": i, "text": old.catalog.get(i).text, **old.catalog.get(i).attributes} for i in keep]
+    rows.append({"item_id": "fresh-1", "title": "Brass desk lamp", "category": "Lamps"})
+    items = tmp_path / "items.jsonl"
+    items.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = CliRunner().invoke(
+        app, ["index", str(tiny_bundle), "--items", str(items), "--out", str(tmp_path / "b2")]
+    )
+    assert result.exit_code == 0, result.output
+    new = Engine.load(tmp_path / "b2", device="cpu", exact=True)
+    assert list(new.item_ids) == [*keep, "fresh-1"]
+    assert new.catalog.get("fresh-1").text == "Brass desk lamp. Category: Lamps."
+    np.testing.assert_allclose(
+        new.index.vectors(list(range(40))), old.index.vectors([old._label[i] for i in keep]), atol=1e-5
+    )
+    assert json.loads((tmp_path / "b2" / "manifest.json").read_text())["reindexed"]["from"] == str(
+        tiny_bundle
+    )
+    bad = CliRunner().invoke(app, ["index", str(tiny_bundle), "--items", str(tmp_path / "none.csv"), "--out",
+                                   str(tmp_path / "b3")])  # fmt: skip
+    assert bad.exit_code == 1 and not (tmp_path / "b3").exists()

@@ -27,7 +27,7 @@ from recsys_infer.runtime.engine import Engine
 from recsys_infer.runtime.index import ExactIndex
 from recsys_infer.runtime.tokenizer import TextTokenizer
 from recsys_infer.runtime.users import SequenceUserEncoder, TextUserEncoder, UserEncoder
-from recsys_infer.toolchain.checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint
+from recsys_infer.toolchain.checkpoint import CHECKPOINT_FILE, Checkpoint
 from recsys_infer.toolchain.compress import add_offsets
 from recsys_infer.toolchain.model import SequenceTower, TextTower
 
@@ -104,16 +104,17 @@ def _catalogue_vectors(ckpt: Checkpoint, items: TorchTextEncoder, model: Any) ->
 
 
 def reference_subject(
-    ckpt_path: Path, *, threads: int, bf16: bool = False, checkpoint: Checkpoint | None = None
+    ckpt_path: Path, checkpoint: Checkpoint, *, threads: int, load_s: float, bf16: bool = False
 ) -> Subject:
-    """The checkpoint served by PyTorch eager with exact search; ``bf16`` casts weights once."""
+    """The checkpoint served by PyTorch eager with exact search; ``bf16`` casts weights once.
+    ``load_s``: what loading ``checkpoint`` took (the cast is added to it)."""
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    ckpt = checkpoint or load_checkpoint(Path(ckpt_path))
+    ckpt = checkpoint
     dtype = torch.bfloat16 if bf16 else torch.float32
     model = copy.deepcopy(ckpt.model).to(dtype) if bf16 else ckpt.model
     model.eval()
-    load_s = time.perf_counter() - t0
+    load_s += time.perf_counter() - t0
     config = ckpt.config
     dim = int(model.item.encoder.config.hidden_size)
 

@@ -8,6 +8,7 @@ split's Recall/NDCG); sweep the HNSW index; then write the report.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -15,7 +16,7 @@ import platform
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -361,8 +362,23 @@ def run_bench(
         raise ValueError("bench needs at least one bundle")
     ref_path = reference or default_reference(Path(bundles[0]))
 
-    with tempfile.TemporaryDirectory(prefix="recsys-bench-") as work:
+    with tempfile.TemporaryDirectory(prefix="recsys-bench-") as work, _one_blas_thread():
         return _run(bundles, data, ref_path, config, say, started, Path(work))
+
+
+@contextlib.contextmanager
+def _one_blas_thread() -> Iterator[None]:
+    """numpy's BLAS on one thread for the whole run. The reference's exact search is a numpy
+    product; OpenBLAS threads that spin after it steal the cores PyTorch's threads need next,
+    which inflated the reference's end-to-end p99 tenfold in a first run."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        logger.warning("threadpoolctl is not installed: numpy's BLAS keeps its own thread count")
+        yield
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
 
 
 def _run(
@@ -402,11 +418,13 @@ def _run(
         from .reference import reference_subject
 
         say(f"loading the PyTorch reference {ref_path} and encoding its catalogue")
+        t0 = time.perf_counter()
         checkpoint = load_checkpoint(ref_path)
-        subjects.append(reference_subject(ref_path, threads=config.threads, checkpoint=checkpoint))
+        load_s = time.perf_counter() - t0
+        subjects.append(reference_subject(ref_path, checkpoint, threads=config.threads, load_s=load_s))
         if config.bf16:
             subjects.append(
-                reference_subject(ref_path, threads=config.threads, bf16=True, checkpoint=checkpoint)
+                reference_subject(ref_path, checkpoint, threads=config.threads, load_s=load_s, bf16=True)
             )
     subjects += bundle_subjects
     if config.peers and checkpoint is not None and ref_path is not None:
@@ -552,6 +570,7 @@ def _run(
             "batch_size": config.batch_size,
             "quick": config.quick,
             "interleaved": True,
+            "blas_threads": 1,
             "timer": "time.perf_counter_ns, warm-up first",
         },
         "data": {

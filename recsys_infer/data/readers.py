@@ -212,11 +212,9 @@ def compose_text(fields: Mapping[str, Any]) -> str:
 # -- generic folders ---------------------------------------------------------------------------
 
 
-def _read_generic(folder: Path) -> Dataset:
-    items_path = _find_table(folder, "items")
-    inter_path = _find_table(folder, "interactions")
-    if items_path is None or inter_path is None:
-        raise DataError(_unrecognised(folder), path=folder)
+def read_items(items_path: Path) -> tuple[Catalog, str]:
+    """An items table (``.csv``, ``.tsv`` or ``.jsonl``: ``item_id`` plus ``text`` or text
+    columns) as a catalogue, and the file's sha256."""
     items_file = _read_text(items_path)
     items: list[Item] = []
     seen: dict[str, int] = {}
@@ -249,6 +247,18 @@ def _read_generic(folder: Path) -> Dataset:
             k: v for k, v in row.items() if k not in ("item_id", "text") and v not in ("", None, [])
         }
         items.append(Item(item_id, text, attributes))
+    if not items:
+        raise DataError("the items file has no rows", path=items_path)
+    return Catalog(items), items_file.sha256
+
+
+def _read_generic(folder: Path) -> Dataset:
+    items_path = _find_table(folder, "items")
+    inter_path = _find_table(folder, "interactions")
+    if items_path is None or inter_path is None:
+        raise DataError(_unrecognised(folder), path=folder)
+    catalog, items_sha = read_items(items_path)
+    seen = set(catalog.ids)
 
     inter_file = _read_text(inter_path)
     events: dict[str, list[tuple[float, str]]] = defaultdict(list)
@@ -274,9 +284,9 @@ def _read_generic(folder: Path) -> Dataset:
     return Dataset(
         name=folder.name or "generic",
         source=str(folder),
-        catalog=Catalog(items),
+        catalog=catalog,
         sequences=_sequences(events),
-        files={items_path.name: items_file.sha256, inter_path.name: inter_file.sha256},
+        files={items_path.name: items_sha, inter_path.name: inter_file.sha256},
     )
 
 

@@ -3,10 +3,11 @@
 Imports only the standard library, numpy, onnxruntime, tokenizers and hnswlib.
 """
 
+from .batcher import MicroBatcher
 from .bundle import SCHEMA_VERSION, Manifest, read_manifest
 from .catalog import Catalog, Item
 from .encoder import Encoder, OnnxEncoder
-from .engine import Engine, Query, Recommendation
+from .engine import Engine, Query, Reason, Recommendation
 from .index import ExactIndex, HnswIndex, HnswParams, Index
 from .userinput import UserInputFormat
 
@@ -21,8 +22,10 @@ __all__ = [
     "Index",
     "Item",
     "Manifest",
+    "MicroBatcher",
     "OnnxEncoder",
     "Query",
+    "Reason",
     "Recommendation",
     "UserInputFormat",
     "read_manifest",

@@ -304,6 +304,11 @@ class Engine:
             raise UnknownItemError(unknown, len(self._label))
         return query
 
+    def validate(self, request: Query | Mapping[str, Any]) -> Query:
+        """The request as a :class:`Query`, or the error recommending it would raise."""
+        with self._lock.read():
+            return self._checked(request)
+
     def user_text(self, query: Query | Mapping[str, Any]) -> str:
         """The exact text a text user tower reads for ``query``."""
         if not isinstance(self.user_encoder, TextUserEncoder):

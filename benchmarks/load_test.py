@@ -1,0 +1,191 @@
+"""Concurrent load: what micro-batching buys, in the engine and through `recsys-infer serve`.
+
+    python benchmarks/load_test.py BUNDLE [--clients 16] [--requests 1500] [--threads 2] [--json FILE]
+
+Two measurements, each with and without micro-batching, in one run:
+
+1. **Engine**: ``--clients`` threads call ``Engine.recommend`` directly, or through a
+   ``MicroBatcher`` (max batch 32, max wait 2 ms), until ``--requests`` are answered.
+2. **HTTP**: ``recsys-infer serve`` runs as a separate process on 127.0.0.1, once with
+   ``--max-batch 1 --max-wait-us 0`` (no batching) and once with the defaults; ``--clients``
+   client threads (httpx, keep-alive) send ``--requests`` ``POST /recommend`` between them.
+
+Requests are the bundle's probe histories and short text requests, alternating. Reported:
+throughput (requests/s), latency p50/p95/p99, errors, and the mean batch size (from /metrics).
+Nothing is asserted: the tests check correctness; this script writes the figures down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from recsys_infer import Engine, MicroBatcher
+
+TEXTS = [
+    "a quiet film about a family by the sea",
+    "space opera",
+    "romantic comedy in paris",
+    "heist thriller",
+]
+
+
+def queries(bundle: Path, n: int) -> list[dict[str, Any]]:
+    probe = json.loads((bundle / "probe.json").read_text()) if (bundle / "probe.json").is_file() else {}
+    histories = [h for h in probe.get("histories", []) if h][:200]
+    out: list[dict[str, Any]] = []
+    for i in range(n):
+        if histories and i % 2 == 0:
+            out.append({"history": histories[i % len(histories)], "k": 10})
+        else:
+            out.append({"text": TEXTS[i % len(TEXTS)], "k": 10})
+    return out
+
+
+def summary(latencies_ms: list[float], seconds: float, errors: int) -> dict[str, Any]:
+    a = np.asarray(latencies_ms)
+    p50, p95, p99 = np.percentile(a, [50, 95, 99])
+    return {
+        "requests": int(a.size),
+        "errors": errors,
+        "seconds": round(seconds, 3),
+        "throughput_rps": round(a.size / seconds, 1),
+        "p50_ms": round(float(p50), 2),
+        "p95_ms": round(float(p95), 2),
+        "p99_ms": round(float(p99), 2),
+    }
+
+
+def drive(call: Any, work: list[dict[str, Any]], clients: int) -> dict[str, Any]:
+    latencies: list[float] = []
+    errors = 0
+
+    def one(q: dict[str, Any]) -> tuple[float, bool]:
+        t = time.perf_counter_ns()
+        try:
+            call(q)
+            ok = True
+        except Exception:
+            ok = False
+        return (time.perf_counter_ns() - t) / 1e6, ok
+
+    for q in work[:20]:  # warm-up
+        call(q)
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        for ms, ok in pool.map(one, work):
+            latencies.append(ms)
+            errors += not ok
+    return summary(latencies, time.perf_counter() - t0, errors)
+
+
+def engine_runs(bundle: Path, work: list[dict[str, Any]], clients: int, threads: int) -> dict[str, Any]:
+    engine = Engine.load(bundle, device="cpu", threads=threads)
+    direct = drive(lambda q: engine.recommend(**q), work, clients)
+    sizes: list[int] = []
+    with MicroBatcher(engine, max_batch=32, max_wait_us=2000, on_batch=sizes.append) as batcher:
+        batched = drive(lambda q: batcher.recommend(**q), work, clients)
+    batched["mean_batch"] = round(float(np.mean(sizes)), 2)
+    return {"direct": direct, "micro_batched": batched}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http_run(
+    bundle: Path, work: list[dict[str, Any]], clients: int, threads: int, batching: bool
+) -> dict[str, Any]:
+    port = free_port()
+    cli = str(Path(sys.executable).with_name("recsys-infer"))
+    args = [cli, "serve", str(bundle), "--port", str(port), "--threads", str(threads)]
+    if not batching:
+        args += ["--max-batch", "1", "--max-wait-us", "0"]
+    env = {k: v for k, v in os.environ.items() if k != "RECSYS_INFER_API_KEY"}
+    server = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        else:
+            raise RuntimeError("the server did not come up")
+        local = __import__("threading").local()
+
+        def call(q: dict[str, Any]) -> None:
+            client = getattr(local, "client", None)
+            if client is None:
+                client = local.client = httpx.Client(base_url=base, timeout=30)
+            response = client.post("/recommend", json=q)
+            response.raise_for_status()
+
+        result = drive(call, work, clients)
+        metrics = httpx.get(f"{base}/metrics").text
+        count = next(
+            float(x.split()[-1]) for x in metrics.splitlines() if x.startswith("recsys_batch_size_count")
+        )
+        total = next(
+            float(x.split()[-1]) for x in metrics.splitlines() if x.startswith("recsys_batch_size_sum")
+        )
+        result["mean_batch"] = round(total / count, 2) if count else None
+        return result
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("bundle", type=Path)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--requests", type=int, default=1500)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    work = queries(args.bundle, args.requests)
+    report = {
+        "bundle": str(args.bundle),
+        "clients": args.clients,
+        "threads": args.threads,
+        "environment": {
+            "python": platform.python_version(),
+            "cores": os.cpu_count(),
+            "cpu": platform.machine(),
+        },
+        "engine": engine_runs(args.bundle, work, args.clients, args.threads),
+        "http": {
+            "no_batching": http_run(args.bundle, work, args.clients, args.threads, batching=False),
+            "micro_batched": http_run(args.bundle, work, args.clients, args.threads, batching=True),
+        },
+    }
+    for layer in ("engine", "http"):
+        runs = report[layer]
+        base = next(iter(runs.values()))["throughput_rps"]
+        for name, r in runs.items():
+            r["throughput_gain"] = round(r["throughput_rps"] / base, 2)
+            print(f"{layer:6s} {name:13s} {r['throughput_rps']:8.1f} req/s  p50 {r['p50_ms']:7.2f} ms  "
+                  f"p99 {r['p99_ms']:7.2f} ms  errors {r['errors']}  mean batch {r.get('mean_batch', 1)}  "
+                  f"×{r['throughput_gain']}")  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,205 @@
+"""Micro-batching: concurrent ``recommend`` calls grouped into one ONNX run.
+
+Callers on many threads (or coroutines) submit one request each. A worker thread takes the
+first waiting request, gathers more until ``max_batch`` are waiting or ``max_wait_us`` has
+passed since the first arrived, groups them by their options and by input length (so short
+requests are not padded to long ones), and answers each group with one
+:meth:`Engine.recommend_batch`. Under load the graph runs on batches, which is where a CPU's
+throughput is; with a single caller the added latency is at most ``max_wait_us``.
+
+Each request is checked before it is queued, so a bad one fails alone and at once; should a
+batch still fail (an item removed meanwhile), its requests are answered one by one so that only
+the bad one gets the error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from recsys_infer.errors import QueryError
+
+from .engine import AttributeFilter, Engine, Query, Recommendation
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """What must be equal for requests to share a batch."""
+
+    k: int
+    exclude_seen: bool
+    explain: bool
+    exclude: frozenset[str]
+    allow: frozenset[str] | None
+    where: AttributeFilter | None
+
+
+@dataclass
+class _Pending:
+    query: Query
+    options: BatchOptions
+    future: Future[list[Recommendation]] = field(default_factory=Future)
+
+    @property
+    def bucket(self) -> int:
+        """Input size on a log scale: history items plus request words."""
+        size = len(self.query.history) + len((self.query.text or "").split())
+        return math.ceil(math.log2(size + 1))
+
+
+class BatcherClosedError(QueryError):
+    """The micro-batcher was closed; no request is accepted any more."""
+
+
+class MicroBatcher:
+    """Groups concurrent recommendations into batched engine calls (see the module docstring).
+
+    ``engine`` may be replaced while serving (hot swap): batches already running finish on the
+    engine they started with; later ones use the new one.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        max_batch: int = 32,
+        max_wait_us: int = 2000,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be positive, got {max_batch}")
+        if max_wait_us < 0:
+            raise ValueError(f"max_wait_us must be 0 or more, got {max_wait_us}")
+        self.engine = engine
+        self.max_batch = max_batch
+        self.max_wait = max_wait_us / 1e6
+        self._queue: queue.Queue[_Pending | None] = queue.Queue()
+        self._closed = False
+        self.batches = 0  # counters for metrics: batches run and requests answered
+        self.requests = 0
+        self.on_batch = on_batch  # called with each batch's size (from the worker thread)
+        self._worker = threading.Thread(target=self._run, name="recsys-microbatcher", daemon=True)
+        self._worker.start()
+
+    # -- submitting -----------------------------------------------------------------------------
+
+    def submit(
+        self,
+        history: Sequence[str] | None = None,
+        text: str | None = None,
+        *,
+        k: int = 10,
+        exclude_seen: bool = True,
+        exclude: Iterable[str] = (),
+        allow: Iterable[str] | None = None,
+        where: AttributeFilter | None = None,
+        explain: bool = False,
+    ) -> Future[list[Recommendation]]:
+        """Queue one request; the future resolves to what :meth:`Engine.recommend` returns."""
+        if self._closed:
+            raise BatcherClosedError("the micro-batcher is closed")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise QueryError(f"k must be a positive integer, got {k!r}")
+        if isinstance(exclude, str) or isinstance(allow, str):
+            raise QueryError("exclude and allow take a list of item ids, not a single string")
+        query = Query(history=history if history is not None else (), text=text)  # type: ignore[arg-type]
+        self.engine.validate(query)  # unknown items fail here, alone
+        options = BatchOptions(
+            k, exclude_seen, explain, frozenset(exclude), None if allow is None else frozenset(allow), where
+        )
+        pending = _Pending(query, options)
+        self._queue.put(pending)
+        return pending.future
+
+    def recommend(
+        self, history: Sequence[str] | None = None, text: str | None = None, **options: Any
+    ) -> list[Recommendation]:
+        """Like :meth:`Engine.recommend`, through the batcher; blocks until answered."""
+        return self.submit(history, text, **options).result()
+
+    async def arecommend(
+        self, history: Sequence[str] | None = None, text: str | None = None, **options: Any
+    ) -> list[Recommendation]:
+        """The same, for asyncio: awaits without blocking the event loop."""
+        return await asyncio.wrap_future(self.submit(history, text, **options))
+
+    # -- the worker -----------------------------------------------------------------------------
+
+    def _gather(self, first: _Pending) -> list[_Pending]:
+        batch = [first]
+        deadline = time.monotonic() + self.max_wait
+        while len(batch) < self.max_batch:
+            remaining = deadline - time.monotonic()
+            try:
+                nxt = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if nxt is None:  # closing: put the sentinel back for the loop to see
+                self._queue.put(None)
+                break
+            batch.append(nxt)
+        return batch
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = self._gather(first)
+            groups: dict[tuple[BatchOptions, int], list[_Pending]] = {}
+            for p in batch:
+                groups.setdefault((p.options, p.bucket), []).append(p)
+            engine = self.engine
+            for (options, _), members in groups.items():
+                self._answer(engine, options, members)
+
+    def _answer(self, engine: Engine, o: BatchOptions, members: list[_Pending]) -> None:
+        live = [p for p in members if p.future.set_running_or_notify_cancel()]
+        if not live:
+            return
+        kwargs = {"k": o.k, "exclude_seen": o.exclude_seen, "exclude": o.exclude, "allow": o.allow,
+                  "where": o.where, "explain": o.explain}  # fmt: skip
+        try:
+            results = engine.recommend_batch([p.query for p in live], **kwargs)  # type: ignore[arg-type]
+        except Exception as error:
+            if len(live) == 1:
+                live[0].future.set_exception(error)
+                return
+            for p in live:  # answer one by one: only the bad request fails
+                try:
+                    p.future.set_result(engine.recommend_batch([p.query], **kwargs)[0])  # type: ignore[arg-type]
+                except Exception as e:
+                    p.future.set_exception(e)
+            return
+        self.batches += 1
+        self.requests += len(live)
+        if self.on_batch is not None:
+            self.on_batch(len(live))
+        for p, recs in zip(live, results, strict=True):
+            p.future.set_result(recs)
+
+    # -- closing --------------------------------------------------------------------------------
+
+    def close(self, timeout: float | None = 10.0) -> None:
+        """Answer what is queued, then stop the worker. Later submissions are refused."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(None)
+        self._worker.join(timeout)
+
+    def __enter__(self) -> MicroBatcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

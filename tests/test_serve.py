@@ -1,0 +1,216 @@
+"""The micro-batcher and the HTTP service, on the tiny bundle (loopback only, bounded)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from recsys_infer import Engine
+from recsys_infer.errors import QueryError, UnknownItemError
+from recsys_infer.runtime.batcher import BatcherClosedError, MicroBatcher
+from recsys_infer.serve import API_KEY_ENV, create_app
+
+
+@pytest.fixture
+def engine(bundle_copy: Path) -> Engine:
+    return Engine.load(bundle_copy, device="cpu", threads=1)
+
+
+def _ids(recs: list[Any]) -> list[str]:
+    return [r.item_id for r in recs]
+
+
+def test_batched_answers_equal_single_calls(engine: Engine) -> None:
+    queries = [{"history": list(engine.item_ids[i : i + 1 + i % 4])} for i in range(0, 90, 3)]
+    queries += [{"text": t} for t in ("lamp", "running shoes", "a thriller", "coffee grinder")]
+    alone = [_ids(engine.recommend(**q, k=5)) for q in queries]  # type: ignore[arg-type]
+    sizes: list[int] = []
+    with MicroBatcher(engine, max_batch=16, max_wait_us=20_000, on_batch=sizes.append) as batcher:
+        with ThreadPoolExecutor(16) as pool:
+            futures = list(pool.map(lambda q: batcher.submit(**q, k=5), queries))
+            together = [_ids(f.result(timeout=30)) for f in futures]
+        assert together == alone
+        assert sum(sizes) == len(queries) and max(sizes) > 1  # requests really shared runs
+        with pytest.raises(UnknownItemError):
+            batcher.submit(history=["no-such-item"])  # fails alone, at once
+        assert _ids(asyncio.run(batcher.arecommend(text="lamp", k=5))) == alone[len(queries) - 4]
+    with pytest.raises(BatcherClosedError):
+        batcher.submit(text="lamp")
+
+
+def test_a_request_that_goes_bad_in_the_queue_fails_alone(engine: Engine) -> None:
+    victim = engine.item_ids[0]
+    batcher = MicroBatcher(engine, max_batch=8, max_wait_us=200_000)
+    try:
+        bad = batcher.submit(history=[victim], k=3)
+        good = batcher.submit(text="lamp", k=3)
+        engine.remove_items([victim])  # removed after the check, before the batch runs
+        with pytest.raises(UnknownItemError):
+            bad.result(timeout=10)
+        assert len(good.result(timeout=10)) == 3
+    finally:
+        batcher.close()
+
+
+@pytest.fixture
+def client(bundle_copy: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setenv(API_KEY_ENV, "secret")
+    with TestClient(create_app(bundle_copy, threads=1, max_wait_us=500)) as c:
+        yield c
+
+
+KEY = {"X-API-Key": "secret"}
+
+
+def test_recommend_single_and_batch_match_the_engine(client: Any, bundle_copy: Path) -> None:
+    engine = Engine.load(bundle_copy, device="cpu", threads=1)
+    history = list(engine.item_ids[:3])
+    one = client.post("/recommend", json={"history": history, "k": 5})
+    assert one.status_code == 200
+    assert [r["item_id"] for r in one.json()["items"]] == _ids(engine.recommend(history=history, k=5))
+    batch = client.post(
+        "/recommend", json={"requests": [{"history": history, "k": 5}, {"text": "lamp", "k": 2}]}
+    )
+    assert batch.status_code == 200
+    results = batch.json()["results"]
+    assert [r["item_id"] for r in results[1]["items"]] == _ids(engine.recommend(text="lamp", k=2))
+    explained = client.post("/recommend", json={"history": history, "k": 2, "explain": True}).json()
+    assert {b["source"] for b in explained["items"][0]["because"]} <= set(history)
+    cat = engine.catalog.get(engine.item_ids[0]).attributes["category"]
+    where = client.post("/recommend", json={"text": "gift", "k": 3, "where": {"category": cat}}).json()
+    assert {r["attributes"]["category"] for r in where["items"]} == {cat}
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "words"),
+    [
+        ({"history": [], "text": ""}, 400, "needs a history"),
+        ({"text": "lamp", "k": 0}, 422, "greater than or equal to 1"),
+        ({"text": "lamp", "k": 100000}, 422, "less than or equal to"),
+        ({"text": "lamp", "k": 999}, 400, "larger than the catalogue"),
+        ({"text": "x" * 5000}, 422, "at most 2000"),
+        ({"history": ["no-such-item"]}, 404, "no-such-item"),
+        ({"text": "lamp", "colour": "red"}, 422, "extra"),
+        ({"history": "1,2,3"}, 422, "list"),
+        ({"requests": []}, 422, "at least 1"),
+    ],
+)
+def test_bad_requests_get_clear_4xx(client: Any, body: dict[str, Any], status: int, words: str) -> None:
+    response = client.post("/recommend", json=body)
+    assert response.status_code == status, response.text
+    assert words.lower() in response.text.lower()
+
+
+def test_editing_needs_the_key_and_is_persisted(
+    client: Any, bundle_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    item = {"item_id": "new-1", "text": "brass desk lamp with dimmer", "attributes": {"category": "Lamps"}}
+    assert client.post("/items", json={"items": [item]}).status_code == 401
+    assert client.post("/items", json={"items": [item]}, headers={"X-API-Key": "wrong"}).status_code == 401
+    added = client.post("/items", json={"items": [item]}, headers=KEY)
+    assert added.status_code == 200 and added.json()["changed"] == 1
+    assert client.post("/items", json={"items": [item]}, headers=KEY).status_code == 400  # exists
+    assert client.post("/items", json={"items": [item], "replace": True}, headers=KEY).status_code == 200
+    found = client.post("/recommend", json={"text": "lamp", "k": 1, "allow": ["new-1"]}).json()
+    assert found["items"][0]["item_id"] == "new-1"
+    gone = Engine.load(bundle_copy, device="cpu").item_ids[0]
+    assert client.delete(f"/items/{gone}", headers=KEY).status_code == 200
+    assert client.delete(f"/items/{gone}", headers=KEY).status_code == 404
+    assert client.get("/healthz").json()["unsaved_edits"] is True
+    assert client.post("/admin/save", headers=KEY).status_code == 200
+    saved = Engine.load(bundle_copy, device="cpu")
+    assert "new-1" in saved.item_ids and gone not in saved.item_ids
+    monkeypatch.delenv(API_KEY_ENV)
+    refused = client.delete("/items/new-1", headers=KEY)
+    assert refused.status_code == 403 and API_KEY_ENV in refused.text
+
+
+def test_hot_swap_health_metrics_and_schema(client: Any, tiny_bundle: Path) -> None:
+    assert client.get("/healthz").json()["status"] == "ok"
+    for _ in range(3):
+        assert client.post("/recommend", json={"text": "lamp", "k": 2}).status_code == 200
+    swapped = client.post("/admin/swap", json={"bundle": str(tiny_bundle)}, headers=KEY)
+    assert swapped.status_code == 200 and client.get("/healthz").json()["bundle"] == str(tiny_bundle)
+    assert client.post("/recommend", json={"text": "lamp", "k": 2}).status_code == 200
+    metrics = client.get("/metrics").text
+    assert 'recsys_http_requests_total{route="/recommend",status="200"} 4.0' in metrics
+    assert "recsys_batch_size_count" in metrics and "recsys_http_request_seconds_bucket" in metrics
+    schema = client.get("/openapi.json").json()
+    assert {"/recommend", "/items", "/items/{item_id}", "/healthz", "/metrics"} <= set(schema["paths"])
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=30),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    body=st.fixed_dictionaries(
+        {},
+        optional={
+            "history": st.lists(st.text(max_size=12), max_size=5) | json_values,
+            "text": st.text(max_size=300) | json_values,
+            "k": st.integers(-5, 2000) | json_values,
+            "explain": st.booleans(),
+            "where": st.dictionaries(st.text(max_size=8), st.text(max_size=8), max_size=2) | json_values,
+        },
+    )
+)
+def test_no_request_body_crashes_the_service(client: Any, body: dict[str, Any]) -> None:
+    response = client.post("/recommend", json=body)
+    assert response.status_code in (200, 400, 404, 422), (body, response.text)
+    assert "detail" in response.json() or "items" in response.json()
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(raw=st.binary(max_size=200))
+def test_raw_bytes_including_invalid_utf8_get_4xx(client: Any, raw: bytes) -> None:
+    response = client.post("/recommend", content=raw, headers={"content-type": "application/json"})
+    assert response.status_code in (200, 400, 404, 422), response.text
+
+
+@pytest.mark.parametrize(
+    "text", ["🎧🎧 headphones 🎧", "tab\there\x00\x07 bell", "\u202e\u200b", "ünïcödé lamp"]
+)
+def test_odd_texts_are_served(client: Any, text: str) -> None:
+    response = client.post("/recommend", json={"text": text, "k": 3})
+    assert response.status_code == 200 and len(response.json()["items"]) == 3
+
+
+def test_service_under_concurrent_clients_has_no_errors(client: Any) -> None:
+    def one(n: int) -> int:
+        body = (
+            {"text": ["lamp", "shoes", "coffee"][n % 3], "k": 5}
+            if n % 2
+            else {"requests": [{"text": "tea"}] * 3}
+        )
+        return int(client.post("/recommend", json=body).status_code)
+
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(one, range(120)))
+    assert codes == [200] * 120
+    counts = json.dumps(client.get("/metrics").text)
+    assert "recsys_batch_size_sum" in counts
+
+
+def test_batcher_refuses_bad_options_at_once(engine: Engine) -> None:
+    with MicroBatcher(engine) as batcher:
+        with pytest.raises(QueryError, match="positive integer"):
+            batcher.submit(text="lamp", k=0)
+        with pytest.raises(QueryError, match="single string"):
+            batcher.submit(text="lamp", exclude="abc")
