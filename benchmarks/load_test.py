@@ -2,10 +2,12 @@
 
     python benchmarks/load_test.py BUNDLE [--clients 16] [--requests 1500] [--threads 2] [--json FILE]
 
-Two measurements, each with and without micro-batching, in one run:
+Two measurements, each with and without micro-batching, repeated ``--repeats`` times in
+alternation (medians reported, so that drift hits every mode alike):
 
 1. **Engine**: ``--clients`` threads call ``Engine.recommend`` directly, or through a
-   ``MicroBatcher`` (max batch 32, max wait 2 ms), until ``--requests`` are answered.
+   ``MicroBatcher`` (max batch 32, max wait 2 ms), until ``--requests`` are answered; once with
+   history and text requests alternating (``mixed``), once with text requests only.
 2. **HTTP**: ``recsys-infer serve`` runs as a separate process on 127.0.0.1, once with
    ``--max-batch 1 --max-wait-us 0`` (no batching) and once with the defaults; ``--clients``
    client threads (httpx, keep-alive) send ``--requests`` ``POST /recommend`` between them.
@@ -42,15 +44,17 @@ TEXTS = [
 ]
 
 
-def queries(bundle: Path, n: int) -> list[dict[str, Any]]:
+def queries(bundle: Path, n: int, mix: str) -> list[dict[str, Any]]:
+    """``mixed``: histories and texts alternating; ``text``: text requests only."""
     probe = json.loads((bundle / "probe.json").read_text()) if (bundle / "probe.json").is_file() else {}
     histories = [h for h in probe.get("histories", []) if h][:200]
+    requests = list(probe.get("requests", []))[:200] or TEXTS
     out: list[dict[str, Any]] = []
     for i in range(n):
-        if histories and i % 2 == 0:
+        if mix == "mixed" and histories and i % 2 == 0:
             out.append({"history": histories[i % len(histories)], "k": 10})
         else:
-            out.append({"text": TEXTS[i % len(TEXTS)], "k": 10})
+            out.append({"text": requests[i % len(requests)], "k": 10})
     return out
 
 
@@ -157,32 +161,51 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--requests", type=int, default=1500)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3, help="alternating repetitions; medians reported")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    work = queries(args.bundle, args.requests)
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for _ in range(args.repeats):
+        for mix in ("mixed", "text"):
+            work = queries(args.bundle, args.requests, mix)
+            for name, r in engine_runs(args.bundle, work, args.clients, args.threads).items():
+                runs.setdefault(f"engine {mix} {name}", []).append(r)
+        work = queries(args.bundle, args.requests, "mixed")
+        for batching in (False, True):
+            name = f"http mixed {'micro_batched' if batching else 'no_batching'}"
+            runs.setdefault(name, []).append(
+                http_run(args.bundle, work, args.clients, args.threads, batching)
+            )
+    results: dict[str, Any] = {}
+    for name, reps in runs.items():
+        results[name] = {
+            key: float(np.median([r[key] for r in reps]))
+            for key in ("throughput_rps", "p50_ms", "p95_ms", "p99_ms", "mean_batch")
+            if all(r.get(key) is not None for r in reps)
+        }
+        results[name]["errors"] = sum(r["errors"] for r in reps)
+        results[name]["throughput_rps_each"] = [r["throughput_rps"] for r in reps]
+    for name, r in results.items():
+        base_name = name.replace("micro_batched", "direct" if name.startswith("engine") else "no_batching")
+        r["throughput_gain"] = round(r["throughput_rps"] / results[base_name]["throughput_rps"], 2)
+        print(
+            f"{name:32s} {r['throughput_rps']:8.1f} req/s  p50 {r['p50_ms']:7.2f} ms  "
+            f"p99 {r['p99_ms']:7.2f} ms  errors {r['errors']}  mean batch {r.get('mean_batch', 1)}  "
+            f"×{r['throughput_gain']}"
+        )
     report = {
         "bundle": str(args.bundle),
         "clients": args.clients,
+        "requests_per_run": args.requests,
+        "repeats": args.repeats,
         "threads": args.threads,
         "environment": {
             "python": platform.python_version(),
             "cores": os.cpu_count(),
             "cpu": platform.machine(),
         },
-        "engine": engine_runs(args.bundle, work, args.clients, args.threads),
-        "http": {
-            "no_batching": http_run(args.bundle, work, args.clients, args.threads, batching=False),
-            "micro_batched": http_run(args.bundle, work, args.clients, args.threads, batching=True),
-        },
+        "results": results,
     }
-    for layer in ("engine", "http"):
-        runs = report[layer]
-        base = next(iter(runs.values()))["throughput_rps"]
-        for name, r in runs.items():
-            r["throughput_gain"] = round(r["throughput_rps"] / base, 2)
-            print(f"{layer:6s} {name:13s} {r['throughput_rps']:8.1f} req/s  p50 {r['p50_ms']:7.2f} ms  "
-                  f"p99 {r['p99_ms']:7.2f} ms  errors {r['errors']}  mean batch {r.get('mean_batch', 1)}  "
-                  f"×{r['throughput_gain']}")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
 

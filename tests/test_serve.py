@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -214,3 +216,46 @@ def test_batcher_refuses_bad_options_at_once(engine: Engine) -> None:
             batcher.submit(text="lamp", k=0)
         with pytest.raises(QueryError, match="single string"):
             batcher.submit(text="lamp", exclude="abc")
+
+
+def test_load_over_loopback_has_no_errors(bundle_copy: Path) -> None:
+    """A real uvicorn server on 127.0.0.1 and several keep-alive clients, bounded in count."""
+    import socket
+
+    import httpx
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(bundle_copy, threads=1), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(200):
+            if server.started:
+                break
+            time.sleep(0.05)
+        assert server.started
+
+        def client(n: int) -> list[int]:
+            with httpx.Client(base_url=base, timeout=30) as c:
+                return [
+                    c.post(
+                        "/recommend",
+                        json={"text": f"lamp {i}", "k": 5} if i % 2 else {"history": [], "text": "tea"},
+                    ).status_code
+                    for i in range(25)
+                ]
+
+        with ThreadPoolExecutor(6) as pool:
+            codes = [code for batch in pool.map(client, range(6)) for code in batch]
+        assert codes == [200] * 150
+        metrics = httpx.get(f"{base}/metrics").text
+        assert 'recsys_http_requests_total{route="/recommend",status="200"} 150.0' in metrics
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

@@ -1,7 +1,8 @@
 """Micro-batching: concurrent ``recommend`` calls grouped into one ONNX run.
 
-Callers on many threads (or coroutines) submit one request each. A worker thread takes the
-first waiting request, gathers more until ``max_batch`` are waiting or ``max_wait_us`` has
+Callers on many threads (or coroutines) submit one request each. A worker thread (two by
+default, so that one assembles results while the other runs a graph) takes the first waiting
+request, gathers more until ``max_batch`` are waiting or ``max_wait_us`` has
 passed since the first arrived, groups them by their options and by input length (so short
 requests are not padded to long ones), and answers each group with one
 :meth:`Engine.recommend_batch`. Under load the graph runs on batches, which is where a CPU's
@@ -74,12 +75,15 @@ class MicroBatcher:
         *,
         max_batch: int = 32,
         max_wait_us: int = 2000,
+        workers: int = 2,
         on_batch: Callable[[int], None] | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be positive, got {max_batch}")
         if max_wait_us < 0:
             raise ValueError(f"max_wait_us must be 0 or more, got {max_wait_us}")
+        if workers < 1:
+            raise ValueError(f"workers must be positive, got {workers}")
         self.engine = engine
         self.max_batch = max_batch
         self.max_wait = max_wait_us / 1e6
@@ -87,9 +91,14 @@ class MicroBatcher:
         self._closed = False
         self.batches = 0  # counters for metrics: batches run and requests answered
         self.requests = 0
-        self.on_batch = on_batch  # called with each batch's size (from the worker thread)
-        self._worker = threading.Thread(target=self._run, name="recsys-microbatcher", daemon=True)
-        self._worker.start()
+        self.on_batch = on_batch  # called with each batch's size (from a worker thread)
+        self._count_lock = threading.Lock()
+        self._workers = [
+            threading.Thread(target=self._run, name=f"recsys-microbatcher-{n}", daemon=True)
+            for n in range(workers)
+        ]
+        for worker in self._workers:
+            worker.start()
 
     # -- submitting -----------------------------------------------------------------------------
 
@@ -181,8 +190,9 @@ class MicroBatcher:
                 except Exception as e:
                     p.future.set_exception(e)
             return
-        self.batches += 1
-        self.requests += len(live)
+        with self._count_lock:
+            self.batches += 1
+            self.requests += len(live)
         if self.on_batch is not None:
             self.on_batch(len(live))
         for p, recs in zip(live, results, strict=True):
@@ -195,8 +205,10 @@ class MicroBatcher:
         if self._closed:
             return
         self._closed = True
-        self._queue.put(None)
-        self._worker.join(timeout)
+        for _ in self._workers:
+            self._queue.put(None)
+        for worker in self._workers:
+            worker.join(timeout)
 
     def __enter__(self) -> MicroBatcher:
         return self

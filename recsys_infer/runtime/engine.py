@@ -120,6 +120,35 @@ class Query:
         )
 
 
+class VectorStore:
+    """The item vectors by index label, for reads that must not go through the index (hnswlib
+    copies vectors out slowly: 0.8 ms for a 50-item history, against 5 µs from an array).
+
+    Starts on the bundle's ``item_vectors.npy`` memory-mapped (no resident cost until read) and
+    moves to a growable in-memory array at the first edit. Guarded by the engine's lock.
+    """
+
+    def __init__(self, data: np.ndarray) -> None:
+        self._data = data
+        self._rows = int(data.shape[0])
+        self._owned = False
+
+    def get(self, labels: Sequence[int]) -> np.ndarray:
+        return np.asarray(self._data[list(labels)], dtype=np.float32)
+
+    def put(self, labels: Sequence[int], vectors: np.ndarray) -> None:
+        top = max(labels) + 1
+        if not self._owned or top > self._data.shape[0]:
+            grown = np.zeros((max(top, self._rows + self._rows // 4 + 16), self._data.shape[1]), np.float32)
+            grown[: self._rows] = self._data[: self._rows]
+            self._data, self._owned = grown, True
+        self._data[list(labels)] = vectors
+        self._rows = max(self._rows, top)
+
+    def all(self) -> np.ndarray:
+        return np.array(self._data[: self._rows], dtype=np.float32)  # a copy
+
+
 class Engine:
     """Recommends catalogue items for users described by history and/or free text.
 
@@ -149,7 +178,9 @@ class Engine:
         device: Device = Device.CPU,
         manifest: Manifest | None = None,
         path: Path | None = None,
+        vectors: np.ndarray | None = None,
     ) -> None:
+        """``vectors``: the item vectors by label (default: read back from ``index``)."""
         live = [i for i in item_ids if i is not None]
         if len(live) != len(index):
             raise BundleError(f"the index holds {len(index)} items but the item-id map has {len(live)}")
@@ -167,6 +198,15 @@ class Engine:
         self.index = index
         self.catalog = catalog
         self._ids: list[str | None] = list(item_ids)  # index label -> item id; None: removed
+        if vectors is None:
+            labels = [n for n, i in enumerate(item_ids) if i is not None]
+            vectors = np.zeros((len(self._ids), user_encoder.dim), dtype=np.float32)
+            vectors[labels] = index.vectors(labels)
+        if vectors.shape != (len(self._ids), user_encoder.dim):
+            raise BundleError(
+                f"item vectors have shape {vectors.shape}, expected ({len(self._ids)}, {user_encoder.dim})"
+            )
+        self._vectors = VectorStore(vectors)
         self._label: dict[str, int] = {
             item_id: n for n, item_id in enumerate(item_ids) if item_id is not None
         }
@@ -229,9 +269,9 @@ class Engine:
         removed = [n for n, i in enumerate(item_ids) if i is None]
         catalog = Catalog.read_jsonl(bundle / manifest.catalog_file)
         index: Index
+        vectors = np.load(bundle / spec.vectors_file, allow_pickle=False, mmap_mode="r")
         if exact:
-            vectors = np.load(bundle / spec.vectors_file, allow_pickle=False)
-            index = ExactIndex(vectors, removed=removed)
+            index = ExactIndex(np.asarray(vectors), removed=removed)
         else:
             params = HnswParams(spec.M, spec.ef_construction, spec.ef_search)
             index = HnswIndex.load(
@@ -261,6 +301,7 @@ class Engine:
             device=planned,
             manifest=manifest,
             path=bundle,
+            vectors=vectors,
         )
         logger.info("loaded %s: %d items, device %s", bundle, len(engine), planned)
         return engine
@@ -273,7 +314,7 @@ class Engine:
 
     def _history_vectors(self, item_ids: Sequence[str]) -> np.ndarray:
         """The stored vectors of catalogue items (the index holds them), for the sequence tower."""
-        return self.index.vectors([self._label[i] for i in item_ids])
+        return self._vectors.get([self._label[i] for i in item_ids])
 
     # -- properties -----------------------------------------------------------------------------
 
@@ -444,7 +485,7 @@ class Engine:
         candidates = [n for n in candidates if passes(n)]
         if not candidates:
             return [], []
-        scores = self.index.vectors(candidates) @ vector
+        scores = self._vectors.get(candidates) @ vector
         top = np.argsort(-scores, kind="stable")[:k]
         return [candidates[t] for t in top], [float(scores[t]) for t in top]
 
@@ -466,13 +507,13 @@ class Engine:
     def _explain(self, query: Query, recs: list[Recommendation], top: int = 3) -> list[Recommendation]:
         if not recs:
             return recs
-        targets = self.index.vectors([self._label[r.item_id] for r in recs])
+        targets = self._vectors.get([self._label[r.item_id] for r in recs])
         sources: list[tuple[str, str]] = []
         vectors = []
         if query.history:
             history = list(dict.fromkeys(query.history[-50:]))
             sources += [("history", h) for h in history]
-            vectors.append(self.index.vectors([self._label[h] for h in history]))
+            vectors.append(self._vectors.get([self._label[h] for h in history]))
         if query.text:
             words = list(dict.fromkeys(w.lower() for w in _WORD.findall(query.text)))[:16]
             if words:
@@ -530,6 +571,7 @@ class Engine:
                 return
             labels = list(range(len(self._ids), len(self._ids) + len(items)))
             self.index.add(vectors, labels)
+            self._vectors.put(labels, vectors)
             self.catalog.upsert(items)
             self._ids += [i.item_id for i in items]
             self._label.update({i.item_id: n for i, n in zip(items, labels, strict=True)})
@@ -547,7 +589,9 @@ class Engine:
                 raise UnknownItemError(unknown, len(self._label))
             if vectors is None:
                 return
-            self.index.add(vectors, [self._label[i.item_id] for i in items])
+            labels = [self._label[i.item_id] for i in items]
+            self.index.add(vectors, labels)
+            self._vectors.put(labels, vectors)
             self.catalog.upsert(items)
             self._edits["updated"] += len(items)
 
@@ -586,9 +630,8 @@ class Engine:
                 if name not in changed:
                     shutil.copy2(self.path / name, tmp / name)
             self.index.save(tmp / spec.file)
-            live = [n for n, i in enumerate(self._ids) if i is not None]
-            vectors = np.zeros((len(self._ids), self.dim), dtype=np.float32)
-            vectors[live] = self.index.vectors(live)
+            vectors = self._vectors.all()
+            vectors[[n for n, i in enumerate(self._ids) if i is None]] = 0.0  # tombstones
             np.save(tmp / spec.vectors_file, vectors, allow_pickle=False)
             (tmp / spec.item_ids_file).write_text(json.dumps(self._ids, ensure_ascii=False), encoding="utf-8")
             self.catalog.write_jsonl(tmp / self.manifest.catalog_file)
