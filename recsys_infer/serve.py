@@ -178,9 +178,9 @@ class Service:
     def swap(self, bundle: Path) -> None:
         """Load ``bundle`` and serve from it; requests in flight finish on the old engine."""
         with self._edit_lock:
-            fresh = Engine.load(bundle, device="auto", threads=self.threads)
             if self.dirty:
                 raise QueryError("there are unsaved catalogue edits; POST /admin/save first, then swap")
+            fresh = Engine.load(bundle, device="auto", threads=self.threads)
             self.engine = fresh
             self.batcher.engine = fresh
             self.bundle = Path(bundle)

@@ -127,6 +127,8 @@ def test_editing_needs_the_key_and_is_persisted(
     assert client.delete(f"/items/{gone}", headers=KEY).status_code == 200
     assert client.delete(f"/items/{gone}", headers=KEY).status_code == 404
     assert client.get("/healthz").json()["unsaved_edits"] is True
+    unsaved = client.post("/admin/swap", json={"bundle": str(bundle_copy)}, headers=KEY)
+    assert unsaved.status_code == 400 and "unsaved" in unsaved.text
     assert client.post("/admin/save", headers=KEY).status_code == 200
     saved = Engine.load(bundle_copy, device="cpu")
     assert "new-1" in saved.item_ids and gone not in saved.item_ids

@@ -29,6 +29,7 @@ from typing import Any
 from recsys_infer.errors import QueryError
 
 from .engine import AttributeFilter, Engine, Query, Recommendation
+from .users import SequenceUserEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,18 @@ class BatchOptions:
     exclude: frozenset[str]
     allow: frozenset[str] | None
     where: AttributeFilter | None
+
+    def kwargs(self) -> dict[str, Any]:
+        return {"k": self.k, "exclude_seen": self.exclude_seen, "exclude": self.exclude, "allow": self.allow,
+                "where": self.where, "explain": self.explain}  # fmt: skip
+
+
+def _defaults(options: dict[str, Any]) -> dict[str, Any]:
+    known = {"k": 10, "exclude_seen": True, "exclude": (), "allow": None, "where": None, "explain": False}
+    unknown = set(options) - set(known)
+    if unknown:
+        raise QueryError(f"unknown option(s) {sorted(unknown)}; choose from {sorted(known)}")
+    return {**known, **options}
 
 
 @dataclass
@@ -115,6 +128,21 @@ class MicroBatcher:
         explain: bool = False,
     ) -> Future[list[Recommendation]]:
         """Queue one request; the future resolves to what :meth:`Engine.recommend` returns."""
+        pending = self._prepare(history, text, k, exclude_seen, exclude, allow, where, explain)
+        self._queue.put(pending)
+        return pending.future
+
+    def _prepare(
+        self,
+        history: Sequence[str] | None,
+        text: str | None,
+        k: int,
+        exclude_seen: bool,
+        exclude: Iterable[str],
+        allow: Iterable[str] | None,
+        where: AttributeFilter | None,
+        explain: bool,
+    ) -> _Pending:
         if self._closed:
             raise BatcherClosedError("the micro-batcher is closed")
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
@@ -126,21 +154,35 @@ class MicroBatcher:
         options = BatchOptions(
             k, exclude_seen, explain, frozenset(exclude), None if allow is None else frozenset(allow), where
         )
-        pending = _Pending(query, options)
-        self._queue.put(pending)
-        return pending.future
+        return _Pending(query, options)
+
+    def _bypasses(self, pending: _Pending) -> bool:
+        """A history without text in a sequence bundle runs no transformer: its small graph gains
+        nothing from a batch, and the hand-off to a worker would cost more than it saves."""
+        return not pending.query.text and isinstance(self.engine.user_encoder, SequenceUserEncoder)
+
+    def _direct(self, pending: _Pending) -> list[Recommendation]:
+        return self.engine.recommend_batch([pending.query], **pending.options.kwargs())[0]
 
     def recommend(
         self, history: Sequence[str] | None = None, text: str | None = None, **options: Any
     ) -> list[Recommendation]:
         """Like :meth:`Engine.recommend`, through the batcher; blocks until answered."""
-        return self.submit(history, text, **options).result()
+        pending = self._prepare(history, text, **_defaults(options))
+        if self._bypasses(pending):
+            return self._direct(pending)
+        self._queue.put(pending)
+        return pending.future.result()
 
     async def arecommend(
         self, history: Sequence[str] | None = None, text: str | None = None, **options: Any
     ) -> list[Recommendation]:
         """The same, for asyncio: awaits without blocking the event loop."""
-        return await asyncio.wrap_future(self.submit(history, text, **options))
+        pending = self._prepare(history, text, **_defaults(options))
+        if self._bypasses(pending):
+            return await asyncio.get_running_loop().run_in_executor(None, self._direct, pending)
+        self._queue.put(pending)
+        return await asyncio.wrap_future(pending.future)
 
     # -- the worker -----------------------------------------------------------------------------
 
@@ -176,17 +218,16 @@ class MicroBatcher:
         live = [p for p in members if p.future.set_running_or_notify_cancel()]
         if not live:
             return
-        kwargs = {"k": o.k, "exclude_seen": o.exclude_seen, "exclude": o.exclude, "allow": o.allow,
-                  "where": o.where, "explain": o.explain}  # fmt: skip
+        kwargs = o.kwargs()
         try:
-            results = engine.recommend_batch([p.query for p in live], **kwargs)  # type: ignore[arg-type]
+            results = engine.recommend_batch([p.query for p in live], **kwargs)
         except Exception as error:
             if len(live) == 1:
                 live[0].future.set_exception(error)
                 return
             for p in live:  # answer one by one: only the bad request fails
                 try:
-                    p.future.set_result(engine.recommend_batch([p.query], **kwargs)[0])  # type: ignore[arg-type]
+                    p.future.set_result(engine.recommend_batch([p.query], **kwargs)[0])
                 except Exception as e:
                     p.future.set_exception(e)
             return
