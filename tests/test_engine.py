@@ -228,3 +228,12 @@ def test_cuda_provider_dropped_by_runtime_is_detected(
     monkeypatch.setattr(ort, "InferenceSession", FakeSession)
     with pytest.raises(DeviceUnavailableError, match="could not start its CUDA provider"):
         providers.create_session(tiny_bundle / "user_tower.onnx", Device.CUDA)
+
+
+def test_io_binding_gives_the_same_vectors(tiny_bundle: Path) -> None:
+    """The CUDA path binds inputs and outputs; the same code runs on the CPU provider here."""
+    engine = Engine.load(tiny_bundle, device="cpu", threads=1)
+    texts = ["wireless headphones", "a cozy mystery set in Scotland", "garden hose"]
+    plain = engine.encode_items(texts)
+    engine.item_encoder.io_binding = True  # type: ignore[attr-defined]
+    np.testing.assert_array_equal(engine.encode_items(texts), plain)

@@ -11,7 +11,7 @@ import torch
 
 from recsys_infer import Engine, Query
 from recsys_infer.data import leave_one_out
-from recsys_infer.errors import CheckpointError
+from recsys_infer.errors import CheckpointError, QueryError
 from recsys_infer.runtime.bundle import read_manifest
 from recsys_infer.toolchain.model import ItemHead, SequenceConfig, SequenceTower
 from recsys_infer.toolchain.train import TrainConfig, hold_out_items, train
@@ -117,6 +117,26 @@ def test_sequence_bundle_parity_and_serving(seq_bundle: Path) -> None:
     np.testing.assert_allclose(both, (hist + text_only) / np.linalg.norm(hist + text_only), atol=1e-5)
     with pytest.raises(Exception, match="item vectors, not text"):
         engine.user_text({"history": probe["histories"][0]})
+    engine.user_encoder.io_binding = True  # type: ignore[attr-defined]  # the CUDA path, on the CPU
+    np.testing.assert_array_equal(engine.encode_users([{"history": probe["histories"][0]}])[0], hist)
+
+
+def test_micro_batcher_batches_requests_and_answers_histories_directly(seq_bundle: Path) -> None:
+    import asyncio
+
+    from recsys_infer import MicroBatcher
+
+    engine = Engine.load(seq_bundle, device="cpu", threads=1)
+    history = json.loads((seq_bundle / "probe.json").read_text())["histories"][0]
+    sizes: list[int] = []
+    with MicroBatcher(engine, on_batch=sizes.append) as batcher:
+        direct = batcher.recommend(history=history, k=5)
+        assert direct == engine.recommend(history=history, k=5) and sizes == []  # no batch ran
+        assert asyncio.run(batcher.arecommend(history=history, k=5)) == direct and sizes == []
+        texted = batcher.recommend(history=history, text="camping tent", k=5)
+        assert texted == engine.recommend(history=history, text="camping tent", k=5) and sizes == [1]
+        with pytest.raises(QueryError, match="unknown option"):
+            batcher.recommend(history=history, kk=5)
 
 
 def test_sequence_bundle_is_served_torch_free(seq_bundle: Path) -> None:

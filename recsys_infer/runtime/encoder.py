@@ -15,6 +15,7 @@ import onnxruntime as ort
 
 from recsys_infer.errors import BundleError
 
+from .providers import run_graph
 from .tokenizer import TextTokenizer
 
 _KNOWN_INPUTS = frozenset({"input_ids", "attention_mask", "token_type_ids"})
@@ -37,7 +38,13 @@ class OnnxEncoder:
     """
 
     def __init__(
-        self, session: ort.InferenceSession, tokenizer: TextTokenizer, *, dim: int, batch_size: int = 64
+        self,
+        session: ort.InferenceSession,
+        tokenizer: TextTokenizer,
+        *,
+        dim: int,
+        batch_size: int = 64,
+        io_binding: bool = False,
     ) -> None:
         inputs = [i.name for i in session.get_inputs()]
         unknown = set(inputs) - _KNOWN_INPUTS
@@ -53,6 +60,7 @@ class OnnxEncoder:
         self._output = session.get_outputs()[0].name
         self.tokenizer = tokenizer
         self.batch_size = batch_size
+        self.io_binding = io_binding  # on for CUDA sessions (see providers.run_graph)
         self._dim = dim
 
     @property
@@ -66,7 +74,7 @@ class OnnxEncoder:
     def run(self, features: dict[str, np.ndarray]) -> np.ndarray:
         """Run the graph on already-tokenised features; ``float32 (n, dim)``."""
         feed = {name: features[name] for name in self._inputs}
-        (out,) = self._session.run([self._output], feed)
+        out = run_graph(self._session, self._output, feed, io_binding=self.io_binding)
         return np.asarray(out, dtype=np.float32)
 
     def encode(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:

@@ -251,13 +251,14 @@ class Engine:
             sessions = cls._sessions(bundle, manifest, planned, threads)
 
         tokenizer_json = (bundle / manifest.tokenizer_file).read_text(encoding="utf-8")
+        cuda = planned is Device.CUDA  # bind inputs and outputs on CUDA (providers.run_graph)
 
         def text_encoder(name: str) -> OnnxEncoder:
             spec = manifest.towers[name]
             tokenizer = TextTokenizer(
                 Tokenizer.from_str(tokenizer_json), max_length=spec.max_length, pad_token=manifest.pad_token
             )
-            return OnnxEncoder(sessions[spec.file], tokenizer, dim=spec.dim)
+            return OnnxEncoder(sessions[spec.file], tokenizer, dim=spec.dim, io_binding=cuda)
 
         spec = manifest.index
         item_ids = json.loads((bundle / spec.item_ids_file).read_text(encoding="utf-8"))
@@ -289,6 +290,7 @@ class Engine:
                 dim=manifest.user.dim,
                 max_history=manifest.user.max_length,
                 requests=text_encoder("request"),
+                io_binding=cuda,
             )
         else:
             user_encoder = TextUserEncoder(text_encoder("user"), catalog, manifest.user_input)

@@ -21,6 +21,7 @@ from recsys_infer.errors import BundleError
 
 from .catalog import Catalog
 from .encoder import Encoder
+from .providers import run_graph
 from .userinput import UserInputFormat
 
 if TYPE_CHECKING:
@@ -78,6 +79,7 @@ class SequenceUserEncoder:
         dim: int,
         max_history: int,
         requests: Encoder,
+        io_binding: bool = False,
     ) -> None:
         names = [i.name for i in session.get_inputs()]
         if names != ["history", "history_mask"]:
@@ -93,6 +95,7 @@ class SequenceUserEncoder:
         self._dim = dim
         self.max_history = max_history
         self.requests = requests
+        self.io_binding = io_binding
 
     @property
     def dim(self) -> int:
@@ -110,7 +113,8 @@ class SequenceUserEncoder:
             if recent:
                 batch[b, length - len(recent) :] = self._vectors_of(recent)
                 mask[b, length - len(recent) :] = 1
-        (out,) = self._session.run([self._output], {"history": batch, "history_mask": mask})
+        feed: dict[str, np.ndarray] = {"history": batch, "history_mask": mask}
+        out = run_graph(self._session, self._output, feed, io_binding=self.io_binding)
         return np.asarray(out, dtype=np.float32)
 
     def encode(self, queries: Sequence[Query]) -> np.ndarray:
