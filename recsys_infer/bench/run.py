@@ -381,15 +381,23 @@ def _one_blas_thread() -> Iterator[None]:
         yield
 
 
-def _run(
+@dataclass
+class _Loaded:
+    dataset: Dataset
+    inputs: Inputs
+    subjects: list[Subject]
+    checkpoint: Any  # the reference's Checkpoint, or None
+
+
+def _load(
     bundles: Sequence[Path],
     data: str | Path | Dataset,
     ref_path: Path | None,
     config: BenchConfig,
     say: Callable[[str], None],
-    started: float,
     work: Path,
-) -> dict[str, Any]:
+) -> _Loaded:
+    """Every subject, reference first (when there is one), bundles, then the peers."""
     dataset = data if isinstance(data, Dataset) else load_dataset(data)
     bundle_subjects: list[Subject] = []
     names = {"pytorch-fp32", "pytorch-bf16", "st-onnx", "st-onnx-int8"}
@@ -400,22 +408,22 @@ def _run(
         names.add(name)
         say(f"loading bundle {path}")
         subject = bundle_subject(Path(path), threads=config.threads, name=name)
-        if subject.engine is not None:
-            missing = [i for i in dataset.catalog.ids if i not in subject.engine.catalog]
-            if missing:
-                raise DataError(
-                    f"{len(missing)} items of {dataset.name} are not in {name}'s catalogue (e.g. "
-                    f"{missing[0]!r}): bench a bundle on the data it was built from"
-                )
+        missing = [
+            i for i in dataset.catalog.ids if subject.engine is not None and i not in subject.engine.catalog
+        ]
+        if missing:
+            raise DataError(
+                f"{len(missing)} items of {dataset.name} are not in {name}'s catalogue (e.g. "
+                f"{missing[0]!r}): bench a bundle on the data it was built from"
+            )
         bundle_subjects.append(subject)
-    first_bundle = bundle_subjects[0]
-    inputs = gather_inputs(dataset, config, first_bundle)
+    inputs = gather_inputs(dataset, config, bundle_subjects[0])
     subjects: list[Subject] = []
     checkpoint = None
     if ref_path is not None:
         from recsys_infer.toolchain.checkpoint import load_checkpoint
 
-        from .reference import reference_subject
+        from .reference import peer_subjects, reference_subject
 
         say(f"loading the PyTorch reference {ref_path} and encoding its catalogue")
         t0 = time.perf_counter()
@@ -426,113 +434,100 @@ def _run(
             subjects.append(
                 reference_subject(ref_path, checkpoint, threads=config.threads, load_s=load_s, bf16=True)
             )
-    subjects += bundle_subjects
-    if config.peers and checkpoint is not None and ref_path is not None:
-        from .reference import peer_subjects
-
-        say("exporting the sentence-transformers peers (ONNX, and its dynamic int8)")
-        subjects += peer_subjects(
-            ref_path,
-            work,
-            threads=config.threads,
-            max_length=first_bundle.text_max_length,
-            checkpoint=checkpoint,
-        )
-    baseline = subjects[0]
-
-    if config.memory:
-        probe = [{"history": h} for h in inputs.histories[:20]] + [{"text": t} for t in inputs.requests[:20]]
-        for s in subjects:
-            if s.kind == "bundle":
-                say(f"memory of {s.name} (fresh interpreter)")
-                s.memory = measure_memory(Path(s.path), config.threads, probe)
-
-    say(f"timing {len(subjects)} subjects, {config.rounds} interleaved rounds")
-    plans = {s.name: latency_plan(s, inputs, config) for s in subjects}
-    samples = interleaved(plans, rounds=config.rounds, warmup=3)
-
-    say("quality: recommendations against the reference, test-split Recall/NDCG")
-    overlap_queries = [{"history": h} for h in inputs.histories[: config.overlap_users]]
-    request_queries = [{"text": t} for t in inputs.requests[: config.overlap_users]]
-    ref_engine = baseline.engine
-    ref_recs: dict[str, list[list[str]]] = {}
-    if ref_engine is not None:
-        ref_recs = {
-            "user": _top_ids(ref_engine, overlap_queries, 100),
-            "request": _top_ids(ref_engine, request_queries, 100),
-        }
-    evals: dict[str, EvalResult] = {}
-    for s in subjects:
-        if s.engine is not None:
-            evals[s.name] = evaluate(
-                EngineRecommender(s.engine, s.name), inputs.examples, ks=(10,), exclude_seen=True
+        subjects += bundle_subjects
+        if config.peers:
+            say("exporting the sentence-transformers peers (ONNX, and its dynamic int8)")
+            length = bundle_subjects[0].text_max_length
+            subjects += peer_subjects(
+                ref_path, work, threads=config.threads, max_length=length, checkpoint=checkpoint
             )
+    else:
+        subjects += bundle_subjects
+    return _Loaded(dataset, inputs, subjects, checkpoint)
+
+
+def _quality(loaded: _Loaded, config: BenchConfig, say: Callable[[str], None]) -> dict[str, dict[str, Any]]:
+    """Per subject: overlap with the reference's recommendations, test Recall/NDCG paired
+    against the reference, and for peers the overlap with their own encoder in fp32."""
+    say("quality: recommendations against the reference, test-split Recall/NDCG")
+    inputs, subjects = loaded.inputs, loaded.subjects
+    baseline = subjects[0]
+    queries: dict[str, list[dict[str, Any]]] = {
+        "user": [{"history": h} for h in inputs.histories[: config.overlap_users]],
+        "request": [{"text": t} for t in inputs.requests[: config.overlap_users]],
+    }
+    ref = {g: _top_ids(baseline.engine, q, 100) for g, q in queries.items()} if baseline.engine else {}
+    evals: dict[str, EvalResult] = {
+        s.name: evaluate(EngineRecommender(s.engine, s.name), inputs.examples, ks=(10,), exclude_seen=True)
+        for s in subjects
+        if s.engine is not None
+    }
     peer_reference = None
-    if checkpoint is not None and any(s.kind == "peer" for s in subjects):
+    if loaded.checkpoint is not None and any(s.kind == "peer" for s in subjects):
         from .reference import encoder_only
 
-        bare = encoder_only(checkpoint, threads=config.threads)
+        bare = encoder_only(loaded.checkpoint, threads=config.threads)
         peer_reference = (bare.encode(inputs.requests[: config.overlap_users]), bare.encode(inputs.catalogue))
-
-    batch_key = f"text@64x{config.batch_size}"
-    rows = []
+    out: dict[str, dict[str, Any]] = {}
     for s in subjects:
-        lat = {m: percentiles(v) for m, v in samples[s.name].items()}
-        row: dict[str, Any] = {
-            "name": s.name,
-            "kind": s.kind,
-            "description": s.description,
-            "path": s.path,
-            "manifest_sha256": s.manifest_sha256,
-            "precision": s.precision,
-            "size_mb": round(s.size_bytes / 1e6, 2),
-            "load_s": round(s.load_s, 3),
-            "memory_mb": s.memory,
-            "latency_ms": {m: v for m, v in lat.items() if m not in ("catalogue", batch_key)},
-        }
-        row["throughput"] = {
-            f"texts_per_s_batch{config.batch_size}_seq64": round(
-                config.batch_size * 1000 / lat[batch_key]["p50"], 1
-            ),
-            "catalogue_items_per_s": round(len(inputs.catalogue) * 1000 / lat["catalogue"]["p50"], 1),
-        }
-        if "recommend@history" in lat:
-            row["throughput"]["recommend_per_s_one_thread"] = round(
-                1000 / lat["recommend@history"]["mean"], 1
-            )
         quality: dict[str, Any] = {}
-        if s.engine is not None and ref_recs:
-            mine = {
-                "user": _top_ids(s.engine, overlap_queries, 100),
-                "request": _top_ids(s.engine, request_queries, 100),
-            }
-            for group in ("user", "request"):
+        if s.engine is not None and ref:
+            for group, qs in queries.items():
+                mine = _top_ids(s.engine, qs, 100)
                 for k in (10, 100):
-                    quality[f"{group}_overlap@{k}"] = round(_overlap(ref_recs[group], mine[group], k), 4)
+                    quality[f"{group}_overlap@{k}"] = round(_overlap(ref[group], mine, k), 4)
         if s.name in evals:
             summary = evals[s.name].summary()
-            for metric in ("recall@10", "ndcg@10"):
-                quality[metric] = summary[metric]
+            quality.update({m: summary[m] for m in ("recall@10", "ndcg@10")})
             if s is not baseline and baseline.name in evals:
                 quality["paired_vs_reference"] = {
                     m: paired_difference(evals[s.name], evals[baseline.name], m).to_json()
                     for m in ("recall@10", "ndcg@10")
                 }
         if s.kind == "peer" and peer_reference is not None:
-            q = s.text_encoder.encode(inputs.requests[: config.overlap_users])
+            mine_q = s.text_encoder.encode(inputs.requests[: config.overlap_users])
             items = s.text_encoder.encode(inputs.catalogue)
             quality["request_overlap@10_vs_own_fp32"] = round(
-                neighbour_overlap(peer_reference[0], q, peer_reference[1], items), 4
+                neighbour_overlap(peer_reference[0], mine_q, peer_reference[1], items), 4
             )
-        row["quality"] = quality
-        if s.engine is not None:
-            calls = engine_calls(s.engine, inputs, config.calls)
-            row["breakdown"] = {
-                m: breakdown(s.engine, calls[m]) for m in ("recommend@history", "recommend@request")
-            }
-        row["extra"] = s.extra
-        rows.append(row)
+        out[s.name] = quality
+    return out
 
+
+def _row(s: Subject, samples: dict[str, list[float]], inputs: Inputs, config: BenchConfig) -> dict[str, Any]:
+    batch_key = f"text@64x{config.batch_size}"
+    lat = {m: percentiles(v) for m, v in samples.items()}
+    throughput = {
+        f"texts_per_s_batch{config.batch_size}_seq64": round(
+            config.batch_size * 1000 / lat[batch_key]["p50"], 1
+        ),
+        "catalogue_items_per_s": round(len(inputs.catalogue) * 1000 / lat["catalogue"]["p50"], 1),
+    }
+    if "recommend@history" in lat:
+        throughput["recommend_per_s_one_thread"] = round(1000 / lat["recommend@history"]["mean"], 1)
+    row: dict[str, Any] = {
+        "name": s.name,
+        "kind": s.kind,
+        "description": s.description,
+        "path": s.path,
+        "manifest_sha256": s.manifest_sha256,
+        "precision": s.precision,
+        "size_mb": round(s.size_bytes / 1e6, 2),
+        "load_s": round(s.load_s, 3),
+        "memory_mb": s.memory,
+        "latency_ms": {m: v for m, v in lat.items() if m not in ("catalogue", batch_key)},
+        "throughput": throughput,
+    }
+    if s.engine is not None:
+        calls = engine_calls(s.engine, inputs, config.calls)
+        row["breakdown"] = {
+            m: breakdown(s.engine, calls[m]) for m in ("recommend@history", "recommend@request")
+        }
+    return row
+
+
+def _add_ratios(rows: list[dict[str, Any]]) -> None:
+    """``vs_reference`` on every row: speed-ups of p50 latencies, throughput and size ratios."""
     base = rows[0]
     for row in rows:
         ratios: dict[str, Any] = {}
@@ -544,18 +539,52 @@ def _run(
         ratios["size"] = _ratio(row["size_mb"], base["size_mb"])
         row["vs_reference"] = ratios
 
-    say("HNSW: build time and the ef sweep")
-    hnsw = {}
-    seen_vectors: set[str] = set()
+
+def _hnsw(subjects: list[Subject], inputs: Inputs, config: BenchConfig) -> dict[str, Any]:
+    """The ef sweep once per distinct set of item vectors (compressing the user side keeps them)."""
+    out: dict[str, Any] = {}
+    seen: set[str] = set()
     for s in subjects:
         if s.kind != "bundle" or s.engine is None or s.engine.manifest is None:
             continue
         digest = s.engine.manifest.files[s.engine.manifest.index.vectors_file]["sha256"]
-        if digest in seen_vectors:
-            continue
-        seen_vectors.add(digest)
-        hnsw[s.name] = hnsw_sweep(s.engine, inputs, config)
+        if digest not in seen:
+            seen.add(digest)
+            out[s.name] = hnsw_sweep(s.engine, inputs, config)
+    return out
 
+
+def _run(
+    bundles: Sequence[Path],
+    data: str | Path | Dataset,
+    ref_path: Path | None,
+    config: BenchConfig,
+    say: Callable[[str], None],
+    started: float,
+    work: Path,
+) -> dict[str, Any]:
+    loaded = _load(bundles, data, ref_path, config, say, work)
+    inputs, subjects = loaded.inputs, loaded.subjects
+    if config.memory:
+        probe = [{"history": h} for h in inputs.histories[:20]] + [{"text": t} for t in inputs.requests[:20]]
+        for s in subjects:
+            if s.kind == "bundle":
+                say(f"memory of {s.name} (fresh interpreter)")
+                s.memory = measure_memory(Path(s.path), config.threads, probe)
+    say(f"timing {len(subjects)} subjects, {config.rounds} interleaved rounds")
+    samples = interleaved(
+        {s.name: latency_plan(s, inputs, config) for s in subjects}, rounds=config.rounds, warmup=3
+    )
+    quality = _quality(loaded, config, say)
+    rows = []
+    for s in subjects:
+        row = _row(s, samples[s.name], inputs, config)
+        row["quality"] = quality[s.name]
+        row["extra"] = s.extra
+        rows.append(row)
+    _add_ratios(rows)
+    say("HNSW: build time and the ef sweep")
+    hnsw = _hnsw(subjects, inputs, config)
     return {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
@@ -574,14 +603,14 @@ def _run(
             "timer": "time.perf_counter_ns, warm-up first",
         },
         "data": {
-            "path": dataset.name if isinstance(data, Dataset) else str(data),
-            "fingerprint": dataset.fingerprint,
+            "path": loaded.dataset.name if isinstance(data, Dataset) else str(data),
+            "fingerprint": loaded.dataset.fingerprint,
             "test_users": len(inputs.examples),
-            "overlap_users": len(overlap_queries),
-            "requests": len(request_queries),
+            "overlap_users": min(config.overlap_users, len(inputs.histories)),
+            "requests": min(config.overlap_users, len(inputs.requests)),
         },
         "inputs": inputs.lengths,
-        "reference": {"name": baseline.name, "path": baseline.path, "kind": baseline.kind},
+        "reference": {"name": subjects[0].name, "path": subjects[0].path, "kind": subjects[0].kind},
         "subjects": rows,
         "hnsw": hnsw,
     }
