@@ -202,7 +202,7 @@ def train(
         bool | None,
         typer.Option(
             "--unseen-negatives/--no-unseen-negatives",
-            help="Score items the training split never shows as negatives (sequence kind).",
+            help="Score items the training split never shows as negatives (sequence kind; default: no).",
         ),
     ] = None,
     eval_every: Annotated[int | None, typer.Option(help="Validate every N epochs (sequence kind).")] = None,

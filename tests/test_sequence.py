@@ -268,7 +268,7 @@ def test_items_the_training_part_never_shows_can_leave_the_softmax(
     assert not seen[[position[i] for i in cold]].any()
     trained = {i for seq in split.train.values() for i in seq}
     assert int(seen.sum()) == len(trained)
-    config = TrainConfig(**SEQ, epochs=1, eval_every=1, cold_items=5, unseen_negatives=False)  # type: ignore[arg-type]
+    config = TrainConfig(**SEQ, epochs=1, eval_every=1, cold_items=5)  # type: ignore[arg-type]  # default: left out
     train(dataset, tmp_path / "ckpt", encoder=str(tiny_encoder), config=config, progress=False)
     doc = json.loads((tmp_path / "ckpt" / "recsys_checkpoint.json").read_text())
     assert doc["training"]["config"]["unseen_negatives"] is False

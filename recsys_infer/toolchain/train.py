@@ -95,8 +95,10 @@ class TrainConfig:
     item_head_hidden: int = 1024
     last_item_residual: bool = True
     item_offsets: bool = False
-    # False: items the training part never shows are left out of the softmax (see sequence_train).
-    unseen_negatives: bool = True
+    # False (the default): items the training part never shows are left out of the softmax, so
+    # that the head does not learn to push their kind of text away (see sequence_train and
+    # benchmarks/QUALITY.md: it fixed cold items on ml-100k and did not hurt warm ones).
+    unseen_negatives: bool = False
     eval_every: int = 5
     patience: int = 4
 
