@@ -57,7 +57,8 @@ def timed(calls):
     return out
 history_ms = timed([lambda h=h: engine.recommend(history=h, k=10) for h in histories])
 text_ms = timed([lambda t=t: engine.recommend(text=t, k=10) for t in texts * 50])
-lengths = engine.user_encoder.encoder.tokenizer.count_tokens([engine.user_text({"history": h}) for h in histories])
+tokenizer = engine.user_encoder.encoder.tokenizer
+lengths = tokenizer.count_tokens([engine.user_text({"history": h}) for h in histories])
 print(json.dumps({"import_s": import_s, "load_s": load_s, "rss_imported": rss_imported,
                   "rss_loaded": rss_loaded, "rss_peak": status("VmHWM:"),
                   "history_ms": history_ms, "text_ms": text_ms, "history_tokens": lengths}))
