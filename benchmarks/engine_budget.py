@@ -46,17 +46,9 @@ probe = json.load(open(sys.argv[1] + "/probe.json")) if engine.manifest.probe_fi
 histories = [h for h in probe["histories"] if h][: int(sys.argv[3])] or [[engine.item_ids[0]]]
 texts = ["cozy mystery novel set in Scotland", "noise cancelling headphones for travel",
          "space opera with a strong female lead", "a gift for a keen gardener"]
-def timed(calls):
-    for call in calls[:20]:
-        call()
-    out = []
-    for call in calls:
-        t = time.perf_counter_ns()
-        call()
-        out.append((time.perf_counter_ns() - t) / 1e6)
-    return out
-history_ms = timed([lambda h=h: engine.recommend(history=h, k=10) for h in histories])
-text_ms = timed([lambda t=t: engine.recommend(text=t, k=10) for t in texts * 50])
+from recsys_infer.bench.timing import timed
+history_ms = timed([lambda h=h: engine.recommend(history=h, k=10) for h in histories], warmup=20)
+text_ms = timed([lambda t=t: engine.recommend(text=t, k=10) for t in texts * 50], warmup=20)
 tokenizer = engine.user_encoder.encoder.tokenizer
 lengths = tokenizer.count_tokens([engine.user_text({"history": h}) for h in histories])
 print(json.dumps({"import_s": import_s, "load_s": load_s, "rss_imported": rss_imported,
