@@ -28,7 +28,7 @@ from typing import Any
 
 from recsys_infer.errors import QueryError
 
-from .engine import AttributeFilter, Engine, Query, Recommendation
+from .engine import AttributeFilter, Engine, Query, Recommendation, check_options
 from .users import SequenceUserEncoder
 
 logger = logging.getLogger(__name__)
@@ -145,10 +145,7 @@ class MicroBatcher:
     ) -> _Pending:
         if self._closed:
             raise BatcherClosedError("the micro-batcher is closed")
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise QueryError(f"k must be a positive integer, got {k!r}")
-        if isinstance(exclude, str) or isinstance(allow, str):
-            raise QueryError("exclude and allow take a list of item ids, not a single string")
+        check_options(k, exclude, allow, where)
         query = Query(history=history if history is not None else (), text=text)  # type: ignore[arg-type]
         self.engine.validate(query)  # unknown items fail here, alone
         options = BatchOptions(

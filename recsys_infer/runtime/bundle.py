@@ -287,3 +287,38 @@ def atomic_directory(target: Path, *, overwrite: bool = False) -> Iterator[Path]
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def rewritten_catalogue(
+    src: Path,
+    manifest: Manifest,
+    target: Path,
+    *,
+    index: Any,
+    vectors: Any,
+    item_ids: list[str | None],
+    catalog: Any,
+    overwrite: bool = False,
+    replaced: tuple[str, ...] = (),
+) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """Write ``target`` atomically as ``src`` with a new catalogue: the graphs and tokenizer
+    copied, the index, item vectors, item-id map and catalogue written from the arguments.
+    Yields the temporary directory (for ``replaced`` files the caller writes) and a copy of the
+    manifest to amend; the manifest is written, with fresh checksums, when the block ends."""
+    import numpy as np
+
+    spec = manifest.index
+    rewritten = {spec.file, spec.vectors_file, spec.item_ids_file, manifest.catalog_file, MANIFEST, *replaced}
+    with atomic_directory(target, overwrite=overwrite) as tmp:
+        for name in manifest.files:
+            if name not in rewritten:
+                shutil.copy2(src / name, tmp / name)
+        index.save(tmp / spec.file)
+        np.save(tmp / spec.vectors_file, vectors, allow_pickle=False)
+        (tmp / spec.item_ids_file).write_text(json.dumps(item_ids, ensure_ascii=False), encoding="utf-8")
+        catalog.write_jsonl(tmp / manifest.catalog_file)
+        raw: dict[str, Any] = json.loads(json.dumps(manifest.raw))
+        raw["index"].update({"count": len(catalog), "capacity": index.capacity})
+        yield tmp, raw
+        write_manifest(tmp, {k: v for k, v in raw.items() if k not in ("files", "schema_version")})

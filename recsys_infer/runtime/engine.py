@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import shutil
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -21,7 +20,7 @@ from tokenizers import Tokenizer
 from recsys_infer.enums import Device
 from recsys_infer.errors import BundleError, DeviceUnavailableError, QueryError, UnknownItemError
 
-from .bundle import MANIFEST, Manifest, atomic_directory, read_manifest, verify_files, write_manifest
+from .bundle import Manifest, read_manifest, rewritten_catalogue, verify_files
 from .catalog import Catalog, Item
 from .encoder import Encoder, OnnxEncoder
 from .index import ExactIndex, FilterTooNarrowError, HnswIndex, HnswParams, Index
@@ -71,6 +70,18 @@ class Recommendation:
 
 #: A predicate on an item's attributes: True keeps the item.
 AttributeFilter = Callable[[Mapping[str, Any]], bool]
+
+
+def check_options(k: object, exclude: object, allow: object, where: object) -> None:
+    """The recommendation options' types, checked before any work (the engine and the
+    micro-batcher both refuse bad ones at once)."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise QueryError(f"k must be a positive integer, got {k!r}")
+    if isinstance(exclude, str) or isinstance(allow, str):
+        raise QueryError("exclude and allow take a list of item ids, not a single string")
+    if where is not None and not callable(where):
+        raise QueryError("where must be a function of an item's attributes that returns True to keep it")
+
 
 _WORD = re.compile(r"[^\W_][\w'-]*", re.UNICODE)
 
@@ -415,14 +426,9 @@ class Engine:
         ``explain`` fills each recommendation's ``because`` with the history items (or request
         words) closest to it.
         """
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise QueryError(f"k must be a positive integer, got {k!r}")
+        check_options(k, exclude, allow, where)
         if isinstance(requests, (str, Mapping, Query)):
             raise QueryError("recommend_batch takes a list of requests; use recommend() for one")
-        if isinstance(exclude, str) or isinstance(allow, str):
-            raise QueryError("exclude and allow take a list of item ids, not a single string")
-        if where is not None and not callable(where):
-            raise QueryError("where must be a function of an item's attributes that returns True to keep it")
         queries = [Query.coerce(r) for r in requests]
         if not queries:
             return []
@@ -624,29 +630,21 @@ class Engine:
         if not isinstance(self.index, HnswIndex):
             raise BundleError("an engine loaded with exact=True has no HNSW index to save; load it without")
         target = Path(path)
-        with self._lock.read(), atomic_directory(target, overwrite=overwrite) as tmp:
-            raw = json.loads(json.dumps(self.manifest.raw))
-            spec = self.manifest.index
-            changed = {spec.file, spec.vectors_file, spec.item_ids_file, self.manifest.catalog_file, MANIFEST}
-            for name in self.manifest.files:
-                if name not in changed:
-                    shutil.copy2(self.path / name, tmp / name)
-            self.index.save(tmp / spec.file)
+        with self._lock.read():
             vectors = self._vectors.all()
             vectors[[n for n, i in enumerate(self._ids) if i is None]] = 0.0  # tombstones
-            np.save(tmp / spec.vectors_file, vectors, allow_pickle=False)
-            (tmp / spec.item_ids_file).write_text(json.dumps(self._ids, ensure_ascii=False), encoding="utf-8")
-            self.catalog.write_jsonl(tmp / self.manifest.catalog_file)
-            raw["index"]["count"] = len(self._label)
-            history = list(raw.get("catalogue_edits") or [])
-            history.append(
-                {
-                    "saved_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                    **self._edits,
-                    "items": len(self._label),
-                    "removed_slots": len(self._ids) - len(self._label),
-                }
-            )
-            raw["catalogue_edits"] = history
-            write_manifest(tmp, {k: v for k, v in raw.items() if k not in ("files", "schema_version")})
+            with rewritten_catalogue(
+                self.path, self.manifest, target, index=self.index, vectors=vectors, item_ids=self._ids,
+                catalog=self.catalog, overwrite=overwrite,
+            ) as (_, raw):  # fmt: skip
+                history = list(raw.get("catalogue_edits") or [])
+                history.append(
+                    {
+                        "saved_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                        **self._edits,
+                        "items": len(self._label),
+                        "removed_slots": len(self._ids) - len(self._label),
+                    }
+                )
+                raw["catalogue_edits"] = history
         return target

@@ -9,7 +9,6 @@ the same graphs and tokenizer. Learned per-item offsets (sequence models trained
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +19,7 @@ import numpy as np
 from recsys_infer.data.readers import read_items
 from recsys_infer.enums import Device
 
-from .bundle import MANIFEST, atomic_directory, read_manifest, write_manifest
+from .bundle import read_manifest, rewritten_catalogue
 from .engine import Engine
 from .index import HnswIndex, HnswParams
 from .users import unit_rows
@@ -45,9 +44,8 @@ def reindex_bundle(
     t0 = time.perf_counter()
     vectors = engine.item_encoder.encode(catalog.texts, progress=progress)  # type: ignore[call-arg]
     encode_s = time.perf_counter() - t0
-    raw: dict[str, Any] = json.loads(json.dumps(manifest.raw))
     spec = manifest.index
-    offsets_file = raw["index"].get("offsets_file")
+    offsets_file: str | None = manifest.raw["index"].get("offsets_file")
     offsets = None
     if offsets_file:
         old = np.load(src / offsets_file, allow_pickle=False)
@@ -62,20 +60,13 @@ def reindex_bundle(
     params = HnswParams(spec.M, spec.ef_construction, spec.ef_search)
     index = HnswIndex.build(vectors, params, space=spec.space, threads=index_threads, progress=progress)
     build_s = time.perf_counter() - t0
-    rewritten = {spec.file, spec.vectors_file, spec.item_ids_file, manifest.catalog_file, MANIFEST}
-    if offsets_file:
-        rewritten.add(offsets_file)
-    with atomic_directory(out, overwrite=overwrite) as tmp:
-        for name in manifest.files:
-            if name not in rewritten:
-                shutil.copy2(src / name, tmp / name)
-        index.save(tmp / spec.file)
-        np.save(tmp / spec.vectors_file, vectors, allow_pickle=False)
+    replaced = (offsets_file,) if offsets_file else ()
+    with rewritten_catalogue(
+        src, manifest, out, index=index, vectors=vectors, item_ids=list(catalog.ids), catalog=catalog,
+        overwrite=overwrite, replaced=replaced,
+    ) as (tmp, raw):  # fmt: skip
         if offsets is not None and offsets_file:
             np.save(tmp / offsets_file, offsets, allow_pickle=False)
-        (tmp / spec.item_ids_file).write_text(json.dumps(catalog.ids, ensure_ascii=False), encoding="utf-8")
-        catalog.write_jsonl(tmp / manifest.catalog_file)
-        raw["index"].update({"count": len(catalog), "capacity": index.capacity})
         raw["reindexed"] = {
             "from": str(src),
             "items_file": str(items),
@@ -83,7 +74,6 @@ def reindex_bundle(
             "at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         raw.pop("catalogue_edits", None)
-        write_manifest(tmp, {k: v for k, v in raw.items() if k not in ("files", "schema_version")})
     return {
         "bundle": str(out),
         "items": len(catalog),
