@@ -272,3 +272,47 @@ def test_items_the_training_part_never_shows_can_leave_the_softmax(
     train(dataset, tmp_path / "ckpt", encoder=str(tiny_encoder), config=config, progress=False)
     doc = json.loads((tmp_path / "ckpt" / "recsys_checkpoint.json").read_text())
     assert doc["training"]["config"]["unseen_negatives"] is False
+
+
+def test_pruning_the_user_side_gives_requests_a_tower_of_their_own(
+    seq_checkpoint: Path, seq_bundle: Path, tmp_path: Path
+) -> None:
+    """--tower user on a sequence model prunes a copy of the item tower for requests alone: the
+    item encoder, the item vectors and the history users stay exactly as they were."""
+    import numpy as np
+    import torch
+
+    from recsys_infer.toolchain.checkpoint import load_checkpoint
+    from recsys_infer.toolchain.export import export_bundle
+    from recsys_infer.toolchain.prune import PruneConfig, prune_checkpoint
+
+    out = tmp_path / "pruned"
+    config = PruneConfig(ratio=0.5, towers="user", distill_steps=3, batch_size=8)  # type: ignore[arg-type]
+    result = prune_checkpoint(seq_checkpoint, out, config, data="sample", progress=False)
+    assert [t.name for t in result.towers] == ["request"]
+    assert len(result.towers[0].distill_losses) == 3
+
+    before, after = load_checkpoint(seq_checkpoint).model, load_checkpoint(out).model
+    assert before.request is None and after.request is not None
+    request = after.request.encoder
+    assert [layer.attention.self.num_attention_heads for layer in request.encoder.layer] == [1, 1]
+    assert request.config.intermediate_size == before.item.encoder.config.intermediate_size // 2
+    for (name, old), (_, new) in zip(
+        before.item.state_dict().items(), after.item.state_dict().items(), strict=True
+    ):
+        assert torch.equal(old, new), name  # the item tower is untouched
+
+    bundle = tmp_path / "bundle"
+    fidelity = export_bundle(out, bundle, reference=seq_bundle, progress=False).fidelity
+    manifest = read_manifest(bundle)
+    assert manifest.item.file == "item_tower.onnx"
+    assert manifest.towers["request"].file == "request_tower.onnx"
+    assert (bundle / "request_tower.onnx").stat().st_size < (bundle / "item_tower.onnx").stat().st_size
+    np.testing.assert_allclose(
+        np.load(bundle / "item_vectors.npy"), np.load(seq_bundle / "item_vectors.npy"), atol=1e-5
+    )
+    assert fidelity is not None
+    assert fidelity["queries"]["user"]["overlap@10"] == 1.0  # history users did not move
+    assert 0 <= fidelity["queries"]["request"]["overlap@10"] < 1  # the pruned requests did
+    engine = Engine.load(bundle, device="cpu")
+    assert engine.recommend(text="something funny", k=3)

@@ -127,7 +127,7 @@ def reference_subject(
     text: Encoder
     users: UserEncoder
     if config.user_tower is UserTowerKind.SEQUENCE:
-        text = TorchTextEncoder(model.item, tokenizer(config.user_max_length), dim=dim, dtype=dtype)
+        text = TorchTextEncoder(model.request_tower, tokenizer(config.user_max_length), dim=dim, dtype=dtype)
     else:
         text = TorchTextEncoder(model.user, tokenizer(config.user_max_length), dim=dim, dtype=dtype)
     t0 = time.perf_counter()

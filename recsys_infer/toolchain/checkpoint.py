@@ -8,6 +8,8 @@ Layout::
     item_head.safetensors    sequence kind: the trainable head on the frozen item encoder
     sequence_tower.safetensors  sequence kind: the user tower over history item vectors
     item_offsets.safetensors    sequence kind, optional: learned per-item offsets and their mask
+    request_encoder/         sequence kind, optional: a request tower of its own (pruned for
+    request_head.safetensors    requests alone), its encoder and its copy of the item head
     tokenizer.json           the encoder's tokenizer
     catalog.jsonl            the catalogue the model was trained on
     probe.json               validation histories and requests (for export's probe set)
@@ -28,12 +30,13 @@ from recsys_infer.errors import CheckpointError
 from recsys_infer.runtime.bundle import atomic_directory
 from recsys_infer.runtime.catalog import Catalog
 
-from .model import ModelConfig, TwoTower
+from .model import ItemHead, ModelConfig, TextTower, TwoTower
 
 CHECKPOINT_FILE = "recsys_checkpoint.json"
 ITEM_HEAD = "item_head.safetensors"
 SEQUENCE_TOWER = "sequence_tower.safetensors"
 ITEM_OFFSETS = "item_offsets.safetensors"
+REQUEST_HEAD = "request_head.safetensors"
 CHECKPOINT_VERSION = 1
 _MAKE = "recsys-infer train --data PATH --out CHECKPOINT"
 
@@ -70,6 +73,9 @@ def save_checkpoint(
             if model.item_offsets is not None:
                 offsets = {"offsets": model.item_offsets.detach(), "mask": model.offset_mask}
                 save_file({k: v.contiguous() for k, v in offsets.items()}, str(tmp / ITEM_OFFSETS))
+            if model.request is not None and model.request.head is not None:
+                model.request.encoder.save_pretrained(tmp / "request_encoder", safe_serialization=True)
+                save_file(_contiguous(model.request.head), str(tmp / REQUEST_HEAD))
         else:
             model.user.encoder.save_pretrained(tmp / "user_encoder", safe_serialization=True)
             if not model.config.shared_towers:
@@ -80,6 +86,16 @@ def save_checkpoint(
             (tmp / "probe.json").write_text(json.dumps(probe), encoding="utf-8")
         doc = {"format_version": CHECKPOINT_VERSION, "model": model.config.to_dict(), **meta}
         (tmp / CHECKPOINT_FILE).write_text(json.dumps(doc, indent=2), encoding="utf-8")
+
+
+def _request_tower(encoder: Any, config: ModelConfig, head_file: Path) -> TextTower:
+    if config.sequence is None:  # pragma: no cover - only sequence checkpoints get here
+        raise CheckpointError("a request tower belongs to a sequence model")
+    head = ItemHead(int(encoder.config.hidden_size), config.sequence.item_head_hidden)
+    head.load_state_dict(load_file(str(head_file)))
+    tower = TextTower(encoder, config.pooling, head)
+    tower.eval()
+    return tower
 
 
 def _contiguous(module: nn.Module) -> dict[str, Any]:
@@ -127,6 +143,12 @@ def load_checkpoint(path: Path, *, attn_implementation: str | None = None) -> Ch
             raise CheckpointError("internal: the sequence model has no item head")
         model.item.head.load_state_dict(load_file(str(path / ITEM_HEAD)))
         model.user.load_state_dict(load_file(str(path / SEQUENCE_TOWER)))
+        if (path / "request_encoder").is_dir():
+            if not (path / REQUEST_HEAD).is_file():
+                raise CheckpointError(f"{path} has a request_encoder but no {REQUEST_HEAD}: it is incomplete")
+            model.request = _request_tower(
+                AutoModel.from_pretrained(path / "request_encoder", **kwargs), config, path / REQUEST_HEAD
+            )
     else:
         user = AutoModel.from_pretrained(path / "user_encoder", **kwargs)
         item = None if config.shared_towers else AutoModel.from_pretrained(path / "item_encoder", **kwargs)

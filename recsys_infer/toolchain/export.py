@@ -348,8 +348,12 @@ def export_bundle(
         t0 = time.perf_counter()
         item_tokenizer = tokenizer(model_config.item_max_length)
         if sequence:
-            files = {"user": "user_sequence.onnx", "item": "item_tower.onnx", "request": "item_tower.onnx"}
+            own_request = ckpt.model.request is not None
+            request_file = "request_tower.onnx" if own_request else "item_tower.onnx"
+            files = {"user": "user_sequence.onnx", "item": "item_tower.onnx", "request": request_file}
             _export_tower(ckpt.model.item, tmp / files["item"], config.opset, item_tokenizer)
+            if own_request:
+                _export_tower(ckpt.model.request_tower, tmp / request_file, config.opset, item_tokenizer)
             _export_sequence(ckpt.model.user, tmp / files["user"], config.opset, dim)
         elif model_config.shared_towers:
             files = {"user": "tower.onnx", "item": "tower.onnx"}
@@ -384,7 +388,7 @@ def export_bundle(
         if sequence:
             requests = list(probe.get("requests", [])) or [t[:60] for t in catalog.texts[:50]]
             parity["request"] = check_parity(
-                ckpt.model.item, text["request"], _pick_parity_texts(requests, config.parity_texts)
+                ckpt.model.request_tower, text["request"], _pick_parity_texts(requests, config.parity_texts)
             )
         else:
             parity["user"] = check_parity(

@@ -222,6 +222,10 @@ class TwoTower(nn.Module):
     ``text`` kind: ``TwoTower(user_encoder, item_encoder, config)``; with ``shared_towers`` pass
     ``item_encoder=None`` and the towers are one module. ``sequence`` kind:
     ``TwoTower(None, item_encoder, config)``; the item encoder is frozen and gets a head.
+
+    A sequence model reads free-text requests with its item tower, unless it has a ``request``
+    tower of its own: a copy of the item tower compressed for requests alone (``prune --tower
+    user``), so that compressing the request path leaves the item vectors where they were.
     """
 
     def __init__(
@@ -231,6 +235,7 @@ class TwoTower(nn.Module):
         self.config = config
         self.user: Any  # TextTower or SequenceTower
         self.item: TextTower
+        self.request: TextTower | None = None
         self.item_offsets: nn.Parameter | None = None
         self.offset_mask: torch.Tensor
         if config.user_tower is UserTowerKind.SEQUENCE:
@@ -260,6 +265,11 @@ class TwoTower(nn.Module):
             if item_encoder is None:
                 raise ValueError("separate towers need an item encoder")
             self.item = TextTower(item_encoder, config.pooling)
+
+    @property
+    def request_tower(self) -> TextTower:
+        """The tower a sequence model reads free-text requests with."""
+        return self.request if self.request is not None else self.item
 
     def catalogue_vectors(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Sequence kind: every catalogue item's vector from its frozen text embedding, through

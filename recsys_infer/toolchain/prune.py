@@ -15,6 +15,11 @@ What to remove is measured on real inputs, not guessed from weights:
   item). Head scores are normalised per layer.
 - **Layers**: each is removed in turn and the loss measured; the ones whose removal costs least go.
 
+A sequence model's encoder is its item tower, which also reads free-text requests. ``--tower
+both`` prunes it, so every item vector moves (and the history tower, trained on the old ones,
+with them); ``--tower user`` prunes a copy that becomes a request tower of its own, and items,
+index and history users stay exactly as they were.
+
 Distillation then trains the pruned tower towards the unpruned one: ``1 - cos`` to the teacher's
 vector plus the same retrieval loss, for ``distill_steps`` steps on the training split of
 ``--data`` (never the probe set, which the fidelity figures are measured on).
@@ -295,12 +300,19 @@ def agreement(
 
 
 def distill(
-    student: TextTower, teacher: TextTower, batches: _Batches, config: PruneConfig, progress: bool
+    student: TextTower,
+    teacher: TextTower,
+    batches: _Batches,
+    config: PruneConfig,
+    progress: bool,
+    *,
+    train_head: bool = False,
 ) -> list[float]:
-    params = [p for p in student.encoder.parameters() if p.requires_grad]
-    if not params:  # the sequence kind freezes its item encoder; distillation trains it here
-        student.encoder.requires_grad_(True)
-        params = list(student.encoder.parameters())
+    student.encoder.requires_grad_(True)  # the sequence kind freezes its item encoder
+    params = list(student.encoder.parameters())
+    if train_head and student.head is not None:
+        student.head.requires_grad_(True)
+        params += list(student.head.parameters())
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.01)
     losses: list[float] = []
     bar = None
@@ -362,11 +374,32 @@ def _user_pairs(ckpt: Checkpoint, data: str | None, seed: int) -> _Inputs:
     return _Inputs(texts, targets)
 
 
+def _catalogue_requests(ckpt: Checkpoint) -> list[str]:
+    """Requests made of the catalogue's attributes, less every request of the probe set: the
+    fidelity figures are measured on those, so distillation never sees them."""
+    held_out = set((ckpt.probe or {}).get("requests", []))
+    requests = {r for r in (request_from_item(item) for item in ckpt.catalog) if r}
+    return sorted(requests - held_out)
+
+
 def _item_inputs(ckpt: Checkpoint, with_requests: bool) -> _Inputs:
     texts = list(ckpt.catalog.texts)
     if with_requests:  # the sequence kind's item encoder also reads free-text requests
-        texts += [r for r in (request_from_item(item) for item in ckpt.catalog) if r]
+        texts += _catalogue_requests(ckpt)
     return _Inputs(texts)
+
+
+def _request_inputs(ckpt: Checkpoint) -> _Inputs:
+    """What a request tower reads: requests, weighted to half of the texts, and item texts, so
+    that free text unlike the catalogue's attributes keeps its place too."""
+    requests = _catalogue_requests(ckpt)
+    if not requests:
+        raise CheckpointError(
+            "pruning a request tower needs requests: the catalogue's items have no genres, category, "
+            "tags or brand to make them from; prune with --tower both instead"
+        )
+    texts = list(ckpt.catalog.texts)
+    return _Inputs(requests * max(1, len(texts) // len(requests)) + texts)
 
 
 def prune_checkpoint(
@@ -391,7 +424,7 @@ def prune_checkpoint(
     ckpt = load_checkpoint(Path(checkpoint), attn_implementation="eager")
     model, mc = ckpt.model, ckpt.config
     for encoder in {
-        id(t.encoder): t.encoder for t in (model.item, model.user) if isinstance(t, TextTower)
+        id(t.encoder): t.encoder for t in (model.item, model.user, model.request) if isinstance(t, TextTower)
     }.values():
         if encoder.config.pruned_heads:
             raise CheckpointError(
@@ -408,7 +441,21 @@ def prune_checkpoint(
 
     sequence = mc.user_tower is UserTowerKind.SEQUENCE
     plan: list[tuple[str, TextTower, TextTower, _Inputs, TextTokenizer]] = []
-    if sequence or mc.shared_towers or config.towers is not TowerChoice.USER:
+    if sequence and config.towers is TowerChoice.USER:
+        # The user side of a sequence model is its (small) history tower and the free-text
+        # requests its item tower reads. A copy of the item tower becomes a request tower of
+        # its own and is pruned alone: items, their index and history users stay as they were.
+        model.request = copy.deepcopy(model.item)
+        plan.append(
+            (
+                "request",
+                model.request,
+                teacher.item,
+                _request_inputs(ckpt),
+                tokenizer(mc.user_max_length),
+            )
+        )
+    elif sequence or mc.shared_towers or config.towers is not TowerChoice.USER:
         item_inputs = _item_inputs(ckpt, with_requests=sequence)
         length = mc.item_max_length if not mc.shared_towers else mc.user_max_length
         name = "item" if not mc.shared_towers else "shared"
@@ -423,12 +470,14 @@ def prune_checkpoint(
                 tokenizer(mc.user_max_length),
             )
         )
-    if sequence and config.towers is TowerChoice.USER:
-        logger.info("a sequence model's only encoder is its item tower (it also reads requests): pruning it")
     reports = []
     for name, tower, reference, inputs, tok in plan:
         rng = random.Random(config.seed)
-        held = rng.sample(inputs.texts, min(256, len(inputs.texts)))
+        probe_requests = list((ckpt.probe or {}).get("requests", []))
+        if name == "request" and probe_requests:  # held out of distillation (above)
+            held = rng.sample(probe_requests, min(256, len(probe_requests)))
+        else:
+            held = rng.sample(inputs.texts, min(256, len(inputs.texts)))
         batches = _Batches(
             inputs, tok, teacher.item if inputs.targets is not None else None, config.batch_size, config.seed
         )
@@ -436,7 +485,9 @@ def prune_checkpoint(
         report = prune_tower(tower, reference, batches, config, name)
         report.agreement_before_distill = agreement(tower, reference, batches, held)
         if config.distill_steps:
-            report.distill_losses = distill(tower, reference, batches, config, progress)
+            report.distill_losses = distill(
+                tower, reference, batches, config, progress, train_head=name == "request"
+            )
             report.agreement_after_distill = agreement(tower, reference, batches, held)
         reports.append(report)
     meta = dict(ckpt.meta)
