@@ -55,10 +55,13 @@ class UserTowerKind(StrEnum):
 class QuantMode(StrEnum):
     """``dynamic``: int8 weights, activations quantized at run time (CPUs with VNNI).
     ``static``: int8 weights and activations, QDQ, scales calibrated on real texts.
+    ``blockwise``: int8 weights in blocks (ONNX Runtime's MatMulNBits), multiplied in int8 with
+    every block of activations scaled on its own: far closer to fp32 than ``dynamic``, less fast.
     ``fp16``: half-precision weights and activations, for the CUDA provider."""
 
     DYNAMIC = "dynamic"
     STATIC = "static"
+    BLOCKWISE = "blockwise"
     FP16 = "fp16"
 
 

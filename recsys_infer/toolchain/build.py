@@ -41,6 +41,7 @@ _STEP_KEYS = {
         "mode",
         "tower",
         "keep_fp32",
+        "block_size",
         "calibration",
         "calibration_size",
         "per_channel",

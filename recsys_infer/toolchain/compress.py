@@ -65,6 +65,7 @@ class QuantizeConfig:
     per_channel: bool = True
     calibration: Calibration = Calibration.MINMAX
     calibration_size: int = 256
+    block_size: int = 64
     keep_fp32: tuple[str, ...] = ()
     reindex: bool = False
     max_overlap_drop: float | None = None
@@ -74,6 +75,8 @@ class QuantizeConfig:
         object.__setattr__(self, "towers", TowerChoice(self.towers))
         object.__setattr__(self, "calibration", Calibration(self.calibration))
         object.__setattr__(self, "keep_fp32", tuple(self.keep_fp32))
+        if self.block_size < 16 or self.block_size & (self.block_size - 1):
+            raise ValueError(f"block_size must be a power of two, at least 16; got {self.block_size}")
         if self.calibration_size < 8:
             raise ValueError(f"calibration_size must be at least 8, got {self.calibration_size}")
         if self.max_overlap_drop is not None and not 0 <= self.max_overlap_drop <= 1:
@@ -161,6 +164,39 @@ def quantize_dynamic_graph(src: Path, dst: Path, config: QuantizeConfig) -> dict
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
         )
     return {"kept_fp32": excluded, "op_types": ops}
+
+
+def quantize_blockwise_graph(src: Path, dst: Path, config: QuantizeConfig) -> dict[str, Any]:
+    """int8 weights in blocks of ``block_size`` along the input dimension, each block with its own
+    scale (ONNX Runtime's MatMulNBits). At accuracy level 4 the activations are quantized to int8
+    block by block too, so an outlier spoils only its own block, where dynamic int8 gives one
+    scale to the whole tensor. A fused graph's Attention ops (the Q, K and V projections) have no
+    blockwise form and stay fp32."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    model = onnx.load(str(src))
+    excluded = _matmuls_to_keep(model.graph, config.keep_fp32)
+    with _scratch():
+        quantizer = MatMulNBitsQuantizer(
+            model,
+            bits=8,
+            block_size=config.block_size,
+            is_symmetric=True,
+            accuracy_level=4,  # int8 compute, activations scaled per block
+            nodes_to_exclude=excluded,
+        )
+        quantizer.process()
+        quantizer.model.save_model_to_file(str(dst), use_external_data_format=False)
+    quantized = sum(n.op_type == "MatMulNBits" for n in onnx.load(str(dst)).graph.node)
+    return {
+        "kept_fp32": excluded,
+        "op_types": ["MatMul"],
+        "bits": 8,
+        "block_size": config.block_size,
+        "accuracy_level": 4,
+        "blockwise_matmuls": quantized,
+    }
 
 
 class _Feeds:
@@ -513,7 +549,7 @@ def quantize_bundle(
     overwrite: bool = False,
     progress: bool = True,
 ) -> StepResult:
-    """int8 (dynamic or static) or fp16 graphs for the chosen towers."""
+    """int8 (dynamic, static or blockwise) or fp16 graphs for the chosen towers."""
     src = Path(src)
     manifest = read_manifest(src)
     step = {
@@ -525,17 +561,27 @@ def quantize_bundle(
     }
     if config.mode is QuantMode.STATIC:
         step |= {"calibration": str(config.calibration), "calibration_size": config.calibration_size}
+    if config.mode is QuantMode.BLOCKWISE:
+        step |= {"block_size": config.block_size}
+        step.pop("per_channel")
 
     def transform(a: Path, b: Path, readers: list[str]) -> dict[str, Any]:
         if config.mode is QuantMode.DYNAMIC:
             return quantize_dynamic_graph(a, b, config)
+        if config.mode is QuantMode.BLOCKWISE:
+            return quantize_blockwise_graph(a, b, config)
         if config.mode is QuantMode.FP16:
             return fp16_graph(a, b)
         feeds = _calibration(src, manifest, readers, config.calibration_size)
         return quantize_static_graph(a, b, feeds, config)
 
     precision = Precision.FP16 if config.mode is QuantMode.FP16 else Precision.INT8
-    suffix = {QuantMode.DYNAMIC: "int8", QuantMode.STATIC: "qdq", QuantMode.FP16: "fp16"}[config.mode]
+    suffix = {
+        QuantMode.DYNAMIC: "int8",
+        QuantMode.STATIC: "qdq",
+        QuantMode.BLOCKWISE: "b8",
+        QuantMode.FP16: "fp16",
+    }[config.mode]
     return derive_bundle(
         src,
         out,
