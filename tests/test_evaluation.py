@@ -122,6 +122,21 @@ def test_evaluate_job_pairs_models_on_the_same_users(tiny_bundle: Path) -> None:
     assert again["models"][0]["metrics"] == doc["models"][0]["metrics"]
 
 
+def test_evaluate_pairs_the_request_path_of_bundles(tiny_bundle: Path, tmp_path: Path) -> None:
+    """Two bundles with --requests: their request results are paired too, by the same rule."""
+    from recsys_infer.toolchain.compress import QuantizeConfig, quantize_bundle
+
+    int8 = tmp_path / "int8"
+    quantize_bundle(tiny_bundle, int8, QuantizeConfig(towers="user"), progress=False)
+    config = EvalConfig(ks=(10,), users=60, exclude_seen=True, exact=True, requests=True, tune_als=False)
+    doc = run_evaluation(small_sample(), [tiny_bundle, int8], [], config, progress=False).to_json()
+    pairs = {(p["a"], p["b"], p["metric"]): p for p in doc["paired"]}
+    assert len(pairs) == 2 * 3  # (history, requests) × (recall@10, ndcg@10, mrr)
+    request_pair = pairs[("bundle (text requests)", "int8 (text requests)", "recall@10")]
+    means = [m["text_requests"]["metrics"]["recall@10"]["mean"] for m in doc["models"]]
+    assert request_pair["mean_difference"] == pytest.approx(means[0] - means[1])
+
+
 def test_evaluate_refuses_a_bundle_of_other_data(tiny_bundle: Path, tmp_path: Path) -> None:
     (tmp_path / "items.csv").write_text("item_id,title\nzz,Something else\nyy,Other\n")
     (tmp_path / "interactions.csv").write_text("user_id,item_id\nu,zz\nu,yy\nu,zz\n")

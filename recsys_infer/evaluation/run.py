@@ -251,6 +251,14 @@ def run_evaluation(
         for other in models[1:]
         for metric in metric_names(ks)
     ]
+    first_requests = models[0].requests if models else None
+    if first_requests is not None:  # the request path compared too: same users, same requests
+        paired += [
+            paired_difference(first_requests, other.requests, metric)
+            for other in models[1:]
+            if other.requests is not None
+            for metric in metric_names(ks)
+        ]
     data_source = dataset.source if isinstance(data, Dataset) else str(data)
     return EvalReport(config, dataset, data_source, models, paired, tuning, sorted(cold))
 
