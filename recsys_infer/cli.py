@@ -385,7 +385,8 @@ def quantize(
     bundle: Annotated[Path, typer.Argument(help="Bundle to quantize (left unchanged).")],
     out: Annotated[Path, typer.Option(help="Bundle directory to write.", file_okay=False)],
     mode: Annotated[
-        QuantMode, typer.Option(help="dynamic or static int8 (CPU), fp16 (CUDA).")
+        QuantMode,
+        typer.Option(help="dynamic, static or blockwise int8 (CPU); fp16 (CUDA)."),
     ] = QuantMode.DYNAMIC,
     tower: Annotated[TowerChoice, typer.Option(help="Which towers to quantize.")] = TowerChoice.BOTH,
     calibration_size: Annotated[
@@ -401,6 +402,9 @@ def quantize(
         ),
     ] = None,
     per_channel: Annotated[bool, typer.Option("--per-channel/--per-tensor", help="Weight scales.")] = True,
+    block_size: Annotated[
+        int, typer.Option(min=16, help="blockwise: weights and activations share a scale per this many.")
+    ] = 64,
     reindex: Annotated[
         bool, typer.Option(help="Rebuild the item index with the quantized item tower.")
     ] = False,
@@ -409,7 +413,7 @@ def quantize(
     overwrite: Overwrite = False,
     json_out: JsonOut = None,
 ) -> None:
-    """int8 (dynamic or calibrated static) or fp16 towers, with their measured cost."""
+    """int8 (dynamic, calibrated static or blockwise) or fp16 towers, with their measured cost."""
     from .toolchain.compress import QuantizeConfig, quantize_bundle
 
     config = QuantizeConfig(
@@ -418,6 +422,7 @@ def quantize(
         per_channel=per_channel,
         calibration=calibration,
         calibration_size=calibration_size,
+        block_size=block_size,
         keep_fp32=tuple(keep_fp32 or ()),
         reindex=reindex,
         max_overlap_drop=max_overlap_drop,
@@ -438,7 +443,13 @@ def prune(
         float, typer.Option(min=0.0, max=0.95, help="Fraction of heads and FFN neurons removed per layer.")
     ],
     layers: Annotated[int, typer.Option(min=0, help="Also remove this many whole layers.")] = 0,
-    tower: Annotated[TowerChoice, typer.Option(help="Which towers' encoders to prune.")] = TowerChoice.BOTH,
+    tower: Annotated[
+        TowerChoice,
+        typer.Option(
+            help="Which towers' encoders to prune. On a sequence model, user prunes a request tower "
+            "of its own and leaves items as they were."
+        ),
+    ] = TowerChoice.BOTH,
     distill_steps: Annotated[
         int, typer.Option(min=0, help="Distillation steps from the unpruned model.")
     ] = 0,
@@ -472,8 +483,13 @@ def prune(
             f"cosine to unpruned {agree.get('mean_cosine', float('nan')):.4f} "
             f"({'after' if t.agreement_after_distill else 'without'} distillation)"
         )
+    note = ""
+    if any(t.name == "request" for t in result.towers):
+        request = sum(f.stat().st_size for f in (out / "request_encoder").glob("*.safetensors"))
+        note = f" (the item encoder stays, beside the {request / 1e6:.1f} MB request encoder)"
     typer.echo(
-        f"weights {result.bytes_before / 1e6:.1f} MB -> {result.bytes_after / 1e6:.1f} MB; checkpoint: {out}"
+        f"weights {result.bytes_before / 1e6:.1f} MB -> {result.bytes_after / 1e6:.1f} MB{note}; "
+        f"checkpoint: {out}"
     )
     _write_json(json_out, result.to_json())
 
