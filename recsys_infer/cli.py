@@ -293,7 +293,9 @@ def _fidelity_lines(fidelity: dict[str, Any]) -> None:
 MaxDrop = Annotated[
     float | None,
     typer.Option(
-        min=0.0, max=1.0, help="Fail, writing nothing, if overlap@10 with the reference falls below 1 - X."
+        min=0.0,
+        max=1.0,
+        help="Fail, writing nothing, if overlap@10 with the reference (users or requests) falls below 1 - X.",
     ),
 ]
 Reference = Annotated[

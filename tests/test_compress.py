@@ -221,3 +221,15 @@ def test_blockwise_int8_is_closer_to_fp32_than_dynamic(optimized: Path, tmp_path
     assert len(engine.recommend(history=list(engine.item_ids[:3]), k=5)) == 5
     with pytest.raises(ValueError, match="power of two"):
         QuantizeConfig(mode="blockwise", block_size=48)
+
+
+def test_the_gate_watches_requests_as_well_as_users() -> None:
+    """A sequence bundle's requests can fare far worse than its history users; the gate must
+    refuse on the worse of the two and say which it was."""
+    from recsys_infer.toolchain.compress import check_gate
+
+    fidelity = {"queries": {"user": {"overlap@10": 0.98}, "request": {"overlap@10": 0.79}}}
+    check_gate(fidelity, None, "quantize lowered", "")
+    check_gate(fidelity, 0.25, "quantize lowered", "")
+    with pytest.raises(FidelityError, match=r"request overlap@10 with the reference to 0\.7900"):
+        check_gate(fidelity, 0.05, "quantize lowered", "Compress less.")

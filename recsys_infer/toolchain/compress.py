@@ -10,8 +10,9 @@ The cost of each step is measured against the *reference*: the uncompressed fp32
 chain started from (its graphs match PyTorch within the export tolerance), ranked by exact
 search. On the bundle's probe set (validation users, never test users) it records the mean and
 minimum cosine between new and reference vectors of every tower, and the overlap@10/@100 of the
-recommendations. ``max_overlap_drop`` turns the measurement into a gate: below
-``1 - max_overlap_drop`` overlap@10 no bundle is written.
+recommendations. ``max_overlap_drop`` turns the measurement into a gate: when the overlap@10 of
+any kind of query (history users, or the requests of a bundle that reads them) falls below
+``1 - max_overlap_drop``, no bundle is written.
 """
 
 from __future__ import annotations
@@ -474,13 +475,13 @@ def derive_bundle(
         new_engine = Engine.load(tmp, device=Device.CPU, exact=True, verify=False)
         fidelity = measure_fidelity(ref_engine, new_engine)
         fidelity["reference"] = str(ref_path)
-        if max_overlap_drop is not None and fidelity["overlap@10"] < 1 - max_overlap_drop:
-            raise FidelityError(
-                f"{step['step']} lowered overlap@10 with the reference to {fidelity['overlap@10']:.4f}, "
-                f"below the allowed {1 - max_overlap_drop:.4f} (--max-overlap-drop {max_overlap_drop}). "
-                f"No bundle was written. Compress less (another mode, --keep-fp32 ffn-out, a lower "
-                f"ratio) or allow a larger drop."
-            )
+        check_gate(
+            fidelity,
+            max_overlap_drop,
+            f"{step['step']} lowered",
+            "Compress less (another mode such as blockwise, --keep-fp32 ffn-out, a lower ratio) "
+            "or allow a larger drop.",
+        )
         record = {
             **step,
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -500,6 +501,20 @@ def derive_bundle(
             raise ExportError("the compressed bundle returned no recommendations for a probe user")
         files = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
     return StepResult(out, record, fidelity, files, time.perf_counter() - started)
+
+
+def check_gate(fidelity: dict[str, Any], max_drop: float | None, what: str, advice: str) -> None:
+    """Refuse a result whose overlap@10 with the reference, for any kind of query (history users,
+    requests), falls below ``1 - max_drop``: a sequence bundle's requests can fare far worse
+    than its users, and a gate on users alone would let that through."""
+    if max_drop is None:
+        return
+    lowest, name = min((q["overlap@10"], name) for name, q in fidelity["queries"].items())
+    if lowest < 1 - max_drop:
+        raise FidelityError(
+            f"{what} the {name} overlap@10 with the reference to {lowest:.4f}, below the allowed "
+            f"{1 - max_drop:.4f} (--max-overlap-drop {max_drop}). No bundle was written. {advice}"
+        )
 
 
 def add_offsets(vectors: np.ndarray, offsets: np.ndarray) -> np.ndarray:

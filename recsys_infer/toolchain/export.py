@@ -319,7 +319,8 @@ def export_bundle(
 
     A pruned checkpoint's bundle is measured against ``reference``, the bundle of the unpruned
     model (fidelity in the manifest, as for every compression step); ``max_overlap_drop`` then
-    refuses a result whose overlap@10 with it falls below ``1 - max_overlap_drop``.
+    refuses a result whose overlap@10 with it, for users or requests, falls below
+    ``1 - max_overlap_drop``.
     """
     config = config or ExportConfig()
     timings: dict[str, float] = {}
@@ -547,10 +548,9 @@ def _measure_against(
     max_drop: float | None,
 ) -> dict[str, Any]:
     """Fidelity of the fresh bundle against ``reference``, gated, recorded in its manifest."""
-    from recsys_infer.errors import FidelityError
     from recsys_infer.runtime.bundle import read_manifest
 
-    from .compress import measure_fidelity, reference_of
+    from .compress import check_gate, measure_fidelity, reference_of
 
     ref = reference_of(reference, dict(read_manifest(reference).raw), None).resolve()
     fidelity = measure_fidelity(
@@ -558,12 +558,12 @@ def _measure_against(
         Engine.load(bundle, device=Device.CPU, exact=True, verify=False),
     )
     fidelity["reference"] = str(ref)
-    if max_drop is not None and fidelity["overlap@10"] < 1 - max_drop:
-        raise FidelityError(
-            f"the exported model's overlap@10 with the reference is {fidelity['overlap@10']:.4f}, below "
-            f"the allowed {1 - max_drop:.4f} (--max-overlap-drop {max_drop}). No bundle was written. "
-            "Prune less, or distill longer (--distill-steps)."
-        )
+    check_gate(
+        fidelity,
+        max_drop,
+        "the exported model brings",
+        "Prune less, or distill longer (--distill-steps).",
+    )
     step = {"step": "prune", **(pruning or {}), "fidelity": fidelity} if pruning else None
     manifest["reference"] = {"bundle": str(ref), "manifest_sha256": sha256_file(ref / "manifest.json")}
     manifest["fidelity"] = {
