@@ -73,7 +73,9 @@ def save_checkpoint(
             if model.item_offsets is not None:
                 offsets = {"offsets": model.item_offsets.detach(), "mask": model.offset_mask}
                 save_file({k: v.contiguous() for k, v in offsets.items()}, str(tmp / ITEM_OFFSETS))
-            if model.request is not None and model.request.head is not None:
+            if model.request is not None:
+                if model.request.head is None:
+                    raise CheckpointError("a sequence model's request tower must have a head")
                 model.request.encoder.save_pretrained(tmp / "request_encoder", safe_serialization=True)
                 save_file(_contiguous(model.request.head), str(tmp / REQUEST_HEAD))
         else:
