@@ -42,7 +42,7 @@ t0 = time.perf_counter()
 engine = Engine.load(sys.argv[1], device="cpu", threads=int(sys.argv[2]))
 load_s = time.perf_counter() - t0
 rss_loaded = status("VmRSS:")
-probe = json.load(open(sys.argv[1] + "/probe.json")) if engine.manifest.probe_file else {"histories": []}
+probe = json.load(open(sys.argv[1] + "/probe.json")) if engine.manifest.probe else {"histories": []}
 histories = [h for h in probe["histories"] if h][: int(sys.argv[3])] or [[engine.item_ids[0]]]
 texts = ["cozy mystery novel set in Scotland", "noise cancelling headphones for travel",
          "space opera with a strong female lead", "a gift for a keen gardener"]

@@ -36,7 +36,7 @@ def _side(bundle: Path) -> str:
 
 def _feeds(bundle: Path, texts: list[str]) -> dict[str, list[dict[str, np.ndarray]]]:
     manifest = read_manifest(bundle)
-    tokenizer = Tokenizer.from_file(str(bundle / manifest.tokenizer_file))
+    tokenizer = Tokenizer.from_file(str(bundle / manifest.tokenizer.file))
     tokenizer.no_padding()
     tokenizer.enable_truncation(max_length=manifest.towers[_side(bundle)].max_length)
     filler = " ".join(texts) * 8

@@ -536,25 +536,23 @@ def info(
 ) -> None:
     """Describe a bundle: towers, index, catalogue, fidelity and provenance."""
     from .runtime.bundle import read_manifest, verify_files
+    from .runtime.schema import encode
 
     manifest = read_manifest(bundle)
     verify_files(bundle, manifest, checksums=verify)
-    raw = manifest.raw
     console = _console()
-    console.print(
-        f"[bold]{bundle}[/bold]  schema v{manifest.schema_version}, created {raw.get('created_at')}"
-    )
+    console.print(f"[bold]{bundle}[/bold]  schema v{manifest.schema_version}, created {manifest.created_at}")
     files = manifest.files
     for name, spec in manifest.towers.items():
-        size = files[spec.file]["bytes"] / 1e6
+        size = files[spec.file].bytes / 1e6
         if spec.kind == "sequence":
             shape = (
                 f"causal transformer over up to {spec.max_length} history item vectors "
-                f"({spec.extra.get('layers')} layers, width {spec.extra.get('hidden')})"
+                f"({spec.layers} layers, width {spec.hidden})"
             )
         else:
             shape = f"{spec.pooling} pooling, max {spec.max_length} tokens" + (
-                ", with a trained head" if spec.extra.get("head") else ""
+                ", with a trained head" if spec.head else ""
             )
         console.print(
             f"  {name} tower: {spec.file} ({size:.1f} MB), {spec.precision}, {shape}, dim {spec.dim}"
@@ -563,7 +561,7 @@ def info(
     idx = manifest.index
     console.print(
         f"  index: {idx.kind} {idx.space}, {idx.count} items, M={idx.M}, ef_construction="
-        f"{idx.ef_construction}, ef_search={idx.ef_search}, capacity {idx.extra.get('capacity', '?')}"
+        f"{idx.ef_construction}, ef_search={idx.ef_search}, capacity {idx.capacity or '?'}"
     )
     if manifest.user.kind == "text":
         ui = manifest.user_input
@@ -571,29 +569,24 @@ def info(
             f"  user input: up to {ui.max_history} history items as text, newest first, "
             f"separated by {ui.item_separator!r}"
         )
-    if raw.get("probe"):
-        p = raw["probe"]
-        console.print(f"  probe: {p['histories']} {p['split']} histories, {p['requests']} requests")
-    fid = raw.get("fidelity", {})
-    if raw.get("parity"):
-        console.print(
-            "  " + _parity_line(raw["parity"], fid.get("index_recall_at_10_vs_exact", float("nan")))
-        )
-    prov = raw.get("provenance", {})
-    enc = prov.get("encoder", {})
-    data = prov.get("data", {})
-    training = prov.get("training", {})
+    if manifest.probe is not None:
+        p = manifest.probe
+        console.print(f"  probe: {p.histories} {p.split} histories, {p.requests} requests")
+    if manifest.parity:
+        recall = manifest.fidelity.get("index_recall_at_10_vs_exact", float("nan"))
+        console.print("  " + _parity_line(dict(manifest.parity), recall))
+    enc, data, training = manifest.provenance.encoder, manifest.provenance.data, manifest.provenance.training
     console.print(f"  encoder: {enc.get('name')} (license: {enc.get('license') or 'unknown'})")
     if data:
         console.print(
             f"  trained on: {data.get('name')} ({data.get('items')} items, {data.get('users')} users), "
             f"fingerprint {str(data.get('fingerprint'))[:12]}…, {training.get('steps')} steps"
         )
-    total = sum(f["bytes"] for f in files.values())
+    total = sum(f.bytes for f in files.values())
     console.print(
         f"  files: {len(files)}, {total / 1e6:.1f} MB, checksums {'verified' if verify else 'not checked'}"
     )
-    report = dict(raw)
+    report = encode(manifest)
     if device is not None:
         from .runtime.engine import Engine
 
@@ -872,7 +865,7 @@ def sample_data(
     from .runtime.bundle import atomic_directory
 
     dataset = sample_dataset()
-    with atomic_directory(out, overwrite=overwrite) as tmp:
+    with atomic_directory(out, overwrite=overwrite, marker="items.jsonl") as tmp:
         write_generic(dataset, tmp)
     typer.echo(f"{dataset.describe()} → {out}")
 

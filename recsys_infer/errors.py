@@ -11,6 +11,7 @@ One tree, so a service can catch what it can handle and let the rest through::
     ├── CheckpointError            a training checkpoint cannot be used
     ├── QueryError (ValueError)    a request to the engine is malformed
     │   └── UnknownItemError           a history names an item the catalogue lacks
+    ├── OverloadedError            too much work is waiting; retry later (HTTP 429)
     ├── DeviceUnavailableError     the requested device cannot run this bundle
     ├── ExportError                an export failed
     │   └── ParityError                ONNX Runtime disagrees with PyTorch beyond tolerance
@@ -73,13 +74,21 @@ class QueryError(RecsysError, ValueError):
 class UnknownItemError(QueryError):
     """A history names item ids that the bundle's catalogue does not hold."""
 
-    def __init__(self, unknown: list[str], catalogue_size: int):
+    def __init__(self, unknown: list[str], catalogue_size: int, *, what: str = "history item"):
         self.unknown = unknown
-        shown = ", ".join(repr(u) for u in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
-        super().__init__(
-            f"{len(unknown)} history item id(s) are not in the catalogue ({catalogue_size} items): "
-            f"{shown}. Remove them from the history, or add the items to the catalogue first."
+        shown = ", ".join(ascii(u)[:60] for u in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+        fix = (
+            "Remove them from the history, or add the items to the catalogue first."
+            if what == "history item"
+            else "Check the ids; only items in the catalogue can be changed or removed."
         )
+        super().__init__(
+            f"{len(unknown)} {what} id(s) are not in the catalogue ({catalogue_size} items): {shown}. {fix}"
+        )
+
+
+class OverloadedError(RecsysError):
+    """More requests are waiting than the service or micro-batcher accepts; retry shortly."""
 
 
 class DeviceUnavailableError(RecsysError):

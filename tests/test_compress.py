@@ -17,6 +17,7 @@ from recsys_infer.cli import app
 from recsys_infer.enums import Precision
 from recsys_infer.errors import BundleError, DeviceUnavailableError, FidelityError
 from recsys_infer.runtime.bundle import read_manifest, sha256_file
+from recsys_infer.runtime.schema import encode
 from recsys_infer.toolchain.compress import QuantizeConfig, optimize_bundle, probe_queries, quantize_bundle
 
 
@@ -37,18 +38,18 @@ def optimized(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 def test_optimize_fuses_and_keeps_outputs(tiny_bundle: Path, optimized: Path) -> None:
     manifest = read_manifest(optimized)
-    step = manifest.raw["compression"][0]
+    step = encode(manifest)["compression"][0]
     assert step["step"] == "optimize"
     for name, graph in step["graphs"].items():
         ops = _ops(optimized / name)
         assert ops["Attention"] == 2 and ops["SkipLayerNormalization"] >= 2, ops
         assert graph["nodes_after"] < graph["nodes_before"]
-    fidelity = manifest.raw["fidelity"]
+    fidelity = encode(manifest)["fidelity"]
     assert fidelity["reference"] == str(tiny_bundle.resolve())
     assert fidelity["overlap@10"] >= 0.99
     assert fidelity["queries"]["user"]["min_cosine"] > 0.9999
     assert fidelity["item"]["min_cosine"] > 0.9999
-    assert manifest.raw["reference"]["manifest_sha256"] == sha256_file(tiny_bundle / "manifest.json")
+    assert encode(manifest)["reference"]["manifest_sha256"] == sha256_file(tiny_bundle / "manifest.json")
 
 
 def test_dynamic_int8_user_tower(tiny_bundle: Path, optimized: Path, tmp_path: Path) -> None:
@@ -64,7 +65,7 @@ def test_dynamic_int8_user_tower(tiny_bundle: Path, optimized: Path, tmp_path: P
     assert ops["DynamicQuantizeMatMul"] + ops["MatMulInteger"] + ops["QAttention"] > 0, ops
     # Measured against the uncompressed bundle the chain started from, not the optimised input.
     assert result.fidelity["reference"] == str(tiny_bundle.resolve())
-    assert [s["step"] for s in manifest.raw["compression"]] == ["optimize", "quantize"]
+    assert [s["step"] for s in encode(manifest)["compression"]] == ["optimize", "quantize"]
     assert 0.0 < result.fidelity["overlap@10"] <= 1.0
     assert result.fidelity["item"]["min_cosine"] > 0.9999  # the item tower was not touched
     engine = Engine.load(out, device="cpu")
@@ -96,7 +97,7 @@ def test_static_int8_has_qdq_nodes(tiny_bundle: Path, tmp_path: Path) -> None:
     assert result.step["calibration"] == "minmax" and result.step["calibration_size"] == 32
     # Both towers changed and the index was kept: stored item vectors are the reference's.
     assert np.array_equal(np.load(out / "item_vectors.npy"), np.load(tiny_bundle / "item_vectors.npy"))
-    assert "reference item tower" in manifest.raw["index"]["built_with"]
+    assert "reference item tower" in encode(manifest)["index"]["built_with"]
 
 
 def test_fp16_graph_for_cuda(tiny_bundle: Path, tmp_path: Path) -> None:
@@ -117,7 +118,7 @@ def test_reindex_rebuilds_the_index_with_the_new_item_tower(tiny_bundle: Path, t
     assert result.step["reindexed"] is True
     new, old = np.load(out / "item_vectors.npy"), np.load(tiny_bundle / "item_vectors.npy")
     assert new.shape == old.shape and not np.array_equal(new, old)
-    assert "compressed item tower" in read_manifest(out).raw["index"]["built_with"]
+    assert "compressed item tower" in encode(read_manifest(out))["index"]["built_with"]
     engine = Engine.load(out, device="cpu")
     texts = [engine.catalog.get(i).text for i in engine.item_ids[:5]]
     # Dynamic int8 scales activations per batch tensor, so batch makeup moves the last digits.
@@ -188,7 +189,7 @@ def test_cli_quantize_prints_the_cost(optimized: Path, tmp_path: Path) -> None:
     assert "user vs reference: overlap@10" in result.output
     payload = json.loads(report.read_text())
     assert payload["step"]["mode"] == "dynamic"
-    assert payload["fidelity"]["overlap@10"] == read_manifest(out).raw["fidelity"]["overlap@10"]
+    assert payload["fidelity"]["overlap@10"] == encode(read_manifest(out))["fidelity"]["overlap@10"]
 
 
 def test_blockwise_int8_is_closer_to_fp32_than_dynamic(optimized: Path, tmp_path: Path) -> None:

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from recsys_infer.runtime.schema import encode
+
 pytestmark = pytest.mark.slow
 
 
@@ -31,7 +33,7 @@ def minilm_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_parity_of_the_real_encoder(minilm_bundle: Path) -> None:
     from recsys_infer.runtime.bundle import read_manifest
 
-    raw = read_manifest(minilm_bundle).raw
+    raw = encode(read_manifest(minilm_bundle))
     for tower in ("user", "item"):
         assert raw["parity"][tower]["max_abs_diff"] < 1e-4
         assert raw["parity"][tower]["min_cosine"] > 0.9999

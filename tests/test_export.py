@@ -20,6 +20,7 @@ from recsys_infer.errors import (
     SchemaVersionError,
 )
 from recsys_infer.runtime.bundle import SCHEMA_VERSION, read_manifest, sha256_file
+from recsys_infer.runtime.schema import encode
 from recsys_infer.toolchain.export import ExportConfig, export_bundle, export_config_from_recipe, read_recipe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_bundle_contents_and_manifest(tiny_bundle: Path, tiny_checkpoint: Path) -> None:
     manifest = read_manifest(tiny_bundle)
-    raw = manifest.raw
+    raw = encode(manifest)
     assert manifest.schema_version == SCHEMA_VERSION
     assert {p.name for p in tiny_bundle.iterdir()} == {
         "manifest.json",
@@ -41,7 +42,7 @@ def test_bundle_contents_and_manifest(tiny_bundle: Path, tiny_checkpoint: Path) 
         "probe.json",
     }
     for name, entry in manifest.files.items():
-        assert sha256_file(tiny_bundle / name) == entry["sha256"]
+        assert sha256_file(tiny_bundle / name) == entry.sha256
     assert manifest.user.max_length == 48 and manifest.item.max_length == 32
     assert manifest.user.dim == manifest.index.dim == 32
     assert manifest.index.count == len(json.loads((tiny_bundle / "item_ids.json").read_text())) == 300
@@ -81,18 +82,30 @@ def test_existing_output_is_kept_unless_overwrite(tiny_checkpoint: Path, tmp_pat
     (out / "keep.txt").write_text("mine")
     with pytest.raises(OutputExistsError):
         export_bundle(tiny_checkpoint, out, progress=False)
+    # --overwrite replaces an earlier bundle only: a folder of something else is refused, kept whole.
+    with pytest.raises(OutputExistsError, match="has no manifest.json"):
+        export_bundle(tiny_checkpoint, out, overwrite=True, progress=False)
     assert (out / "keep.txt").read_text() == "mine"
-    with pytest.raises(ParityError):  # a failed overwrite leaves the old directory alone
+    afile = tmp_path / "a-file"
+    afile.write_text("not a folder")
+    with pytest.raises(OutputExistsError, match="not a directory"):
+        export_bundle(tiny_checkpoint, afile, overwrite=True, progress=False)
+    assert afile.read_text() == "not a folder"
+    (out / "keep.txt").unlink()
+    out.rmdir()
+    export_bundle(tiny_checkpoint, out, progress=False)
+    before = (out / "manifest.json").read_bytes()
+    with pytest.raises(ParityError):  # a failed overwrite leaves the old bundle alone
         export_bundle(
             tiny_checkpoint, out, config=ExportConfig(max_abs_diff=1e-30), overwrite=True, progress=False
         )
-    assert (out / "keep.txt").read_text() == "mine"
+    assert (out / "manifest.json").read_bytes() == before
     export_bundle(
         tiny_checkpoint, out, config=ExportConfig(include_probe=False), overwrite=True, progress=False
     )
-    assert not (out / "keep.txt").exists() and not (out / "probe.json").exists()
-    assert read_manifest(out).probe_file is None
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+    assert not (out / "probe.json").exists()
+    assert read_manifest(out).probe is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "b"]
 
 
 def test_shared_towers_export_one_graph(tiny_encoder: Path, tmp_path: Path) -> None:
@@ -158,7 +171,7 @@ def test_unknown_fields_are_ignored_and_broken_manifest_is_clear(bundle_copy: Pa
     assert read_manifest(bundle_copy).index.extra["a_future_index_field"] == 3
     del doc["towers"]["item"]
     path.write_text(json.dumps(doc))
-    with pytest.raises(BundleError, match="incomplete or malformed"):
+    with pytest.raises(BundleError, match=r"malformed: manifest: towers\.item is missing"):
         read_manifest(bundle_copy)
     path.write_text("{not json")
     with pytest.raises(BundleIntegrityError, match="not valid JSON"):

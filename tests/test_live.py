@@ -77,7 +77,7 @@ def test_filters_apply_during_search_and_still_return_k(engine: Engine, bundle_c
     recs = engine.recommend(text="gift", k=10, allow=allow, exclude=[allow[0]])
     assert {r.item_id for r in recs} == set(allow[1:])  # only 9 pass: fewer than k come back
     assert [r.score for r in recs] == sorted((r.score for r in recs), reverse=True)
-    with pytest.raises(QueryError, match="single string"):
+    with pytest.raises(QueryError, match="list of item ids"):
         engine.recommend(text="gift", allow="abc")
 
 
@@ -160,7 +160,9 @@ def test_edits_under_concurrent_load_are_atomic(engine: Engine) -> None:
                 engine.add_items([item], [f"{texts[n % 5]} number {n}"])
                 with lock:
                     added_at[item] = time.monotonic()
-                victim = rng.choice(engine.item_ids[:200])
+                # Only original items are removed: added ones take freed slots, and a reader may
+                # still be checking one it saw added.
+                victim = rng.choice([i for i in engine.item_ids[:200] if not i.startswith("live-")])
                 engine.remove_items([victim])
                 with lock:
                     removed_at[victim] = time.monotonic()

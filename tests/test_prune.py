@@ -12,6 +12,7 @@ import torch
 from recsys_infer import Engine
 from recsys_infer.errors import CheckpointError, ExportError, FidelityError
 from recsys_infer.runtime.bundle import read_manifest
+from recsys_infer.runtime.schema import encode
 from recsys_infer.toolchain.checkpoint import load_checkpoint
 from recsys_infer.toolchain.export import export_bundle
 from recsys_infer.toolchain.prune import PruneConfig, prune_checkpoint
@@ -84,7 +85,7 @@ def test_pruned_export_is_measured_against_the_reference(
         export_bundle(pruned, tmp_path / "unmeasured", progress=False)
     assert not (tmp_path / "unmeasured").exists()
     result = export_bundle(pruned, tmp_path / "bundle", reference=tiny_bundle, progress=False)
-    manifest = read_manifest(tmp_path / "bundle").raw
+    manifest = encode(read_manifest(tmp_path / "bundle"))
     assert manifest["compression"][0]["step"] == "prune"
     assert manifest["reference"]["bundle"] == str(tiny_bundle.resolve())
     assert result.fidelity is not None and 0 <= result.fidelity["overlap@10"] <= 1
@@ -130,7 +131,7 @@ def test_build_runs_a_whole_chain(tiny_checkpoint: Path, tmp_path: Path) -> None
     args = ["build", str(recipe), "--checkpoint", str(tiny_checkpoint), "--data", "sample", "--out", str(out)]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    manifest = read_manifest(out).raw
+    manifest = encode(read_manifest(out))
     assert [s["step"] for s in manifest["compression"]] == ["prune", "optimize", "quantize"]
     assert manifest["reference"]["bundle"] == str((tmp_path / "final.work" / "bundle-0-export").resolve())
     assert manifest["towers"]["user"]["precision"] == "int8"

@@ -13,6 +13,7 @@ from recsys_infer import Engine, Query
 from recsys_infer.data import leave_one_out
 from recsys_infer.errors import CheckpointError, QueryError
 from recsys_infer.runtime.bundle import read_manifest
+from recsys_infer.runtime.schema import encode
 from recsys_infer.toolchain.model import ItemHead, SequenceConfig, SequenceTower
 from recsys_infer.toolchain.train import TrainConfig, hold_out_items, train
 
@@ -92,7 +93,7 @@ def test_sequence_bundle_parity_and_serving(seq_bundle: Path) -> None:
     manifest = read_manifest(seq_bundle)
     assert manifest.user.kind == "sequence" and manifest.user.max_length == 50
     assert manifest.towers["request"].file == manifest.item.file == "item_tower.onnx"
-    parity = manifest.raw["parity"]
+    parity = encode(manifest)["parity"]
     for tower in ("user", "item", "request"):
         assert parity[tower]["max_abs_diff"] < 1e-4, tower
     assert parity["user"]["history_lengths"]["min"] == 1
@@ -253,7 +254,9 @@ def test_item_offsets_train_export_and_stay_zero_for_cold_items(
     text_only = engine.encode_items(list(ckpt.catalog.texts))
     np.testing.assert_allclose(stored, add_offsets(text_only, offsets.numpy()), atol=1e-5)
     np.testing.assert_allclose(stored[rows], text_only[rows], atol=1e-5)
-    assert engine.manifest is not None and engine.manifest.raw["index"]["offsets_file"] == "item_offsets.npy"
+    assert (
+        engine.manifest is not None and encode(engine.manifest)["index"]["offsets_file"] == "item_offsets.npy"
+    )
 
 
 def test_items_the_training_part_never_shows_can_leave_the_softmax(

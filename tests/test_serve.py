@@ -216,7 +216,7 @@ def test_batcher_refuses_bad_options_at_once(engine: Engine) -> None:
     with MicroBatcher(engine) as batcher:
         with pytest.raises(QueryError, match="positive integer"):
             batcher.submit(text="lamp", k=0)
-        with pytest.raises(QueryError, match="single string"):
+        with pytest.raises(QueryError, match="list of item ids"):
             batcher.submit(text="lamp", exclude="abc")
 
 

@@ -341,8 +341,7 @@ def default_reference(bundle: Path) -> Path | None:
     """The checkpoint a bundle was exported from, where it still exists."""
     from recsys_infer.runtime.bundle import read_manifest
 
-    raw = read_manifest(bundle).raw
-    path = (raw.get("provenance") or {}).get("checkpoint")
+    path = read_manifest(bundle).provenance.checkpoint
     return Path(path) if path and (Path(path) / "recsys_checkpoint.json").is_file() else None
 
 
@@ -547,7 +546,7 @@ def _hnsw(subjects: list[Subject], inputs: Inputs, config: BenchConfig) -> dict[
     for s in subjects:
         if s.kind != "bundle" or s.engine is None or s.engine.manifest is None:
             continue
-        digest = s.engine.manifest.files[s.engine.manifest.index.vectors_file]["sha256"]
+        digest = s.engine.manifest.files[s.engine.manifest.index.vectors_file].sha256
         if digest not in seen:
             seen.add(digest)
             out[s.name] = hnsw_sweep(s.engine, inputs, config)

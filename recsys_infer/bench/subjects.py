@@ -23,6 +23,7 @@ from recsys_infer.errors import BundleError
 from recsys_infer.runtime.bundle import MANIFEST, read_manifest, sha256_file
 from recsys_infer.runtime.encoder import Encoder
 from recsys_infer.runtime.engine import Engine
+from recsys_infer.runtime.schema import encode
 from recsys_infer.runtime.users import SequenceUserEncoder, TextUserEncoder
 
 
@@ -61,7 +62,7 @@ def text_side(engine: Engine) -> Encoder:
 
 
 def _describe(manifest: Any) -> str:
-    steps = manifest.raw.get("compression") or []
+    steps = [encode(step) for step in manifest.compression]
     if not steps:
         return "fp32 ONNX"
     names = []
@@ -101,7 +102,7 @@ def bundle_subject(path: Path, *, threads: int, name: str | None = None) -> Subj
             "towers": {
                 k: {"file": v.file, "precision": str(v.precision)} for k, v in manifest.towers.items()
             },
-            "fidelity_at_build": (manifest.raw.get("fidelity") or {}).get("queries"),
+            "fidelity_at_build": manifest.fidelity.get("queries"),
         },
     )
 

@@ -120,7 +120,7 @@ def _manifest_sha(bundle: Path) -> str:
 def _held_out(engine: Engine) -> list[str]:
     if engine.manifest is None:
         return []
-    return list(engine.manifest.raw.get("provenance", {}).get("data", {}).get("cold_items") or [])
+    return list(engine.manifest.provenance.data.get("cold_items") or [])
 
 
 def _cold_items(engines: Sequence[Engine], names: Sequence[str]) -> list[str]:
@@ -158,7 +158,7 @@ def _zero_shot_bundle(dataset: Dataset, like: Engine | None, work: Path) -> Path
         config = config.with_overrides(
             user_max_length=text_user.max_length, item_max_length=towers["item"].max_length
         )
-        encoder = like.manifest.raw.get("provenance", {}).get("encoder", {}).get("name")
+        encoder = like.manifest.provenance.encoder.get("name")
     train(dataset, work / "checkpoint", encoder=encoder, config=config, progress=False)
     export_bundle(work / "checkpoint", work / "bundle", progress=False)
     return work / "bundle"
@@ -243,7 +243,7 @@ def run_evaluation(
                     "baseline",
                     EngineRecommender(engine, "zero-shot"),
                     engine,
-                    {"encoder": engine.manifest.raw["provenance"]["encoder"] if engine.manifest else None},
+                    {"encoder": dict(engine.manifest.provenance.encoder) if engine.manifest else None},
                 )
 
     paired = [

@@ -21,47 +21,24 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from recsys_infer.errors import QueryError
+from recsys_infer.errors import OverloadedError, QueryError
 
-from .engine import AttributeFilter, Engine, Query, Recommendation, check_options
+from .engine import Engine, Query, Recommendation
+from .options import RecommendOptions
 from .users import SequenceUserEncoder
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class BatchOptions:
-    """What must be equal for requests to share a batch."""
-
-    k: int
-    exclude_seen: bool
-    explain: bool
-    exclude: frozenset[str]
-    allow: frozenset[str] | None
-    where: AttributeFilter | None
-
-    def kwargs(self) -> dict[str, Any]:
-        return {"k": self.k, "exclude_seen": self.exclude_seen, "exclude": self.exclude, "allow": self.allow,
-                "where": self.where, "explain": self.explain}  # fmt: skip
-
-
-def _defaults(options: dict[str, Any]) -> dict[str, Any]:
-    known = {"k": 10, "exclude_seen": True, "exclude": (), "allow": None, "where": None, "explain": False}
-    unknown = set(options) - set(known)
-    if unknown:
-        raise QueryError(f"unknown option(s) {sorted(unknown)}; choose from {sorted(known)}")
-    return {**known, **options}
-
-
 @dataclass
 class _Pending:
     query: Query
-    options: BatchOptions
+    options: RecommendOptions
     future: Future[list[Recommendation]] = field(default_factory=Future)
 
     @property
@@ -89,6 +66,7 @@ class MicroBatcher:
         max_batch: int = 32,
         max_wait_us: int = 2000,
         workers: int = 2,
+        max_queue: int = 1024,
         on_batch: Callable[[int], None] | None = None,
     ) -> None:
         if max_batch < 1:
@@ -97,9 +75,12 @@ class MicroBatcher:
             raise ValueError(f"max_wait_us must be 0 or more, got {max_wait_us}")
         if workers < 1:
             raise ValueError(f"workers must be positive, got {workers}")
+        if max_queue < 1:
+            raise ValueError(f"max_queue must be positive, got {max_queue}")
         self.engine = engine
         self.max_batch = max_batch
         self.max_wait = max_wait_us / 1e6
+        self.max_queue = max_queue
         self._queue: queue.Queue[_Pending | None] = queue.Queue()
         self._closed = False
         self.batches = 0  # counters for metrics: batches run and requests answered
@@ -120,38 +101,32 @@ class MicroBatcher:
         history: Sequence[str] | None = None,
         text: str | None = None,
         *,
-        k: int = 10,
-        exclude_seen: bool = True,
-        exclude: Iterable[str] = (),
-        allow: Iterable[str] | None = None,
-        where: AttributeFilter | None = None,
-        explain: bool = False,
+        options: RecommendOptions | None = None,
+        **overrides: Any,
     ) -> Future[list[Recommendation]]:
-        """Queue one request; the future resolves to what :meth:`Engine.recommend` returns."""
-        pending = self._prepare(history, text, k, exclude_seen, exclude, allow, where, explain)
-        self._queue.put(pending)
+        """Queue one request; the future resolves to what :meth:`Engine.recommend` returns.
+        Raises :class:`OverloadedError` when ``max_queue`` requests are already waiting."""
+        pending = self._prepare(history, text, RecommendOptions.of(options, **overrides))
+        self._enqueue(pending)
         return pending.future
 
     def _prepare(
-        self,
-        history: Sequence[str] | None,
-        text: str | None,
-        k: int,
-        exclude_seen: bool,
-        exclude: Iterable[str],
-        allow: Iterable[str] | None,
-        where: AttributeFilter | None,
-        explain: bool,
+        self, history: Sequence[str] | None, text: str | None, options: RecommendOptions
     ) -> _Pending:
         if self._closed:
             raise BatcherClosedError("the micro-batcher is closed")
-        check_options(k, exclude, allow, where)
-        query = Query(history=history if history is not None else (), text=text)  # type: ignore[arg-type]
-        self.engine.validate(query)  # unknown items fail here, alone
-        options = BatchOptions(
-            k, exclude_seen, explain, frozenset(exclude), None if allow is None else frozenset(allow), where
-        )
+        query = Query(history=() if history is None else history, text=text)  # type: ignore[arg-type]
+        self.engine.validate(query, options)  # unknown items and a too-large k fail here, alone
         return _Pending(query, options)
+
+    def _enqueue(self, pending: _Pending) -> None:
+        # Puts are not atomic with the size check; the bound may be passed by a few concurrent
+        # callers, never by a growing amount.
+        if self._queue.qsize() >= self.max_queue:
+            raise OverloadedError(
+                f"{self.max_queue} requests are already waiting (max_queue); retry in a moment"
+            )
+        self._queue.put(pending)
 
     def _bypasses(self, pending: _Pending) -> bool:
         """A history without text in a sequence bundle runs no transformer: its small graph gains
@@ -159,26 +134,36 @@ class MicroBatcher:
         return not pending.query.text and isinstance(self.engine.user_encoder, SequenceUserEncoder)
 
     def _direct(self, pending: _Pending) -> list[Recommendation]:
-        return self.engine.recommend_batch([pending.query], **pending.options.kwargs())[0]
+        return self.engine.recommend_batch([pending.query], options=pending.options)[0]
 
     def recommend(
-        self, history: Sequence[str] | None = None, text: str | None = None, **options: Any
+        self,
+        history: Sequence[str] | None = None,
+        text: str | None = None,
+        *,
+        options: RecommendOptions | None = None,
+        **overrides: Any,
     ) -> list[Recommendation]:
         """Like :meth:`Engine.recommend`, through the batcher; blocks until answered."""
-        pending = self._prepare(history, text, **_defaults(options))
+        pending = self._prepare(history, text, RecommendOptions.of(options, **overrides))
         if self._bypasses(pending):
             return self._direct(pending)
-        self._queue.put(pending)
+        self._enqueue(pending)
         return pending.future.result()
 
     async def arecommend(
-        self, history: Sequence[str] | None = None, text: str | None = None, **options: Any
+        self,
+        history: Sequence[str] | None = None,
+        text: str | None = None,
+        *,
+        options: RecommendOptions | None = None,
+        **overrides: Any,
     ) -> list[Recommendation]:
         """The same, for asyncio: awaits without blocking the event loop."""
-        pending = self._prepare(history, text, **_defaults(options))
+        pending = self._prepare(history, text, RecommendOptions.of(options, **overrides))
         if self._bypasses(pending):
             return await asyncio.get_running_loop().run_in_executor(None, self._direct, pending)
-        self._queue.put(pending)
+        self._enqueue(pending)
         return await asyncio.wrap_future(pending.future)
 
     # -- the worker -----------------------------------------------------------------------------
@@ -204,27 +189,26 @@ class MicroBatcher:
             if first is None:
                 return
             batch = self._gather(first)
-            groups: dict[tuple[BatchOptions, int], list[_Pending]] = {}
+            groups: dict[tuple[RecommendOptions, int], list[_Pending]] = {}
             for p in batch:
                 groups.setdefault((p.options, p.bucket), []).append(p)
             engine = self.engine
             for (options, _), members in groups.items():
                 self._answer(engine, options, members)
 
-    def _answer(self, engine: Engine, o: BatchOptions, members: list[_Pending]) -> None:
+    def _answer(self, engine: Engine, o: RecommendOptions, members: list[_Pending]) -> None:
         live = [p for p in members if p.future.set_running_or_notify_cancel()]
         if not live:
             return
-        kwargs = o.kwargs()
         try:
-            results = engine.recommend_batch([p.query for p in live], **kwargs)
+            results = engine.recommend_batch([p.query for p in live], options=o)
         except Exception as error:
             if len(live) == 1:
                 live[0].future.set_exception(error)
                 return
             for p in live:  # answer one by one: only the bad request fails
                 try:
-                    p.future.set_result(engine.recommend_batch([p.query], **kwargs)[0])
+                    p.future.set_result(engine.recommend_batch([p.query], options=o)[0])
                 except Exception as e:
                     p.future.set_exception(e)
             return

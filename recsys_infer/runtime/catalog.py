@@ -100,6 +100,6 @@ class Catalog:
                 try:
                     row = json.loads(line)
                     items.append(Item(row["item_id"], row["text"], row.get("attributes", {})))
-                except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+                except (json.JSONDecodeError, KeyError, TypeError, ValueError, RecursionError) as e:
                     raise BundleError(f"{path}, line {line_no}: not a catalogue row ({e})") from e
         return cls(items)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,10 +20,12 @@ from tokenizers import Tokenizer
 from recsys_infer.enums import Device
 from recsys_infer.errors import BundleError, DeviceUnavailableError, QueryError, UnknownItemError
 
-from .bundle import Manifest, read_manifest, rewritten_catalogue, verify_files
+from .bundle import Manifest, read_manifest, verify_files, write_catalogue_bundle
 from .catalog import Catalog, Item
 from .encoder import Encoder, OnnxEncoder
 from .index import ExactIndex, FilterTooNarrowError, HnswIndex, HnswParams, Index
+from .manifest import CatalogueEdit
+from .options import AttributeFilter, RecommendOptions, check_attributes, check_text, excerpt, id_list
 from .providers import create_session, plan_device
 from .rwlock import RWLock
 from .tokenizer import TextTokenizer
@@ -68,21 +70,6 @@ class Recommendation:
         return out
 
 
-#: A predicate on an item's attributes: True keeps the item.
-AttributeFilter = Callable[[Mapping[str, Any]], bool]
-
-
-def check_options(k: object, exclude: object, allow: object, where: object) -> None:
-    """The recommendation options' types, checked before any work (the engine and the
-    micro-batcher both refuse bad ones at once)."""
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise QueryError(f"k must be a positive integer, got {k!r}")
-    if isinstance(exclude, str) or isinstance(allow, str):
-        raise QueryError("exclude and allow take a list of item ids, not a single string")
-    if where is not None and not callable(where):
-        raise QueryError("where must be a function of an item's attributes that returns True to keep it")
-
-
 _WORD = re.compile(r"[^\W_][\w'-]*", re.UNICODE)
 
 
@@ -94,24 +81,10 @@ class Query:
     text: str | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.history, str):
-            raise QueryError(
-                f"history must be a list of item ids, got the string {self.history!r}; "
-                "pass e.g. ['1', '50', '260']"
-            )
-        history = tuple(self.history)
-        bad = [h for h in history if not isinstance(h, str) or not h]
-        if bad:
-            raise QueryError(
-                f"history item ids must be non-empty strings, got {bad[:5]!r}; ids are strings "
-                "throughout (write '42', not 42)"
-            )
-        object.__setattr__(self, "history", history)
-        if self.text is not None and not isinstance(self.text, str):
-            raise QueryError(f"text must be a string or None, got {type(self.text).__name__}")
-        text = self.text.strip() if self.text else ""
+        object.__setattr__(self, "history", id_list(self.history, "history"))
+        text = None if self.text is None else check_text(self.text, "text", empty_ok=True).strip()
         object.__setattr__(self, "text", text or None)
-        if not history and not text:
+        if not self.history and not text:
             raise QueryError("a query needs a history, a text request, or both; both were empty")
 
     @classmethod
@@ -125,10 +98,19 @@ class Query:
                 raise QueryError(
                     f"unknown request field(s) {sorted(unknown)}; a request has 'history' and/or 'text'"
                 )
-            return cls(history=value.get("history") or (), text=value.get("text"))
+            history = value.get("history")
+            return cls(history=() if history is None else history, text=value.get("text"))
         raise QueryError(
             f"a request must be a Query or a mapping with 'history'/'text', got {type(value).__name__}"
         )
+
+
+def _request_list(requests: object, what: str) -> Sequence[Any]:
+    if isinstance(requests, (str, bytes, Mapping, Query)) or not isinstance(requests, Sequence):
+        raise QueryError(
+            f"{what} takes a list of requests, got {type(requests).__name__}; use recommend() for one"
+        )
+    return requests
 
 
 class VectorStore:
@@ -158,6 +140,26 @@ class VectorStore:
 
     def all(self) -> np.ndarray:
         return np.array(self._data[: self._rows], dtype=np.float32)  # a copy
+
+
+def _read_item_ids(path: Path) -> list[str | None]:
+    try:
+        item_ids = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise BundleError(f"{path} is not valid JSON ({e})") from e
+    if not isinstance(item_ids, list) or not all(i is None or isinstance(i, str) for i in item_ids):
+        raise BundleError(f"{path} must hold a JSON list of item id strings (null for a free slot)")
+    return item_ids
+
+
+def _open_index(
+    bundle: Path, manifest: Manifest, vectors: np.ndarray, removed: list[int], *, exact: bool
+) -> Index:
+    spec = manifest.index
+    if exact:
+        return ExactIndex(np.asarray(vectors), removed=removed)
+    params = HnswParams(spec.M, spec.ef_construction, spec.ef_search)
+    return HnswIndex.load(bundle / spec.file, space=spec.space, dim=spec.dim, params=params, removed=removed)
 
 
 class Engine:
@@ -221,6 +223,7 @@ class Engine:
         self._label: dict[str, int] = {
             item_id: n for n, item_id in enumerate(item_ids) if item_id is not None
         }
+        self._free = [n for n, item_id in enumerate(item_ids) if item_id is None][::-1]  # reused first
         self.manifest = manifest
         self.path = path
         self._device = Device(device)
@@ -250,45 +253,24 @@ class Engine:
         bundle = Path(path)
         manifest = read_manifest(bundle)
         verify_files(bundle, manifest, checksums=verify)
-        requested = Device(device)
-        planned = plan_device(requested, [t.precision for t in manifest.towers.values()])
-        try:
-            sessions = cls._sessions(bundle, manifest, planned, threads)
-        except DeviceUnavailableError:
-            if requested is not Device.AUTO:
-                raise
-            logger.info("device 'auto': CUDA could not start, running on the CPU", exc_info=True)
-            planned = Device.CPU
-            sessions = cls._sessions(bundle, manifest, planned, threads)
-
-        tokenizer_json = (bundle / manifest.tokenizer_file).read_text(encoding="utf-8")
+        sessions, planned = cls._start(bundle, manifest, Device(device), threads)
+        tokenizer_json = (bundle / manifest.tokenizer.file).read_text(encoding="utf-8")
         cuda = planned is Device.CUDA  # bind inputs and outputs on CUDA (providers.run_graph)
 
         def text_encoder(name: str) -> OnnxEncoder:
             spec = manifest.towers[name]
             tokenizer = TextTokenizer(
-                Tokenizer.from_str(tokenizer_json), max_length=spec.max_length, pad_token=manifest.pad_token
+                Tokenizer.from_str(tokenizer_json),
+                max_length=spec.max_length,
+                pad_token=manifest.tokenizer.pad_token,
             )
             return OnnxEncoder(sessions[spec.file], tokenizer, dim=spec.dim, io_binding=cuda)
 
-        spec = manifest.index
-        item_ids = json.loads((bundle / spec.item_ids_file).read_text(encoding="utf-8"))
-        if not isinstance(item_ids, list) or not all(i is None or isinstance(i, str) for i in item_ids):
-            raise BundleError(
-                f"{bundle / spec.item_ids_file} must hold a JSON list of item id strings (null for a "
-                "removed item)"
-            )
+        item_ids = _read_item_ids(bundle / manifest.index.item_ids_file)
+        catalog = Catalog.read_jsonl(bundle / manifest.catalog.file)
+        vectors = np.load(bundle / manifest.index.vectors_file, allow_pickle=False, mmap_mode="r")
         removed = [n for n, i in enumerate(item_ids) if i is None]
-        catalog = Catalog.read_jsonl(bundle / manifest.catalog_file)
-        index: Index
-        vectors = np.load(bundle / spec.vectors_file, allow_pickle=False, mmap_mode="r")
-        if exact:
-            index = ExactIndex(np.asarray(vectors), removed=removed)
-        else:
-            params = HnswParams(spec.M, spec.ef_construction, spec.ef_search)
-            index = HnswIndex.load(
-                bundle / spec.file, space=spec.space, dim=spec.dim, params=params, removed=len(removed)
-            )
+        index = _open_index(bundle, manifest, vectors, removed, exact=exact)
 
         def history_vectors(item_ids: Sequence[str]) -> np.ndarray:
             return engine._history_vectors(item_ids)  # `engine` is bound below, before any call
@@ -318,6 +300,20 @@ class Engine:
         )
         logger.info("loaded %s: %d items, device %s", bundle, len(engine), planned)
         return engine
+
+    @classmethod
+    def _start(
+        cls, bundle: Path, manifest: Manifest, requested: Device, threads: int | None
+    ) -> tuple[dict[str, Any], Device]:
+        """ONNX Runtime sessions for the bundle's graphs, and the device they run on."""
+        planned = plan_device(requested, [t.precision for t in manifest.towers.values()])
+        try:
+            return cls._sessions(bundle, manifest, planned, threads), planned
+        except DeviceUnavailableError:
+            if requested is not Device.AUTO:
+                raise
+            logger.info("device 'auto': CUDA could not start, running on the CPU", exc_info=True)
+            return cls._sessions(bundle, manifest, Device.CPU, threads), Device.CPU
 
     @staticmethod
     def _sessions(bundle: Path, manifest: Manifest, device: Device, threads: int | None) -> dict[str, Any]:
@@ -358,9 +354,16 @@ class Engine:
             raise UnknownItemError(unknown, len(self._label))
         return query
 
-    def validate(self, request: Query | Mapping[str, Any]) -> Query:
-        """The request as a :class:`Query`, or the error recommending it would raise."""
+    def _check_k(self, options: RecommendOptions) -> None:
+        if options.k > len(self._label):
+            raise QueryError(f"k={options.k} is larger than the catalogue ({len(self._label)} items)")
+
+    def validate(self, request: Query | Mapping[str, Any], options: RecommendOptions | None = None) -> Query:
+        """The request as a :class:`Query`, or the error recommending it (with ``options``)
+        would raise."""
         with self._lock.read():
+            if options is not None:
+                self._check_k(options)
             return self._checked(request)
 
     def user_text(self, query: Query | Mapping[str, Any]) -> str:
@@ -372,14 +375,15 @@ class Engine:
 
     def encode_users(self, requests: Sequence[Query | Mapping[str, Any]]) -> np.ndarray:
         """User vectors, ``float32 (len(requests), dim)``, unit norm."""
+        queries = _request_list(requests, "encode_users")
         with self._lock.read():
-            return self.user_encoder.encode([self._checked(r) for r in requests])
+            return self.user_encoder.encode([self._checked(r) for r in queries])
 
     def encode_items(self, texts: Sequence[str]) -> np.ndarray:
         """Item vectors for arbitrary item texts, ``float32 (len(texts), dim)``, unit norm."""
-        if isinstance(texts, str):
-            raise QueryError("encode_items takes a list of texts, not a single string")
-        return self.item_encoder.encode(list(texts))
+        if isinstance(texts, (str, bytes, Mapping)) or not isinstance(texts, Sequence):
+            raise QueryError(f"encode_items takes a list of texts, got {type(texts).__name__}")
+        return self.item_encoder.encode([check_text(t, "an item text") for t in texts])
 
     # -- recommending ---------------------------------------------------------------------------
 
@@ -388,78 +392,60 @@ class Engine:
         history: Sequence[str] | None = None,
         text: str | None = None,
         *,
-        k: int = 10,
-        exclude_seen: bool = True,
-        exclude: Iterable[str] = (),
-        allow: Iterable[str] | None = None,
-        where: AttributeFilter | None = None,
-        explain: bool = False,
+        options: RecommendOptions | None = None,
+        **overrides: Any,
     ) -> list[Recommendation]:
-        """Top-``k`` items for one user; see :meth:`recommend_batch` for the options."""
-        query = Query(history=history if history is not None else (), text=text)  # type: ignore[arg-type]
-        return self.recommend_batch(
-            [query],
-            k=k,
-            exclude_seen=exclude_seen,
-            exclude=exclude,
-            allow=allow,
-            where=where,
-            explain=explain,
-        )[0]
+        """Top-``k`` items for one user. ``options`` (a :class:`RecommendOptions`) and/or its
+        fields by name (``k=5, exclude=[...]``); see :meth:`recommend_batch`."""
+        query = Query(history=() if history is None else history, text=text)  # type: ignore[arg-type]
+        return self.recommend_batch([query], options=RecommendOptions.of(options, **overrides))[0]
 
     def recommend_batch(
         self,
         requests: Sequence[Query | Mapping[str, Any]],
         *,
-        k: int = 10,
-        exclude_seen: bool = True,
-        exclude: Iterable[str] = (),
-        allow: Iterable[str] | None = None,
-        where: AttributeFilter | None = None,
-        explain: bool = False,
+        options: RecommendOptions | None = None,
+        **overrides: Any,
     ) -> list[list[Recommendation]]:
         """One list of recommendations per request, in order; one ONNX run and one index search.
 
         Filters apply during the search, so ``k`` items still come back when many are filtered
         out (fewer only when fewer pass): ``exclude`` ids never come back, ``allow`` restricts
-        to an id allow-list, ``where`` keeps items whose attributes it returns True for.
-        ``explain`` fills each recommendation's ``because`` with the history items (or request
-        words) closest to it.
+        to an id allow-list, ``where`` keeps items whose attributes it accepts (a
+        :class:`~recsys_infer.runtime.options.Where` or a function). ``explain`` fills each
+        recommendation's ``because`` with the history items (or request words) closest to it.
         """
-        check_options(k, exclude, allow, where)
-        if isinstance(requests, (str, Mapping, Query)):
-            raise QueryError("recommend_batch takes a list of requests; use recommend() for one")
-        queries = [Query.coerce(r) for r in requests]
+        o = RecommendOptions.of(options, **overrides)
+        queries = [Query.coerce(r) for r in _request_list(requests, "recommend_batch")]
         if not queries:
             return []
-        excluded = set(exclude)
-        allowed = None if allow is None else set(allow)
         with self._lock.read():
-            if k > len(self._label):
-                raise QueryError(f"k={k} is larger than the catalogue ({len(self._label)} items)")
+            self._check_k(o)
             vectors = self.user_encoder.encode([self._checked(q) for q in queries])
             results = []
             for row, query in enumerate(queries):
-                blocked = excluded | set(query.history) if exclude_seen else excluded
-                labels, scores = self._search(vectors[row], k, blocked, allowed, where)
-                recs = []
-                for label, score in zip(labels, scores, strict=True):
-                    item_id = self._ids[label]
-                    if item_id is None:  # pragma: no cover - the index never returns removed labels
-                        continue
-                    item = self.catalog.get(item_id)
-                    recs.append(Recommendation(item_id, float(score), item.text, item.attributes))
-                results.append(recs)
-            if explain:
+                blocked = o.exclude | set(query.history) if o.exclude_seen else o.exclude
+                labels, scores = self._search(vectors[row], o.k, blocked, o.allow, o.where)
+                results.append(
+                    [self._recommendation(label, score) for label, score in zip(labels, scores, strict=True)]
+                )
+            if o.explain:
                 results = [self._explain(q, recs) for q, recs in zip(queries, results, strict=True)]
         return results
+
+    def _recommendation(self, label: int, score: float) -> Recommendation:
+        item_id = self._ids[label]
+        if item_id is None:  # pragma: no cover - the index never returns removed labels
+            raise BundleError(f"the index returned the free slot {label}")
+        item = self.catalog.get(item_id)
+        return Recommendation(item_id, float(score), item.text, item.attributes)
 
     def _search(
         self,
         vector: np.ndarray,
         k: int,
-        blocked: set[str],
-        allowed: set[str] | None,
+        blocked: frozenset[str] | set[str],
+        allowed: frozenset[str] | None,
         where: AttributeFilter | None,
     ) -> tuple[list[int], list[float]]:
         """Top-``k`` labels for one user vector under the filters (called with the read lock)."""
@@ -542,9 +528,13 @@ class Engine:
     def _new_items(
         self, ids: Sequence[str], texts: Sequence[str], attributes: Sequence[Mapping[str, Any]] | None
     ) -> list[Item]:
-        if isinstance(ids, str) or isinstance(texts, str):
-            raise QueryError("ids and texts take lists (one entry per item), not single strings")
-        ids, texts = list(ids), list(texts)
+        ids = list(id_list(ids, "ids"))
+        if isinstance(texts, (str, bytes, Mapping)) or not isinstance(texts, Sequence):
+            raise QueryError("texts takes a list of texts (one per item), not a single value")
+        if attributes is not None and (
+            isinstance(attributes, Mapping) or not isinstance(attributes, Sequence)
+        ):
+            raise QueryError("attributes takes a list of JSON objects (one per item)")
         attrs = list(attributes) if attributes is not None else [{} for _ in ids]
         if not (len(ids) == len(texts) == len(attrs)):
             raise QueryError(
@@ -553,78 +543,95 @@ class Engine:
             )
         if len(set(ids)) != len(ids):
             raise QueryError("the same item id appears twice in one call")
-        try:
-            return [Item(i, t, a) for i, t, a in zip(ids, texts, attrs, strict=True)]
-        except (ValueError, TypeError) as e:
-            raise QueryError(f"not a valid item: {e}") from e
+        return [
+            Item(i, check_text(t, f"the text of item {excerpt(i, 40)}"), check_attributes(a, i))
+            for i, t, a in zip(ids, texts, attrs, strict=True)
+        ]
 
     def add_items(
         self, ids: Sequence[str], texts: Sequence[str], attributes: Sequence[Mapping[str, Any]] | None = None
     ) -> None:
-        """Encode new items with the bundle's item tower and make them recommendable.
-
-        Ids already in the catalogue are refused (use :meth:`update_items`)."""
-        items = self._new_items(ids, texts, attributes)
-        taken = [i.item_id for i in items if i.item_id in self._label]
-        if taken:
-            raise QueryError(
-                f"{len(taken)} ids are already in the catalogue (e.g. {taken[0]!r}); use update_items"
-            )
-        vectors = self.item_encoder.encode([i.text for i in items]) if items else None
-        with self._lock.write():
-            taken = [i.item_id for i in items if i.item_id in self._label]
-            if taken:
-                raise QueryError(f"{taken[0]!r} was added by another call meanwhile; use update_items")
-            if vectors is None:
-                return
-            labels = list(range(len(self._ids), len(self._ids) + len(items)))
-            self.index.add(vectors, labels)
-            self._vectors.put(labels, vectors)
-            self.catalog.upsert(items)
-            self._ids += [i.item_id for i in items]
-            self._label.update({i.item_id: n for i, n in zip(items, labels, strict=True)})
-            self._edits["added"] += len(items)
+        """Encode new items with the bundle's item tower and make them recommendable. Ids
+        already in the catalogue are refused (use :meth:`upsert_items` or :meth:`update_items`).
+        Attributes must be JSON objects (at most 8 levels deep, 16 KiB as JSON)."""
+        self._edit(self._new_items(ids, texts, attributes), "add")
 
     def update_items(
         self, ids: Sequence[str], texts: Sequence[str], attributes: Sequence[Mapping[str, Any]] | None = None
     ) -> None:
-        """Replace existing items' texts and attributes, re-encoding them."""
-        items = self._new_items(ids, texts, attributes)
-        vectors = self.item_encoder.encode([i.text for i in items]) if items else None
+        """Replace existing items' texts and attributes, re-encoding them; unknown ids are refused."""
+        self._edit(self._new_items(ids, texts, attributes), "update")
+
+    def upsert_items(
+        self, ids: Sequence[str], texts: Sequence[str], attributes: Sequence[Mapping[str, Any]] | None = None
+    ) -> None:
+        """Add the new items and replace the existing ones, in one atomic edit."""
+        self._edit(self._new_items(ids, texts, attributes), "upsert")
+
+    def _edit(self, items: list[Item], mode: str) -> None:
+        """Encode outside the lock, then apply the whole edit under the writer lock. New items
+        take the slots of removed ones first, so a catalogue that changes all day keeps its size."""
+        if mode == "add":
+            self._refuse_taken(items)
+        vectors = self.item_encoder.encode([i.text for i in items])
         with self._lock.write():
+            if mode == "add":
+                self._refuse_taken(items)
             unknown = [i.item_id for i in items if i.item_id not in self._label]
-            if unknown:
-                raise UnknownItemError(unknown, len(self._label))
-            if vectors is None:
+            if mode == "update" and unknown:
+                raise UnknownItemError(unknown, len(self._label), what="item")
+            if not items:
                 return
-            labels = [self._label[i.item_id] for i in items]
+            free, top = list(self._free), len(self._ids)
+            labels = []
+            for item in items:
+                label = self._label.get(item.item_id)
+                if label is None:
+                    label = free.pop() if free else top
+                    top += label == top
+                labels.append(label)
             self.index.add(vectors, labels)
             self._vectors.put(labels, vectors)
+            self._free = free
+            self._ids += [None] * (top - len(self._ids))
+            for item, label in zip(items, labels, strict=True):
+                self._ids[label] = item.item_id
+                self._label[item.item_id] = label
             self.catalog.upsert(items)
-            self._edits["updated"] += len(items)
+            self._edits["added"] += len(unknown)
+            self._edits["updated"] += len(items) - len(unknown)
+
+    def _refuse_taken(self, items: list[Item]) -> None:
+        taken = [i.item_id for i in items if i.item_id in self._label]
+        if taken:
+            raise QueryError(
+                f"{len(taken)} id(s) are already in the catalogue (e.g. {taken[0]!r:.60}); use "
+                'upsert_items (HTTP: "replace": true) to replace them'
+            )
 
     def remove_items(self, ids: Sequence[str]) -> None:
-        """Take items out: never recommended again, and unknown to histories from now on."""
-        if isinstance(ids, str):
-            raise QueryError("remove_items takes a list of ids, not a single string")
-        ids = list(dict.fromkeys(ids))
+        """Take items out: never recommended again, and unknown to histories from now on. Their
+        slots are reused by later additions."""
+        ids = list(dict.fromkeys(id_list(ids, "ids")))
         with self._lock.write():
             unknown = [i for i in ids if i not in self._label]
             if unknown:
-                raise UnknownItemError(unknown, len(self._label))
+                raise UnknownItemError(unknown, len(self._label), what="item")
             if len(ids) >= len(self._label):
                 raise QueryError("cannot remove every item: an engine needs at least one to recommend")
             labels = [self._label.pop(i) for i in ids]
             self.index.remove(labels)
             for n in labels:
                 self._ids[n] = None
+            self._free += labels
             self.catalog.remove(ids)
             self._edits["removed"] += len(ids)
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
-        """Write the bundle with the current catalogue and index to ``path``, atomically: a
-        crash mid-save leaves whatever stood at ``path`` whole. Saving over the bundle this
-        engine was loaded from needs ``overwrite=True``."""
+        """Write the bundle with the current catalogue and index to ``path``, crash-safely: at
+        every instant ``path`` holds a whole bundle, old or new. Saving over an existing bundle
+        (the one this engine was loaded from included) needs ``overwrite=True``; anything at
+        ``path`` that is not a bundle is refused."""
         if self.path is None or self.manifest is None:
             raise BundleError("only an engine loaded from a bundle can be saved")
         if not isinstance(self.index, HnswIndex):
@@ -632,19 +639,20 @@ class Engine:
         target = Path(path)
         with self._lock.read():
             vectors = self._vectors.all()
-            vectors[[n for n, i in enumerate(self._ids) if i is None]] = 0.0  # tombstones
-            with rewritten_catalogue(
-                self.path, self.manifest, target, index=self.index, vectors=vectors, item_ids=self._ids,
+            vectors[self._free] = 0.0
+            edit = CatalogueEdit(
+                saved_at=datetime.now(UTC).isoformat(timespec="seconds"),
+                added=self._edits["added"],
+                updated=self._edits["updated"],
+                removed=self._edits["removed"],
+                items=len(self._label),
+                removed_slots=len(self._free),
+            )
+            written = write_catalogue_bundle(
+                self.path, self.manifest, target, index=self.index, vectors=vectors, item_ids=list(self._ids),
                 catalog=self.catalog, overwrite=overwrite,
-            ) as (_, raw):  # fmt: skip
-                history = list(raw.get("catalogue_edits") or [])
-                history.append(
-                    {
-                        "saved_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                        **self._edits,
-                        "items": len(self._label),
-                        "removed_slots": len(self._ids) - len(self._label),
-                    }
-                )
-                raw["catalogue_edits"] = history
+                amend=lambda m: replace(m, catalogue_edits=(*m.catalogue_edits, edit)),
+            )  # fmt: skip
+            if target.resolve() == self.path.resolve():
+                self.manifest = written
         return target

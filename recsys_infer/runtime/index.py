@@ -144,14 +144,16 @@ def grow_capacity(count: int) -> int:
 class HnswIndex:
     """An hnswlib graph over the catalogue's item vectors (inner product on unit vectors).
 
-    Built with room to grow and ``allow_replace_deleted`` so that items can be added and
-    replaced later without a rebuild.
+    Built with room to grow, so that items can be added and replaced later without a rebuild.
+    A removed label stays in the graph marked deleted until :meth:`add` gives it a new vector
+    (hnswlib then clears the mark and re-links the node), so the engine reuses free slots by
+    label and the graph never grows past the catalogue's largest size.
     """
 
-    def __init__(self, index: hnswlib.Index, params: HnswParams, *, removed: int = 0) -> None:
+    def __init__(self, index: hnswlib.Index, params: HnswParams, *, removed: Sequence[int] = ()) -> None:
         self._index = index
         self.params = params
-        self._removed = removed  # tombstones (hnswlib counts them among its elements)
+        self._deleted = set(removed)  # marked deleted (hnswlib counts them among its elements)
         index.set_ef(params.ef_search)
 
     @staticmethod
@@ -185,7 +187,6 @@ class HnswIndex:
             M=params.M,
             ef_construction=params.ef_construction,
             random_seed=100,
-            allow_replace_deleted=True,
         )
         chunk = 2048
         bar = None
@@ -203,11 +204,13 @@ class HnswIndex:
         return cls(index, params)
 
     @classmethod
-    def load(cls, path: Path, *, space: Space, dim: int, params: HnswParams, removed: int = 0) -> HnswIndex:
-        """``removed``: how many of the saved labels are tombstones (the bundle's item-id map
-        says which; hnswlib keeps their deleted marks in the file)."""
+    def load(
+        cls, path: Path, *, space: Space, dim: int, params: HnswParams, removed: Sequence[int] = ()
+    ) -> HnswIndex:
+        """``removed``: the saved labels that are free slots (the bundle's item-id map says
+        which; hnswlib keeps their deleted marks in the file)."""
         index = cls._new(space, dim)
-        index.load_index(str(path), allow_replace_deleted=True)
+        index.load_index(str(path))
         return cls(index, params, removed=removed)
 
     def save(self, path: Path) -> None:
@@ -225,20 +228,27 @@ class HnswIndex:
         return int(self._index.get_max_elements())
 
     def __len__(self) -> int:
-        return int(self._index.get_current_count()) - self._removed
+        return int(self._index.get_current_count()) - len(self._deleted)
+
+    @property
+    def slots(self) -> int:
+        """Nodes in the graph, free (deleted) ones included."""
+        return int(self._index.get_current_count())
 
     def add(self, vectors: np.ndarray, labels: Sequence[int]) -> None:
-        """Insert new labels (or overwrite existing ones), growing the graph when it is full."""
+        """Insert new labels, or give existing and deleted ones a new vector; grows the graph
+        when it is full."""
         data = _as_queries(vectors, self._index.dim)
-        need = int(self._index.get_current_count()) + len(labels)
+        need = self.slots + sum(1 for label in labels if label not in self._deleted)
         if need > self.capacity:
             self._index.resize_index(grow_capacity(need))
         self._index.add_items(data, np.asarray(labels, dtype=np.int64), num_threads=1)
+        self._deleted.difference_update(labels)
 
     def remove(self, labels: Sequence[int]) -> None:
         for label in labels:
             self._index.mark_deleted(int(label))
-        self._removed += len(labels)
+        self._deleted.update(int(label) for label in labels)
 
     def vectors(self, labels: Sequence[int]) -> np.ndarray:
         if not len(labels):

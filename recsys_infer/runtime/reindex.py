@@ -1,15 +1,18 @@
-"""Bulk re-indexing: a bundle's towers over a new catalogue, without retraining.
+"""Re-indexing: a bundle's item tower over a catalogue, a fresh HNSW index, a new bundle.
 
-``recsys-infer index BUNDLE --items FILE --out NEW`` encodes every item of ``FILE`` with the
-bundle's own item tower, builds a fresh HNSW index, and writes a new bundle (atomically) with
-the same graphs and tokenizer. Learned per-item offsets (sequence models trained with
-``--item-offsets``) carry over for the item ids that both catalogues share.
+One function serves both callers: ``recsys-infer index BUNDLE --items FILE --out NEW`` (a new
+catalogue, without retraining) and a compression step's ``--reindex`` (the same catalogue
+through the step's new item tower). Every item is encoded with the bundle's own item tower, a
+fresh HNSW index is built, and a new bundle is written atomically with the same graphs and
+tokenizer; free slots of an edited bundle are dropped. Learned per-item offsets (sequence
+models trained with ``--item-offsets``) carry over by item id.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,61 +22,81 @@ import numpy as np
 from recsys_infer.data.readers import read_items
 from recsys_infer.enums import Device
 
-from .bundle import read_manifest, rewritten_catalogue
+from .bundle import read_manifest, write_catalogue_bundle
+from .catalog import Catalog
 from .engine import Engine
 from .index import HnswIndex, HnswParams
+from .manifest import Manifest
 from .users import unit_rows
+
+
+def carried_offsets(src: Path, manifest: Manifest, catalog: Catalog) -> np.ndarray | None:
+    """``src``'s learned item offsets in ``catalog``'s order (zero for items it lacks), or None."""
+    name = manifest.index.offsets_file
+    if not name:
+        return None
+    old = np.load(src / name, allow_pickle=False)
+    old_ids = json.loads((src / manifest.index.item_ids_file).read_text(encoding="utf-8"))
+    row = {item_id: n for n, item_id in enumerate(old_ids) if item_id is not None}
+    offsets = np.zeros((len(catalog), old.shape[1]), dtype=np.float32)
+    for n, item_id in enumerate(catalog.ids):
+        if item_id in row:
+            offsets[n] = old[row[item_id]]
+    return offsets
 
 
 def reindex_bundle(
     src: Path,
-    items: Path,
+    items: Path | None,
     out: Path,
     *,
     threads: int | None = None,
     index_threads: int = 1,
     overwrite: bool = False,
     progress: bool = True,
+    built_with: str = "item tower of this bundle",
 ) -> dict[str, Any]:
-    """Write ``out``: ``src``'s towers over the catalogue in ``items``. Returns a summary."""
+    """Write ``out``: ``src``'s towers over the catalogue in ``items`` (``None``: ``src``'s own
+    live catalogue). Returns a summary with timings."""
     src, out = Path(src), Path(out)
     started = time.perf_counter()
     manifest = read_manifest(src)
-    catalog, items_sha = read_items(Path(items))
     engine = Engine.load(src, device=Device.CPU, threads=threads, exact=True)
+    items_sha = None
+    if items is not None:
+        catalog, items_sha = read_items(Path(items))
+    else:
+        catalog = Catalog(engine.catalog.get(i) for i in engine.item_ids)
     t0 = time.perf_counter()
     vectors = engine.item_encoder.encode(catalog.texts, progress=progress)  # type: ignore[call-arg]
     encode_s = time.perf_counter() - t0
-    spec = manifest.index
-    offsets_file: str | None = manifest.raw["index"].get("offsets_file")
-    offsets = None
-    if offsets_file:
-        old = np.load(src / offsets_file, allow_pickle=False)
-        old_ids = json.loads((src / spec.item_ids_file).read_text(encoding="utf-8"))
-        row = {item_id: n for n, item_id in enumerate(old_ids) if item_id is not None}
-        offsets = np.zeros_like(vectors)
-        for n, item_id in enumerate(catalog.ids):
-            if item_id in row:
-                offsets[n] = old[row[item_id]]
+    offsets = carried_offsets(src, manifest, catalog)
+    if offsets is not None:
         vectors = unit_rows(vectors + offsets)
     t0 = time.perf_counter()
+    spec = manifest.index
     params = HnswParams(spec.M, spec.ef_construction, spec.ef_search)
     index = HnswIndex.build(vectors, params, space=spec.space, threads=index_threads, progress=progress)
     build_s = time.perf_counter() - t0
-    replaced = (offsets_file,) if offsets_file else ()
-    with rewritten_catalogue(
+    record = None
+    if items is not None:
+        record = {"from": str(src), "items_file": str(items), "items_sha256": items_sha,
+                  "at": datetime.now(UTC).isoformat(timespec="seconds")}  # fmt: skip
+
+    def amend(m: Manifest) -> Manifest:
+        index_spec = replace(m.index, built_with=built_with, build_threads=index_threads)
+        if record is None:
+            return replace(m, index=index_spec)
+        return replace(m, index=index_spec, reindexed=record, catalogue_edits=())
+
+    offsets_writer = {}
+    if offsets is not None and spec.offsets_file:
+        name = spec.offsets_file
+        offsets_writer[name] = lambda p: np.save(p / name, offsets, allow_pickle=False)
+    write_catalogue_bundle(
         src, manifest, out, index=index, vectors=vectors, item_ids=list(catalog.ids), catalog=catalog,
-        overwrite=overwrite, replaced=replaced,
-    ) as (tmp, raw):  # fmt: skip
-        if offsets is not None and offsets_file:
-            np.save(tmp / offsets_file, offsets, allow_pickle=False)
-        raw["reindexed"] = {
-            "from": str(src),
-            "items_file": str(items),
-            "items_sha256": items_sha,
-            "at": datetime.now(UTC).isoformat(timespec="seconds"),
-        }
-        raw.pop("catalogue_edits", None)
+        overwrite=overwrite, amend=amend, files=offsets_writer,
+    )  # fmt: skip
     return {
         "bundle": str(out),
         "items": len(catalog),

@@ -63,7 +63,7 @@ def save_checkpoint(
     overwrite: bool = False,
 ) -> None:
     """Write the checkpoint atomically: a crash leaves no half-written directory at ``out``."""
-    with atomic_directory(out, overwrite=overwrite) as tmp:
+    with atomic_directory(out, overwrite=overwrite, marker=CHECKPOINT_FILE) as tmp:
         if model.config.user_tower is UserTowerKind.SEQUENCE:
             if model.item.head is None:
                 raise CheckpointError("a sequence model's item tower must have a head")

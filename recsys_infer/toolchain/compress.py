@@ -26,7 +26,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,9 @@ from recsys_infer.runtime.bundle import (
     write_manifest,
 )
 from recsys_infer.runtime.engine import Engine, Query
-from recsys_infer.runtime.index import HnswIndex, HnswParams
+from recsys_infer.runtime.manifest import CompressionStep, Manifest, ReferenceSpec, TowerSpec
+from recsys_infer.runtime.reindex import reindex_bundle
+from recsys_infer.runtime.schema import encode
 from recsys_infer.runtime.users import unit_rows
 
 logger = logging.getLogger(__name__)
@@ -331,8 +333,8 @@ def probe_queries(engine: Engine, limit: int = 500) -> tuple[list[Query], list[Q
     if engine.manifest is None or bundle is None:
         raise BundleError("fidelity needs a bundle loaded from disk")
     probe: dict[str, Any] = {}
-    if engine.manifest.probe_file:
-        probe = json.loads((bundle / engine.manifest.probe_file).read_text(encoding="utf-8"))
+    if engine.manifest.probe is not None:
+        probe = json.loads((bundle / engine.manifest.probe.file).read_text(encoding="utf-8"))
     known = set(engine.item_ids)
     histories = [[i for i in h if i in known] for h in probe.get("histories", [])]
     users = [Query(history=tuple(h)) for h in histories if h][:limit]
@@ -395,13 +397,13 @@ def _chosen(towers: dict[str, Any], choice: TowerChoice) -> list[str]:
     return [t for t in towers if t in wanted]
 
 
-def reference_of(src: Path, raw: dict[str, Any], override: Path | None) -> Path:
+def reference_of(src: Path, manifest: Manifest, override: Path | None) -> Path:
     """The uncompressed bundle a chain started from: ``override``, the one ``src`` records, or
     ``src`` itself when it has not been compressed."""
     if override is not None:
         path = Path(override)
-    elif raw.get("reference"):
-        path = Path(raw["reference"]["bundle"])
+    elif manifest.reference is not None:
+        path = Path(manifest.reference.bundle)
         if not (path / MANIFEST).is_file():
             raise BundleError(
                 f"{src} was compressed from the reference bundle {path}, which is no longer there; "
@@ -409,7 +411,7 @@ def reference_of(src: Path, raw: dict[str, Any], override: Path | None) -> Path:
             )
     else:
         path = src
-    if read_manifest(path).raw.get("compression"):
+    if read_manifest(path).compression:
         raise BundleError(f"the reference {path} is itself compressed; pass the uncompressed bundle")
     return path
 
@@ -438,42 +440,28 @@ def derive_bundle(
             "--out must differ from the input bundle: a compression step never modifies its input"
         )
     manifest = read_manifest(src)
-    raw = json.loads(json.dumps(manifest.raw))
-    ref_path = reference_of(src, raw, reference).resolve()
-    spec = raw["towers"]
-    chosen = _chosen(spec, TowerChoice(towers))
+    ref_path = reference_of(src, manifest, reference).resolve()
+    chosen = _chosen(dict(manifest.towers), TowerChoice(towers))
     if not chosen:
         raise BundleError(f"{src} has no {towers} tower to compress")
     with atomic_directory(out, overwrite=overwrite) as tmp:
         for name in manifest.files:
             shutil.copy2(src / name, tmp / name)
-        graphs: dict[str, Any] = {}
-        for file in sorted({spec[t]["file"] for t in chosen}):
-            readers = [t for t in spec if spec[t]["file"] == file]
-            mine = [t for t in readers if t in chosen]
-            base = file.removesuffix(".onnx") if mine == readers else f"{mine[0]}_tower"
-            new = f"{base}.{suffix}.onnx"
-            logger.info("%s: %s -> %s (%s)", step["step"], file, new, ", ".join(mine))
-            graphs[new] = {"from": file, "towers": mine, **transform(src / file, tmp / new, mine)}
-            for t in mine:
-                spec[t]["file"] = new
-                if precision is not None:
-                    spec[t]["precision"] = str(precision)
-                spec[t].setdefault("steps", []).append(step["step"])
-        for name in {g["from"] for g in graphs.values()}:
-            if all(t["file"] != name for t in spec.values()):
-                (tmp / name).unlink()
-        raw["towers"] = spec
-        raw.pop("files", None)
-        write_manifest(tmp, raw)
+        towers_spec, graphs = _transform_graphs(
+            src, tmp, manifest, chosen, step, transform, suffix, precision
+        )
+        index = manifest.index
+        if "item" in chosen and not reindex:
+            index = replace(index, built_with="the reference item tower (pass --reindex to rebuild)")
+        draft = write_manifest(tmp, replace(manifest, towers=towers_spec, index=index))
         if reindex and "item" in chosen:
-            raw["index"] = _reindex(tmp, raw, progress=progress)
-            write_manifest(tmp, raw)
-        elif "item" in chosen:
-            raw["index"]["built_with"] = "the reference item tower (pass --reindex to rebuild)"
-        ref_engine = Engine.load(ref_path, device=Device.CPU, exact=True, verify=False)
-        new_engine = Engine.load(tmp, device=Device.CPU, exact=True, verify=False)
-        fidelity = measure_fidelity(ref_engine, new_engine)
+            reindex_bundle(tmp, None, tmp, overwrite=True, progress=progress,
+                           built_with="the compressed item tower of this bundle (--reindex)")  # fmt: skip
+            draft = read_manifest(tmp)
+        fidelity = measure_fidelity(
+            Engine.load(ref_path, device=Device.CPU, exact=True, verify=False),
+            Engine.load(tmp, device=Device.CPU, exact=True, verify=False),
+        )
         fidelity["reference"] = str(ref_path)
         check_gate(
             fidelity,
@@ -482,25 +470,69 @@ def derive_bundle(
             "Compress less (another mode such as blockwise, --keep-fp32 ffn-out, a lower ratio) "
             "or allow a larger drop.",
         )
-        record = {
-            **step,
-            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "input": {"bundle": str(src.resolve()), "manifest_sha256": sha256_file(src / MANIFEST)},
-            "graphs": graphs,
-            "reindexed": bool(reindex and "item" in chosen),
-            "fidelity": fidelity,
-        }
-        raw["compression"] = [*raw.get("compression", []), record]
-        raw["reference"] = {"bundle": str(ref_path), "manifest_sha256": sha256_file(ref_path / MANIFEST)}
-        raw["fidelity"] = {**fidelity, "measured_by": f"recsys-infer {step['step']}"}
-        write_manifest(tmp, raw)
-        # The last check: the finished bundle loads, verified, and answers.
-        engine = Engine.load(tmp, device=Device.CPU)
-        users, _ = probe_queries(engine, limit=1)
-        if not engine.recommend_batch(users, k=min(10, len(engine)), exclude_seen=False)[0]:
-            raise ExportError("the compressed bundle returned no recommendations for a probe user")
+        record = CompressionStep(
+            step=step["step"],
+            fidelity=fidelity,
+            extra={
+                **{k: v for k, v in step.items() if k != "step"},
+                "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "input": {"bundle": str(src.resolve()), "manifest_sha256": sha256_file(src / MANIFEST)},
+                "graphs": graphs,
+                "reindexed": bool(reindex and "item" in chosen),
+            },
+        )
+        final = replace(
+            draft,
+            compression=(*draft.compression, record),
+            reference=ReferenceSpec(str(ref_path), sha256_file(ref_path / MANIFEST)),
+            fidelity={**fidelity, "measured_by": f"recsys-infer {step['step']}"},
+        )
+        write_manifest(tmp, final)
+        _check_answers(tmp)
         files = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
-    return StepResult(out, record, fidelity, files, time.perf_counter() - started)
+    return StepResult(out, encode(record), fidelity, files, time.perf_counter() - started)
+
+
+def _transform_graphs(
+    src: Path,
+    tmp: Path,
+    manifest: Manifest,
+    chosen: list[str],
+    step: dict[str, Any],
+    transform: Transform,
+    suffix: str,
+    precision: Precision | None,
+) -> tuple[dict[str, TowerSpec], dict[str, Any]]:
+    """Transform the chosen towers' graphs into new files in ``tmp``; the new tower specs and a
+    record of each graph made. A graph an unchosen tower still reads is kept; others go."""
+    spec = dict(manifest.towers)
+    graphs: dict[str, Any] = {}
+    for file in sorted({spec[t].file for t in chosen}):
+        readers = [t for t in spec if spec[t].file == file]
+        mine = [t for t in readers if t in chosen]
+        base = file.removesuffix(".onnx") if mine == readers else f"{mine[0]}_tower"
+        new = f"{base}.{suffix}.onnx"
+        logger.info("%s: %s -> %s (%s)", step["step"], file, new, ", ".join(mine))
+        graphs[new] = {"from": file, "towers": mine, **transform(src / file, tmp / new, mine)}
+        for t in mine:
+            spec[t] = replace(
+                spec[t],
+                file=new,
+                precision=precision or spec[t].precision,
+                steps=(*spec[t].steps, step["step"]),
+            )
+    for name in {g["from"] for g in graphs.values()}:
+        if all(t.file != name for t in spec.values()):
+            (tmp / name).unlink()
+    return spec, graphs
+
+
+def _check_answers(bundle: Path) -> None:
+    """The last check: the finished bundle loads, verified, and answers."""
+    engine = Engine.load(bundle, device=Device.CPU)
+    users, _ = probe_queries(engine, limit=1)
+    if not engine.recommend_batch(users, k=min(10, len(engine)), exclude_seen=False)[0]:
+        raise ExportError("the compressed bundle returned no recommendations for a probe user")
 
 
 def check_gate(fidelity: dict[str, Any], max_drop: float | None, what: str, advice: str) -> None:
@@ -520,24 +552,6 @@ def check_gate(fidelity: dict[str, Any], max_drop: float | None, what: str, advi
 def add_offsets(vectors: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """Text vectors plus learned per-item offsets, re-normalised to unit length."""
     return unit_rows(vectors + offsets)
-
-
-def _reindex(bundle: Path, raw: dict[str, Any], *, progress: bool) -> dict[str, Any]:
-    """Re-encode the catalogue with the bundle's (new) item tower and rebuild the HNSW index."""
-    engine = Engine.load(bundle, device=Device.CPU, exact=True, verify=False)
-    index = dict(raw["index"])
-    texts = [engine.catalog.get(i).text for i in engine.item_ids]
-    vectors = engine.item_encoder.encode(texts)
-    if index.get("offsets_file"):
-        # Learned per-item offsets (sequence models) are part of the stored vectors.
-        vectors = add_offsets(vectors, np.load(bundle / index["offsets_file"], allow_pickle=False))
-    np.save(bundle / index["vectors_file"], vectors, allow_pickle=False)
-    params = HnswParams(index["M"], index["ef_construction"], index["ef_search"])
-    hnsw = HnswIndex.build(vectors, params, threads=index.get("build_threads", 1), progress=progress)
-    hnsw.save(bundle / index["file"])
-    index["capacity"] = hnsw.capacity
-    index["built_with"] = "the compressed item tower of this bundle (--reindex)"
-    return index
 
 
 def optimize_bundle(
@@ -613,7 +627,7 @@ def quantize_bundle(
     )
 
 
-def _calibration(src: Path, manifest: Any, readers: list[str], size: int) -> _Feeds:
+def _calibration(src: Path, manifest: Manifest, readers: list[str], size: int) -> _Feeds:
     """Real inputs for the towers that read one graph: validation users from the probe set for
     the user side, catalogue texts for the item side (never the test split)."""
     engine = Engine.load(src, device=Device.CPU, exact=True, verify=False)
@@ -633,4 +647,4 @@ def _calibration(src: Path, manifest: Any, readers: list[str], size: int) -> _Fe
             texts += [q.text or "" for q in requests][:per]
         else:
             texts += [engine.user_text(q) for q in users][:per]
-    return text_feeds(src / manifest.tokenizer_file, manifest.pad_token, tower.max_length, texts)
+    return text_feeds(src / manifest.tokenizer.file, manifest.tokenizer.pad_token, tower.max_length, texts)

@@ -13,7 +13,7 @@ import time
 import tomllib
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,13 +23,38 @@ import torch
 from tokenizers import Tokenizer
 
 from recsys_infer import __version__
-from recsys_infer.enums import Device, Precision, Space, UserTowerKind
+from recsys_infer.enums import Device, Space, UserTowerKind
 from recsys_infer.errors import ExportError, ParityError
 from recsys_infer.runtime.bundle import atomic_directory, sha256_file, write_manifest
 from recsys_infer.runtime.catalog import Catalog
 from recsys_infer.runtime.encoder import OnnxEncoder
 from recsys_infer.runtime.engine import Engine
 from recsys_infer.runtime.index import ExactIndex, HnswIndex, HnswParams, recall_at_k
+from recsys_infer.runtime.manifest import (
+    CATALOG,
+    ITEM_IDS,
+    ITEM_INDEX,
+    ITEM_OFFSETS,
+    ITEM_TOWER,
+    ITEM_VECTORS,
+    MANIFEST,
+    PROBE,
+    REQUEST_TOWER,
+    SCHEMA_VERSION,
+    SHARED_TOWER,
+    TOKENIZER,
+    USER_SEQUENCE,
+    USER_TOWER,
+    CatalogSpec,
+    CompressionStep,
+    IndexSpec,
+    Manifest,
+    ProbeSpec,
+    Provenance,
+    ReferenceSpec,
+    TokenizerSpec,
+    TowerSpec,
+)
 from recsys_infer.runtime.providers import create_session
 from recsys_infer.runtime.tokenizer import TextTokenizer
 from recsys_infer.runtime.users import SequenceUserEncoder
@@ -333,206 +358,29 @@ def export_bundle(
             f"with the bundle of the unpruned checkpoint ({pruning.get('from')}), made by "
             "`recsys-infer export` of that checkpoint"
         )
-    catalog: Catalog = ckpt.catalog
-    model_config = ckpt.config
-    sequence = model_config.user_tower is UserTowerKind.SEQUENCE
-    dim = int(ckpt.model.item.encoder.config.hidden_size)
-    probe = ckpt.probe or {}
     timings["load_checkpoint"] = time.perf_counter() - t0
-
-    def tokenizer(max_length: int) -> TextTokenizer:
-        return TextTokenizer(
-            Tokenizer.from_str(ckpt.tokenizer_json), max_length=max_length, pad_token=model_config.pad_token
-        )
-
     with atomic_directory(Path(out), overwrite=overwrite) as tmp:
         t0 = time.perf_counter()
-        item_tokenizer = tokenizer(model_config.item_max_length)
-        if sequence:
-            own_request = ckpt.model.request is not None
-            request_file = "request_tower.onnx" if own_request else "item_tower.onnx"
-            files = {"user": "user_sequence.onnx", "item": "item_tower.onnx", "request": request_file}
-            _export_tower(ckpt.model.item, tmp / files["item"], config.opset, item_tokenizer)
-            if own_request:
-                _export_tower(ckpt.model.request_tower, tmp / request_file, config.opset, item_tokenizer)
-            _export_sequence(ckpt.model.user, tmp / files["user"], config.opset, dim)
-        elif model_config.shared_towers:
-            files = {"user": "tower.onnx", "item": "tower.onnx"}
-            _export_tower(ckpt.model.user, tmp / "tower.onnx", config.opset, item_tokenizer)
-        else:
-            files = {"user": "user_tower.onnx", "item": "item_tower.onnx"}
-            _export_tower(ckpt.model.user, tmp / files["user"], config.opset, item_tokenizer)
-            _export_tower(ckpt.model.item, tmp / files["item"], config.opset, item_tokenizer)
-        (tmp / "tokenizer.json").write_text(ckpt.tokenizer_json, encoding="utf-8")
+        files = _export_graphs(ckpt, tmp, config)
         timings["export_onnx"] = time.perf_counter() - t0
-
         t0 = time.perf_counter()
-        sessions = {f: create_session(tmp / f, Device.CPU) for f in set(files.values())}
-        lengths = {
-            "user": model_config.user_max_length,
-            "item": model_config.item_max_length,
-            "request": model_config.user_max_length,
-        }
-        text = {
-            name: OnnxEncoder(sessions[file], tokenizer(lengths[name]), dim=dim)
-            for name, file in files.items()
-            if not (sequence and name == "user")
-        }
-        parity: dict[str, Any] = {
-            "reference": "PyTorch fp32 (this checkpoint)",
-            "tolerance": {"max_abs_diff": config.max_abs_diff, "min_cosine": config.min_cosine},
-            "item": check_parity(
-                ckpt.model.item, text["item"], _pick_parity_texts(catalog.texts, config.parity_texts)
-            ),
-        }
-        user_texts = [] if sequence else _user_texts(ckpt)
-        if sequence:
-            requests = list(probe.get("requests", [])) or [t[:60] for t in catalog.texts[:50]]
-            parity["request"] = check_parity(
-                ckpt.model.request_tower, text["request"], _pick_parity_texts(requests, config.parity_texts)
-            )
-        else:
-            parity["user"] = check_parity(
-                ckpt.model.user,
-                text["user"],
-                _pick_parity_texts(user_texts, config.parity_texts),
-            )
-        for name in ("item", "request" if sequence else "user"):
-            _require(parity, name, config)
-
-        vectors = text["item"].encode(catalog.texts, progress=progress)
-        offsets = ckpt.model.offset_matrix() if sequence else None
-        if offsets is not None:
-            # The learned per-item offsets join the stored vectors (items unseen in training
-            # have none); the item graph itself reads text alone, as a new item's would be.
-            np.save(tmp / "item_offsets.npy", offsets.numpy().astype(np.float32), allow_pickle=False)
-            vectors = add_offsets(vectors, offsets.numpy())
-        np.save(tmp / "item_vectors.npy", vectors, allow_pickle=False)
-        if sequence:
-            label = {item_id: i for i, item_id in enumerate(catalog.ids)}
-
-            def vectors_of(item_ids: Sequence[str]) -> np.ndarray:
-                return np.asarray(vectors[[label[i] for i in item_ids]])
-
-            seq_tower: SequenceTower = ckpt.model.user
-            users = SequenceUserEncoder(
-                sessions[files["user"]],
-                vectors_of,
-                dim=dim,
-                max_history=seq_tower.max_history,
-                requests=text["request"],
-            )
-            histories = [[i for i in h if i in label] for h in probe.get("histories", [])]
-            histories = [h for h in histories if h] or [
-                catalog.ids[i : i + 1 + i % 50] for i in range(0, 400, 7)
-            ]
-            parity["user"] = check_sequence_parity(
-                seq_tower, users, _pick_histories(histories, config.parity_texts), vectors_of
-            )
-            _require(parity, "user", config)
-            queries = users.encode_histories(histories[:200])
-        else:
-            queries = text["user"].encode(user_texts[:200])
+        checked = _check_and_encode(ckpt, tmp, files, config, progress)
         timings["parity_and_encode_catalog"] = time.perf_counter() - t0
-
         t0 = time.perf_counter()
-        index = HnswIndex.build(vectors, config.hnsw, threads=config.index_threads, progress=progress)
-        index.save(tmp / "item_index.hnsw")
+        index = HnswIndex.build(checked.vectors, config.hnsw, threads=config.index_threads, progress=progress)
+        index.save(tmp / ITEM_INDEX)
         timings["build_index"] = time.perf_counter() - t0
-        recall, n_queries = _index_recall(index, vectors, queries)
-
-        (tmp / "item_ids.json").write_text(json.dumps(catalog.ids, ensure_ascii=False), encoding="utf-8")
-        catalog.write_jsonl(tmp / "catalog.jsonl")
-        probe_entry = None
-        if config.include_probe and ckpt.probe:
-            (tmp / "probe.json").write_text(json.dumps(ckpt.probe, ensure_ascii=False), encoding="utf-8")
-            probe_entry = {
-                "file": "probe.json",
-                "split": ckpt.probe.get("split", "validation"),
-                "histories": len(ckpt.probe.get("histories", [])),
-                "requests": len(ckpt.probe.get("requests", [])),
-            }
-        common = {
-            "pooling": str(model_config.pooling),
-            "normalize": True,
-            "dim": dim,
-            "precision": str(Precision.FP32),
-            "quantization": None,
-            "kind": "text",
-        }
-        towers: dict[str, dict[str, Any]] = {
-            "item": {
-                "file": files["item"],
-                "max_length": model_config.item_max_length,
-                **common,
-                "head": ckpt.model.item.head is not None,
-            },
-        }
-        if sequence and model_config.sequence is not None:
-            seq = model_config.sequence
-            towers["user"] = {
-                "file": files["user"],
-                **common,
-                "kind": "sequence",
-                "max_length": seq.max_history,
-                "hidden": seq.hidden,
-                "layers": seq.layers,
-                "heads": seq.heads,
-            }
-            towers["request"] = {
-                "file": files["request"],
-                "max_length": model_config.user_max_length,
-                **common,
-            }
-        else:
-            towers["user"] = {"file": files["user"], "max_length": model_config.user_max_length, **common}
-        manifest = {
-            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "opset": config.opset,
-            "towers": towers,
-            "user_tower": str(model_config.user_tower),
-            "shared_towers": model_config.shared_towers,
-            "tokenizer": {"file": "tokenizer.json", "pad_token": ckpt.config.pad_token},
-            "user_input": ckpt.config.user_input.to_dict(),
-            "index": {
-                "kind": "hnsw",
-                "file": "item_index.hnsw",
-                "vectors_file": "item_vectors.npy",
-                "item_ids_file": "item_ids.json",
-                "space": str(Space.IP),
-                "dim": dim,
-                "count": len(catalog),
-                "capacity": index.capacity,
-                **config.hnsw.to_dict(),
-                "build_threads": config.index_threads,
-                "built_with": "item tower of this bundle",
-                **({"offsets_file": "item_offsets.npy"} if offsets is not None else {}),
-            },
-            "catalog": {"file": "catalog.jsonl", "count": len(catalog)},
-            "probe": probe_entry,
-            "parity": parity,
-            "fidelity": {
-                "reference": "this checkpoint in PyTorch fp32 with exact search",
-                **{f"{name}_min_cosine": parity[name]["min_cosine"] for name in towers},
-                "index_recall_at_10_vs_exact": recall,
-                "index_recall_queries": n_queries,
-            },
-            "provenance": _provenance(ckpt),
-        }
-        write_manifest(tmp, manifest)
-
-        # The last check: the finished bundle loads in the runtime engine and answers.
-        engine = Engine.load(tmp, device=Device.CPU)
-        first = next(iter(ckpt.probe.get("histories", []) if ckpt.probe else []), None) or [catalog.ids[0]]
-        if not engine.recommend(history=first, k=min(10, len(catalog))) and len(catalog) > len(first):
-            raise ExportError("the exported bundle returned no recommendations for a probe user")
+        recall, n_queries = _index_recall(index, checked.vectors, checked.queries)
+        _write_catalogue_files(ckpt, tmp, config)
+        manifest = write_manifest(tmp, _manifest(ckpt, files, checked, index, config, recall, n_queries))
+        _check_answers(ckpt, tmp)
         fidelity = None
         if reference is not None:
             fidelity = _measure_against(reference, tmp, manifest, pruning, max_overlap_drop)
         sizes = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
     return ExportResult(
         bundle=Path(out),
-        parity=parity,
+        parity=checked.parity,
         index_recall_at_10=recall,
         seconds={k: round(v, 2) for k, v in timings.items()},
         files=sizes,
@@ -540,10 +388,216 @@ def export_bundle(
     )
 
 
+def _tokenizer(ckpt: Checkpoint, max_length: int) -> TextTokenizer:
+    return TextTokenizer(
+        Tokenizer.from_str(ckpt.tokenizer_json), max_length=max_length, pad_token=ckpt.config.pad_token
+    )
+
+
+def _export_graphs(ckpt: Checkpoint, tmp: Path, config: ExportConfig) -> dict[str, str]:
+    """Each tower's ONNX graph and the tokenizer into ``tmp``; the graph file of each tower."""
+    mc = ckpt.config
+    dim = int(ckpt.model.item.encoder.config.hidden_size)
+    item_tokenizer = _tokenizer(ckpt, mc.item_max_length)
+    if mc.user_tower is UserTowerKind.SEQUENCE:
+        own_request = ckpt.model.request is not None
+        request_file = REQUEST_TOWER if own_request else ITEM_TOWER
+        files = {"user": USER_SEQUENCE, "item": ITEM_TOWER, "request": request_file}
+        _export_tower(ckpt.model.item, tmp / ITEM_TOWER, config.opset, item_tokenizer)
+        if own_request:
+            _export_tower(ckpt.model.request_tower, tmp / request_file, config.opset, item_tokenizer)
+        _export_sequence(ckpt.model.user, tmp / USER_SEQUENCE, config.opset, dim)
+    elif mc.shared_towers:
+        files = {"user": SHARED_TOWER, "item": SHARED_TOWER}
+        _export_tower(ckpt.model.user, tmp / SHARED_TOWER, config.opset, item_tokenizer)
+    else:
+        files = {"user": USER_TOWER, "item": ITEM_TOWER}
+        _export_tower(ckpt.model.user, tmp / USER_TOWER, config.opset, item_tokenizer)
+        _export_tower(ckpt.model.item, tmp / ITEM_TOWER, config.opset, item_tokenizer)
+    (tmp / TOKENIZER).write_text(ckpt.tokenizer_json, encoding="utf-8")
+    return files
+
+
+@dataclass
+class _Checked:
+    """What the parity checks leave: their record, the item vectors and probe user vectors."""
+
+    parity: dict[str, Any]
+    vectors: np.ndarray
+    queries: np.ndarray
+    has_offsets: bool
+
+
+def _check_and_encode(
+    ckpt: Checkpoint, tmp: Path, files: dict[str, str], config: ExportConfig, progress: bool
+) -> _Checked:
+    """Every graph against PyTorch (refused beyond tolerance), then the catalogue's vectors."""
+    mc = ckpt.config
+    sequence = mc.user_tower is UserTowerKind.SEQUENCE
+    dim = int(ckpt.model.item.encoder.config.hidden_size)
+    catalog: Catalog = ckpt.catalog
+    probe = ckpt.probe or {}
+    sessions = {f: create_session(tmp / f, Device.CPU) for f in set(files.values())}
+    lengths = {"user": mc.user_max_length, "item": mc.item_max_length, "request": mc.user_max_length}
+    text = {
+        name: OnnxEncoder(sessions[file], _tokenizer(ckpt, lengths[name]), dim=dim)
+        for name, file in files.items()
+        if not (sequence and name == "user")
+    }
+    parity: dict[str, Any] = {
+        "reference": "PyTorch fp32 (this checkpoint)",
+        "tolerance": {"max_abs_diff": config.max_abs_diff, "min_cosine": config.min_cosine},
+        "item": check_parity(
+            ckpt.model.item, text["item"], _pick_parity_texts(catalog.texts, config.parity_texts)
+        ),
+    }
+    user_texts = [] if sequence else _user_texts(ckpt)
+    if sequence:
+        requests = list(probe.get("requests", [])) or [t[:60] for t in catalog.texts[:50]]
+        picked = _pick_parity_texts(requests, config.parity_texts)
+        parity["request"] = check_parity(ckpt.model.request_tower, text["request"], picked)
+    else:
+        picked = _pick_parity_texts(user_texts, config.parity_texts)
+        parity["user"] = check_parity(ckpt.model.user, text["user"], picked)
+    for name in ("item", "request" if sequence else "user"):
+        _require(parity, name, config)
+
+    vectors = text["item"].encode(catalog.texts, progress=progress)
+    offsets = ckpt.model.offset_matrix() if sequence else None
+    if offsets is not None:
+        # The learned per-item offsets join the stored vectors (items unseen in training
+        # have none); the item graph itself reads text alone, as a new item's would be.
+        np.save(tmp / ITEM_OFFSETS, offsets.numpy().astype(np.float32), allow_pickle=False)
+        vectors = add_offsets(vectors, offsets.numpy())
+    np.save(tmp / ITEM_VECTORS, vectors, allow_pickle=False)
+    if not sequence:
+        return _Checked(parity, vectors, text["user"].encode(user_texts[:200]), False)
+    label = {item_id: i for i, item_id in enumerate(catalog.ids)}
+
+    def vectors_of(item_ids: Sequence[str]) -> np.ndarray:
+        return np.asarray(vectors[[label[i] for i in item_ids]])
+
+    seq_tower: SequenceTower = ckpt.model.user
+    users = SequenceUserEncoder(
+        sessions[files["user"]],
+        vectors_of,
+        dim=dim,
+        max_history=seq_tower.max_history,
+        requests=text["request"],
+    )
+    histories = [[i for i in h if i in label] for h in probe.get("histories", [])]
+    histories = [h for h in histories if h] or [catalog.ids[i : i + 1 + i % 50] for i in range(0, 400, 7)]
+    parity["user"] = check_sequence_parity(
+        seq_tower, users, _pick_histories(histories, config.parity_texts), vectors_of
+    )
+    _require(parity, "user", config)
+    return _Checked(parity, vectors, users.encode_histories(histories[:200]), offsets is not None)
+
+
+def _write_catalogue_files(ckpt: Checkpoint, tmp: Path, config: ExportConfig) -> None:
+    (tmp / ITEM_IDS).write_text(json.dumps(ckpt.catalog.ids, ensure_ascii=False), encoding="utf-8")
+    ckpt.catalog.write_jsonl(tmp / CATALOG)
+    if config.include_probe and ckpt.probe:
+        (tmp / PROBE).write_text(json.dumps(ckpt.probe, ensure_ascii=False), encoding="utf-8")
+
+
+def _towers(ckpt: Checkpoint, files: dict[str, str], dim: int) -> dict[str, TowerSpec]:
+    mc = ckpt.config
+
+    def text(name: str, max_length: int, **more: Any) -> TowerSpec:
+        return TowerSpec(file=files[name], max_length=max_length, dim=dim, pooling=mc.pooling, **more)
+
+    towers = {"item": text("item", mc.item_max_length, head=ckpt.model.item.head is not None)}
+    if mc.user_tower is UserTowerKind.SEQUENCE and mc.sequence is not None:
+        seq = mc.sequence
+        towers["user"] = TowerSpec(
+            file=files["user"],
+            max_length=seq.max_history,
+            dim=dim,
+            pooling=mc.pooling,
+            kind="sequence",
+            hidden=seq.hidden,
+            layers=seq.layers,
+            heads=seq.heads,
+        )
+        towers["request"] = text("request", mc.user_max_length)
+    else:
+        towers["user"] = text("user", mc.user_max_length)
+    return towers
+
+
+def _manifest(
+    ckpt: Checkpoint,
+    files: dict[str, str],
+    checked: _Checked,
+    index: HnswIndex,
+    config: ExportConfig,
+    recall: float,
+    n_queries: int,
+) -> Manifest:
+    """The new bundle's manifest (its ``files`` are filled in when it is written)."""
+    mc, catalog, probe = ckpt.config, ckpt.catalog, ckpt.probe
+    dim = int(checked.vectors.shape[1])
+    towers = _towers(ckpt, files, dim)
+    return Manifest(
+        schema_version=SCHEMA_VERSION,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        opset=config.opset,
+        towers=towers,
+        user_tower=str(mc.user_tower),
+        shared_towers=mc.shared_towers,
+        tokenizer=TokenizerSpec(TOKENIZER, mc.pad_token),
+        user_input=mc.user_input,
+        index=IndexSpec(
+            file=ITEM_INDEX,
+            vectors_file=ITEM_VECTORS,
+            item_ids_file=ITEM_IDS,
+            space=Space.IP,
+            dim=dim,
+            count=len(catalog),
+            capacity=index.capacity,
+            M=config.hnsw.M,
+            ef_construction=config.hnsw.ef_construction,
+            ef_search=config.hnsw.ef_search,
+            build_threads=config.index_threads,
+            built_with="item tower of this bundle",
+            offsets_file=ITEM_OFFSETS if checked.has_offsets else None,
+        ),
+        catalog=CatalogSpec(CATALOG, len(catalog)),
+        probe=(
+            ProbeSpec(
+                PROBE,
+                probe.get("split", "validation"),
+                len(probe.get("histories", [])),
+                len(probe.get("requests", [])),
+            )
+            if config.include_probe and probe
+            else None
+        ),
+        parity=checked.parity,
+        fidelity={
+            "reference": "this checkpoint in PyTorch fp32 with exact search",
+            **{f"{name}_min_cosine": checked.parity[name]["min_cosine"] for name in towers},
+            "index_recall_at_10_vs_exact": recall,
+            "index_recall_queries": n_queries,
+        },
+        provenance=_provenance(ckpt),
+    )
+
+
+def _check_answers(ckpt: Checkpoint, bundle: Path) -> None:
+    """The last check: the finished bundle loads in the runtime engine and answers."""
+    engine = Engine.load(bundle, device=Device.CPU)
+    catalog = ckpt.catalog
+    first = next(iter(ckpt.probe.get("histories", []) if ckpt.probe else []), None) or [catalog.ids[0]]
+    if not engine.recommend(history=first, k=min(10, len(catalog))) and len(catalog) > len(first):
+        raise ExportError("the exported bundle returned no recommendations for a probe user")
+
+
 def _measure_against(
     reference: Path,
     bundle: Path,
-    manifest: dict[str, Any],
+    manifest: Manifest,
     pruning: dict[str, Any] | None,
     max_drop: float | None,
 ) -> dict[str, Any]:
@@ -552,7 +606,7 @@ def _measure_against(
 
     from .compress import check_gate, measure_fidelity, reference_of
 
-    ref = reference_of(reference, dict(read_manifest(reference).raw), None).resolve()
+    ref = reference_of(reference, read_manifest(reference), None).resolve()
     fidelity = measure_fidelity(
         Engine.load(ref, device=Device.CPU, exact=True, verify=False),
         Engine.load(bundle, device=Device.CPU, exact=True, verify=False),
@@ -564,16 +618,16 @@ def _measure_against(
         "the exported model brings",
         "Prune less, or distill longer (--distill-steps).",
     )
-    step = {"step": "prune", **(pruning or {}), "fidelity": fidelity} if pruning else None
-    manifest["reference"] = {"bundle": str(ref), "manifest_sha256": sha256_file(ref / "manifest.json")}
-    manifest["fidelity"] = {
-        **manifest["fidelity"],
-        **fidelity,
-        "measured_by": "recsys-infer export --reference",
-    }
-    if step is not None:
-        manifest["compression"] = [step]
-    write_manifest(bundle, manifest)
+    steps = (CompressionStep("prune", fidelity, {k: v for k, v in (pruning or {}).items() if k != "step"}),)
+    write_manifest(
+        bundle,
+        replace(
+            manifest,
+            reference=ReferenceSpec(str(ref), sha256_file(ref / MANIFEST)),
+            fidelity={**manifest.fidelity, **fidelity, "measured_by": "recsys-infer export --reference"},
+            compression=steps if pruning else manifest.compression,
+        ),
+    )
     return fidelity
 
 
@@ -585,22 +639,22 @@ def _index_recall(index: HnswIndex, vectors: np.ndarray, queries: np.ndarray) ->
     return round(recall_at_k(approx, exact), 4), int(queries.shape[0])
 
 
-def _provenance(ckpt: Checkpoint) -> dict[str, Any]:
+def _provenance(ckpt: Checkpoint) -> Provenance:
     import onnx
     import onnxruntime
     import transformers
 
-    return {
-        "checkpoint": str(ckpt.path.resolve()),
-        "checkpoint_sha256": sha256_file(ckpt.path / CHECKPOINT_FILE),
-        "encoder": {"name": ckpt.config.encoder, "license": ckpt.config.encoder_license},
-        "data": ckpt.meta.get("data", {}),
-        "training": {k: v for k, v in ckpt.meta.get("training", {}).items() if k != "losses"},
-        "versions": {
+    return Provenance(
+        checkpoint=str(ckpt.path.resolve()),
+        checkpoint_sha256=sha256_file(ckpt.path / CHECKPOINT_FILE),
+        encoder={"name": ckpt.config.encoder, "license": ckpt.config.encoder_license},
+        data=ckpt.meta.get("data", {}),
+        training={k: v for k, v in ckpt.meta.get("training", {}).items() if k != "losses"},
+        versions={
             "recsys_infer": __version__,
             "torch": torch.__version__,
             "transformers": transformers.__version__,
             "onnx": onnx.__version__,
             "onnxruntime": onnxruntime.__version__,
         },
-    }
+    )

@@ -67,7 +67,7 @@ def save_state(
         "scheduler": scheduler.state_dict() if scheduler else None,  # numbers; function lambdas are None
         "python_random": _to_json(random.getstate()),
     }
-    with atomic_directory(partial_dir(out), overwrite=True) as tmp:
+    with atomic_directory(partial_dir(out), overwrite=True, marker=META) as tmp:
         save_file(tensors, str(tmp / TENSORS))
         (tmp / META).write_text(json.dumps(meta), encoding="utf-8")
 

@@ -1,0 +1,304 @@
+"""The typed bundle manifest: one definition of ``manifest.json``, read and written by every
+module through :func:`parse_manifest` and :func:`manifest_json`.
+
+Layout of a bundle (schema version 1); the names are the constants below::
+
+    manifest.json        what is here, how it was made, and a sha256 of every other file
+    user_tower.onnx      user tower graph (text kind); pooling and L2 normalisation inside
+    item_tower.onnx      item tower graph; same contract (a head, if trained, inside too)
+    tower.onnx           the one graph of a model whose two text towers share weights
+    user_sequence.onnx   user tower graph (sequence kind): history item vectors in, user out
+    request_tower.onnx   a sequence model's own request tower (else requests read the item graph)
+    tokenizer.json       the encoder's tokenizer (Hugging Face ``tokenizers`` format)
+    item_index.hnsw      hnswlib graph over the item vectors; label i is item_ids[i]
+    item_vectors.npy     float32 (n, dim) item vectors, the exact reference (no pickle)
+    item_offsets.npy     optional: learned per-item offsets already inside item_vectors.npy
+    item_ids.json        the item-id map: a JSON list, position = index label (null: a free slot)
+    catalog.jsonl        one item a line: item_id, text, attributes
+    probe.json           optional: validation histories and request texts for later checks
+
+Every file name in a manifest is a plain name inside the bundle: no separators, no ``..``, not
+absolute. Readers ignore fields they do not know (kept in ``extra`` and written back), and
+refuse a schema version they do not know.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from recsys_infer.enums import Pooling, Precision, Space
+from recsys_infer.errors import BundleError, SchemaVersionError
+
+from .schema import SchemaError, decode, encode
+from .userinput import UserInputFormat
+
+SCHEMA_VERSION = 1
+
+MANIFEST = "manifest.json"
+TOKENIZER = "tokenizer.json"
+USER_TOWER = "user_tower.onnx"
+ITEM_TOWER = "item_tower.onnx"
+SHARED_TOWER = "tower.onnx"
+USER_SEQUENCE = "user_sequence.onnx"
+REQUEST_TOWER = "request_tower.onnx"
+ITEM_INDEX = "item_index.hnsw"
+ITEM_VECTORS = "item_vectors.npy"
+ITEM_OFFSETS = "item_offsets.npy"
+ITEM_IDS = "item_ids.json"
+CATALOG = "catalog.jsonl"
+PROBE = "probe.json"
+
+MAKE_BUNDLE = "recsys-infer export CHECKPOINT --out BUNDLE"
+
+#: ``text``: token ids in, unit vector out. ``sequence``: history item vectors in (``max_length``
+#: is then the number of history items), unit vector out.
+TOWER_KINDS = ("text", "sequence")
+
+
+def check_file_name(name: str, where: str) -> str:
+    """``name`` if it is a plain file name inside the bundle; a :class:`SchemaError` otherwise."""
+    bad = (
+        not name
+        or name in (".", "..")
+        or "/" in name
+        or "\\" in name
+        or "\x00" in name
+        or name.startswith("~")
+        or (len(name) > 1 and name[1] == ":")
+    )
+    if bad:
+        raise SchemaError(
+            f"{where}: {name!r:.80} is not a plain file name; a bundle only names files inside itself"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    sha256: str
+    bytes: int
+
+
+@dataclass(frozen=True)
+class TowerSpec:
+    """One tower's graph and the contract of its input and output."""
+
+    file: str
+    max_length: int
+    dim: int
+    pooling: Pooling = Pooling.MEAN
+    normalize: bool = True
+    precision: Precision = Precision.FP32
+    quantization: str | None = None
+    kind: str = "text"
+    head: bool | None = None
+    hidden: int | None = None
+    layers: int | None = None
+    heads: int | None = None
+    steps: tuple[str, ...] = ()
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_file_name(self.file, "file")
+        if self.max_length < 2 or self.dim < 1:
+            raise ValueError(f"tower {self.file}: max_length and dim must be positive")
+        if self.kind not in TOWER_KINDS:
+            raise ValueError(
+                f"tower {self.file} is of kind {self.kind!r}, which this version cannot run; "
+                "upgrade recsys-infer"
+            )
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """The item index and the vectors it was built from."""
+
+    file: str
+    vectors_file: str
+    item_ids_file: str
+    space: Space
+    dim: int
+    count: int
+    M: int
+    ef_construction: int
+    ef_search: int
+    kind: str = "hnsw"
+    capacity: int | None = None
+    build_threads: int | None = None
+    built_with: str | None = None
+    offsets_file: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("file", "vectors_file", "item_ids_file", "offsets_file"):
+            if getattr(self, name) is not None:
+                check_file_name(getattr(self, name), name)
+        if self.kind != "hnsw":
+            raise ValueError(f"index kind {self.kind!r} is not supported by this version")
+        for name in ("dim", "M", "ef_construction", "ef_search"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.count < 0:
+            raise ValueError(f"count must not be negative, got {self.count}")
+
+
+@dataclass(frozen=True)
+class TokenizerSpec:
+    file: str
+    pad_token: str
+
+    def __post_init__(self) -> None:
+        check_file_name(self.file, "file")
+
+
+@dataclass(frozen=True)
+class CatalogSpec:
+    file: str
+    count: int | None = None
+
+    def __post_init__(self) -> None:
+        check_file_name(self.file, "file")
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    """Validation histories and requests kept for measuring later compression steps."""
+
+    file: str
+    split: str = "validation"
+    histories: int = 0
+    requests: int = 0
+
+    def __post_init__(self) -> None:
+        check_file_name(self.file, "file")
+
+
+@dataclass(frozen=True)
+class ReferenceSpec:
+    """The uncompressed bundle a compressed one was measured against."""
+
+    bundle: str
+    manifest_sha256: str
+
+
+@dataclass(frozen=True)
+class CompressionStep:
+    """One compression step (``optimize``, ``quantize``, ``prune``) and its measured fidelity;
+    the step's own settings (mode, towers, ratio, graphs, ...) are in ``extra``."""
+
+    step: str
+    fidelity: Mapping[str, Any] = field(default_factory=dict)
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CatalogueEdit:
+    """Live edits saved into the bundle by ``Engine.save``."""
+
+    saved_at: str
+    added: int
+    updated: int
+    removed: int
+    items: int
+    removed_slots: int
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where the bundle came from: checkpoint, encoder, data, training settings, versions."""
+
+    checkpoint: str | None = None
+    checkpoint_sha256: str | None = None
+    encoder: Mapping[str, Any] = field(default_factory=dict)
+    data: Mapping[str, Any] = field(default_factory=dict)
+    training: Mapping[str, Any] = field(default_factory=dict)
+    versions: Mapping[str, Any] = field(default_factory=dict)
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The parsed ``manifest.json``.
+
+    ``parity`` (export's ONNX-versus-PyTorch check) and ``fidelity`` (the latest measurement
+    against the reference) are measurement records whose keys depend on the bundle's towers.
+    """
+
+    schema_version: int
+    towers: Mapping[str, TowerSpec]
+    tokenizer: TokenizerSpec
+    user_input: UserInputFormat
+    index: IndexSpec
+    catalog: CatalogSpec
+    files: Mapping[str, FileEntry] = field(default_factory=dict)
+    created_at: str | None = None
+    opset: int | None = None
+    user_tower: str | None = None
+    shared_towers: bool | None = None
+    probe: ProbeSpec | None = None
+    parity: Mapping[str, Any] = field(default_factory=dict)
+    fidelity: Mapping[str, Any] = field(default_factory=dict)
+    compression: tuple[CompressionStep, ...] = ()
+    reference: ReferenceSpec | None = None
+    provenance: Provenance = field(default_factory=Provenance)
+    catalogue_edits: tuple[CatalogueEdit, ...] = ()
+    reindexed: Mapping[str, Any] | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("user", "item"):
+            if name not in self.towers:
+                raise ValueError(f"towers.{name} is missing")
+        if self.towers["item"].kind != "text":
+            raise ValueError("the item tower must be a text tower")
+        if self.towers["user"].kind == "sequence" and "request" not in self.towers:
+            raise ValueError("towers.request is missing (a sequence user tower needs a text request tower)")
+        for name in self.files:
+            check_file_name(name, "files")
+        if self.index.dim != self.towers["item"].dim:
+            raise ValueError(
+                f"index.dim {self.index.dim} differs from the item tower's {self.towers['item'].dim}"
+            )
+
+    @property
+    def user(self) -> TowerSpec:
+        return self.towers["user"]
+
+    @property
+    def item(self) -> TowerSpec:
+        return self.towers["item"]
+
+    def needed_files(self) -> set[str]:
+        """The files the runtime reads (each must be listed, with its checksum, in ``files``)."""
+        names = {spec.file for spec in self.towers.values()}
+        names |= {self.tokenizer.file, self.index.file, self.index.vectors_file, self.index.item_ids_file}
+        names.add(self.catalog.file)
+        if self.index.offsets_file:
+            names.add(self.index.offsets_file)
+        if self.probe is not None:
+            names.add(self.probe.file)
+        return names
+
+
+def parse_manifest(data: object, *, source: str = MANIFEST) -> Manifest:
+    """A :class:`Manifest` from parsed JSON; :class:`BundleError` names the first bad field."""
+    version = data.get("schema_version") if isinstance(data, dict) else None
+    if type(version) is not int or version != SCHEMA_VERSION:
+        raise SchemaVersionError(
+            f"{source}: schema version {version!r:.40} is not supported by this recsys-infer (it "
+            f"reads version {SCHEMA_VERSION}, an integer). Upgrade recsys-infer, or rebuild the "
+            f"bundle with this version: {MAKE_BUNDLE}"
+        )
+    try:
+        return decode(Manifest, data, "manifest")
+    except SchemaError as e:
+        raise BundleError(f"{source} is malformed: {e}. Rebuild the bundle: {MAKE_BUNDLE}") from e
+
+
+def manifest_json(manifest: Manifest) -> str:
+    """The manifest as the text of ``manifest.json``."""
+    return json.dumps(encode(manifest), indent=2, ensure_ascii=False) + "\n"
