@@ -83,7 +83,7 @@ def test_existing_output_is_kept_unless_overwrite(tiny_checkpoint: Path, tmp_pat
     with pytest.raises(OutputExistsError):
         export_bundle(tiny_checkpoint, out, progress=False)
     # --overwrite replaces an earlier bundle only: a folder of something else is refused, kept whole.
-    with pytest.raises(OutputExistsError, match="has no manifest.json"):
+    with pytest.raises(OutputExistsError, match=r"has no manifest\.json"):
         export_bundle(tiny_checkpoint, out, overwrite=True, progress=False)
     assert (out / "keep.txt").read_text() == "mine"
     afile = tmp_path / "a-file"
