@@ -56,7 +56,7 @@ def _friendly_errors(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except (RecsysError, ValueError) as e:
+        except RecsysError as e:
             if os.environ.get("RECSYS_INFER_DEBUG"):
                 raise
             typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)

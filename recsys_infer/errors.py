@@ -3,6 +3,7 @@
 One tree, so a service can catch what it can handle and let the rest through::
 
     RecsysError
+    ├── ConfigError (ValueError)   a setting is out of range or inconsistent with another
     ├── DataError                  a data file is missing, malformed or inconsistent
     ├── BundleError                a bundle cannot be used
     │   ├── MissingBundleFileError     a file the manifest needs is not there
@@ -30,6 +31,11 @@ from pathlib import Path
 
 class RecsysError(Exception):
     """Base class of every error raised on purpose by recsys-infer."""
+
+
+class ConfigError(RecsysError, ValueError):
+    """A setting (an option, a recipe field, a constructor argument) is out of range or
+    inconsistent with another."""
 
 
 class DataError(RecsysError):

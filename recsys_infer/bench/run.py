@@ -26,7 +26,7 @@ import numpy as np
 
 from recsys_infer.data import Dataset, leave_one_out, load_dataset
 from recsys_infer.data.probe import request_from_item
-from recsys_infer.errors import DataError
+from recsys_infer.errors import ConfigError, DataError
 from recsys_infer.evaluation.metrics import (
     EvalResult,
     eval_examples,
@@ -69,7 +69,7 @@ class BenchConfig:
 
     def __post_init__(self) -> None:
         if self.threads < 1 or self.rounds < 1 or self.calls < 1 or self.batch_calls < 1:
-            raise ValueError("threads, rounds, calls and batch_calls must be positive")
+            raise ConfigError("threads, rounds, calls and batch_calls must be positive")
 
     @classmethod
     def quick_mode(cls, **overrides: Any) -> BenchConfig:
@@ -358,7 +358,7 @@ def run_bench(
     say = progress or (lambda _msg: None)
     started = time.perf_counter()
     if not bundles:
-        raise ValueError("bench needs at least one bundle")
+        raise ConfigError("bench needs at least one bundle")
     ref_path = reference or default_reference(Path(bundles[0]))
 
     with tempfile.TemporaryDirectory(prefix="recsys-bench-") as work, _one_blas_thread():

@@ -22,7 +22,7 @@ import numpy as np
 
 from recsys_infer.data.probe import request_from_item
 from recsys_infer.data.split import Example, Split
-from recsys_infer.errors import MissingDependencyError
+from recsys_infer.errors import ConfigError, MissingDependencyError
 from recsys_infer.runtime.catalog import Catalog
 from recsys_infer.runtime.engine import Engine
 
@@ -156,7 +156,7 @@ def tune_als(
         if best is None or score > best[0]:
             best = (score, params)
     if best is None:
-        raise ValueError("the ALS grid is empty")
+        raise ConfigError("the ALS grid is empty")
     return best[1], trials
 
 

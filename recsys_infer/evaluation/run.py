@@ -14,7 +14,7 @@ import numpy as np
 
 from recsys_infer.data import Dataset, leave_one_out, load_dataset
 from recsys_infer.data.split import Split
-from recsys_infer.errors import DataError
+from recsys_infer.errors import ConfigError, DataError
 from recsys_infer.runtime.bundle import MANIFEST
 from recsys_infer.runtime.engine import Engine
 
@@ -55,11 +55,11 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         if self.split not in ("test", "validation"):
-            raise ValueError(f"split must be 'test' or 'validation', got {self.split!r}")
+            raise ConfigError(f"split must be 'test' or 'validation', got {self.split!r}")
         if not self.ks or min(self.ks) < 1:
-            raise ValueError(f"--k must be positive, got {list(self.ks)}")
+            raise ConfigError(f"--k must be positive, got {list(self.ks)}")
         if self.users is not None and self.users < 1:
-            raise ValueError(f"--users must be positive, got {self.users}")
+            raise ConfigError(f"--users must be positive, got {self.users}")
 
 
 @dataclass
@@ -129,7 +129,7 @@ def _cold_items(engines: Sequence[Engine], names: Sequence[str]) -> list[str]:
     sets = {name: _held_out(e) for name, e in zip(names, engines, strict=True)}
     distinct = {tuple(sorted(v)) for v in sets.values() if v}
     if len(distinct) > 1:
-        raise ValueError(
+        raise ConfigError(
             "the bundles held out different items during training "
             f"({', '.join(n for n, v in sets.items() if v)}); evaluate bundles trained with the same "
             "--cold-items and --seed together"
@@ -175,9 +175,9 @@ def run_evaluation(
     """Evaluate every bundle and baseline on the same users of ``data``; pair each against the first."""
     unknown = [b for b in baselines if b not in BASELINES]
     if unknown:
-        raise ValueError(f"unknown baseline(s) {unknown}; choose from {list(BASELINES)}")
+        raise ConfigError(f"unknown baseline(s) {unknown}; choose from {list(BASELINES)}")
     if not bundles and not baselines:
-        raise ValueError("give at least one bundle or --baseline")
+        raise ConfigError("give at least one bundle or --baseline")
     dataset = data if isinstance(data, Dataset) else load_dataset(data)
     split: Split = leave_one_out(dataset)
     examples = sample_examples(eval_examples(split, config.split), config.users, config.seed)

@@ -26,7 +26,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from recsys_infer.errors import OverloadedError, QueryError
+from recsys_infer.errors import ConfigError, OverloadedError, QueryError
 
 from .engine import Engine, Query, Recommendation
 from .options import RecommendOptions
@@ -70,13 +70,13 @@ class MicroBatcher:
         on_batch: Callable[[int], None] | None = None,
     ) -> None:
         if max_batch < 1:
-            raise ValueError(f"max_batch must be positive, got {max_batch}")
+            raise ConfigError(f"max_batch must be positive, got {max_batch}")
         if max_wait_us < 0:
-            raise ValueError(f"max_wait_us must be 0 or more, got {max_wait_us}")
+            raise ConfigError(f"max_wait_us must be 0 or more, got {max_wait_us}")
         if workers < 1:
-            raise ValueError(f"workers must be positive, got {workers}")
+            raise ConfigError(f"workers must be positive, got {workers}")
         if max_queue < 1:
-            raise ValueError(f"max_queue must be positive, got {max_queue}")
+            raise ConfigError(f"max_queue must be positive, got {max_queue}")
         self.engine = engine
         self.max_batch = max_batch
         self.max_wait = max_wait_us / 1e6

@@ -13,7 +13,7 @@ from typing import Protocol
 import numpy as np
 import onnxruntime as ort
 
-from recsys_infer.errors import BundleError
+from recsys_infer.errors import BundleError, ConfigError
 
 from .providers import run_graph
 from .tokenizer import TextTokenizer
@@ -54,7 +54,7 @@ class OnnxEncoder:
                 "optionally token_type_ids. Re-export it with `recsys-infer export`."
             )
         if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
+            raise ConfigError(f"batch_size must be positive, got {batch_size}")
         self._session = session
         self._inputs = inputs
         self._output = session.get_outputs()[0].name

@@ -22,6 +22,7 @@ import hnswlib
 import numpy as np
 
 from recsys_infer.enums import Space
+from recsys_infer.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ class HnswParams:
     def __post_init__(self) -> None:
         for name in ("M", "ef_construction", "ef_search"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -159,7 +160,7 @@ class HnswIndex:
     @staticmethod
     def _new(space: Space, dim: int) -> hnswlib.Index:
         if space not in (Space.IP, Space.COSINE):
-            raise ValueError(f"space {space!r} is not supported; towers emit unit vectors: use 'ip'")
+            raise ConfigError(f"space {space!r} is not supported; towers emit unit vectors: use 'ip'")
         return hnswlib.Index(space=str(space), dim=dim)
 
     @classmethod
@@ -219,7 +220,7 @@ class HnswIndex:
     def set_ef_search(self, ef: int) -> None:
         """Change the search breadth (recall against speed); the graph is unchanged."""
         if ef < 1:
-            raise ValueError(f"ef_search must be positive, got {ef}")
+            raise ConfigError(f"ef_search must be positive, got {ef}")
         self.params = HnswParams(self.params.M, self.params.ef_construction, ef)
         self._index.set_ef(ef)
 

@@ -16,7 +16,7 @@ import numpy as np
 import onnxruntime as ort
 
 from recsys_infer.enums import Device, Precision
-from recsys_infer.errors import DeviceUnavailableError
+from recsys_infer.errors import ConfigError, DeviceUnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def create_session(path: Path, device: Device, *, threads: int | None = None) ->
     options.inter_op_num_threads = 1
     if threads is not None:
         if threads < 1:
-            raise ValueError(f"threads must be a positive integer, got {threads}")
+            raise ConfigError(f"threads must be a positive integer, got {threads}")
         options.intra_op_num_threads = threads
     providers = [CUDA_PROVIDER, CPU_PROVIDER] if device is Device.CUDA else [CPU_PROVIDER]
     session = ort.InferenceSession(str(path), sess_options=options, providers=providers)

@@ -59,6 +59,9 @@ def decode(cls: type[T], data: object, path: str) -> T:
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
+        head, sep, rest = str(e).partition(": ")
+        if sep and head in fields:  # a check on one field: name it in the path
+            raise SchemaError(f"{path}.{head}: {rest}") from e
         raise SchemaError(f"{path}: {e}") from e
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from recsys_infer.errors import BundleError
+from recsys_infer.errors import BundleError, ConfigError
 
 
 class TextTokenizer:
@@ -20,7 +20,7 @@ class TextTokenizer:
 
     def __init__(self, tokenizer: Tokenizer, *, max_length: int, pad_token: str) -> None:
         if max_length < 2:
-            raise ValueError(f"max_length must be at least 2 (room for [CLS] and [SEP]), got {max_length}")
+            raise ConfigError(f"max_length must be at least 2 (room for [CLS] and [SEP]), got {max_length}")
         pad_id = tokenizer.token_to_id(pad_token)
         if pad_id is None:
             raise BundleError(

@@ -10,6 +10,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from recsys_infer.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class UserInputFormat:
@@ -26,9 +28,9 @@ class UserInputFormat:
 
     def __post_init__(self) -> None:
         if self.max_history < 1:
-            raise ValueError(f"max_history must be at least 1, got {self.max_history}")
+            raise ConfigError(f"max_history must be at least 1, got {self.max_history}")
         if not self.item_separator.strip() or not self.request_separator.strip():
-            raise ValueError("separators must contain a visible character")
+            raise ConfigError("separators must contain a visible character")
 
     def render(self, history_texts: Sequence[str], request: str | None = None) -> str:
         recent = list(history_texts[-self.max_history :])

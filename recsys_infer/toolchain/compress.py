@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from recsys_infer.enums import Calibration, Device, Precision, QuantMode, TowerChoice
-from recsys_infer.errors import BundleError, ExportError, FidelityError
+from recsys_infer.errors import BundleError, ConfigError, ExportError, FidelityError
 from recsys_infer.runtime.bundle import (
     MANIFEST,
     atomic_directory,
@@ -79,11 +79,11 @@ class QuantizeConfig:
         object.__setattr__(self, "calibration", Calibration(self.calibration))
         object.__setattr__(self, "keep_fp32", tuple(self.keep_fp32))
         if self.block_size < 16 or self.block_size & (self.block_size - 1):
-            raise ValueError(f"block_size must be a power of two, at least 16; got {self.block_size}")
+            raise ConfigError(f"block_size must be a power of two, at least 16; got {self.block_size}")
         if self.calibration_size < 8:
-            raise ValueError(f"calibration_size must be at least 8, got {self.calibration_size}")
+            raise ConfigError(f"calibration_size must be at least 8, got {self.calibration_size}")
         if self.max_overlap_drop is not None and not 0 <= self.max_overlap_drop <= 1:
-            raise ValueError(f"max_overlap_drop must lie in [0, 1], got {self.max_overlap_drop}")
+            raise ConfigError(f"max_overlap_drop must lie in [0, 1], got {self.max_overlap_drop}")
 
 
 @dataclass

@@ -24,7 +24,7 @@ from tokenizers import Tokenizer
 
 from recsys_infer import __version__
 from recsys_infer.enums import Device, Space, UserTowerKind
-from recsys_infer.errors import ExportError, ParityError
+from recsys_infer.errors import ConfigError, ExportError, ParityError
 from recsys_infer.runtime.bundle import atomic_directory, sha256_file, write_manifest
 from recsys_infer.runtime.catalog import Catalog
 from recsys_infer.runtime.encoder import OnnxEncoder
@@ -90,13 +90,13 @@ class ExportConfig:
 
     def __post_init__(self) -> None:
         if not 14 <= self.opset <= 21:
-            raise ValueError(f"opset must be between 14 and 21, got {self.opset}")
+            raise ConfigError(f"opset must be between 14 and 21, got {self.opset}")
         if self.max_abs_diff <= 0 or not 0 < self.min_cosine <= 1:
-            raise ValueError("max_abs_diff must be positive and min_cosine in (0, 1]")
+            raise ConfigError("max_abs_diff must be positive and min_cosine in (0, 1]")
         if self.parity_texts < 4:
-            raise ValueError(f"parity_texts must be at least 4, got {self.parity_texts}")
+            raise ConfigError(f"parity_texts must be at least 4, got {self.parity_texts}")
         if self.index_threads < 1:
-            raise ValueError(f"index_threads must be positive, got {self.index_threads}")
+            raise ConfigError(f"index_threads must be positive, got {self.index_threads}")
 
 
 def read_recipe(path: Path) -> dict[str, Any]:

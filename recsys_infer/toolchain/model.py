@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recsys_infer.enums import Pooling, UserTowerKind
-from recsys_infer.errors import TrainingError
+from recsys_infer.errors import ConfigError, TrainingError
 from recsys_infer.runtime.userinput import UserInputFormat
 
 
@@ -45,11 +45,11 @@ class SequenceConfig:
 
     def __post_init__(self) -> None:
         if self.max_history < 1 or self.layers < 1 or self.item_head_hidden < 1:
-            raise ValueError("max_history, layers and item_head_hidden must be positive")
+            raise ConfigError("max_history, layers and item_head_hidden must be positive")
         if self.hidden < 1 or self.heads < 1 or self.hidden % self.heads:
-            raise ValueError(f"hidden ({self.hidden}) must be a positive multiple of heads ({self.heads})")
+            raise ConfigError(f"hidden ({self.hidden}) must be a positive multiple of heads ({self.heads})")
         if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
 
 
 @dataclass(frozen=True)
@@ -76,12 +76,12 @@ class ModelConfig:
         if isinstance(self.sequence, dict):
             object.__setattr__(self, "sequence", SequenceConfig(**self.sequence))
         if self.user_tower is UserTowerKind.SEQUENCE and (self.sequence is None or self.shared_towers):
-            raise ValueError("a sequence user tower needs a SequenceConfig and cannot share the item tower")
+            raise ConfigError("a sequence user tower needs a SequenceConfig and cannot share the item tower")
         for name in ("user_max_length", "item_max_length"):
             if getattr(self, name) < 8:
-                raise ValueError(f"{name} must be at least 8 tokens, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be at least 8 tokens, got {getattr(self, name)}")
         if not 0.001 <= self.temperature <= 10:
-            raise ValueError(f"temperature must be in [0.001, 10], got {self.temperature}")
+            raise ConfigError(f"temperature must be in [0.001, 10], got {self.temperature}")
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -240,7 +240,7 @@ class TwoTower(nn.Module):
         self.offset_mask: torch.Tensor
         if config.user_tower is UserTowerKind.SEQUENCE:
             if item_encoder is None or user_encoder is not None or config.sequence is None:
-                raise ValueError("a sequence model takes only an item encoder")
+                raise ConfigError("a sequence model takes only an item encoder")
             dim = int(item_encoder.config.hidden_size)
             self.item = TextTower(
                 item_encoder, config.pooling, ItemHead(dim, config.sequence.item_head_hidden)
@@ -249,21 +249,21 @@ class TwoTower(nn.Module):
             self.user = SequenceTower(dim, config.sequence)
             if config.sequence.item_offsets:
                 if n_items < 1:
-                    raise ValueError("item offsets need the catalogue size (n_items)")
+                    raise ConfigError("item offsets need the catalogue size (n_items)")
                 self.item_offsets = nn.Parameter(torch.zeros(n_items, dim))
                 # 1 for items the training data has seen; the others keep a zero offset.
                 self.register_buffer("offset_mask", torch.zeros(n_items, 1))
             return
         if user_encoder is None:
-            raise ValueError("a text model needs a user encoder")
+            raise ConfigError("a text model needs a user encoder")
         self.user = TextTower(user_encoder, config.pooling)
         if config.shared_towers:
             if item_encoder is not None:
-                raise ValueError("shared towers take one encoder; item_encoder must be None")
+                raise ConfigError("shared towers take one encoder; item_encoder must be None")
             self.item = self.user
         else:
             if item_encoder is None:
-                raise ValueError("separate towers need an item encoder")
+                raise ConfigError("separate towers need an item encoder")
             self.item = TextTower(item_encoder, config.pooling)
 
     @property
@@ -276,7 +276,7 @@ class TwoTower(nn.Module):
         the head and, when the model has them, plus its learned offset."""
         head = self.item.head
         if head is None:
-            raise ValueError("only a sequence model's item tower has a head")
+            raise ConfigError("only a sequence model's item tower has a head")
         vectors = head(embeddings)
         if self.item_offsets is None:
             return vectors

@@ -42,7 +42,7 @@ from torch import nn
 
 from recsys_infer.data.probe import request_from_item
 from recsys_infer.enums import TowerChoice, UserTowerKind
-from recsys_infer.errors import CheckpointError
+from recsys_infer.errors import CheckpointError, ConfigError
 from recsys_infer.runtime.tokenizer import TextTokenizer
 
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -67,13 +67,13 @@ class PruneConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "towers", TowerChoice(self.towers))
         if not 0 <= self.ratio < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"ratio must be in [0, 1): the fraction of heads and neurons removed, got {self.ratio}"
             )
         if self.layers < 0 or self.distill_steps < 0:
-            raise ValueError("layers and distill_steps must be 0 or more")
+            raise ConfigError("layers and distill_steps must be 0 or more")
         if self.batch_size < 2:
-            raise ValueError("batch_size must be at least 2 (the retrieval loss needs negatives)")
+            raise ConfigError("batch_size must be at least 2 (the retrieval loss needs negatives)")
 
 
 @dataclass
@@ -224,7 +224,7 @@ def drop_layers(
     """Remove the ``count`` layers whose removal raises the retrieval loss least; returns them."""
     layers = tower.encoder.encoder.layer
     if count >= len(layers):
-        raise ValueError(f"cannot drop {count} of {len(layers)} layers: at least one must stay")
+        raise ConfigError(f"cannot drop {count} of {len(layers)} layers: at least one must stay")
     fixed = [batches.sample() for _ in range(4)]
     costs = []
     for i in range(len(layers)):

@@ -29,7 +29,7 @@ from recsys_infer.data.dataset import Dataset
 from recsys_infer.data.probe import build_probe
 from recsys_infer.data.split import Example, Split, leave_one_out
 from recsys_infer.enums import UserTowerKind
-from recsys_infer.errors import CheckpointError, DataError, OutputExistsError
+from recsys_infer.errors import CheckpointError, ConfigError, DataError, OutputExistsError
 from recsys_infer.runtime.tokenizer import TextTokenizer
 from recsys_infer.runtime.userinput import UserInputFormat
 
@@ -135,11 +135,11 @@ class TrainConfig:
         ]
         for ok, message in checks:
             if not ok:
-                raise ValueError(message)
+                raise ConfigError(message)
         if self.user_tower is UserTowerKind.SEQUENCE:
             self.sequence_config()  # validates the shape
             if self.shared_towers:
-                raise ValueError("--shared-towers applies to the text user tower only")
+                raise ConfigError("--shared-towers applies to the text user tower only")
 
     def with_overrides(self, **overrides: Any) -> TrainConfig:
         """A copy with every non-``None`` override applied; a new ``user_tower`` resets the

@@ -1,0 +1,363 @@
+"""The service: the engine behind HTTP (FastAPI on uvicorn).
+
+(No ``from __future__ import annotations`` here: FastAPI reads the route annotations, which
+name the per-app body models, at definition time.)
+"""
+
+import asyncio
+import contextlib
+import dataclasses
+import hmac
+import logging
+import os
+import threading
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from starlette.exceptions import HTTPException
+
+from recsys_infer import __version__
+from recsys_infer.errors import OverloadedError, QueryError, RecsysError, UnknownItemError
+from recsys_infer.runtime.batcher import MicroBatcher
+from recsys_infer.runtime.engine import Engine, Recommendation
+from recsys_infer.runtime.options import EXPLAIN_COST, RecommendOptions, excerpt
+from recsys_infer.runtime.schema import encode
+
+from .guard import Guard, error_response
+from .models import Bodies, make_bodies
+from .settings import API_KEY_ENV, ServeSettings
+
+logger = logging.getLogger(__name__)
+
+
+class OverLimitError(QueryError):
+    """A request asks for more work than the service's limits allow (HTTP 422)."""
+
+
+class Metrics:
+    """The service's Prometheus counters (one registry per app)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "recsys_http_requests", "HTTP responses by route and status", ["route", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "recsys_http_request_seconds",
+            "HTTP request latency by route",
+            ["route"],
+            registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+        )
+        self.batch_sizes = Histogram(
+            "recsys_batch_size",
+            "Requests per micro-batch run",
+            registry=r,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+        )
+        self.errors = Counter("recsys_errors", "Error responses by kind", ["kind"], registry=r)
+        self.pending = Gauge(
+            "recsys_pending_requests", "Recommendations accepted, not yet answered", registry=r
+        )
+
+    def observe(self, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, str(status)).inc()
+        self.latency.labels(route).observe(seconds)
+        if status >= 400:
+            self.errors.labels(f"http_{status}").inc()
+
+
+class Service:
+    """The engine, its batcher and the admission count; the routes call into this."""
+
+    def __init__(
+        self, bundle: Path, settings: ServeSettings, *, threads: int | None, metrics: Metrics
+    ) -> None:
+        self.bundle = Path(bundle)
+        self.settings = settings
+        self.threads = threads
+        self.engine = Engine.load(self.bundle, device="auto", threads=threads)
+        self.batcher = MicroBatcher(
+            self.engine,
+            max_batch=settings.max_batch,
+            max_wait_us=settings.max_wait_us,
+            max_queue=settings.max_pending,
+            on_batch=metrics.batch_sizes.observe,
+        )
+        self.metrics = metrics
+        self.dirty = False
+        self.edit_lock = threading.Lock()
+        self._pending = 0
+        self._pending_lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def admit(self, n: int) -> Iterator[None]:
+        """Hold ``n`` places among ``max_pending``; :class:`OverloadedError` when they are taken."""
+        with self._pending_lock:
+            if self._pending + n > self.settings.max_pending:
+                raise OverloadedError(
+                    f"{self._pending} recommendations are already waiting and this asks for {n} more; "
+                    f"the limit is {self.settings.max_pending} (--max-pending). Retry shortly."
+                )
+            self._pending += n
+            self.metrics.pending.set(self._pending)
+        try:
+            yield
+        finally:
+            with self._pending_lock:
+                self._pending -= n
+                self.metrics.pending.set(self._pending)
+
+    async def recommend(self, bodies: list[Any]) -> list[list[Recommendation]]:
+        options: list[RecommendOptions] = [b.options() for b in bodies]
+        cost = sum(o.cost for o in options)
+        if cost > self.settings.max_cost:
+            raise OverLimitError(
+                f"this request asks for {cost} result rows (k summed over its requests, an explained "
+                f"result counting {EXPLAIN_COST}); the limit is {self.settings.max_cost} (--max-cost). "
+                "Ask for a smaller k, fewer requests per body, or explanations for fewer of them."
+            )
+        with self.admit(len(bodies)):
+            calls = [
+                self.batcher.arecommend(b.history, b.text, options=o)
+                for b, o in zip(bodies, options, strict=True)
+            ]
+            results = await asyncio.gather(*calls, return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        return results  # type: ignore[return-value]
+
+    def swap(self, bundle: Path) -> None:
+        """Load ``bundle`` and serve from it; requests in flight finish on the old engine."""
+        with self.edit_lock:
+            if self.dirty:
+                raise QueryError("there are unsaved catalogue edits; POST /admin/save first, then swap")
+            fresh = Engine.load(bundle, device="auto", threads=self.threads)
+            self.engine = fresh
+            self.batcher.engine = fresh
+            self.bundle = Path(bundle)
+
+    def save(self) -> Path:
+        with self.edit_lock:
+            path = self.engine.save(self.bundle, overwrite=True)
+            self.dirty = False
+            return path
+
+    def info(self) -> dict[str, Any]:
+        engine = self.engine
+        towers = {}
+        if engine.manifest is not None:
+            towers = {
+                n: {"file": t.file, "kind": t.kind, "precision": str(t.precision), "dim": t.dim}
+                for n, t in engine.manifest.towers.items()
+            }
+        return {
+            "version": __version__,
+            "bundle": str(self.bundle),
+            "items": len(engine),
+            "device": str(engine.device),
+            "towers": towers,
+            "index": encode(engine.manifest.index) if engine.manifest else None,
+            "limits": self.settings.to_json(),
+            "editing": bool(os.environ.get(API_KEY_ENV)),
+            "unsaved_edits": self.dirty,
+        }
+
+
+def create_app(
+    bundle: str | Path,
+    *,
+    threads: int | None = None,
+    settings: ServeSettings | None = None,
+    max_batch: int | None = None,
+    max_wait_us: int | None = None,
+) -> FastAPI:
+    """The ASGI app serving ``bundle`` (loaded when the app starts). ``settings`` default to
+    :meth:`ServeSettings.from_env`; ``max_batch`` and ``max_wait_us`` override theirs."""
+    settings = settings or ServeSettings.from_env()
+    if max_batch is not None:
+        settings = dataclasses.replace(settings, max_batch=max_batch)
+    if max_wait_us is not None:
+        settings = dataclasses.replace(settings, max_wait_us=max_wait_us)
+    holder: dict[str, Service] = {}
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        holder["service"] = Service(Path(bundle), settings, threads=threads, metrics=metrics)
+        try:
+            yield
+        finally:
+            service = holder.pop("service")
+            service.batcher.close()
+            if service.dirty:
+                logger.info("saving catalogue edits to %s on shutdown", service.bundle)
+                service.save()
+
+    app = FastAPI(
+        title="recsys-infer",
+        summary="Two-tower recommendations from a recsys-infer bundle.",
+        version="1",
+        lifespan=lifespan,
+    )
+    app.add_middleware(Guard, max_body=settings.max_body_bytes, observe=lambda: metrics.observe)
+    app.state.settings = settings
+    _install_error_handlers(app)
+    deps = _Dependencies(holder, settings)
+    bodies = make_bodies(settings)
+    _recommend_routes(app, deps, bodies)
+    _edit_routes(app, deps, bodies)
+    _status_routes(app, deps, metrics)
+    return app
+
+
+class _Dependencies:
+    """The route dependencies: the running service, and the API-key checks."""
+
+    def __init__(self, holder: dict[str, Service], settings: ServeSettings) -> None:
+        self.holder = holder
+        self.settings = settings
+
+        def service() -> Service:
+            if "service" not in holder:
+                raise HTTPException(503, "the service is starting or stopping")
+            return holder["service"]
+
+        def editor(x_api_key: Annotated[str | None, Header()] = None) -> Service:
+            _check_key(x_api_key, feature="catalogue editing")
+            return service()
+
+        def reader(x_api_key: Annotated[str | None, Header()] = None) -> Service:
+            if settings.auth_reads:
+                _check_key(x_api_key, feature="reading (auth_reads is on)")
+            return service()
+
+        self.service, self.editor, self.reader = service, editor, reader
+
+
+def _check_key(given: str | None, *, feature: str) -> None:
+    expected = os.environ.get(API_KEY_ENV)
+    if not expected:
+        raise HTTPException(403, f"{feature} is off: start the service with {API_KEY_ENV} set to enable it")
+    if given is None or not hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode()):
+        raise HTTPException(401, "a valid X-API-Key header is required for this route")
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, e: RequestValidationError) -> Any:
+        problems = [
+            {"loc": _loc(err.get("loc", ())), "message": str(err.get("msg"))[:200]} for err in e.errors()[:5]
+        ]
+        summary = "; ".join(f"{p['loc']}: {p['message']}" for p in problems)
+        return error_response(422, summary or "the request body is not valid", errors=problems)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, e: HTTPException) -> Any:
+        return error_response(e.status_code, str(e.detail), headers=getattr(e, "headers", None))
+
+    @app.exception_handler(RecsysError)
+    async def refused(request: Request, e: RecsysError) -> Any:
+        if isinstance(e, OverloadedError):
+            retry = str(app_settings(request).retry_after_s)
+            return error_response(429, str(e), headers={"Retry-After": retry})
+        if isinstance(e, UnknownItemError):
+            return error_response(404, str(e))
+        if isinstance(e, OverLimitError):
+            return error_response(422, str(e), kind="over_limit")
+        return error_response(400, str(e))
+
+
+def _loc(parts: Any) -> str:
+    shown = [str(p) if isinstance(p, int) else excerpt(p, 40).strip("'") for p in parts if p != "body"]
+    return ".".join(shown) or "body"
+
+
+def app_settings(request: Request) -> ServeSettings:
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+def _recommend_routes(app: FastAPI, deps: _Dependencies, bodies: Bodies) -> None:
+    One, Many = bodies.recommend, bodies.batch
+
+    @app.post("/recommend", summary="Recommend for one user, or for a batch of users")
+    async def recommend(body: One | Many, s: Annotated[Service, Depends(deps.reader)]) -> Any:  # type: ignore[valid-type]
+        data: Any = body
+        if isinstance(body, Many):
+            results = await s.recommend(list(data.requests))
+            return JSONResponse({"results": [{"items": [r.to_json() for r in recs]} for recs in results]})
+        (recs,) = await s.recommend([data])
+        return JSONResponse({"items": [r.to_json() for r in recs]})
+
+
+def _edit_routes(app: FastAPI, deps: _Dependencies, bodies: Bodies) -> None:
+    Items, Swap = bodies.items, bodies.swap
+
+    @app.post("/items", summary="Add items (or, with replace, add or replace them) in the live catalogue")
+    def add_items(body: Items, s: Annotated[Service, Depends(deps.editor)]) -> dict[str, Any]:  # type: ignore[valid-type]
+        data: Any = body
+        ids = [i.item_id for i in data.items]
+        texts = [i.text for i in data.items]
+        attrs = [i.attributes for i in data.items]
+        with s.edit_lock:
+            if data.replace:
+                s.engine.upsert_items(ids, texts, attrs)
+            else:
+                s.engine.add_items(ids, texts, attrs)
+            s.dirty = True
+        return {"items": len(s.engine), "changed": len(ids)}
+
+    @app.delete("/items/{item_id:path}", summary="Remove an item from the live catalogue (ids may hold '/')")
+    def remove_item(item_id: str, s: Annotated[Service, Depends(deps.editor)]) -> dict[str, Any]:
+        with s.edit_lock:
+            s.engine.remove_items([item_id])
+            s.dirty = True
+        return {"items": len(s.engine), "removed": item_id}
+
+    @app.post("/admin/save", summary="Persist catalogue edits into the bundle (crash-safe)")
+    def save(s: Annotated[Service, Depends(deps.editor)]) -> dict[str, Any]:
+        return {"saved": str(s.save()), "items": len(s.engine)}
+
+    @app.post("/admin/swap", summary="Switch to another bundle without a restart")
+    def swap(body: Swap, s: Annotated[Service, Depends(deps.editor)]) -> dict[str, Any]:  # type: ignore[valid-type]
+        data: Any = body
+        path = Path(data.bundle)
+        if not path.is_dir():
+            raise HTTPException(400, f"no bundle directory at {excerpt(data.bundle, 200)}")
+        s.swap(path)
+        return {"bundle": str(path), "items": len(s.engine)}
+
+
+def _status_routes(app: FastAPI, deps: _Dependencies, metrics: Metrics) -> None:
+    @app.get("/healthz", summary="Liveness and what is being served")
+    def healthz(s: Annotated[Service, Depends(deps.service)]) -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "bundle": str(s.bundle),
+            "items": len(s.engine),
+            "device": str(s.engine.device),
+            "unsaved_edits": s.dirty,
+        }
+
+    @app.get("/info", summary="The bundle, its towers and index, and the service's limits")
+    def info(s: Annotated[Service, Depends(deps.reader)]) -> dict[str, Any]:
+        return s.info()
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
+    def prometheus(s: Annotated[Service, Depends(deps.reader)]) -> PlainTextResponse:
+        return PlainTextResponse(generate_latest(metrics.registry).decode(), media_type=CONTENT_TYPE_LATEST)

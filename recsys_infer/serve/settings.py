@@ -1,0 +1,85 @@
+"""The service's limits and switches: one frozen object, from defaults, environment variables
+(``RECSYS_INFER_<FIELD>``, e.g. ``RECSYS_INFER_MAX_COST=5000``) and flags, in that order."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from recsys_infer.errors import ConfigError
+from recsys_infer.runtime.options import EXPLAIN_COST
+
+ENV_PREFIX = "RECSYS_INFER_"
+#: The API key the editing routes (and, with ``auth_reads``, every route but ``/healthz``) need.
+API_KEY_ENV = "RECSYS_INFER_API_KEY"
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """What one HTTP request may ask for, how much may wait, and who may read.
+
+    - ``max_body_bytes``: a larger body gets 413 before it is read.
+    - ``max_cost``: result rows one ``/recommend`` body may ask for, ``k`` summed over a batch,
+      an explained result counting as ``EXPLAIN_COST`` (8); more gets 422.
+    - ``max_pending``: recommendations accepted but not yet answered; past it, 429 with
+      ``Retry-After``, so overload is refused at once instead of queueing without bound.
+    - ``auth_reads``: also require the API key for ``/recommend``, ``/info`` and ``/metrics``.
+    """
+
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_cost: int = 20_000
+    max_pending: int = 256
+    max_k: int = 1000
+    max_batch_requests: int = 256
+    max_history: int = 500
+    max_text_chars: int = 2000
+    max_ids_per_filter: int = 10_000
+    max_items_per_edit: int = 1000
+    auth_reads: bool = False
+    max_batch: int = 32
+    max_wait_us: int = 2000
+    retry_after_s: int = 1
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "auth_reads":
+                if not isinstance(value, bool):
+                    raise ConfigError(f"auth_reads must be true or false, got {value!r}")
+            elif (
+                isinstance(value, bool)
+                or not isinstance(value, int)
+                or value < (0 if f.name == "max_wait_us" else 1)
+            ):
+                raise ConfigError(f"{f.name} must be a positive integer, got {value!r}")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ServeSettings:
+        """Defaults, then ``RECSYS_INFER_*`` variables, then ``overrides`` that are not None."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = environ.get(ENV_PREFIX + f.name.upper())
+            if raw is not None:
+                values[f.name] = _parse(f.name, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "explain_cost": EXPLAIN_COST}
+
+
+def _parse(name: str, raw: str) -> int | bool:
+    env = ENV_PREFIX + name.upper()
+    if name == "auth_reads":
+        if raw.strip().lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.strip().lower() in ("0", "false", "no", "off", ""):
+            return False
+        raise ConfigError(f"{env}={raw!r:.40} is not a boolean; use 1 or 0")
+    try:
+        return int(raw.replace("_", ""))
+    except ValueError:
+        raise ConfigError(f"{env}={raw!r:.40} is not an integer") from None
