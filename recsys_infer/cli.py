@@ -797,6 +797,10 @@ def bench(
         typer.echo(f"plot written to {plot}")
 
 
+def _limit(help_text: str, env: str) -> Any:
+    return typer.Option(min=1, help=f"{help_text} (env RECSYS_INFER_{env})", rich_help_panel="Limits")
+
+
 @app.command()
 @_friendly_errors
 def serve(
@@ -806,24 +810,84 @@ def serve(
     threads: Annotated[
         int | None, typer.Option(min=1, help="ONNX Runtime intra-op threads (default: the physical cores).")
     ] = None,
-    max_batch: Annotated[int, typer.Option(min=1, help="Most requests the micro-batcher runs at once.")] = 32,
+    max_batch: Annotated[
+        int | None, _limit("Most requests the micro-batcher runs at once (32).", "MAX_BATCH")
+    ] = None,
     max_wait_us: Annotated[
-        int, typer.Option(min=0, help="How long the micro-batcher waits to fill a batch (microseconds).")
-    ] = 2000,
+        int | None,
+        typer.Option(
+            min=0,
+            help="How long the micro-batcher waits to fill a batch, in µs (2000). "
+            "(env RECSYS_INFER_MAX_WAIT_US)",
+        ),
+    ] = None,
+    max_body_bytes: Annotated[
+        int | None, _limit("Largest request body; larger gets 413.", "MAX_BODY_BYTES")
+    ] = None,
+    max_cost: Annotated[
+        int | None,
+        _limit("Result rows one body may ask for (k summed, explained x8); more gets 422.", "MAX_COST"),
+    ] = None,
+    max_pending: Annotated[
+        int | None, _limit("Recommendations waiting at once; more get 429 with Retry-After.", "MAX_PENDING")
+    ] = None,
+    max_k: Annotated[int | None, _limit("Largest k.", "MAX_K")] = None,
+    max_batch_requests: Annotated[
+        int | None, _limit("Requests in one batch body.", "MAX_BATCH_REQUESTS")
+    ] = None,
+    max_history: Annotated[int | None, _limit("History items in one request.", "MAX_HISTORY")] = None,
+    max_text_chars: Annotated[
+        int | None, _limit("Characters of a request or item text.", "MAX_TEXT_CHARS")
+    ] = None,
+    max_ids_per_filter: Annotated[
+        int | None, _limit("Ids in exclude or allow.", "MAX_IDS_PER_FILTER")
+    ] = None,
+    max_items_per_edit: Annotated[
+        int | None, _limit("Items in one POST /items.", "MAX_ITEMS_PER_EDIT")
+    ] = None,
+    auth_reads: Annotated[
+        bool | None,
+        typer.Option(
+            "--auth-reads/--no-auth-reads",
+            help="Require the API key for /recommend, /info and "
+            "/metrics too (off). (env RECSYS_INFER_AUTH_READS)",
+            rich_help_panel="Limits",
+        ),
+    ] = None,
 ) -> None:
-    """Serve a bundle over HTTP: /recommend, /items, /healthz, /metrics (needs the serve extra)."""
+    """Serve a bundle over HTTP: /recommend, /items, /healthz, /info, /metrics (needs the serve extra).
+
+    Limits come from the flags, else RECSYS_INFER_* variables, else the defaults; GET /info shows
+    those in force."""
     try:
         import uvicorn
 
-        from .serve import API_KEY_ENV, create_app
+        from .serve import API_KEY_ENV, ServeSettings, create_app
     except ImportError as e:
         raise typer.BadParameter(
             f"serving needs the serve extra ({e}): pip install 'recsys-infer[serve]'"
         ) from e
+    settings = ServeSettings.from_env(
+        max_batch=max_batch,
+        max_wait_us=max_wait_us,
+        max_body_bytes=max_body_bytes,
+        max_cost=max_cost,
+        max_pending=max_pending,
+        max_k=max_k,
+        max_batch_requests=max_batch_requests,
+        max_history=max_history,
+        max_text_chars=max_text_chars,
+        max_ids_per_filter=max_ids_per_filter,
+        max_items_per_edit=max_items_per_edit,
+        auth_reads=auth_reads,
+    )
     if not os.environ.get(API_KEY_ENV):
         typer.echo(f"catalogue editing routes are off: set {API_KEY_ENV} to enable them", err=True)
-    app_ = create_app(bundle, threads=threads, max_batch=max_batch, max_wait_us=max_wait_us)
-    uvicorn.run(app_, host=host, port=port, log_level="info")
+        if settings.auth_reads:
+            raise typer.BadParameter(f"--auth-reads needs {API_KEY_ENV} set to the key clients will send")
+    uvicorn.run(
+        create_app(bundle, threads=threads, settings=settings), host=host, port=port, log_level="info"
+    )
 
 
 @app.command()
