@@ -4,6 +4,7 @@ cost is measured against the reference, and the fidelity gate refuses what it sh
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -234,3 +235,25 @@ def test_the_gate_watches_requests_as_well_as_users() -> None:
     check_gate(fidelity, 0.25, "quantize lowered", "")
     with pytest.raises(FidelityError, match=r"request overlap@10 with the reference to 0\.7900"):
         check_gate(fidelity, 0.05, "quantize lowered", "Compress less.")
+
+
+def test_transforms_leave_the_working_directory_alone(
+    tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ONNX Runtime's tools keep their scratch files to themselves, and no step changes the
+    process's working directory (a server thread may be resolving relative paths meanwhile)."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    seen: list[str] = []
+    real_chdir = os.chdir
+    monkeypatch.setattr(os, "chdir", lambda p: (seen.append(str(p)), real_chdir(p)))
+    optimized = optimize_bundle(tiny_bundle, tmp_path / "opt", progress=False).bundle
+    for mode in ("dynamic", "static", "blockwise"):
+        quantize_bundle(
+            optimized if mode != "static" else tiny_bundle,
+            tmp_path / mode,
+            QuantizeConfig(mode=mode, towers="user", calibration_size=16),
+            progress=False,
+        )
+    assert seen == [] and list(cwd.iterdir()) == [] and Path.cwd() == cwd

@@ -17,15 +17,10 @@ any kind of query (history users, or the requests of a bundle that reads them) f
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import os
-import re
 import shutil
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,57 +28,42 @@ from typing import Any
 
 import numpy as np
 
-from recsys_infer.enums import Calibration, Device, Precision, QuantMode, TowerChoice
-from recsys_infer.errors import BundleError, ConfigError, ExportError, FidelityError
-from recsys_infer.runtime.bundle import (
-    MANIFEST,
-    atomic_directory,
-    read_manifest,
-    sha256_file,
-    write_manifest,
-)
-from recsys_infer.runtime.engine import Engine, Query
+from recsys_infer.enums import Device, Precision, QuantMode, TowerChoice
+from recsys_infer.errors import BundleError, ExportError
+from recsys_infer.runtime.bundle import MANIFEST, atomic_directory, read_manifest, sha256_file, write_manifest
+from recsys_infer.runtime.engine import Engine
 from recsys_infer.runtime.manifest import CompressionStep, Manifest, ReferenceSpec, TowerSpec
 from recsys_infer.runtime.reindex import reindex_bundle
 from recsys_infer.runtime.schema import encode
 from recsys_infer.runtime.users import unit_rows
 
+from .fidelity import check_gate, measure_fidelity, probe_queries
+from .graphs import (
+    QuantizeConfig,
+    _Feeds,
+    fp16_graph,
+    history_feeds,
+    optimize_graph,
+    quantize_blockwise_graph,
+    quantize_dynamic_graph,
+    quantize_static_graph,
+    text_feeds,
+)
+
+__all__ = [
+    "QuantizeConfig",
+    "StepResult",
+    "add_offsets",
+    "check_gate",
+    "derive_bundle",
+    "measure_fidelity",
+    "optimize_bundle",
+    "probe_queries",
+    "quantize_bundle",
+    "reference_of",
+]
+
 logger = logging.getLogger(__name__)
-
-
-#: Named groups of MatMul nodes a quantization step can keep in fp32, by the names the
-#: TorchScript exporter gives BERT's linear layers (they survive ONNX Runtime's fusions).
-KEEP_FP32_GROUPS: dict[str, str] = {
-    "ffn-out": r"/layer\.\d+/output/dense/",
-    "ffn-in": r"/layer\.\d+/intermediate/dense/",
-    "attention-out": r"/attention/output/dense/",
-    "head": r"^/head/",
-}
-
-
-@dataclass(frozen=True)
-class QuantizeConfig:
-    mode: QuantMode = QuantMode.DYNAMIC
-    towers: TowerChoice = TowerChoice.BOTH
-    per_channel: bool = True
-    calibration: Calibration = Calibration.MINMAX
-    calibration_size: int = 256
-    block_size: int = 64
-    keep_fp32: tuple[str, ...] = ()
-    reindex: bool = False
-    max_overlap_drop: float | None = None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "mode", QuantMode(self.mode))
-        object.__setattr__(self, "towers", TowerChoice(self.towers))
-        object.__setattr__(self, "calibration", Calibration(self.calibration))
-        object.__setattr__(self, "keep_fp32", tuple(self.keep_fp32))
-        if self.block_size < 16 or self.block_size & (self.block_size - 1):
-            raise ConfigError(f"block_size must be a power of two, at least 16; got {self.block_size}")
-        if self.calibration_size < 8:
-            raise ConfigError(f"calibration_size must be at least 8, got {self.calibration_size}")
-        if self.max_overlap_drop is not None and not 0 <= self.max_overlap_drop <= 1:
-            raise ConfigError(f"max_overlap_drop must lie in [0, 1], got {self.max_overlap_drop}")
 
 
 @dataclass
@@ -102,284 +82,6 @@ class StepResult:
             "files": self.files,
             "seconds": round(self.seconds, 2),
         }
-
-
-# -- graph transforms (file in, file out) ---------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _scratch() -> Iterator[Path]:
-    """ONNX Runtime's quantization tools drop temporary files into the working directory."""
-    here = Path.cwd()
-    with tempfile.TemporaryDirectory(prefix="recsys-infer-q-") as tmp:
-        os.chdir(tmp)
-        try:
-            yield Path(tmp)
-        finally:
-            os.chdir(here)
-
-
-def _is_bert(graph: Any) -> bool:
-    return {i.name for i in graph.input} == {"input_ids", "attention_mask"}
-
-
-def optimize_graph(src: Path, dst: Path) -> dict[str, Any]:
-    """ONNX Runtime's transformer fusions for a BERT-style text tower; other graphs are copied."""
-    import onnx
-
-    graph = onnx.load(str(src)).graph
-    before = len(graph.node)
-    if not _is_bert(graph):
-        shutil.copyfile(src, dst)
-        return {"fused": False, "nodes_before": before, "nodes_after": before, "reason": "not a BERT graph"}
-    from onnxruntime.transformers.optimizer import optimize_model
-
-    with _scratch():
-        model = optimize_model(str(src), model_type="bert", num_heads=0, hidden_size=0, use_gpu=False)
-        stats = {k: int(v) for k, v in model.get_fused_operator_statistics().items() if v}
-        model.save_model_to_file(str(dst))
-    after = len(onnx.load(str(dst)).graph.node)
-    return {"fused": True, "nodes_before": before, "nodes_after": after, "fused_operators": stats}
-
-
-def _matmuls_to_keep(graph: Any, keep: Sequence[str]) -> list[str]:
-    patterns = [re.compile(KEEP_FP32_GROUPS.get(k, k)) for k in keep]
-    names = [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm")]
-    return [n for n in names if any(p.search(n) for p in patterns)]
-
-
-def quantize_dynamic_graph(src: Path, dst: Path, config: QuantizeConfig) -> dict[str, Any]:
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    graph = onnx.load(str(src)).graph
-    excluded = _matmuls_to_keep(graph, config.keep_fp32)
-    ops = ["MatMul", "Attention"] if _is_bert(graph) else ["MatMul"]
-    with _scratch():
-        quantize_dynamic(
-            str(src),
-            str(dst),
-            per_channel=config.per_channel,
-            weight_type=QuantType.QInt8,
-            op_types_to_quantize=ops,
-            nodes_to_exclude=excluded,
-            # Fused graphs (Attention, SkipLayerNormalization) need the default tensor type.
-            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-        )
-    return {"kept_fp32": excluded, "op_types": ops}
-
-
-def quantize_blockwise_graph(src: Path, dst: Path, config: QuantizeConfig) -> dict[str, Any]:
-    """int8 weights in blocks of ``block_size`` along the input dimension, each block with its own
-    scale (ONNX Runtime's MatMulNBits). At accuracy level 4 the activations are quantized to int8
-    block by block too, so an outlier spoils only its own block, where dynamic int8 gives one
-    scale to the whole tensor. A fused graph's Attention ops (the Q, K and V projections) have no
-    blockwise form and stay fp32."""
-    import onnx
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
-    model = onnx.load(str(src))
-    excluded = _matmuls_to_keep(model.graph, config.keep_fp32)
-    with _scratch():
-        quantizer = MatMulNBitsQuantizer(
-            model,
-            bits=8,
-            block_size=config.block_size,
-            is_symmetric=True,
-            accuracy_level=4,  # int8 compute, activations scaled per block
-            nodes_to_exclude=excluded,
-        )
-        quantizer.process()
-        quantizer.model.save_model_to_file(str(dst), use_external_data_format=False)
-    quantized = sum(n.op_type == "MatMulNBits" for n in onnx.load(str(dst)).graph.node)
-    return {
-        "kept_fp32": excluded,
-        "op_types": ["MatMul"],
-        "bits": 8,
-        "block_size": config.block_size,
-        "accuracy_level": 4,
-        "blockwise_matmuls": quantized,
-    }
-
-
-class _Feeds:
-    """Hands ONNX Runtime's calibrator prepared input batches, and can start over."""
-
-    def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
-        self._feeds = feeds
-        self._i = 0
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        if self._i >= len(self._feeds):
-            return None
-        self._i += 1
-        return self._feeds[self._i - 1]
-
-    def rewind(self) -> None:
-        self._i = 0
-
-
-def text_feeds(
-    tokenizer_file: Path, pad_token: str, max_length: int, texts: Sequence[str], batch: int = 16
-) -> _Feeds:
-    """Batches of real texts, every one padded to ``max_length`` (the histogram calibrators need
-    one shape throughout)."""
-    from tokenizers import Tokenizer
-
-    tokenizer = Tokenizer.from_file(str(tokenizer_file))
-    tokenizer.enable_truncation(max_length=max_length)
-    pad = tokenizer.token_to_id(pad_token)
-    if pad is None:
-        raise BundleError(f"the bundle's tokenizer has no padding token {pad_token!r}")
-    tokenizer.enable_padding(pad_id=pad, pad_token=pad_token, length=max_length)
-    feeds = []
-    for start in range(0, len(texts), batch):
-        encodings = tokenizer.encode_batch(list(texts[start : start + batch]))
-        feeds.append(
-            {
-                "input_ids": np.asarray([e.ids for e in encodings], dtype=np.int64),
-                "attention_mask": np.asarray([e.attention_mask for e in encodings], dtype=np.int64),
-            }
-        )
-    return _Feeds(feeds)
-
-
-def history_feeds(
-    vectors: np.ndarray,
-    label: dict[str, int],
-    histories: Sequence[Sequence[str]],
-    length: int,
-    batch: int = 16,
-) -> _Feeds:
-    """Batches of real histories for a sequence user tower, left-padded to ``length`` items."""
-    feeds = []
-    for start in range(0, len(histories), batch):
-        chunk = histories[start : start + batch]
-        history = np.zeros((len(chunk), length, vectors.shape[1]), dtype=np.float32)
-        mask = np.zeros((len(chunk), length), dtype=np.int64)
-        for b, h in enumerate(chunk):
-            recent = [label[i] for i in h if i in label][-length:]
-            if recent:
-                history[b, length - len(recent) :] = vectors[recent]
-                mask[b, length - len(recent) :] = 1
-        feed: dict[str, np.ndarray] = {"history": history, "history_mask": mask}
-        feeds.append(feed)
-    return _Feeds(feeds)
-
-
-def quantize_static_graph(src: Path, dst: Path, reader: Any, config: QuantizeConfig) -> dict[str, Any]:
-    import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    methods = {
-        Calibration.MINMAX: CalibrationMethod.MinMax,
-        Calibration.PERCENTILE: CalibrationMethod.Percentile,
-        Calibration.ENTROPY: CalibrationMethod.Entropy,
-    }
-    excluded = _matmuls_to_keep(onnx.load(str(src)).graph, config.keep_fp32)
-    with _scratch() as tmp:
-        prepared = tmp / "prepared.onnx"
-        quant_pre_process(str(src), str(prepared), auto_merge=True, skip_optimization=False)
-        quantize_static(
-            str(prepared),
-            str(dst),
-            reader,
-            quant_format=QuantFormat.QDQ,
-            per_channel=config.per_channel,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=methods[config.calibration],
-            nodes_to_exclude=excluded,
-            op_types_to_quantize=["MatMul", "Gemm"],
-            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "CalibMovingAverage": False},
-        )
-    return {"kept_fp32": excluded, "calibration": str(config.calibration)}
-
-
-def fp16_graph(src: Path, dst: Path) -> dict[str, Any]:
-    """Half-precision weights and activations with float32 inputs and outputs (for CUDA)."""
-    import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    model = onnx.load(str(src))
-    converted = convert_float_to_float16(model, keep_io_types=True)
-    onnx.save(converted, str(dst))
-    return {"keep_io_types": True}
-
-
-# -- fidelity -------------------------------------------------------------------------------------
-
-
-def _top(users: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:
-    k = min(k, items.shape[0])
-    scores = users @ items.T
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    return np.take_along_axis(part, np.argsort(-np.take_along_axis(scores, part, 1), axis=1), 1)
-
-
-def _overlap(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.mean([len(set(x) & set(y)) / a.shape[1] for x, y in zip(a, b, strict=True)]))
-
-
-def _cosines(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
-    cos = np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
-    return {"mean_cosine": round(float(cos.mean()), 6), "min_cosine": round(float(cos.min()), 6)}
-
-
-def probe_queries(engine: Engine, limit: int = 500) -> tuple[list[Query], list[Query]]:
-    """The probe set's users (histories) and requests, as queries this bundle can read."""
-    bundle = engine.path
-    if engine.manifest is None or bundle is None:
-        raise BundleError("fidelity needs a bundle loaded from disk")
-    probe: dict[str, Any] = {}
-    if engine.manifest.probe is not None:
-        probe = json.loads((bundle / engine.manifest.probe.file).read_text(encoding="utf-8"))
-    known = set(engine.item_ids)
-    histories = [[i for i in h if i in known] for h in probe.get("histories", [])]
-    users = [Query(history=tuple(h)) for h in histories if h][:limit]
-    requests = [Query(text=t) for t in probe.get("requests", [])][:limit]
-    if not users:
-        # No probe (e.g. exported without one): pseudo-users made of catalogue runs.
-        ids = list(engine.item_ids)
-        users = [Query(history=tuple(ids[i : i + 1 + i % 20])) for i in range(0, min(len(ids), 2000), 7)]
-    return users, requests
-
-
-def _stored_vectors(engine: Engine) -> np.ndarray:
-    if engine.manifest is None or engine.path is None:
-        raise BundleError("fidelity needs a bundle loaded from disk")
-    return np.load(engine.path / engine.manifest.index.vectors_file, allow_pickle=False)
-
-
-def measure_fidelity(reference: Engine, candidate: Engine, *, item_sample: int = 1000) -> dict[str, Any]:
-    """Cosines and recommendation overlap of ``candidate`` against ``reference`` (exact search)."""
-    users, requests = probe_queries(reference)
-    ref_items, new_items = _stored_vectors(reference), _stored_vectors(candidate)
-    result: dict[str, Any] = {"reference": str(reference.path), "queries": {}}
-    groups = {"user": users}
-    if requests:
-        groups["request"] = requests
-    for name, queries in groups.items():
-        ref_users = reference.encode_users(queries)
-        new_users = candidate.encode_users(queries)
-        entry: dict[str, Any] = {"count": len(queries), **_cosines(ref_users, new_users)}
-        for k in (10, 100):
-            entry[f"overlap@{k}"] = round(
-                _overlap(_top(ref_users, ref_items, k), _top(new_users, new_items, k)), 4
-            )
-        result["queries"][name] = entry
-    texts = list(reference.catalog.texts)
-    step = max(1, len(texts) // item_sample)
-    sample = texts[::step][:item_sample]
-    result["item"] = {
-        "count": len(sample),
-        **_cosines(reference.encode_items(sample), candidate.encode_items(sample)),
-    }
-    result["index_vectors"] = _cosines(ref_items, new_items) if ref_items.shape == new_items.shape else None
-    result["overlap@10"] = result["queries"]["user"]["overlap@10"]
-    result["overlap@100"] = result["queries"]["user"]["overlap@100"]
-    return result
 
 
 # -- deriving a bundle ----------------------------------------------------------------------------
@@ -533,20 +235,6 @@ def _check_answers(bundle: Path) -> None:
     users, _ = probe_queries(engine, limit=1)
     if not engine.recommend_batch(users, k=min(10, len(engine)), exclude_seen=False)[0]:
         raise ExportError("the compressed bundle returned no recommendations for a probe user")
-
-
-def check_gate(fidelity: dict[str, Any], max_drop: float | None, what: str, advice: str) -> None:
-    """Refuse a result whose overlap@10 with the reference, for any kind of query (history users,
-    requests), falls below ``1 - max_drop``: a sequence bundle's requests can fare far worse
-    than its users, and a gate on users alone would let that through."""
-    if max_drop is None:
-        return
-    lowest, name = min((q["overlap@10"], name) for name, q in fidelity["queries"].items())
-    if lowest < 1 - max_drop:
-        raise FidelityError(
-            f"{what} the {name} overlap@10 with the reference to {lowest:.4f}, below the allowed "
-            f"{1 - max_drop:.4f} (--max-overlap-drop {max_drop}). No bundle was written. {advice}"
-        )
 
 
 def add_offsets(vectors: np.ndarray, offsets: np.ndarray) -> np.ndarray:

@@ -1,0 +1,99 @@
+"""How far a compressed bundle strays from its reference: cosines of every tower's vectors and
+the overlap of the recommendations, on the bundle's probe set (validation users and requests,
+never the test split), ranked by exact search; and the gate that refuses a step past its budget.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from recsys_infer.errors import BundleError, FidelityError
+from recsys_infer.runtime.engine import Engine, Query
+
+
+def _top(users: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:
+    k = min(k, items.shape[0])
+    scores = users @ items.T
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    return np.take_along_axis(part, np.argsort(-np.take_along_axis(scores, part, 1), axis=1), 1)
+
+
+def _overlap(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.mean([len(set(x) & set(y)) / a.shape[1] for x, y in zip(a, b, strict=True)]))
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    cos = np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+    return {"mean_cosine": round(float(cos.mean()), 6), "min_cosine": round(float(cos.min()), 6)}
+
+
+def probe_queries(engine: Engine, limit: int = 500) -> tuple[list[Query], list[Query]]:
+    """The probe set's users (histories) and requests, as queries this bundle can read."""
+    bundle = engine.path
+    if engine.manifest is None or bundle is None:
+        raise BundleError("fidelity needs a bundle loaded from disk")
+    probe: dict[str, Any] = {}
+    if engine.manifest.probe is not None:
+        probe = json.loads((bundle / engine.manifest.probe.file).read_text(encoding="utf-8"))
+    known = set(engine.item_ids)
+    histories = [[i for i in h if i in known] for h in probe.get("histories", [])]
+    users = [Query(history=tuple(h)) for h in histories if h][:limit]
+    requests = [Query(text=t) for t in probe.get("requests", [])][:limit]
+    if not users:
+        # No probe (e.g. exported without one): pseudo-users made of catalogue runs.
+        ids = list(engine.item_ids)
+        users = [Query(history=tuple(ids[i : i + 1 + i % 20])) for i in range(0, min(len(ids), 2000), 7)]
+    return users, requests
+
+
+def _stored_vectors(engine: Engine) -> np.ndarray:
+    if engine.manifest is None or engine.path is None:
+        raise BundleError("fidelity needs a bundle loaded from disk")
+    return np.load(engine.path / engine.manifest.index.vectors_file, allow_pickle=False)
+
+
+def measure_fidelity(reference: Engine, candidate: Engine, *, item_sample: int = 1000) -> dict[str, Any]:
+    """Cosines and recommendation overlap of ``candidate`` against ``reference`` (exact search)."""
+    users, requests = probe_queries(reference)
+    ref_items, new_items = _stored_vectors(reference), _stored_vectors(candidate)
+    result: dict[str, Any] = {"reference": str(reference.path), "queries": {}}
+    groups = {"user": users}
+    if requests:
+        groups["request"] = requests
+    for name, queries in groups.items():
+        ref_users = reference.encode_users(queries)
+        new_users = candidate.encode_users(queries)
+        entry: dict[str, Any] = {"count": len(queries), **_cosines(ref_users, new_users)}
+        for k in (10, 100):
+            entry[f"overlap@{k}"] = round(
+                _overlap(_top(ref_users, ref_items, k), _top(new_users, new_items, k)), 4
+            )
+        result["queries"][name] = entry
+    texts = list(reference.catalog.texts)
+    step = max(1, len(texts) // item_sample)
+    sample = texts[::step][:item_sample]
+    result["item"] = {
+        "count": len(sample),
+        **_cosines(reference.encode_items(sample), candidate.encode_items(sample)),
+    }
+    result["index_vectors"] = _cosines(ref_items, new_items) if ref_items.shape == new_items.shape else None
+    result["overlap@10"] = result["queries"]["user"]["overlap@10"]
+    result["overlap@100"] = result["queries"]["user"]["overlap@100"]
+    return result
+
+
+def check_gate(fidelity: dict[str, Any], max_drop: float | None, what: str, advice: str) -> None:
+    """Refuse a result whose overlap@10 with the reference, for any kind of query (history users,
+    requests), falls below ``1 - max_drop``: a sequence bundle's requests can fare far worse
+    than its users, and a gate on users alone would let that through."""
+    if max_drop is None:
+        return
+    lowest, name = min((q["overlap@10"], name) for name, q in fidelity["queries"].items())
+    if lowest < 1 - max_drop:
+        raise FidelityError(
+            f"{what} the {name} overlap@10 with the reference to {lowest:.4f}, below the allowed "
+            f"{1 - max_drop:.4f} (--max-overlap-drop {max_drop}). No bundle was written. {advice}"
+        )

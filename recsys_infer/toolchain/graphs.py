@@ -1,0 +1,240 @@
+"""Graph transforms for compression, each a graph file in and a graph file out: ONNX Runtime's
+transformer fusions, dynamic / static / blockwise int8 and fp16, plus the calibration feeds that
+static int8 reads. ONNX Runtime's tools write their scratch files into temporary directories of
+their own; nothing here changes the process's working directory.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recsys_infer.enums import Calibration, QuantMode, TowerChoice
+from recsys_infer.errors import BundleError, ConfigError
+
+#: Named groups of MatMul nodes a quantization step can keep in fp32, by the names the
+#: TorchScript exporter gives BERT's linear layers (they survive ONNX Runtime's fusions).
+KEEP_FP32_GROUPS: dict[str, str] = {
+    "ffn-out": r"/layer\.\d+/output/dense/",
+    "ffn-in": r"/layer\.\d+/intermediate/dense/",
+    "attention-out": r"/attention/output/dense/",
+    "head": r"^/head/",
+}
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    mode: QuantMode = QuantMode.DYNAMIC
+    towers: TowerChoice = TowerChoice.BOTH
+    per_channel: bool = True
+    calibration: Calibration = Calibration.MINMAX
+    calibration_size: int = 256
+    block_size: int = 64
+    keep_fp32: tuple[str, ...] = ()
+    reindex: bool = False
+    max_overlap_drop: float | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mode", QuantMode(self.mode))
+        object.__setattr__(self, "towers", TowerChoice(self.towers))
+        object.__setattr__(self, "calibration", Calibration(self.calibration))
+        object.__setattr__(self, "keep_fp32", tuple(self.keep_fp32))
+        if self.block_size < 16 or self.block_size & (self.block_size - 1):
+            raise ConfigError(f"block_size must be a power of two, at least 16; got {self.block_size}")
+        if self.calibration_size < 8:
+            raise ConfigError(f"calibration_size must be at least 8, got {self.calibration_size}")
+        if self.max_overlap_drop is not None and not 0 <= self.max_overlap_drop <= 1:
+            raise ConfigError(f"max_overlap_drop must lie in [0, 1], got {self.max_overlap_drop}")
+
+
+def _is_bert(graph: Any) -> bool:
+    return {i.name for i in graph.input} == {"input_ids", "attention_mask"}
+
+
+def optimize_graph(src: Path, dst: Path) -> dict[str, Any]:
+    """ONNX Runtime's transformer fusions for a BERT-style text tower; other graphs are copied."""
+    import onnx
+
+    graph = onnx.load(str(src)).graph
+    before = len(graph.node)
+    if not _is_bert(graph):
+        shutil.copyfile(src, dst)
+        return {"fused": False, "nodes_before": before, "nodes_after": before, "reason": "not a BERT graph"}
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    model = optimize_model(str(src), model_type="bert", num_heads=0, hidden_size=0, use_gpu=False)
+    stats = {k: int(v) for k, v in model.get_fused_operator_statistics().items() if v}
+    model.save_model_to_file(str(dst))
+    after = len(onnx.load(str(dst)).graph.node)
+    return {"fused": True, "nodes_before": before, "nodes_after": after, "fused_operators": stats}
+
+
+def _matmuls_to_keep(graph: Any, keep: Sequence[str]) -> list[str]:
+    patterns = [re.compile(KEEP_FP32_GROUPS.get(k, k)) for k in keep]
+    names = [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm")]
+    return [n for n in names if any(p.search(n) for p in patterns)]
+
+
+def quantize_dynamic_graph(src: Path, dst: Path, config: QuantizeConfig) -> dict[str, Any]:
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    graph = onnx.load(str(src)).graph
+    excluded = _matmuls_to_keep(graph, config.keep_fp32)
+    ops = ["MatMul", "Attention"] if _is_bert(graph) else ["MatMul"]
+    quantize_dynamic(
+        str(src),
+        str(dst),
+        per_channel=config.per_channel,
+        weight_type=QuantType.QInt8,
+        op_types_to_quantize=ops,
+        nodes_to_exclude=excluded,
+        # Fused graphs (Attention, SkipLayerNormalization) need the default tensor type.
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
+    return {"kept_fp32": excluded, "op_types": ops}
+
+
+def quantize_blockwise_graph(src: Path, dst: Path, config: QuantizeConfig) -> dict[str, Any]:
+    """int8 weights in blocks of ``block_size`` along the input dimension, each block with its own
+    scale (ONNX Runtime's MatMulNBits). At accuracy level 4 the activations are quantized to int8
+    block by block too, so an outlier spoils only its own block, where dynamic int8 gives one
+    scale to the whole tensor. A fused graph's Attention ops (the Q, K and V projections) have no
+    blockwise form and stay fp32."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    model = onnx.load(str(src))
+    excluded = _matmuls_to_keep(model.graph, config.keep_fp32)
+    quantizer = MatMulNBitsQuantizer(
+        model,
+        bits=8,
+        block_size=config.block_size,
+        is_symmetric=True,
+        accuracy_level=4,  # int8 compute, activations scaled per block
+        nodes_to_exclude=excluded,
+    )
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(dst), use_external_data_format=False)
+    quantized = sum(n.op_type == "MatMulNBits" for n in onnx.load(str(dst)).graph.node)
+    return {
+        "kept_fp32": excluded,
+        "op_types": ["MatMul"],
+        "bits": 8,
+        "block_size": config.block_size,
+        "accuracy_level": 4,
+        "blockwise_matmuls": quantized,
+    }
+
+
+class _Feeds:
+    """Hands ONNX Runtime's calibrator prepared input batches, and can start over."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
+        self._feeds = feeds
+        self._i = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self._i >= len(self._feeds):
+            return None
+        self._i += 1
+        return self._feeds[self._i - 1]
+
+    def rewind(self) -> None:
+        self._i = 0
+
+
+def text_feeds(
+    tokenizer_file: Path, pad_token: str, max_length: int, texts: Sequence[str], batch: int = 16
+) -> _Feeds:
+    """Batches of real texts, every one padded to ``max_length`` (the histogram calibrators need
+    one shape throughout)."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    tokenizer.enable_truncation(max_length=max_length)
+    pad = tokenizer.token_to_id(pad_token)
+    if pad is None:
+        raise BundleError(f"the bundle's tokenizer has no padding token {pad_token!r}")
+    tokenizer.enable_padding(pad_id=pad, pad_token=pad_token, length=max_length)
+    feeds = []
+    for start in range(0, len(texts), batch):
+        encodings = tokenizer.encode_batch(list(texts[start : start + batch]))
+        feeds.append(
+            {
+                "input_ids": np.asarray([e.ids for e in encodings], dtype=np.int64),
+                "attention_mask": np.asarray([e.attention_mask for e in encodings], dtype=np.int64),
+            }
+        )
+    return _Feeds(feeds)
+
+
+def history_feeds(
+    vectors: np.ndarray,
+    label: dict[str, int],
+    histories: Sequence[Sequence[str]],
+    length: int,
+    batch: int = 16,
+) -> _Feeds:
+    """Batches of real histories for a sequence user tower, left-padded to ``length`` items."""
+    feeds = []
+    for start in range(0, len(histories), batch):
+        chunk = histories[start : start + batch]
+        history = np.zeros((len(chunk), length, vectors.shape[1]), dtype=np.float32)
+        mask = np.zeros((len(chunk), length), dtype=np.int64)
+        for b, h in enumerate(chunk):
+            recent = [label[i] for i in h if i in label][-length:]
+            if recent:
+                history[b, length - len(recent) :] = vectors[recent]
+                mask[b, length - len(recent) :] = 1
+        feed: dict[str, np.ndarray] = {"history": history, "history_mask": mask}
+        feeds.append(feed)
+    return _Feeds(feeds)
+
+
+def quantize_static_graph(src: Path, dst: Path, reader: Any, config: QuantizeConfig) -> dict[str, Any]:
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    methods = {
+        Calibration.MINMAX: CalibrationMethod.MinMax,
+        Calibration.PERCENTILE: CalibrationMethod.Percentile,
+        Calibration.ENTROPY: CalibrationMethod.Entropy,
+    }
+    excluded = _matmuls_to_keep(onnx.load(str(src)).graph, config.keep_fp32)
+    with tempfile.TemporaryDirectory(prefix="recsys-infer-q-") as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(src), str(prepared), auto_merge=True, skip_optimization=False)
+        quantize_static(
+            str(prepared),
+            str(dst),
+            reader,
+            quant_format=QuantFormat.QDQ,
+            per_channel=config.per_channel,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=methods[config.calibration],
+            nodes_to_exclude=excluded,
+            op_types_to_quantize=["MatMul", "Gemm"],
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "CalibMovingAverage": False},
+        )
+    return {"kept_fp32": excluded, "calibration": str(config.calibration)}
+
+
+def fp16_graph(src: Path, dst: Path) -> dict[str, Any]:
+    """Half-precision weights and activations with float32 inputs and outputs (for CUDA)."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(src))
+    converted = convert_float_to_float16(model, keep_io_types=True)
+    onnx.save(converted, str(dst))
+    return {"keep_io_types": True}
