@@ -811,14 +811,13 @@ def serve(
         int | None, typer.Option(min=1, help="ONNX Runtime intra-op threads (default: the physical cores).")
     ] = None,
     max_batch: Annotated[
-        int | None, _limit("Most requests the micro-batcher runs at once (32).", "MAX_BATCH")
+        int | None, _limit("Most requests the micro-batcher runs at once.", "MAX_BATCH")
     ] = None,
     max_wait_us: Annotated[
         int | None,
         typer.Option(
             min=0,
-            help="How long the micro-batcher waits to fill a batch, in µs (2000). "
-            "(env RECSYS_INFER_MAX_WAIT_US)",
+            help="How long the micro-batcher waits to fill a batch, in µs. (env RECSYS_INFER_MAX_WAIT_US)",
         ),
     ] = None,
     max_body_bytes: Annotated[

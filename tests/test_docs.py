@@ -1,25 +1,42 @@
-"""The README's promises that can be checked without running them."""
+"""Documents that state the same result must agree: QUALITY.md's table at a glance is copied
+from its paired tables, and README.md's one-line summary follows from that table."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def readme_commands() -> list[str]:
-    blocks = re.findall(r"```bash\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
-    return [line.strip() for block in blocks for line in block.splitlines() if line.strip()]
+def _glance(quality: str) -> list[tuple[str, str, str, str]]:
+    section = quality.split("## Results at a glance", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| (ml-[\w-]+) \| ([\w-]+) \| (.+?) \| (.+?) \|$", section, re.M)
+    assert rows, "the table at a glance has no rows"
+    return rows
 
 
-def test_ci_runs_the_readme_test_command() -> None:
-    test_commands = [c for c in readme_commands() if c.endswith("pytest")]
-    assert len(test_commands) == 1, test_commands
-    assert test_commands[0] in (REPO / ".ci" / "run").read_text()
+def _paired(quality: str, data: str) -> dict[tuple[str, str], str]:
+    """The paired differences of the latest section's ``evaluate-masked`` table for ``data``."""
+    section = quality.split("## After the default changed", 1)[1].split("\n## ", 1)[0]
+    table = section.split(f"#### {data}: evaluate-masked", 1)[1].split("####", 1)[0]
+    return {
+        (o, m): d for o, m, d in re.findall(r"^\| ([\w-]+) \| (\w+@10) \| (\S+ \[\S+, \S+\]) \|", table, re.M)
+    }
 
 
-def test_readme_quickstart_command_installs_and_runs() -> None:
-    quick = [c for c in readme_commands() if c.endswith("recsys-infer quickstart")]
-    assert len(quick) == 1
-    assert "pip install torch==2.13.0 -e '.[train]'" in quick[0]
+def test_quality_glance_matches_the_paired_tables_and_readme() -> None:
+    quality = (ROOT / "benchmarks" / "QUALITY.md").read_text(encoding="utf-8")
+    beats_all: dict[str, bool] = {}
+    for data, other, recall, ndcg in _glance(quality):
+        paired = _paired(quality, data)
+        for metric, cell in (("recall@10", recall), ("ndcg@10", ndcg)):
+            value = cell.strip("*")
+            assert paired[(other, metric)] == value, (data, other, metric)
+            low = float(value.split("[")[1].split(",")[0])
+            assert cell.startswith("**") == (low > 0), (data, other, metric, "bold iff excludes zero")
+            beats_all[data] = beats_all.get(data, True) and low > 0
+    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    assert set(beats_all) == {"ml-100k", "ml-latest-small"}
+    claim = "beats every baseline on both ml-100k and ml-latest-small" in readme
+    assert claim == all(beats_all.values()), (beats_all, "README.md's summary disagrees with QUALITY.md")

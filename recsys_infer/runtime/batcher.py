@@ -34,6 +34,10 @@ from .users import SequenceUserEncoder
 
 logger = logging.getLogger(__name__)
 
+#: Most requests one graph run takes, and how long the first waits for company (µs).
+DEFAULT_MAX_BATCH = 32
+DEFAULT_MAX_WAIT_US = 2000
+
 
 @dataclass
 class _Pending:
@@ -63,8 +67,8 @@ class MicroBatcher:
         self,
         engine: Engine,
         *,
-        max_batch: int = 32,
-        max_wait_us: int = 2000,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        max_wait_us: int = DEFAULT_MAX_WAIT_US,
         workers: int = 2,
         max_queue: int = 1024,
         on_batch: Callable[[int], None] | None = None,

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from recsys_infer.errors import ConfigError
+from recsys_infer.runtime.batcher import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_US
 from recsys_infer.runtime.options import EXPLAIN_COST
 
 ENV_PREFIX = "RECSYS_INFER_"
@@ -38,8 +39,8 @@ class ServeSettings:
     max_ids_per_filter: int = 10_000
     max_items_per_edit: int = 1000
     auth_reads: bool = False
-    max_batch: int = 32
-    max_wait_us: int = 2000
+    max_batch: int = DEFAULT_MAX_BATCH
+    max_wait_us: int = DEFAULT_MAX_WAIT_US
     retry_after_s: int = 1
 
     def __post_init__(self) -> None:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -39,6 +39,8 @@ from .model import ModelConfig, SequenceConfig, TwoTower, guarded_step, in_batch
 from .state import SavedState, load_state, remove_state, save_state
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # Defaults that differ between the two kinds of user tower; ``None`` in TrainConfig means these.
 KIND_DEFAULTS: dict[UserTowerKind, dict[str, Any]] = {
@@ -59,6 +61,13 @@ KIND_DEFAULTS: dict[UserTowerKind, dict[str, Any]] = {
         "bf16": True,
     },
 }
+
+
+def _given(value: T | None) -> T:
+    """A setting ``TrainConfig`` has filled in from ``KIND_DEFAULTS`` (never ``None`` there)."""
+    if value is None:  # pragma: no cover - TrainConfig.__post_init__ fills every kind default
+        raise TypeError("a kind default was not filled in")
+    return value
 
 
 @dataclass(frozen=True)
@@ -153,7 +162,7 @@ class TrainConfig:
 
     def sequence_config(self) -> SequenceConfig:
         return SequenceConfig(
-            max_history=int(self.max_history or 50),
+            max_history=int(_given(self.max_history)),
             hidden=self.hidden,
             layers=self.layers,
             heads=self.heads,
@@ -255,7 +264,7 @@ def train(
     fingerprint = _fingerprint(config, dataset, source)
     saved = load_state(out, fingerprint=fingerprint) if resume else None
     logger.info("encoder %s from %s", source.name, source.location)
-    max_history = int(config.max_history or 20)
+    max_history = int(_given(config.max_history))
     first, tokenizer_json, pad_token = _load_encoder(source.location)
     model_config = ModelConfig(
         encoder=source.name,
@@ -264,7 +273,7 @@ def train(
         shared_towers=config.shared_towers,
         user_max_length=config.user_max_length,
         item_max_length=config.item_max_length,
-        temperature=float(config.temperature or 0.05),
+        temperature=float(_given(config.temperature)),
         pad_token=pad_token,
         user_input=UserInputFormat(max_history=max_history),
         sequence=config.sequence_config() if config.user_tower is UserTowerKind.SEQUENCE else None,
@@ -354,14 +363,14 @@ def _train_text(run: _Run) -> tuple[dict[str, Any], dict[str, Any]]:
 
     model, split, dataset, config, out = run.model, run.split, run.dataset, run.config, run.out
 
-    examples = list(split.train_examples(max_history=int(config.max_history or 20)))
+    examples = list(split.train_examples(max_history=int(_given(config.max_history))))
     if not examples and config.max_steps != 0:
         raise DataError(
             f"{dataset.name} has no training examples: a user needs at least two training "
             "interactions (after the last two are held out for validation and test)"
         )
     catalog = dataset.catalog
-    batch_size, epochs = int(config.batch_size or 32), int(config.epochs or 1)
+    batch_size, epochs = int(_given(config.batch_size)), int(_given(config.epochs))
     user_tok = TextTokenizer(
         Tokenizer.from_str(run.tokenizer_json), max_length=config.user_max_length, pad_token=run.pad_token
     )
@@ -374,13 +383,13 @@ def _train_text(run: _Run) -> tuple[dict[str, Any], dict[str, Any]]:
         total = min(total, config.max_steps)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
-        trainable, lr=float(config.learning_rate or 5e-5), weight_decay=config.weight_decay
+        trainable, lr=float(_given(config.learning_rate)), weight_decay=config.weight_decay
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _lr_lambda(total, max(1, int(total * config.warmup_ratio)))
     )
     fmt = model.config.user_input
-    temperature = float(config.temperature or 0.05)
+    temperature = float(_given(config.temperature))
 
     def features(texts: list[str], tok: TextTokenizer) -> dict[str, torch.Tensor]:
         return {k: torch.from_numpy(v) for k, v in tok(texts).items() if k != "token_type_ids"}
@@ -419,7 +428,7 @@ def _train_text(run: _Run) -> tuple[dict[str, Any], dict[str, Any]]:
                     continue
                 user_texts = [fmt.render([catalog.get(h).text for h in ex.history]) for ex in batch]
                 item_texts = [catalog.get(ex.target).text for ex in batch]
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(config.bf16)):
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(_given(config.bf16))):
                     users = model.user(**features(user_texts, user_tok))
                     items = model.item(**features(item_texts, item_tok))
                 loss = in_batch_softmax_loss(
@@ -487,13 +496,13 @@ def _train_sequence(run: _Run) -> tuple[dict[str, Any], dict[str, Any]]:
         embeddings,
         run.split,
         run.dataset.catalog,
-        epochs=int(config.epochs or 200),
-        batch_size=int(config.batch_size or 64),
-        learning_rate=float(config.learning_rate or 1e-3),
+        epochs=int(_given(config.epochs)),
+        batch_size=int(_given(config.batch_size)),
+        learning_rate=float(_given(config.learning_rate)),
         weight_decay=config.weight_decay,
-        temperature=float(config.temperature or 0.07),
+        temperature=float(_given(config.temperature)),
         seed=config.seed,
-        bf16=bool(config.bf16),
+        bf16=bool(_given(config.bf16)),
         eval_every=config.eval_every,
         patience=config.patience,
         unseen_negatives=config.unseen_negatives,
@@ -511,7 +520,7 @@ def _train_sequence(run: _Run) -> tuple[dict[str, Any], dict[str, Any]]:
     }
     return {
         "steps": done.steps,
-        "examples_seen": done.steps * int(config.batch_size or 64),
+        "examples_seen": done.steps * int(_given(config.batch_size)),
         "stopped_by": stopped_by,
         "losses": done.losses,
     }, extra
