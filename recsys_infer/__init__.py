@@ -14,7 +14,7 @@ import logging
 
 from . import errors
 from .enums import Device, Pooling, Precision, Space
-from .runtime import Catalog, Engine, Item, MicroBatcher, Query, Reason, Recommendation
+from .runtime import Catalog, Engine, Item, MicroBatcher, Query, Reason, Recommendation, RecommendOptions
 
 __version__ = "0.1.0"
 
@@ -28,6 +28,7 @@ __all__ = [
     "Precision",
     "Query",
     "Reason",
+    "RecommendOptions",
     "Recommendation",
     "Space",
     "__version__",

@@ -9,6 +9,7 @@ from .catalog import Catalog, Item
 from .encoder import Encoder, OnnxEncoder
 from .engine import Engine, Query, Reason, Recommendation
 from .index import ExactIndex, HnswIndex, HnswParams, Index
+from .options import RecommendOptions, Where
 from .userinput import UserInputFormat
 
 __all__ = [
@@ -26,7 +27,9 @@ __all__ = [
     "OnnxEncoder",
     "Query",
     "Reason",
+    "RecommendOptions",
     "Recommendation",
     "UserInputFormat",
+    "Where",
     "read_manifest",
 ]

@@ -1,0 +1,164 @@
+"""Past saturation: does the bounded queue keep accepted requests fast and refuse the rest fast?
+
+    python benchmarks/overload.py BUNDLE [--clients 4,64] [--seconds 20] [--max-pending 8] [--json FILE]
+
+``recsys-infer serve`` runs as a separate process on 127.0.0.1 twice: once with
+``--max-pending`` (the bounded queue) and once with a bound too large to matter (100,000: what
+an unbounded queue does). For each, closed-loop clients (httpx, keep-alive) send text
+``POST /recommend`` bodies for ``--seconds``: first a few clients (below saturation, the
+baseline), then many (far past it). A client that gets 429 waits 50 ms and sends again.
+Reported per run: answered requests/s, latency p50/p99 of the answered (200) requests, the
+number of 429s and their latency p50/p99, and any other status. Modes alternate, and nothing is
+asserted: the tests check behaviour; this script writes the figures down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+TEXTS = [
+    "a quiet film about a family by the sea",
+    "wireless noise cancelling headphones",
+    "space opera",
+    "cozy mystery novel set in Scotland",
+    "trail running shoes",
+    "heist thriller",
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start(bundle: Path, max_pending: int, threads: int) -> tuple[subprocess.Popen[bytes], str]:
+    port = _free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "recsys_infer.cli",
+        "serve",
+        str(bundle),
+        "--port",
+        str(port),
+        "--threads",
+        str(threads),
+        "--max-pending",
+        str(max_pending),
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                return proc, base
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise SystemExit("the server did not start")
+
+
+def _load(base: str, clients: int, seconds: float) -> dict[str, Any]:
+    stop = time.monotonic() + seconds
+    ok: list[float] = []
+    refused: list[float] = []
+    other: dict[int, int] = {}
+    lock = threading.Lock()
+
+    def client(n: int) -> None:
+        with httpx.Client(base_url=base, timeout=120) as c:
+            i = n
+            while time.monotonic() < stop:
+                started = time.perf_counter()
+                r = c.post("/recommend", json={"text": TEXTS[i % len(TEXTS)] + f" {i}", "k": 10})
+                took = time.perf_counter() - started
+                i += clients
+                with lock:
+                    if r.status_code == 200:
+                        ok.append(took)
+                    elif r.status_code == 429:
+                        refused.append(took)
+                    else:
+                        other[r.status_code] = other.get(r.status_code, 0) + 1
+                if r.status_code == 429:
+                    time.sleep(0.05)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+    begun = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.monotonic() - begun
+
+    def pct(xs: list[float], q: float) -> float | None:
+        return round(float(np.percentile(xs, q)) * 1e3, 2) if xs else None
+
+    return {
+        "clients": clients,
+        "seconds": round(wall, 1),
+        "answered_per_s": round(len(ok) / wall, 1),
+        "answered": len(ok),
+        "answered_p50_ms": pct(ok, 50),
+        "answered_p99_ms": pct(ok, 99),
+        "refused_429": len(refused),
+        "refused_p50_ms": pct(refused, 50),
+        "refused_p99_ms": pct(refused, 99),
+        "other_statuses": other,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("bundle", type=Path)
+    parser.add_argument("--clients", default="4,64")
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--max-pending", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    levels = [int(c) for c in args.clients.split(",")]
+    rows = []
+    for bound in (args.max_pending, 100_000):
+        proc, base = _start(args.bundle, bound, args.threads)
+        try:
+            _load(base, 2, 3)  # warm-up
+            for clients in levels:
+                row = {"max_pending": bound, **_load(base, clients, args.seconds)}
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    report = {
+        "command": " ".join(sys.argv),
+        "environment": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+        },
+        "rows": rows,
+    }
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
