@@ -1,12 +1,14 @@
 """Past saturation: does the bounded queue keep accepted requests fast and refuse the rest fast?
 
-    python benchmarks/overload.py BUNDLE [--clients 4,64] [--seconds 20] [--max-pending 8] [--json FILE]
+    python benchmarks/overload.py BUNDLE [--clients 4,64] [--seconds 20] [--max-pending 8,32] [--json FILE]
 
 ``recsys-infer serve`` runs as a separate process on 127.0.0.1 twice: once with
-``--max-pending`` (the bounded queue) and once with a bound too large to matter (100,000: what
-an unbounded queue does). For each, closed-loop clients (httpx, keep-alive) send text
-``POST /recommend`` bodies for ``--seconds``: first a few clients (below saturation, the
-baseline), then many (far past it). A client that gets 429 waits 50 ms and sends again.
+each ``--max-pending`` bound (the bounded queue) and once with a bound too large to matter
+(100,000: what an unbounded queue does). For each, closed-loop clients (httpx, keep-alive) send
+text ``POST /recommend`` bodies for ``--seconds``: first a few clients (below saturation, the
+baseline), then many (far past it). A client that gets 429 honours ``Retry-After`` (sleeps that
+long) and sends again, as a well-behaved client does; the clients share the machine's cores
+with the server.
 Reported per run: answered requests/s, latency p50/p99 of the answered (200) requests, the
 number of 429s and their latency p50/p99, and any other status. Modes alternate, and nothing is
 asserted: the tests check behaviour; this script writes the figures down.
@@ -96,7 +98,7 @@ def _load(base: str, clients: int, seconds: float) -> dict[str, Any]:
                     else:
                         other[r.status_code] = other.get(r.status_code, 0) + 1
                 if r.status_code == 429:
-                    time.sleep(0.05)
+                    time.sleep(float(r.headers.get("retry-after", "1")))
 
     threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
     begun = time.monotonic()
@@ -130,13 +132,13 @@ def main() -> None:
     parser.add_argument("bundle", type=Path)
     parser.add_argument("--clients", default="4,64")
     parser.add_argument("--seconds", type=float, default=20)
-    parser.add_argument("--max-pending", type=int, default=8)
+    parser.add_argument("--max-pending", default="8,32", help="bounds to try, comma-separated")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     levels = [int(c) for c in args.clients.split(",")]
     rows = []
-    for bound in (args.max_pending, 100_000):
+    for bound in [*(int(b) for b in args.max_pending.split(",")), 100_000]:
         proc, base = _start(args.bundle, bound, args.threads)
         try:
             _load(base, 2, 3)  # warm-up

@@ -31,7 +31,7 @@ class ServeSettings:
 
     max_body_bytes: int = 4 * 1024 * 1024
     max_cost: int = 20_000
-    max_pending: int = 256
+    max_pending: int = 64
     max_k: int = 1000
     max_batch_requests: int = 256
     max_history: int = 500
