@@ -27,7 +27,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -111,15 +113,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def http_run(
-    bundle: Path, work: list[dict[str, Any]], clients: int, threads: int, batching: bool
-) -> dict[str, Any]:
+@contextmanager
+def serving(bundle: Path, *options: str) -> Iterator[str]:
+    """``recsys-infer serve BUNDLE OPTIONS`` in its own process on a free loopback port; yields
+    its base URL once ``/healthz`` answers, and stops it afterwards."""
     port = free_port()
     cli = str(Path(sys.executable).with_name("recsys-infer"))
-    args = [cli, "serve", str(bundle), "--port", str(port), "--threads", str(threads)]
-    if not batching:
-        args += ["--max-batch", "1", "--max-wait-us", "0"]
     env = {k: v for k, v in os.environ.items() if k != "RECSYS_INFER_API_KEY"}
+    args = [cli, "serve", str(bundle), "--port", str(port), *options]
     server = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -131,6 +132,17 @@ def http_run(
                 time.sleep(0.1)
         else:
             raise RuntimeError("the server did not come up")
+        yield base
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def http_run(
+    bundle: Path, work: list[dict[str, Any]], clients: int, threads: int, batching: bool
+) -> dict[str, Any]:
+    options = ["--threads", str(threads)] + ([] if batching else ["--max-batch", "1", "--max-wait-us", "0"])
+    with serving(bundle, *options) as base:
         local = __import__("threading").local()
 
         def call(q: dict[str, Any]) -> None:
@@ -150,9 +162,6 @@ def http_run(
         )
         result["mean_batch"] = round(total / count, 2) if count else None
         return result
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def main() -> None:

@@ -20,8 +20,6 @@ import argparse
 import json
 import os
 import platform
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -30,6 +28,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+from load_test import serving  # this folder's load test: the server in its own process
 
 TEXTS = [
     "a quiet film about a family by the sea",
@@ -39,40 +38,6 @@ TEXTS = [
     "trail running shoes",
     "heist thriller",
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _start(bundle: Path, max_pending: int, threads: int) -> tuple[subprocess.Popen[bytes], str]:
-    port = _free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "recsys_infer.cli",
-        "serve",
-        str(bundle),
-        "--port",
-        str(port),
-        "--threads",
-        str(threads),
-        "--max-pending",
-        str(max_pending),
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                return proc, base
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise SystemExit("the server did not start")
 
 
 def _load(base: str, clients: int, seconds: float) -> dict[str, Any]:
@@ -139,16 +104,12 @@ def main() -> None:
     levels = [int(c) for c in args.clients.split(",")]
     rows = []
     for bound in [*(int(b) for b in args.max_pending.split(",")), 100_000]:
-        proc, base = _start(args.bundle, bound, args.threads)
-        try:
+        with serving(args.bundle, "--threads", str(args.threads), "--max-pending", str(bound)) as base:
             _load(base, 2, 3)  # warm-up
             for clients in levels:
                 row = {"max_pending": bound, **_load(base, clients, args.seconds)}
                 print(json.dumps(row), flush=True)
                 rows.append(row)
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
     report = {
         "command": " ".join(sys.argv),
         "environment": {
