@@ -269,3 +269,15 @@ def test_fuzz_leaves_the_service_answering(server: httpx.Client) -> None:
         assert server.post("/recommend", content=text.encode("utf-8", "surrogatepass")).status_code < 500
     assert server.post("/recommend", json={"text": "lamp", "k": 3}).status_code == 200
     assert 'status="500"' not in server.get("/metrics").text
+
+
+def test_settings_come_from_defaults_then_environment_then_flags() -> None:
+    from recsys_infer.errors import ConfigError
+
+    env = {"RECSYS_INFER_MAX_COST": "5_000", "RECSYS_INFER_AUTH_READS": "yes", "RECSYS_INFER_MAX_K": "50"}
+    s = ServeSettings.from_env(env, max_k=20, max_pending=None)
+    assert (s.max_cost, s.auth_reads, s.max_k, s.max_pending) == (5000, True, 20, ServeSettings().max_pending)
+    with pytest.raises(ConfigError, match="RECSYS_INFER_MAX_COST='lots' is not an integer"):
+        ServeSettings.from_env({"RECSYS_INFER_MAX_COST": "lots"})
+    with pytest.raises(ConfigError, match="max_pending must be a positive integer"):
+        ServeSettings(max_pending=0)
