@@ -25,7 +25,15 @@ from .catalog import Catalog, Item
 from .encoder import Encoder, OnnxEncoder
 from .index import ExactIndex, FilterTooNarrowError, HnswIndex, HnswParams, Index
 from .manifest import CatalogueEdit
-from .options import AttributeFilter, RecommendOptions, check_attributes, check_text, excerpt, id_list
+from .options import (
+    AttributeFilter,
+    RecommendOptions,
+    as_list,
+    check_attributes,
+    check_text,
+    excerpt,
+    id_list,
+)
 from .providers import create_session, plan_device
 from .rwlock import RWLock
 from .tokenizer import TextTokenizer
@@ -105,12 +113,10 @@ class Query:
         )
 
 
-def _request_list(requests: object, what: str) -> Sequence[Any]:
-    if isinstance(requests, (str, bytes, Mapping, Query)) or not isinstance(requests, Sequence):
-        raise QueryError(
-            f"{what} takes a list of requests, got {type(requests).__name__}; use recommend() for one"
-        )
-    return requests
+def _request_list(requests: object, what: str) -> list[Any]:
+    if isinstance(requests, Query):
+        raise QueryError(f"{what} takes a list of requests, got one Query; use recommend() for one")
+    return as_list(requests, f"{what} takes a list of requests", "; use recommend() for one")
 
 
 class VectorStore:
@@ -381,8 +387,7 @@ class Engine:
 
     def encode_items(self, texts: Sequence[str]) -> np.ndarray:
         """Item vectors for arbitrary item texts, ``float32 (len(texts), dim)``, unit norm."""
-        if isinstance(texts, (str, bytes, Mapping)) or not isinstance(texts, Sequence):
-            raise QueryError(f"encode_items takes a list of texts, got {type(texts).__name__}")
+        texts = as_list(texts, "encode_items takes a list of texts")
         return self.item_encoder.encode([check_text(t, "an item text") for t in texts])
 
     # -- recommending ---------------------------------------------------------------------------
@@ -529,13 +534,12 @@ class Engine:
         self, ids: Sequence[str], texts: Sequence[str], attributes: Sequence[Mapping[str, Any]] | None
     ) -> list[Item]:
         ids = list(id_list(ids, "ids"))
-        if isinstance(texts, (str, bytes, Mapping)) or not isinstance(texts, Sequence):
-            raise QueryError("texts takes a list of texts (one per item), not a single value")
-        if attributes is not None and (
-            isinstance(attributes, Mapping) or not isinstance(attributes, Sequence)
-        ):
-            raise QueryError("attributes takes a list of JSON objects (one per item)")
-        attrs = list(attributes) if attributes is not None else [{} for _ in ids]
+        texts = as_list(texts, "texts takes a list of texts, one per item")
+        attrs = (
+            [{} for _ in ids]
+            if attributes is None
+            else as_list(attributes, "attributes takes a list of JSON objects, one per item")
+        )
         if not (len(ids) == len(texts) == len(attrs)):
             raise QueryError(
                 f"ids, texts and attributes must have one entry per item; got {len(ids)}, {len(texts)} "

@@ -53,14 +53,18 @@ def check_text(value: object, what: str, *, empty_ok: bool = False) -> str:
     return value
 
 
+def as_list(value: object, expected: str, hint: str = "") -> list[Any]:
+    """``value`` as a list, refused when it is one value rather than a collection of them (a
+    string, bytes, a mapping, a number): the usual slip of passing one item for a list of one.
+    ``expected`` says what was wanted (``"history must be a list of item ids"``)."""
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
+        raise QueryError(f"{expected}, got {type(value).__name__} {excerpt(value, 30)}{hint}")
+    return list(value)
+
+
 def id_list(value: object, what: str) -> tuple[str, ...]:
     """A list of item ids (non-empty strings) as a tuple; a lone string or a number is refused."""
-    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
-        raise QueryError(
-            f"{what} must be a list of item ids, got {type(value).__name__} {excerpt(value, 30)}; "
-            "pass e.g. ['1', '50', '260']"
-        )
-    ids = tuple(value)
+    ids = tuple(as_list(value, f"{what} must be a list of item ids", "; pass e.g. ['1', '50', '260']"))
     for i in ids:
         if not isinstance(i, str) or not i:
             raise QueryError(
