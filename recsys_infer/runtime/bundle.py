@@ -39,6 +39,7 @@ __all__ = [
     "Manifest",
     "atomic_directory",
     "file_entries",
+    "read_item_ids",
     "read_manifest",
     "sha256_file",
     "verify_files",
@@ -83,6 +84,17 @@ def _inside(bundle: Path, name: str) -> Path:
             f"own files. Rebuild: {MAKE_BUNDLE}"
         )
     return path
+
+
+def read_item_ids(path: Path) -> list[str | None]:
+    """The item-id map: position = index label, ``None`` for a free slot."""
+    try:
+        item_ids = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise BundleError(f"{path} is not valid JSON ({e})") from e
+    if not isinstance(item_ids, list) or not all(i is None or isinstance(i, str) for i in item_ids):
+        raise BundleError(f"{path} must hold a JSON list of item id strings (null for a free slot)")
+    return item_ids
 
 
 def verify_files(bundle: Path, manifest: Manifest, *, checksums: bool = True) -> None:

@@ -5,14 +5,13 @@ Torch-free by construction: it needs numpy, onnxruntime, tokenizers and hnswlib 
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -20,7 +19,7 @@ from tokenizers import Tokenizer
 from recsys_infer.enums import Device
 from recsys_infer.errors import BundleError, DeviceUnavailableError, QueryError, UnknownItemError
 
-from .bundle import Manifest, read_manifest, verify_files, write_catalogue_bundle
+from .bundle import Manifest, read_item_ids, read_manifest, verify_files, write_catalogue_bundle
 from .catalog import Catalog, Item
 from .encoder import Encoder, OnnxEncoder
 from .index import ExactIndex, FilterTooNarrowError, HnswIndex, HnswParams, Index
@@ -148,16 +147,6 @@ class VectorStore:
         return np.array(self._data[: self._rows], dtype=np.float32)  # a copy
 
 
-def _read_item_ids(path: Path) -> list[str | None]:
-    try:
-        item_ids = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise BundleError(f"{path} is not valid JSON ({e})") from e
-    if not isinstance(item_ids, list) or not all(i is None or isinstance(i, str) for i in item_ids):
-        raise BundleError(f"{path} must hold a JSON list of item id strings (null for a free slot)")
-    return item_ids
-
-
 def _open_index(
     bundle: Path, manifest: Manifest, vectors: np.ndarray, removed: list[int], *, exact: bool
 ) -> Index:
@@ -272,7 +261,7 @@ class Engine:
             )
             return OnnxEncoder(sessions[spec.file], tokenizer, dim=spec.dim, io_binding=cuda)
 
-        item_ids = _read_item_ids(bundle / manifest.index.item_ids_file)
+        item_ids = read_item_ids(bundle / manifest.index.item_ids_file)
         catalog = Catalog.read_jsonl(bundle / manifest.catalog.file)
         vectors = np.load(bundle / manifest.index.vectors_file, allow_pickle=False, mmap_mode="r")
         removed = [n for n, i in enumerate(item_ids) if i is None]
@@ -572,7 +561,7 @@ class Engine:
         """Add the new items and replace the existing ones, in one atomic edit."""
         self._edit(self._new_items(ids, texts, attributes), "upsert")
 
-    def _edit(self, items: list[Item], mode: str) -> None:
+    def _edit(self, items: list[Item], mode: Literal["add", "update", "upsert"]) -> None:
         """Encode outside the lock, then apply the whole edit under the writer lock. New items
         take the slots of removed ones first, so a catalogue that changes all day keeps its size."""
         if mode == "add":

@@ -10,7 +10,6 @@ models trained with ``--item-offsets``) carry over by item id.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -22,7 +21,7 @@ import numpy as np
 from recsys_infer.data.readers import read_items
 from recsys_infer.enums import Device
 
-from .bundle import read_manifest, write_catalogue_bundle
+from .bundle import read_item_ids, read_manifest, write_catalogue_bundle
 from .catalog import Catalog
 from .engine import Engine
 from .index import HnswIndex, HnswParams
@@ -36,7 +35,7 @@ def carried_offsets(src: Path, manifest: Manifest, catalog: Catalog) -> np.ndarr
     if not name:
         return None
     old = np.load(src / name, allow_pickle=False)
-    old_ids = json.loads((src / manifest.index.item_ids_file).read_text(encoding="utf-8"))
+    old_ids = read_item_ids(src / manifest.index.item_ids_file)
     row = {item_id: n for n, item_id in enumerate(old_ids) if item_id is not None}
     offsets = np.zeros((len(catalog), old.shape[1]), dtype=np.float32)
     for n, item_id in enumerate(catalog.ids):

@@ -216,8 +216,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.add_middleware(Guard, max_body=settings.max_body_bytes, observe=lambda: metrics.observe)
-    app.state.settings = settings
-    _install_error_handlers(app)
+    _install_error_handlers(app, settings)
     deps = _Dependencies(holder, settings)
     bodies = make_bodies(settings)
     _recommend_routes(app, deps, bodies)
@@ -258,7 +257,7 @@ def _check_key(given: str | None, *, feature: str) -> None:
         raise HTTPException(401, "a valid X-API-Key header is required for this route")
 
 
-def _install_error_handlers(app: FastAPI) -> None:
+def _install_error_handlers(app: FastAPI, settings: ServeSettings) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, e: RequestValidationError) -> Any:
         problems = [
@@ -274,8 +273,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RecsysError)
     async def refused(request: Request, e: RecsysError) -> Any:
         if isinstance(e, OverloadedError):
-            retry = str(app_settings(request).retry_after_s)
-            return error_response(429, str(e), headers={"Retry-After": retry})
+            return error_response(429, str(e), headers={"Retry-After": str(settings.retry_after_s)})
         if isinstance(e, UnknownItemError):
             return error_response(404, str(e))
         if isinstance(e, OverLimitError):
@@ -286,10 +284,6 @@ def _install_error_handlers(app: FastAPI) -> None:
 def _loc(parts: Any) -> str:
     shown = [str(p) if isinstance(p, int) else excerpt(p, 40).strip("'") for p in parts if p != "body"]
     return ".".join(shown) or "body"
-
-
-def app_settings(request: Request) -> ServeSettings:
-    return request.app.state.settings  # type: ignore[no-any-return]
 
 
 def _recommend_routes(app: FastAPI, deps: _Dependencies, bodies: Bodies) -> None:
