@@ -215,7 +215,7 @@ def create_app(
         version="1",
         lifespan=lifespan,
     )
-    app.add_middleware(Guard, max_body=settings.max_body_bytes, observe=lambda: metrics.observe)
+    app.add_middleware(Guard, max_body=settings.max_body_bytes, observe=metrics.observe)
     _install_error_handlers(app, settings)
     deps = _Dependencies(holder, settings)
     bodies = make_bodies(settings)

@@ -66,7 +66,7 @@ class Guard:
     while reading a chunked body), turns an exception no handler took into a logged 500 with no
     trace in the body, and reports every response to ``observe`` (500s and 413s included)."""
 
-    def __init__(self, app: ASGIApp, *, max_body: int, observe: Callable[[], Observer | None]) -> None:
+    def __init__(self, app: ASGIApp, *, max_body: int, observe: Observer) -> None:
         self.app = app
         self.max_body = max_body
         self.observe = observe
@@ -95,10 +95,8 @@ class Guard:
                 response = error_response(500, "an unexpected error occurred; it was logged on the server")
                 await response(scope, receive, tracked)
         finally:
-            observer = self.observe()
-            if observer is not None:
-                route = getattr(scope.get("route"), "path", "unmatched")
-                observer(route, status[0] or 500, time.perf_counter() - started)
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.observe(route, status[0] or 500, time.perf_counter() - started)
 
     async def _read(self, scope: Scope, receive: Receive) -> bytes | None:
         """The whole body, or None as soon as it is known to exceed the limit."""
