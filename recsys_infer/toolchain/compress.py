@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from recsys_infer.enums import Device, Precision, QuantMode, TowerChoice
-from recsys_infer.errors import BundleError, ExportError
+from recsys_infer.errors import BundleError
 from recsys_infer.runtime.bundle import MANIFEST, atomic_directory, read_manifest, sha256_file, write_manifest
 from recsys_infer.runtime.engine import Engine
 from recsys_infer.runtime.manifest import CompressionStep, Manifest, ReferenceSpec, TowerSpec
@@ -37,7 +37,7 @@ from recsys_infer.runtime.reindex import reindex_bundle
 from recsys_infer.runtime.schema import encode
 from recsys_infer.runtime.users import unit_rows
 
-from .fidelity import check_gate, measure_fidelity, probe_queries
+from .fidelity import check_answers, check_gate, measure_fidelity, probe_queries
 from .graphs import (
     QuantizeConfig,
     _Feeds,
@@ -190,7 +190,7 @@ def derive_bundle(
             fidelity={**fidelity, "measured_by": f"recsys-infer {step['step']}"},
         )
         write_manifest(tmp, final)
-        _check_answers(tmp)
+        check_answers(tmp, "the compressed bundle")
         files = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
     return StepResult(out, encode(record), fidelity, files, time.perf_counter() - started)
 
@@ -227,14 +227,6 @@ def _transform_graphs(
         if all(t.file != name for t in spec.values()):
             (tmp / name).unlink()
     return spec, graphs
-
-
-def _check_answers(bundle: Path) -> None:
-    """The last check: the finished bundle loads, verified, and answers."""
-    engine = Engine.load(bundle, device=Device.CPU)
-    users, _ = probe_queries(engine, limit=1)
-    if not engine.recommend_batch(users, k=min(10, len(engine)), exclude_seen=False)[0]:
-        raise ExportError("the compressed bundle returned no recommendations for a probe user")
 
 
 def add_offsets(vectors: np.ndarray, offsets: np.ndarray) -> np.ndarray:

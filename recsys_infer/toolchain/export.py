@@ -61,6 +61,7 @@ from recsys_infer.runtime.users import SequenceUserEncoder
 
 from .checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint
 from .compress import add_offsets
+from .fidelity import check_answers
 from .model import SequenceTower, TextTower
 
 logger = logging.getLogger(__name__)
@@ -373,7 +374,7 @@ def export_bundle(
         recall, n_queries = _index_recall(index, checked.vectors, checked.queries)
         _write_catalogue_files(ckpt, tmp, config)
         manifest = write_manifest(tmp, _manifest(ckpt, files, checked, index, config, recall, n_queries))
-        _check_answers(ckpt, tmp)
+        check_answers(tmp, "the exported bundle")
         fidelity = None
         if reference is not None:
             fidelity = _measure_against(reference, tmp, manifest, pruning, max_overlap_drop)
@@ -583,15 +584,6 @@ def _manifest(
         },
         provenance=_provenance(ckpt),
     )
-
-
-def _check_answers(ckpt: Checkpoint, bundle: Path) -> None:
-    """The last check: the finished bundle loads in the runtime engine and answers."""
-    engine = Engine.load(bundle, device=Device.CPU)
-    catalog = ckpt.catalog
-    first = next(iter(ckpt.probe.get("histories", []) if ckpt.probe else []), None) or [catalog.ids[0]]
-    if not engine.recommend(history=first, k=min(10, len(catalog))) and len(catalog) > len(first):
-        raise ExportError("the exported bundle returned no recommendations for a probe user")
 
 
 def _measure_against(

@@ -6,11 +6,13 @@ never the test split), ranked by exact search; and the gate that refuses a step 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from recsys_infer.errors import BundleError, FidelityError
+from recsys_infer.enums import Device
+from recsys_infer.errors import BundleError, ExportError, FidelityError
 from recsys_infer.runtime.engine import Engine, Query
 
 
@@ -97,3 +99,12 @@ def check_gate(fidelity: dict[str, Any], max_drop: float | None, what: str, advi
             f"{what} the {name} overlap@10 with the reference to {lowest:.4f}, below the allowed "
             f"{1 - max_drop:.4f} (--max-overlap-drop {max_drop}). No bundle was written. {advice}"
         )
+
+
+def check_answers(bundle: Path, what: str) -> None:
+    """The last check of every step that writes a bundle: it loads in the runtime engine, with
+    its checksums verified, and recommends for a probe user."""
+    engine = Engine.load(bundle, device=Device.CPU)
+    users, _ = probe_queries(engine, limit=1)
+    if not engine.recommend_batch(users, k=min(10, len(engine)), exclude_seen=False)[0]:
+        raise ExportError(f"{what} returned no recommendations for a probe user")
