@@ -893,24 +893,64 @@ def serve(
 @_friendly_errors
 def index(
     bundle: Annotated[Path, typer.Argument(help="The bundle whose towers encode the new catalogue.")],
-    items: Annotated[
-        Path, typer.Option(help="Items file: .csv, .tsv or .jsonl with item_id and text (or text columns).")
-    ],
     out: Annotated[Path, typer.Option(help="The new bundle to write.")],
-    threads: Annotated[int | None, typer.Option(min=1, help="ONNX Runtime threads.")] = None,
+    items: Annotated[
+        Path | None,
+        typer.Option(
+            help="Items: a .csv, .tsv, .jsonl or .parquet table with item_id and text (or text columns), "
+            "or a folder of such shards. Default: the bundle's own live catalogue."
+        ),
+    ] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="ONNX Runtime threads per worker.")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Item-tower sessions encoding shards at once.")] = 1,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            help="Encode on Ray Data: 'local' starts a local cluster, HOST:PORT (or ray://...) joins one. "
+            "Needs the 'scale' extra."
+        ),
+    ] = None,
+    shard_size: Annotated[
+        int, typer.Option(min=1, help="Items per shard (the unit a resumed run skips).")
+    ] = 4096,
+    milvus: Annotated[
+        str | None,
+        typer.Option(
+            help="Put the index in a Milvus collection at this URI instead of hnswlib: a local .db path "
+            "(Milvus Lite) or http://HOST:19530. Needs the 'scale' extra."
+        ),
+    ] = None,
+    collection: Annotated[str, typer.Option(help="The Milvus collection's name.")] = "recsys_items",
     index_threads: Annotated[int, typer.Option(min=1, help="Threads building HNSW (1: reproducible).")] = 1,
     overwrite: Overwrite = False,
     json_out: JsonOut = None,
 ) -> None:
-    """Rebuild a bundle's catalogue and index for a new items file, without retraining."""
-    from .runtime.reindex import reindex_bundle
+    """Rebuild a bundle's catalogue and index for a new items file, without retraining.
 
-    result = reindex_bundle(
-        bundle, items, out, threads=threads, index_threads=index_threads, overwrite=overwrite, progress=True
+    Shards of encoded items wait beside OUT until the bundle is written: run the same command
+    again after an interruption and only the missing shards are encoded."""
+    from .runtime.milvus import is_lite, lite_uri
+    from .runtime.reindex import EncodingSettings, MilvusTarget, reindex_bundle
+
+    encoding = EncodingSettings(
+        workers=workers,
+        threads=threads,
+        use_ray=ray is not None,
+        ray_address=None if ray in (None, "local") else ray,
+        shard_size=shard_size,
     )
+    target = None
+    if milvus is not None:
+        target = MilvusTarget(lite_uri(milvus) if is_lite(milvus) else milvus, collection)
+    result = reindex_bundle(
+        bundle, items, out, encoding=encoding, index_threads=index_threads, milvus=target,
+        overwrite=overwrite, progress=True,
+    )  # fmt: skip
+    enc = result["encoding"]
     typer.echo(
-        f"wrote {result['bundle']}: {result['items']} items, encoded in {result['encode_seconds']} s, "
-        f"indexed in {result['index_seconds']} s"
+        f"wrote {result['bundle']}: {result['items']} items ({result['index']} index), encoded in "
+        f"{result['encode_seconds']} s ({enc['backend']}, {enc['workers']} worker(s), "
+        f"{enc['reused_shards']} of {enc['shards']} shards reused), indexed in {result['index_seconds']} s"
     )
     _write_json(json_out, result)
 

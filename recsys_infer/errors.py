@@ -13,6 +13,7 @@ One tree, so a service can catch what it can handle and let the rest through::
     ├── QueryError (ValueError)    a request to the engine is malformed
     │   └── UnknownItemError           a history names an item the catalogue lacks
     ├── OverloadedError            too much work is waiting; retry later (HTTP 429)
+    ├── IndexUnavailableError      the item index's server (Milvus) cannot be reached (HTTP 503)
     ├── DeviceUnavailableError     the requested device cannot run this bundle
     ├── ExportError                an export failed
     │   └── ParityError                ONNX Runtime disagrees with PyTorch beyond tolerance
@@ -97,6 +98,11 @@ class OverloadedError(RecsysError):
     """More requests are waiting than the service or micro-batcher accepts; retry shortly."""
 
 
+class IndexUnavailableError(RecsysError):
+    """The item index lives on a server (Milvus) that did not answer: unreachable at start, or
+    gone mid-request. Never answered by falling back to another index."""
+
+
 class DeviceUnavailableError(RecsysError):
     """The requested device cannot run this bundle."""
 
@@ -125,8 +131,12 @@ class MissingDependencyError(RecsysError):
     """An optional dependency is not installed."""
 
     def __init__(self, package: str, extra: str = "train"):
+        torch_note = (
+            " (CPU-only machines: install torch's CPU build first, see the README)"
+            if extra == "train"
+            else ""
+        )
         super().__init__(
             f"this needs {package!r}, which is not installed. It comes with the {extra!r} extra: "
-            f"pip install 'recsys-infer[{extra}]' (CPU-only machines: install torch's CPU build "
-            "first, see the README)."
+            f"pip install 'recsys-infer[{extra}]'{torch_note}."
         )

@@ -43,14 +43,14 @@ def test_rounds_interleave_subjects_within_each_measurement() -> None:
 
 def test_breakdown_splits_time_and_restores_the_engine(tiny_bundle: Path) -> None:
     engine = Engine.load(tiny_bundle, device="cpu", threads=1)
-    parts = (engine.user_encoder, engine.index, engine.user_encoder.encoder.tokenizer)  # type: ignore[attr-defined]
+    parts = (engine.user_encoder, engine.store, engine.user_encoder.encoder.tokenizer)  # type: ignore[attr-defined]
     before = engine.recommend(history=[engine.item_ids[0]], k=5)
     calls = [lambda: engine.recommend(text="wireless headphones", k=5)] * 20
     shares = breakdown(engine, calls)
     assert set(shares) == {"tokenize", "graph", "search", "other"}
     assert all(v >= 0 for v in shares.values()) and sum(shares.values()) == pytest.approx(1, abs=0.01)
     assert shares["graph"] > 0 and shares["tokenize"] > 0 and shares["search"] > 0
-    assert (engine.user_encoder, engine.index, engine.user_encoder.encoder.tokenizer) == parts  # type: ignore[attr-defined]
+    assert (engine.user_encoder, engine.store, engine.user_encoder.encoder.tokenizer) == parts  # type: ignore[attr-defined]
     assert engine.recommend(history=[engine.item_ids[0]], k=5) == before
 
 

@@ -198,12 +198,12 @@ def test_options_are_one_hashable_validated_type() -> None:
 
 def test_free_slots_are_reused_so_churn_does_not_grow_the_index(bundle_copy: Path) -> None:
     engine = Engine.load(bundle_copy, device="cpu", threads=1)
-    slots = engine.index.slots  # type: ignore[attr-defined]
+    slots = engine.store.index.slots  # type: ignore[attr-defined]
     size = len(engine)
     for n in range(60):
         engine.add_items([f"churn-{n}"], [f"churning lamp number {n}"])
         engine.remove_items([f"churn-{n}" if n % 2 else engine.item_ids[n]])
-    assert engine.index.slots <= slots + 1  # type: ignore[attr-defined]
+    assert engine.store.index.slots <= slots + 1  # type: ignore[attr-defined]
     assert len(engine) == size
     exact = engine.recommend(text="lamp", k=10)
     assert all(r.item_id in engine.item_ids for r in exact)

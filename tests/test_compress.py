@@ -121,7 +121,7 @@ def test_reindex_rebuilds_the_index_with_the_new_item_tower(tiny_bundle: Path, t
     assert new.shape == old.shape and not np.array_equal(new, old)
     assert "compressed item tower" in encode(read_manifest(out))["index"]["built_with"]
     engine = Engine.load(out, device="cpu")
-    texts = [engine.catalog.get(i).text for i in engine.item_ids[:5]]
+    texts = [engine.item(i).text for i in engine.item_ids[:5]]
     # Dynamic int8 scales activations per batch tensor, so batch makeup moves the last digits.
     np.testing.assert_allclose(engine.encode_items(texts), new[:5], atol=1e-3)
 

@@ -63,6 +63,6 @@ def test_sensible_nearest_neighbours(minilm_bundle: Path) -> None:
     scores = vectors[sample] @ vectors.T
     scores[np.arange(len(sample)), sample] = -1
     neighbours = scores.argmax(axis=1)
-    category = [engine.catalog[i].attributes["category"] for i in range(len(vectors))]
+    category = [engine.item(i).attributes["category"] for i in engine.item_ids]
     same = Counter(category[a] == category[b] for a, b in zip(sample, neighbours, strict=True))
     assert same[True] / len(sample) > 0.8

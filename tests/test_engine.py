@@ -15,6 +15,7 @@ from recsys_infer.errors import DeviceUnavailableError, QueryError, UnknownItemE
 from recsys_infer.runtime import providers
 from recsys_infer.runtime.catalog import Catalog, Item
 from recsys_infer.runtime.index import ExactIndex, recall_at_k
+from recsys_infer.runtime.store import LocalItems
 from recsys_infer.runtime.userinput import UserInputFormat
 from recsys_infer.runtime.users import TextUserEncoder
 
@@ -64,12 +65,9 @@ def handmade() -> Engine:
         ]
     )
     encoder = KeywordEncoder()
+    store = LocalItems(index=ExactIndex(encoder.encode(catalog.texts)), catalog=catalog, item_ids=catalog.ids)
     return Engine(
-        user_encoder=TextUserEncoder(encoder, catalog, UserInputFormat()),
-        item_encoder=encoder,
-        index=ExactIndex(encoder.encode(catalog.texts)),
-        catalog=catalog,
-        item_ids=catalog.ids,
+        user_encoder=TextUserEncoder(encoder, store, UserInputFormat()), item_encoder=encoder, store=store
     )
 
 
@@ -172,8 +170,10 @@ def test_encode_shapes_and_unit_norm(tiny_bundle: Path) -> None:
     np.testing.assert_allclose(np.linalg.norm(users, axis=1), 1.0, atol=1e-5)
     # The stored catalogue vectors are what the item tower computes.
     stored = np.load(tiny_bundle / "item_vectors.npy")[:5]
-    np.testing.assert_allclose(engine.encode_items(engine.catalog.texts[:5]), stored, atol=1e-5)
-    assert engine.device is Device.CPU and len(engine) == len(engine.catalog)
+    np.testing.assert_allclose(
+        engine.encode_items([i.text for i in engine.items(engine.item_ids[:5])]), stored, atol=1e-5
+    )
+    assert engine.device is Device.CPU and len(engine) == len(engine.item_ids) == 300
 
 
 # -- devices ------------------------------------------------------------------------------------------

@@ -142,7 +142,7 @@ def test_replace_is_one_atomic_upsert_and_save_over_the_served_bundle(
     saved = server.post("/admin/save", headers=KEY)
     assert saved.status_code == 200, saved.text
     engine = Engine.load(bundle_copy, device="cpu")
-    assert engine.catalog.get(first).text == "replaced text lamp" and "brand-new" in engine.item_ids
+    assert engine.item(first).text == "replaced text lamp" and "brand-new" in engine.item_ids
     assert server.post("/admin/save", headers=KEY).status_code == 200  # again, over itself
     assert [p.name for p in bundle_copy.parent.iterdir() if p.name.startswith(".")] == []
 

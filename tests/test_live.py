@@ -27,16 +27,14 @@ def test_added_items_are_recommended_and_updated_items_reencoded(engine: Engine)
         ["new-1", "new-2"], ["brass desk lamp with dimmer", "oak bookshelf"], [{"k": 1}, {"k": 2}]
     )
     assert len(engine) == n + 2 and engine.item_ids[-2:] == ("new-1", "new-2")
-    vector = engine.encode_items(["brass desk lamp with dimmer"])
     recs = engine.recommend(history=["new-2"], k=len(engine) - 1)
     assert "new-1" in {r.item_id for r in recs} and "new-2" not in {r.item_id for r in recs}
-    top = engine.index.search(vector, 1)[0][0][0]
-    assert engine._ids[top] == "new-1"  # its own text finds it first
+    assert (
+        engine.recommend(text="brass desk lamp with dimmer", k=1)[0].item_id == "new-1"
+    )  # its own text first
     engine.update_items(["new-1"], ["a red sofa"], [{"k": 9}])
-    assert engine.catalog.get("new-1").attributes["k"] == 9
-    np.testing.assert_allclose(
-        engine.index.vectors([engine._label["new-1"]]), engine.encode_items(["a red sofa"]), atol=1e-6
-    )
+    assert engine.item("new-1").attributes["k"] == 9
+    np.testing.assert_allclose(engine.item_vectors(["new-1"]), engine.encode_items(["a red sofa"]), atol=1e-6)
     with pytest.raises(QueryError, match="already in the catalogue"):
         engine.add_items(["new-1"], ["again"])
     with pytest.raises(QueryError, match="one entry per item"):
@@ -61,7 +59,7 @@ def test_removed_items_never_come_back(engine: Engine) -> None:
 
 def test_filters_apply_during_search_and_still_return_k(engine: Engine, bundle_copy: Path) -> None:
     exact = Engine.load(bundle_copy, device="cpu", threads=1, exact=True)
-    categories = [engine.catalog.get(i).attributes["category"] for i in engine.item_ids]
+    categories = [engine.item(i).attributes["category"] for i in engine.item_ids]
     rare = min(set(categories), key=categories.count)
     n_rare = categories.count(rare)
     kept = engine.recommend(text="gift", k=n_rare, where=lambda a: a["category"] == rare)
@@ -89,7 +87,7 @@ def test_explanations_name_the_closest_history_items_and_words(engine: Engine) -
         assert {r.source for r in rec.because} <= set(history)
         target = engine.encode_items([rec.text])[0]
         for reason in rec.because:
-            source = engine.encode_items([engine.catalog.get(reason.source).text])[0]
+            source = engine.encode_items([engine.item(reason.source).text])[0]
             assert reason.similarity == pytest.approx(float(target @ source), abs=1e-3)
         sims = [r.similarity for r in rec.because]
         assert sims == sorted(sims, reverse=True)
@@ -206,7 +204,7 @@ def test_index_command_rebuilds_the_catalogue_without_retraining(tiny_bundle: Pa
 
     old = Engine.load(tiny_bundle, device="cpu", exact=True)
     keep = list(old.item_ids[:40])
-    rows = [{"item_id": i, "text": old.catalog.get(i).text, **old.catalog.get(i).attributes} for i in keep]
+    rows = [{"item_id": i.item_id, "text": i.text, **i.attributes} for i in old.items(keep)]
     rows.append({"item_id": "fresh-1", "title": "Brass desk lamp", "category": "Lamps"})
     items = tmp_path / "items.jsonl"
     items.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -216,10 +214,8 @@ def test_index_command_rebuilds_the_catalogue_without_retraining(tiny_bundle: Pa
     assert result.exit_code == 0, result.output
     new = Engine.load(tmp_path / "b2", device="cpu", exact=True)
     assert list(new.item_ids) == [*keep, "fresh-1"]
-    assert new.catalog.get("fresh-1").text == "Brass desk lamp. Category: Lamps."
-    np.testing.assert_allclose(
-        new.index.vectors(list(range(40))), old.index.vectors([old._label[i] for i in keep]), atol=1e-5
-    )
+    assert new.item("fresh-1").text == "Brass desk lamp. Category: Lamps."
+    np.testing.assert_allclose(new.item_vectors(keep), old.item_vectors(keep), atol=1e-5)
     assert json.loads((tmp_path / "b2" / "manifest.json").read_text())["reindexed"]["from"] == str(
         tiny_bundle
     )

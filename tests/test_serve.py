@@ -86,7 +86,7 @@ def test_recommend_single_and_batch_match_the_engine(client: Any, bundle_copy: P
     assert [r["item_id"] for r in results[1]["items"]] == _ids(engine.recommend(text="lamp", k=2))
     explained = client.post("/recommend", json={"history": history, "k": 2, "explain": True}).json()
     assert {b["source"] for b in explained["items"][0]["because"]} <= set(history)
-    cat = engine.catalog.get(engine.item_ids[0]).attributes["category"]
+    cat = engine.item(engine.item_ids[0]).attributes["category"]
     where = client.post("/recommend", json={"text": "gift", "k": 3, "where": {"category": cat}}).json()
     assert {r["attributes"]["category"] for r in where["items"]} == {cat}
 

@@ -25,6 +25,7 @@ from recsys_infer.enums import UserTowerKind
 from recsys_infer.runtime.encoder import Encoder
 from recsys_infer.runtime.engine import Engine
 from recsys_infer.runtime.index import ExactIndex
+from recsys_infer.runtime.store import LocalItems
 from recsys_infer.runtime.tokenizer import TextTokenizer
 from recsys_infer.runtime.users import SequenceUserEncoder, TextUserEncoder, UserEncoder
 from recsys_infer.toolchain.checkpoint import CHECKPOINT_FILE, Checkpoint
@@ -145,9 +146,8 @@ def reference_subject(
         )
     else:
         users = TextUserEncoder(text, ckpt.catalog, config.user_input)
-    engine = Engine(
-        user_encoder=users, item_encoder=items, index=ExactIndex(vectors), catalog=ckpt.catalog, item_ids=ids
-    )
+    store = LocalItems(index=ExactIndex(vectors), catalog=ckpt.catalog, item_ids=ids, vectors=vectors)
+    engine = Engine(user_encoder=users, item_encoder=items, store=store)
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     return Subject(
         name="pytorch-bf16" if bf16 else "pytorch-fp32",

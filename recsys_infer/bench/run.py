@@ -194,10 +194,10 @@ def breakdown(engine: Engine, calls: Sequence[Call]) -> dict[str, float]:
     its own, so the latency figures never carry their overhead. ``calls`` call ``engine``."""
     tokenize, encode, search = Stopwatch(), Stopwatch(), Stopwatch()
     text: Any = text_side(engine)
-    saved = (engine.user_encoder, engine.index, getattr(text, "tokenizer", None))
+    saved = (engine.user_encoder, engine.store, getattr(text, "tokenizer", None))
     # A text user tower's encoder is the text side itself, so its tokenisation is caught too.
     engine.user_encoder = TimedMethod(saved[0], "encode", encode)
-    engine.index = TimedMethod(saved[1], "search", search)
+    engine.store = TimedMethod(saved[1], "search", search)
     if saved[2] is not None:
         text.tokenizer = TimedCallable(saved[2], tokenize)
     try:
@@ -206,7 +206,7 @@ def breakdown(engine: Engine, calls: Sequence[Call]) -> dict[str, float]:
             w.reset()
         total = float(sum(timed(calls, warmup=0)))
     finally:
-        engine.user_encoder, engine.index = saved[0], saved[1]
+        engine.user_encoder, engine.store = saved[0], saved[1]
         if saved[2] is not None:
             text.tokenizer = saved[2]
     return {
@@ -407,9 +407,8 @@ def _load(
         names.add(name)
         say(f"loading bundle {path}")
         subject = bundle_subject(Path(path), threads=config.threads, name=name)
-        missing = [
-            i for i in dataset.catalog.ids if subject.engine is not None and i not in subject.engine.catalog
-        ]
+        known = set(subject.engine.item_ids) if subject.engine is not None else set(dataset.catalog.ids)
+        missing = [i for i in dataset.catalog.ids if i not in known]
         if missing:
             raise DataError(
                 f"{len(missing)} items of {dataset.name} are not in {name}'s catalogue (e.g. "

@@ -212,44 +212,92 @@ def compose_text(fields: Mapping[str, Any]) -> str:
 # -- generic folders ---------------------------------------------------------------------------
 
 
+#: What ``read_items`` reads: one table, or a folder of them (shards, read in name order).
+ITEM_SUFFIXES = (*_TABLE_SUFFIXES, ".parquet")
+
+
 def read_items(items_path: Path) -> tuple[Catalog, str]:
-    """An items table (``.csv``, ``.tsv`` or ``.jsonl``: ``item_id`` plus ``text`` or text
-    columns) as a catalogue, and the file's sha256."""
-    items_file = _read_text(items_path)
+    """An items table (``.csv``, ``.tsv``, ``.jsonl`` or ``.parquet``: ``item_id`` plus ``text``
+    or text columns), or a folder of such tables (shards, read in name order), as a catalogue,
+    and a sha256 of the input (the file's, or over the shards' names and hashes)."""
+    items_path = Path(items_path)
+    if items_path.is_dir():
+        shards = sorted(p for p in items_path.iterdir() if p.suffix in ITEM_SUFFIXES and p.is_file())
+        if not shards:
+            raise DataError(f"the folder holds no item tables ({', '.join(ITEM_SUFFIXES)})", path=items_path)
+    else:
+        shards = [items_path]
     items: list[Item] = []
-    seen: dict[str, int] = {}
-    for line, row in _rows(items_file, ("item_id",)):
-        if not items and "text" not in row and not any(f in row for f in TEXT_FIELDS):
+    seen: dict[str, tuple[Path, int]] = {}
+    digest = hashlib.sha256()
+    for shard in shards:
+        rows, sha = _item_rows(shard)
+        digest.update(f"{shard.name}\0{sha}\n".encode())
+        _collect_items(rows, shard, items, seen)
+    if not items:
+        raise DataError("the items file has no rows", path=items_path)
+    return Catalog(items), sha if len(shards) == 1 and not items_path.is_dir() else digest.hexdigest()
+
+
+def _item_rows(path: Path) -> tuple[Iterator[tuple[int, dict[str, Any]]], str]:
+    """(line or row number, row) of one items table, and its sha256."""
+    if path.suffix == ".parquet":
+        if not path.is_file():
+            raise DataError("file not found", path=path)
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise DataError(
+                "reading Parquet needs pyarrow: pip install pyarrow (it comes with the 'scale' extra)",
+                path=path,
+            ) from None
+        sha = hashlib.sha256(path.read_bytes()).hexdigest()
+        try:
+            table = pq.read_table(path)
+        except Exception as e:  # pyarrow raises its own error types for malformed files
+            raise DataError(f"not a readable Parquet file ({e})", path=path) from e
+        if "item_id" not in table.column_names:
+            raise DataError(f"missing column(s) ['item_id']; the columns are {table.column_names}", path=path)
+        return ((n + 1, row) for n, row in enumerate(table.to_pylist())), sha
+    file = _read_text(path)
+    return _rows(file, ("item_id",)), file.sha256
+
+
+def _collect_items(
+    rows: Iterator[tuple[int, dict[str, Any]]],
+    path: Path,
+    items: list[Item],
+    seen: dict[str, tuple[Path, int]],
+) -> None:
+    first = True
+    for line, row in rows:
+        if first and "text" not in row and not any(f in row for f in TEXT_FIELDS):
             # A CSV/TSV row has the header's columns, so this is the header's problem (line 1).
             raise DataError(
                 f"no text column: give 'text' or any of {list(TEXT_FIELDS)}; found {sorted(row)}",
-                path=items_path,
-                line=line if items_path.suffix == ".jsonl" else 1,
+                path=path,
+                line=line if path.suffix in (".jsonl", ".parquet") else 1,
             )
-        item_id = str(row["item_id"]).strip()
+        first = False
+        item_id = str(row["item_id"]).strip() if row.get("item_id") is not None else ""
         if not item_id:
-            raise DataError("empty item_id", path=items_path, line=line)
+            raise DataError("empty item_id", path=path, line=line)
         if item_id in seen:
-            raise DataError(
-                f"item_id {item_id!r} appears again (first on line {seen[item_id]})",
-                path=items_path,
-                line=line,
-            )
-        seen[item_id] = line
+            where = seen[item_id]
+            before = f"line {where[1]}" if where[0] == path else f"{where[0].name}, row {where[1]}"
+            raise DataError(f"item_id {item_id!r} appears again (first on {before})", path=path, line=line)
+        seen[item_id] = (path, line)
         text = str(row.get("text") or "").strip() or compose_text(row)
         if not text:
             raise DataError(
                 f"item {item_id!r} has no text: 'text' and {list(TEXT_FIELDS)} are all empty",
-                path=items_path,
+                path=path,
                 line=line,
             )
         attributes = {
             k: v for k, v in row.items() if k not in ("item_id", "text") and v not in ("", None, [])
         }
         items.append(Item(item_id, text, attributes))
-    if not items:
-        raise DataError("the items file has no rows", path=items_path)
-    return Catalog(items), items_file.sha256
 
 
 def _read_generic(folder: Path) -> Dataset:

@@ -138,7 +138,8 @@ def _cold_items(engines: Sequence[Engine], names: Sequence[str]) -> list[str]:
 
 
 def _check_catalogue(engine: Engine, dataset: Dataset, name: str) -> None:
-    missing = [i for i in dataset.catalog.ids if i not in engine.catalog]
+    known = set(engine.item_ids)
+    missing = [i for i in dataset.catalog.ids if i not in known]
     if missing:
         raise DataError(
             f"{len(missing)} items of {dataset.name} are not in the catalogue of {name} (e.g. "

@@ -160,7 +160,7 @@ def write_catalogue_bundle(
     manifest: Manifest,
     target: Path,
     *,
-    index: Any,
+    index: Any | None,
     vectors: np.ndarray,
     item_ids: list[str | None],
     catalog: Any,
@@ -172,10 +172,11 @@ def write_catalogue_bundle(
     copied, the index, item vectors, item-id map and catalogue written from the arguments (and
     any ``files`` by their writers); ``amend`` edits the manifest before it is written.
 
+    ``index`` None: no HNSW file (the index lives elsewhere, as ``amend`` records).
     ``target`` may be ``src`` itself: the new bundle is written beside it and swapped in."""
     spec = manifest.index
+    dropped = {spec.file} if index is None else set()
     written: dict[str, FileWriter] = {
-        spec.file: lambda p: index.save(p / spec.file),
         spec.vectors_file: lambda p: np.save(p / spec.vectors_file, vectors, allow_pickle=False),
         spec.item_ids_file: lambda p: (p / spec.item_ids_file).write_text(
             json.dumps(item_ids, ensure_ascii=False), encoding="utf-8"
@@ -183,9 +184,12 @@ def write_catalogue_bundle(
         manifest.catalog.file: lambda p: catalog.write_jsonl(p / manifest.catalog.file),
         **(files or {}),
     }
+    if index is not None:
+        name = spec.hnsw_file
+        written[name] = lambda p: index.save(p / name)
     with atomic_directory(target, overwrite=overwrite) as tmp:
         for name in manifest.files:
-            if name not in written:
+            if name not in written and name not in dropped:
                 shutil.copy2(_inside(Path(src), name), tmp / name)
         for name, write in written.items():
             write(tmp)

@@ -74,6 +74,9 @@ class Catalog:
     def get(self, item_id: str) -> Item:
         return self._by_id[item_id]
 
+    def items(self, item_ids: Iterable[str]) -> list[Item]:
+        return [self._by_id[i] for i in item_ids]
+
     def upsert(self, items: Iterable[Item]) -> None:
         """Add new items and replace existing ones (by id); new ones go to the end."""
         for item in items:

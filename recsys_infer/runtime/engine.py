@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -22,10 +22,9 @@ from recsys_infer.errors import BundleError, DeviceUnavailableError, QueryError,
 from .bundle import Manifest, read_item_ids, read_manifest, verify_files, write_catalogue_bundle
 from .catalog import Catalog, Item
 from .encoder import Encoder, OnnxEncoder
-from .index import ExactIndex, FilterTooNarrowError, HnswIndex, HnswParams, Index
+from .index import ExactIndex, HnswIndex, HnswParams, Index
 from .manifest import CatalogueEdit
 from .options import (
-    AttributeFilter,
     RecommendOptions,
     as_list,
     check_attributes,
@@ -35,6 +34,7 @@ from .options import (
 )
 from .providers import create_session, plan_device
 from .rwlock import RWLock
+from .store import EditMode, ItemStore, LocalItems, refuse_taken
 from .tokenizer import TextTokenizer
 from .users import SequenceUserEncoder, TextUserEncoder, UserEncoder
 
@@ -118,43 +118,58 @@ def _request_list(requests: object, what: str) -> list[Any]:
     return as_list(requests, f"{what} takes a list of requests", "; use recommend() for one")
 
 
-class VectorStore:
-    """The item vectors by index label, for reads that must not go through the index (hnswlib
-    copies vectors out slowly: 0.8 ms for a 50-item history, against 5 µs from an array).
-
-    Starts on the bundle's ``item_vectors.npy`` memory-mapped (no resident cost until read) and
-    moves to a growable in-memory array at the first edit. Guarded by the engine's lock.
-    """
-
-    def __init__(self, data: np.ndarray) -> None:
-        self._data = data
-        self._rows = int(data.shape[0])
-        self._owned = False
-
-    def get(self, labels: Sequence[int]) -> np.ndarray:
-        return np.asarray(self._data[list(labels)], dtype=np.float32)
-
-    def put(self, labels: Sequence[int], vectors: np.ndarray) -> None:
-        top = max(labels) + 1
-        if not self._owned or top > self._data.shape[0]:
-            grown = np.zeros((max(top, self._rows + self._rows // 4 + 16), self._data.shape[1]), np.float32)
-            grown[: self._rows] = self._data[: self._rows]
-            self._data, self._owned = grown, True
-        self._data[list(labels)] = vectors
-        self._rows = max(self._rows, top)
-
-    def all(self) -> np.ndarray:
-        return np.array(self._data[: self._rows], dtype=np.float32)  # a copy
+def tower_encoder(
+    manifest: Manifest,
+    name: str,
+    sessions: Mapping[str, Any],
+    tokenizer_json: str,
+    *,
+    io_binding: bool = False,
+) -> OnnxEncoder:
+    """One text tower of a bundle (``item``, ``user`` or ``request``) over its running session."""
+    spec = manifest.towers[name]
+    tokenizer = TextTokenizer(
+        Tokenizer.from_str(tokenizer_json), max_length=spec.max_length, pad_token=manifest.tokenizer.pad_token
+    )
+    return OnnxEncoder(sessions[spec.file], tokenizer, dim=spec.dim, io_binding=io_binding)
 
 
-def _open_index(
-    bundle: Path, manifest: Manifest, vectors: np.ndarray, removed: list[int], *, exact: bool
-) -> Index:
+def load_item_tower(bundle: Path, *, threads: int | None = None) -> OnnxEncoder:
+    """A bundle's item tower alone, on the CPU (catalogue encoding workers load only this)."""
+    manifest = read_manifest(bundle)
+    verify_files(bundle, manifest)
+    spec = manifest.item
+    sessions = {spec.file: create_session(bundle / spec.file, Device.CPU, threads=threads)}
+    tokenizer_json = (bundle / manifest.tokenizer.file).read_text(encoding="utf-8")
+    return tower_encoder(manifest, "item", sessions, tokenizer_json)
+
+
+def _open_store(bundle: Path, manifest: Manifest, *, exact: bool, milvus_uri: str | None) -> ItemStore:
+    """The bundle's items and index: its HNSW file (or exact search) here, or its Milvus collection."""
     spec = manifest.index
+    if spec.kind == "milvus":
+        if exact:
+            raise BundleError(
+                "exact=True searches a bundle's own item vectors; this bundle's index is Milvus"
+            )
+        from .milvus import MilvusIndex
+
+        return MilvusIndex.connect(spec, uri=milvus_uri)
+    if milvus_uri is not None:
+        raise BundleError(f"milvus_uri was given, but this bundle's index is {spec.kind!r}, not Milvus")
+    item_ids = read_item_ids(bundle / spec.item_ids_file)
+    catalog = Catalog.read_jsonl(bundle / manifest.catalog.file)
+    vectors = np.load(bundle / spec.vectors_file, allow_pickle=False, mmap_mode="r")
+    removed = [n for n, i in enumerate(item_ids) if i is None]
+    index: Index
     if exact:
-        return ExactIndex(np.asarray(vectors), removed=removed)
-    params = HnswParams(spec.M, spec.ef_construction, spec.ef_search)
-    return HnswIndex.load(bundle / spec.file, space=spec.space, dim=spec.dim, params=params, removed=removed)
+        index = ExactIndex(np.asarray(vectors), removed=removed)
+    else:
+        params = HnswParams(spec.M, spec.ef_construction, spec.ef_search)
+        index = HnswIndex.load(
+            bundle / spec.hnsw_file, space=spec.space, dim=spec.dim, params=params, removed=removed
+        )
+    return LocalItems(index=index, catalog=catalog, item_ids=item_ids, vectors=vectors, dim=spec.dim)
 
 
 class Engine:
@@ -180,45 +195,21 @@ class Engine:
         *,
         user_encoder: UserEncoder,
         item_encoder: Encoder,
-        index: Index,
-        catalog: Catalog,
-        item_ids: Sequence[str | None],
+        store: ItemStore,
         device: Device = Device.CPU,
         manifest: Manifest | None = None,
         path: Path | None = None,
-        vectors: np.ndarray | None = None,
     ) -> None:
-        """``vectors``: the item vectors by label (default: read back from ``index``)."""
-        live = [i for i in item_ids if i is not None]
-        if len(live) != len(index):
-            raise BundleError(f"the index holds {len(index)} items but the item-id map has {len(live)}")
-        missing = [i for i in live if i not in catalog]
-        if missing:
+        """``store``: the catalogue's items and their index (:class:`LocalItems` or
+        :class:`~recsys_infer.runtime.milvus.MilvusIndex`)."""
+        if user_encoder.dim != item_encoder.dim or store.dim != item_encoder.dim:
             raise BundleError(
-                f"{len(missing)} indexed item ids are not in the catalogue, e.g. {missing[0]!r}"
-            )
-        if user_encoder.dim != item_encoder.dim:
-            raise BundleError(
-                f"the user tower emits {user_encoder.dim}-d vectors, the item tower {item_encoder.dim}-d"
+                f"the user tower emits {user_encoder.dim}-d vectors, the item tower {item_encoder.dim}-d "
+                f"and the item index holds {store.dim}-d ones; they must agree"
             )
         self.user_encoder = user_encoder
         self.item_encoder = item_encoder
-        self.index = index
-        self.catalog = catalog
-        self._ids: list[str | None] = list(item_ids)  # index label -> item id; None: removed
-        if vectors is None:
-            labels = [n for n, i in enumerate(item_ids) if i is not None]
-            vectors = np.zeros((len(self._ids), user_encoder.dim), dtype=np.float32)
-            vectors[labels] = index.vectors(labels)
-        if vectors.shape != (len(self._ids), user_encoder.dim):
-            raise BundleError(
-                f"item vectors have shape {vectors.shape}, expected ({len(self._ids)}, {user_encoder.dim})"
-            )
-        self._vectors = VectorStore(vectors)
-        self._label: dict[str, int] = {
-            item_id: n for n, item_id in enumerate(item_ids) if item_id is not None
-        }
-        self._free = [n for n, item_id in enumerate(item_ids) if item_id is None][::-1]  # reused first
+        self.store = store
         self.manifest = manifest
         self.path = path
         self._device = Device(device)
@@ -236,6 +227,7 @@ class Engine:
         threads: int | None = None,
         exact: bool = False,
         verify: bool = True,
+        milvus_uri: str | None = None,
     ) -> Engine:
         """Load a bundle directory.
 
@@ -243,7 +235,8 @@ class Engine:
         ``"cuda"`` (an error when CUDA cannot run the bundle). ``threads``: ONNX Runtime intra-op
         threads (default: ONNX Runtime's choice, the physical cores). ``exact``: rank by exact
         search over the stored item vectors instead of the HNSW index. ``verify``: check every
-        file's sha256 (sizes are always checked).
+        file's sha256 (sizes are always checked). ``milvus_uri``: for a bundle whose index is a
+        Milvus collection, the server to connect to instead of the one the manifest records.
         """
         bundle = Path(path)
         manifest = read_manifest(bundle)
@@ -253,45 +246,29 @@ class Engine:
         cuda = planned is Device.CUDA  # bind inputs and outputs on CUDA (providers.run_graph)
 
         def text_encoder(name: str) -> OnnxEncoder:
-            spec = manifest.towers[name]
-            tokenizer = TextTokenizer(
-                Tokenizer.from_str(tokenizer_json),
-                max_length=spec.max_length,
-                pad_token=manifest.tokenizer.pad_token,
-            )
-            return OnnxEncoder(sessions[spec.file], tokenizer, dim=spec.dim, io_binding=cuda)
+            return tower_encoder(manifest, name, sessions, tokenizer_json, io_binding=cuda)
 
-        item_ids = read_item_ids(bundle / manifest.index.item_ids_file)
-        catalog = Catalog.read_jsonl(bundle / manifest.catalog.file)
-        vectors = np.load(bundle / manifest.index.vectors_file, allow_pickle=False, mmap_mode="r")
-        removed = [n for n, i in enumerate(item_ids) if i is None]
-        index = _open_index(bundle, manifest, vectors, removed, exact=exact)
-
-        def history_vectors(item_ids: Sequence[str]) -> np.ndarray:
-            return engine._history_vectors(item_ids)  # `engine` is bound below, before any call
+        store = _open_store(bundle, manifest, exact=exact, milvus_uri=milvus_uri)
 
         user_encoder: UserEncoder
         if manifest.user.kind == "sequence":
             user_encoder = SequenceUserEncoder(
                 sessions[manifest.user.file],
-                history_vectors,
+                store.vectors,
                 dim=manifest.user.dim,
                 max_history=manifest.user.max_length,
                 requests=text_encoder("request"),
                 io_binding=cuda,
             )
         else:
-            user_encoder = TextUserEncoder(text_encoder("user"), catalog, manifest.user_input)
+            user_encoder = TextUserEncoder(text_encoder("user"), store, manifest.user_input)
         engine = cls(
             user_encoder=user_encoder,
             item_encoder=text_encoder("item"),
-            index=index,
-            catalog=catalog,
-            item_ids=item_ids,
+            store=store,
             device=planned,
             manifest=manifest,
             path=bundle,
-            vectors=vectors,
         )
         logger.info("loaded %s: %d items, device %s", bundle, len(engine), planned)
         return engine
@@ -316,10 +293,6 @@ class Engine:
         files = sorted({spec.file for spec in manifest.towers.values()})
         return {f: create_session(bundle / f, device, threads=threads) for f in files}
 
-    def _history_vectors(self, item_ids: Sequence[str]) -> np.ndarray:
-        """The stored vectors of catalogue items (the index holds them), for the sequence tower."""
-        return self._vectors.get([self._label[i] for i in item_ids])
-
     # -- properties -----------------------------------------------------------------------------
 
     @property
@@ -335,23 +308,46 @@ class Engine:
     def item_ids(self) -> tuple[str, ...]:
         """The ids of the items that can be recommended, in index order."""
         with self._lock.read():
-            return tuple(i for i in self._ids if i is not None)
+            return self.store.ids()
 
     def __len__(self) -> int:
-        return len(self._label)
+        return len(self.store)
+
+    def item(self, item_id: str) -> Item:
+        """One catalogue item, as stored now; :class:`UnknownItemError` when it is not there."""
+        return self.items([item_id])[0]
+
+    def items(self, item_ids: Sequence[str]) -> list[Item]:
+        """Catalogue items by id, in order, as stored now."""
+        ids = id_list(item_ids, "item_ids")
+        with self._lock.read():
+            self._refuse_unknown(ids)
+            return self.store.items(ids)
+
+    def item_vectors(self, item_ids: Sequence[str]) -> np.ndarray:
+        """The stored item vectors (the ones the index searches), ``float32 (n, dim)``."""
+        ids = id_list(item_ids, "item_ids")
+        with self._lock.read():
+            self._refuse_unknown(ids)
+            return self.store.vectors(ids)
+
+    def _refuse_unknown(self, ids: Sequence[str], what: str = "history") -> None:
+        unknown = self.store.missing(ids)
+        if unknown:
+            raise UnknownItemError(unknown, len(self.store), what=what)
 
     # -- encoding -------------------------------------------------------------------------------
 
     def _checked(self, request: Query | Mapping[str, Any]) -> Query:
         query = Query.coerce(request)
-        unknown = [h for h in query.history if h not in self._label]
-        if unknown:
-            raise UnknownItemError(unknown, len(self._label))
+        if query.history:
+            self._refuse_unknown(query.history)
         return query
 
     def _check_k(self, options: RecommendOptions) -> None:
-        if options.k > len(self._label):
-            raise QueryError(f"k={options.k} is larger than the catalogue ({len(self._label)} items)")
+        size = len(self.store)
+        if options.k > size:
+            raise QueryError(f"k={options.k} is larger than the catalogue ({size} items)")
 
     def validate(self, request: Query | Mapping[str, Any], options: RecommendOptions | None = None) -> Query:
         """The request as a :class:`Query`, or the error recommending it (with ``options``)
@@ -416,66 +412,18 @@ class Engine:
         with self._lock.read():
             self._check_k(o)
             vectors = self.user_encoder.encode([self._checked(q) for q in queries])
-            results = []
-            for row, query in enumerate(queries):
-                blocked = o.exclude | set(query.history) if o.exclude_seen else o.exclude
-                labels, scores = self._search(vectors[row], o.k, blocked, o.allow, o.where)
-                results.append(
-                    [self._recommendation(label, score) for label, score in zip(labels, scores, strict=True)]
-                )
+            blocked = [o.exclude | set(q.history) if o.exclude_seen else o.exclude for q in queries]
+            hits = self.store.search(vectors, o.k, blocked=blocked, allow=o.allow, where=o.where)
+            results = [
+                [
+                    Recommendation(item.item_id, float(score), item.text, item.attributes)
+                    for item, score in row
+                ]
+                for row in hits
+            ]
             if o.explain:
                 results = [self._explain(q, recs) for q, recs in zip(queries, results, strict=True)]
         return results
-
-    def _recommendation(self, label: int, score: float) -> Recommendation:
-        item_id = self._ids[label]
-        if item_id is None:  # pragma: no cover - the index never returns removed labels
-            raise BundleError(f"the index returned the free slot {label}")
-        item = self.catalog.get(item_id)
-        return Recommendation(item_id, float(score), item.text, item.attributes)
-
-    def _search(
-        self,
-        vector: np.ndarray,
-        k: int,
-        blocked: frozenset[str] | set[str],
-        allowed: frozenset[str] | None,
-        where: AttributeFilter | None,
-    ) -> tuple[list[int], list[float]]:
-        """Top-``k`` labels for one user vector under the filters (called with the read lock)."""
-        if allowed is None and where is None:
-            # Only a few ids are blocked: fetch that many more and skip them.
-            fetch = min(len(self._label), k + len(blocked))
-            labels, scores = self.index.search(vector[None, :], fetch)
-            keep = [(int(n), float(s)) for n, s in zip(labels[0], scores[0], strict=True)
-                    if self._ids[int(n)] not in blocked]  # fmt: skip
-            return [n for n, _ in keep[:k]], [s for _, s in keep[:k]]
-
-        def passes(label: int) -> bool:
-            item_id = self._ids[label]
-            if item_id is None or item_id in blocked or (allowed is not None and item_id not in allowed):
-                return False
-            return where is None or bool(where(self.catalog.get(item_id).attributes))
-
-        candidates: list[int] | None = None
-        if allowed is not None and len(allowed) <= max(256, len(self._label) // 50):
-            # A short allow-list: score its items exactly rather than walk the graph.
-            candidates = [self._label[i] for i in allowed if i in self._label]
-        else:
-            try:
-                want = min(k, len(self._label))
-                labels, scores = self.index.search(vector[None, :], want, allowed=passes)
-                return [int(n) for n in labels[0]], [float(s) for s in scores[0]]
-            except FilterTooNarrowError:
-                pass  # the graph walk found too few: fall back to scoring every passing item
-        if candidates is None:
-            candidates = [n for n in self._label.values()]
-        candidates = [n for n in candidates if passes(n)]
-        if not candidates:
-            return [], []
-        scores = self._vectors.get(candidates) @ vector
-        top = np.argsort(-scores, kind="stable")[:k]
-        return [candidates[t] for t in top], [float(scores[t]) for t in top]
 
     # -- explanations ---------------------------------------------------------------------------
 
@@ -486,22 +434,20 @@ class Engine:
         query = Query(history=history if history is not None else (), text=text)  # type: ignore[arg-type]
         with self._lock.read():
             query = self._checked(query)
-            unknown = [i for i in item_ids if i not in self._label]
-            if unknown:
-                raise UnknownItemError(unknown, len(self._label))
+            self._refuse_unknown(item_ids, "item")
             stub = [Recommendation(i, 0.0, "", {}) for i in item_ids]
             return {r.item_id: r.because for r in self._explain(query, stub)}
 
     def _explain(self, query: Query, recs: list[Recommendation], top: int = 3) -> list[Recommendation]:
         if not recs:
             return recs
-        targets = self._vectors.get([self._label[r.item_id] for r in recs])
+        targets = self.store.vectors([r.item_id for r in recs])
         sources: list[tuple[str, str]] = []
         vectors = []
         if query.history:
             history = list(dict.fromkeys(query.history[-50:]))
             sources += [("history", h) for h in history]
-            vectors.append(self._vectors.get([self._label[h] for h in history]))
+            vectors.append(self.store.vectors(history))
         if query.text:
             words = list(dict.fromkeys(w.lower() for w in _WORD.findall(query.text)))[:16]
             if words:
@@ -561,63 +507,26 @@ class Engine:
         """Add the new items and replace the existing ones, in one atomic edit."""
         self._edit(self._new_items(ids, texts, attributes), "upsert")
 
-    def _edit(self, items: list[Item], mode: Literal["add", "update", "upsert"]) -> None:
-        """Encode outside the lock, then apply the whole edit under the writer lock. New items
-        take the slots of removed ones first, so a catalogue that changes all day keeps its size."""
+    def _edit(self, items: list[Item], mode: EditMode) -> None:
+        """Encode outside the lock, then apply the whole edit under the writer lock."""
         if mode == "add":
-            self._refuse_taken(items)
+            missing = set(self.store.missing([i.item_id for i in items]))
+            refuse_taken([i.item_id for i in items if i.item_id not in missing])
         vectors = self.item_encoder.encode([i.text for i in items])
         with self._lock.write():
-            if mode == "add":
-                self._refuse_taken(items)
-            unknown = [i.item_id for i in items if i.item_id not in self._label]
-            if mode == "update" and unknown:
-                raise UnknownItemError(unknown, len(self._label), what="item")
-            if not items:
-                return
-            free, top = list(self._free), len(self._ids)
-            labels = []
-            for item in items:
-                label = self._label.get(item.item_id)
-                if label is None:
-                    label = free.pop() if free else top
-                    top += label == top
-                labels.append(label)
-            self.index.add(vectors, labels)
-            self._vectors.put(labels, vectors)
-            self._free = free
-            self._ids += [None] * (top - len(self._ids))
-            for item, label in zip(items, labels, strict=True):
-                self._ids[label] = item.item_id
-                self._label[item.item_id] = label
-            self.catalog.upsert(items)
-            self._edits["added"] += len(unknown)
-            self._edits["updated"] += len(items) - len(unknown)
-
-    def _refuse_taken(self, items: list[Item]) -> None:
-        taken = [i.item_id for i in items if i.item_id in self._label]
-        if taken:
-            raise QueryError(
-                f"{len(taken)} id(s) are already in the catalogue (e.g. {taken[0]!r:.60}); use "
-                'upsert_items (HTTP: "replace": true) to replace them'
-            )
+            added, updated = self.store.write(items, vectors, mode)
+            self._edits["added"] += added
+            self._edits["updated"] += updated
 
     def remove_items(self, ids: Sequence[str]) -> None:
         """Take items out: never recommended again, and unknown to histories from now on. Their
         slots are reused by later additions."""
         ids = list(dict.fromkeys(id_list(ids, "ids")))
         with self._lock.write():
-            unknown = [i for i in ids if i not in self._label]
-            if unknown:
-                raise UnknownItemError(unknown, len(self._label), what="item")
-            if len(ids) >= len(self._label):
+            self._refuse_unknown(ids, "item")
+            if len(ids) >= len(self.store):
                 raise QueryError("cannot remove every item: an engine needs at least one to recommend")
-            labels = [self._label.pop(i) for i in ids]
-            self.index.remove(labels)
-            for n in labels:
-                self._ids[n] = None
-            self._free += labels
-            self.catalog.remove(ids)
+            self.store.remove(ids)
             self._edits["removed"] += len(ids)
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
@@ -627,23 +536,26 @@ class Engine:
         ``path`` that is not a bundle is refused."""
         if self.path is None or self.manifest is None:
             raise BundleError("only an engine loaded from a bundle can be saved")
-        if not isinstance(self.index, HnswIndex):
-            raise BundleError("an engine loaded with exact=True has no HNSW index to save; load it without")
+        store = self.store
+        if not isinstance(store, LocalItems) or not isinstance(store.index, HnswIndex):
+            raise BundleError(
+                "only an engine on its bundle's HNSW index can be saved: one loaded with exact=True has no "
+                "index to save (load it without), and a Milvus collection keeps its edits itself"
+            )
         target = Path(path)
         with self._lock.read():
-            vectors = self._vectors.all()
-            vectors[self._free] = 0.0
+            vectors, item_ids, free = store.snapshot()
             edit = CatalogueEdit(
                 saved_at=datetime.now(UTC).isoformat(timespec="seconds"),
                 added=self._edits["added"],
                 updated=self._edits["updated"],
                 removed=self._edits["removed"],
-                items=len(self._label),
-                removed_slots=len(self._free),
+                items=len(store),
+                removed_slots=free,
             )
             written = write_catalogue_bundle(
-                self.path, self.manifest, target, index=self.index, vectors=vectors, item_ids=list(self._ids),
-                catalog=self.catalog, overwrite=overwrite,
+                self.path, self.manifest, target, index=store.index, vectors=vectors, item_ids=item_ids,
+                catalog=store.catalog, overwrite=overwrite,
                 amend=lambda m: replace(m, catalogue_edits=(*m.catalogue_edits, edit)),
             )  # fmt: skip
             if target.resolve() == self.path.resolve():

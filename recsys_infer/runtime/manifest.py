@@ -10,7 +10,8 @@ Layout of a bundle (schema version 1); the names are the constants below::
     user_sequence.onnx   user tower graph (sequence kind): history item vectors in, user out
     request_tower.onnx   a sequence model's own request tower (else requests read the item graph)
     tokenizer.json       the encoder's tokenizer (Hugging Face ``tokenizers`` format)
-    item_index.hnsw      hnswlib graph over the item vectors; label i is item_ids[i]
+    item_index.hnsw      hnswlib graph over the item vectors; label i is item_ids[i] (absent
+                         when the index is a Milvus collection: see ``IndexSpec``)
     item_vectors.npy     float32 (n, dim) item vectors, the exact reference (no pickle)
     item_offsets.npy     optional: learned per-item offsets already inside item_vectors.npy
     item_ids.json        the item-id map: a JSON list, position = index label (null: a free slot)
@@ -112,11 +113,16 @@ class TowerSpec:
             )
 
 
+#: ``hnsw``: an hnswlib graph in the bundle (``file``). ``milvus``: a Milvus collection
+#: (``uri``, ``collection``) that holds the items, their vectors and the index; the bundle's
+#: catalogue, vectors and item-id map are then the snapshot the collection was built from.
+INDEX_KINDS = ("hnsw", "milvus")
+
+
 @dataclass(frozen=True)
 class IndexSpec:
     """The item index and the vectors it was built from."""
 
-    file: str
     vectors_file: str
     item_ids_file: str
     space: Space
@@ -125,19 +131,35 @@ class IndexSpec:
     M: int
     ef_construction: int
     ef_search: int
+    file: str | None = None
     kind: str = "hnsw"
     capacity: int | None = None
     build_threads: int | None = None
     built_with: str | None = None
     offsets_file: str | None = None
+    uri: str | None = None
+    collection: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("file", "vectors_file", "item_ids_file", "offsets_file"):
             if getattr(self, name) is not None:
                 check_file_name(getattr(self, name), name)
-        if self.kind != "hnsw":
-            raise ValueError(f"index kind {self.kind!r} is not supported by this version")
+        if self.kind not in INDEX_KINDS:
+            raise ValueError(
+                f"index kind {self.kind!r} is not supported by this version (it reads {INDEX_KINDS})"
+            )
+        if self.kind == "hnsw" and self.file is None:
+            raise ValueError("an hnsw index needs its file")
+        if self.kind == "milvus" and not (self.uri and self.collection):
+            raise ValueError("a milvus index needs its uri and collection")
+
+    @property
+    def hnsw_file(self) -> str:
+        """The hnswlib graph's file name (an ``hnsw`` index only)."""
+        if self.file is None:
+            raise BundleError(f"this bundle's index is {self.kind!r}; it has no HNSW file")
+        return self.file
         for name in ("dim", "M", "ef_construction", "ef_search"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
@@ -275,7 +297,9 @@ class Manifest:
     def needed_files(self) -> set[str]:
         """The files the runtime reads (each must be listed, with its checksum, in ``files``)."""
         names = {spec.file for spec in self.towers.values()}
-        names |= {self.tokenizer.file, self.index.file, self.index.vectors_file, self.index.item_ids_file}
+        names |= {self.tokenizer.file, self.index.vectors_file, self.index.item_ids_file}
+        if self.index.file is not None:
+            names.add(self.index.file)
         names.add(self.catalog.file)
         if self.index.offsets_file:
             names.add(self.index.offsets_file)

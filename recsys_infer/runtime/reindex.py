@@ -10,8 +10,10 @@ models trained with ``--item-offsets``) carry over by item id.
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,12 +22,15 @@ import numpy as np
 
 from recsys_infer.data.readers import read_items
 from recsys_infer.enums import Device
+from recsys_infer.errors import ConfigError
+from recsys_infer.scale.encoding import DEFAULT_SHARD_SIZE, encode_catalogue
 
 from .bundle import read_item_ids, read_manifest, write_catalogue_bundle
 from .catalog import Catalog
 from .engine import Engine
 from .index import HnswIndex, HnswParams
-from .manifest import Manifest
+from .manifest import ITEM_INDEX, Manifest
+from .milvus import MilvusIndex
 from .users import unit_rows
 
 
@@ -44,38 +49,76 @@ def carried_offsets(src: Path, manifest: Manifest, catalog: Catalog) -> np.ndarr
     return offsets
 
 
+@dataclass(frozen=True)
+class MilvusTarget:
+    """Where ``reindex_bundle`` puts the index when it is a Milvus collection."""
+
+    uri: str
+    collection: str
+
+    def __post_init__(self) -> None:
+        if not self.uri or not self.collection:
+            raise ConfigError("a Milvus target needs a URI (--milvus) and a collection name (--collection)")
+
+
+@dataclass(frozen=True)
+class EncodingSettings:
+    """How the catalogue is encoded: ``workers`` ONNX sessions of ``threads`` each, in this
+    process or on Ray (``use_ray``; ``ray_address`` None starts a local cluster)."""
+
+    workers: int = 1
+    threads: int | None = None
+    use_ray: bool = False
+    ray_address: str | None = None
+    shard_size: int = DEFAULT_SHARD_SIZE
+
+
 def reindex_bundle(
     src: Path,
     items: Path | None,
     out: Path,
     *,
-    threads: int | None = None,
+    encoding: EncodingSettings | None = None,
     index_threads: int = 1,
+    milvus: MilvusTarget | None = None,
     overwrite: bool = False,
     progress: bool = True,
     built_with: str = "item tower of this bundle",
 ) -> dict[str, Any]:
     """Write ``out``: ``src``'s towers over the catalogue in ``items`` (``None``: ``src``'s own
-    live catalogue). Returns a summary with timings."""
+    live catalogue), its index in hnswlib or, with ``milvus``, in a Milvus collection. The
+    encoding's shards wait in ``.OUT.encoding/`` beside ``out`` until the bundle is written, so
+    an interrupted run resumes. Returns a summary with timings."""
     src, out = Path(src), Path(out)
+    encoding = encoding or EncodingSettings()
     started = time.perf_counter()
     manifest = read_manifest(src)
-    engine = Engine.load(src, device=Device.CPU, threads=threads, exact=True)
-    items_sha = None
     if items is not None:
         catalog, items_sha = read_items(Path(items))
     else:
-        catalog = Catalog(engine.catalog.get(i) for i in engine.item_ids)
-    t0 = time.perf_counter()
-    vectors = engine.item_encoder.encode(catalog.texts, progress=progress)  # type: ignore[call-arg]
-    encode_s = time.perf_counter() - t0
+        engine = Engine.load(src, device=Device.CPU, threads=1, exact=manifest.index.kind == "hnsw")
+        catalog = Catalog(engine.items(engine.item_ids))
+        items_sha = hashlib.sha256("\0".join(f"{i.item_id}\0{i.text}" for i in catalog).encode()).hexdigest()
+    work = out.parent / f".{out.name}.encoding"
+    vectors, report = encode_catalogue(
+        src, catalog.texts, work, items_sha256=items_sha, shard_size=encoding.shard_size,
+        workers=encoding.workers, threads=encoding.threads, use_ray=encoding.use_ray,
+        ray_address=encoding.ray_address, progress=progress,
+    )  # fmt: skip
     offsets = carried_offsets(src, manifest, catalog)
     if offsets is not None:
         vectors = unit_rows(vectors + offsets)
     t0 = time.perf_counter()
     spec = manifest.index
     params = HnswParams(spec.M, spec.ef_construction, spec.ef_search)
-    index = HnswIndex.build(vectors, params, space=spec.space, threads=index_threads, progress=progress)
+    index: HnswIndex | None = None
+    if milvus is None:
+        index = HnswIndex.build(vectors, params, space=spec.space, threads=index_threads, progress=progress)
+    else:
+        MilvusIndex.create(
+            milvus.uri, milvus.collection, list(catalog), vectors, params=params, space=spec.space,
+            overwrite=overwrite, progress=progress,
+        )  # fmt: skip
     build_s = time.perf_counter() - t0
     record = None
     if items is not None:
@@ -84,6 +127,17 @@ def reindex_bundle(
 
     def amend(m: Manifest) -> Manifest:
         index_spec = replace(m.index, built_with=built_with, build_threads=index_threads)
+        if milvus is not None:
+            index_spec = replace(
+                index_spec,
+                kind="milvus",
+                file=None,
+                uri=milvus.uri,
+                collection=milvus.collection,
+                capacity=None,
+            )
+        elif index_spec.kind != "hnsw":
+            index_spec = replace(index_spec, kind="hnsw", file=ITEM_INDEX, uri=None, collection=None)
         if record is None:
             return replace(m, index=index_spec)
         return replace(m, index=index_spec, reindexed=record, catalogue_edits=())
@@ -92,14 +146,22 @@ def reindex_bundle(
     if offsets is not None and spec.offsets_file:
         name = spec.offsets_file
         offsets_writer[name] = lambda p: np.save(p / name, offsets, allow_pickle=False)
+    if index is not None and spec.file is None:  # from a Milvus bundle back to an embedded index
+        spec = replace(spec, file=ITEM_INDEX)
+        manifest = replace(manifest, index=spec)
     write_catalogue_bundle(
         src, manifest, out, index=index, vectors=vectors, item_ids=list(catalog.ids), catalog=catalog,
         overwrite=overwrite, amend=amend, files=offsets_writer,
     )  # fmt: skip
+    shutil.rmtree(work, ignore_errors=True)
     return {
         "bundle": str(out),
         "items": len(catalog),
-        "encode_seconds": round(encode_s, 2),
+        "index": "milvus" if milvus else "hnsw",
+        "encode_seconds": report.seconds,
+        "encoding": {"backend": report.backend, "workers": report.workers,
+                     "threads_per_worker": report.threads_per_worker, "shards": report.shards,
+                     "reused_shards": report.reused_shards, "items_encoded": report.items},
         "index_seconds": round(build_s, 2),
         "seconds": round(time.perf_counter() - started, 2),
-    }
+    }  # fmt: skip

@@ -19,13 +19,17 @@ import onnxruntime as ort
 
 from recsys_infer.errors import BundleError
 
-from .catalog import Catalog
+from .catalog import Item
 from .encoder import Encoder
 from .providers import run_graph
 from .userinput import UserInputFormat
 
 if TYPE_CHECKING:
     from .engine import Query
+
+
+class ItemLookup(Protocol):
+    def items(self, ids: Sequence[str]) -> list[Item]: ...
 
 
 class UserEncoder(Protocol):
@@ -46,9 +50,11 @@ def unit_rows(vectors: np.ndarray) -> np.ndarray:
 class TextUserEncoder:
     """History written as text (newest first, after the request) through a text tower."""
 
-    def __init__(self, encoder: Encoder, catalog: Catalog, user_input: UserInputFormat) -> None:
+    def __init__(self, encoder: Encoder, items: ItemLookup, user_input: UserInputFormat) -> None:
+        """``items``: where the history's item texts are read (the engine's item store, or a
+        :class:`~.catalog.Catalog`)."""
         self.encoder = encoder
-        self.catalog = catalog
+        self.lookup = items
         self.user_input = user_input
 
     @property
@@ -56,7 +62,8 @@ class TextUserEncoder:
         return self.encoder.dim
 
     def text(self, query: Query) -> str:
-        return self.user_input.render([self.catalog.get(h).text for h in query.history], query.text)
+        history = [item.text for item in self.lookup.items(query.history)] if query.history else []
+        return self.user_input.render(history, query.text)
 
     def encode(self, queries: Sequence[Query]) -> np.ndarray:
         return self.encoder.encode([self.text(q) for q in queries])

@@ -30,7 +30,13 @@ from prometheus_client import (
 from starlette.exceptions import HTTPException
 
 from recsys_infer import __version__
-from recsys_infer.errors import OverloadedError, QueryError, RecsysError, UnknownItemError
+from recsys_infer.errors import (
+    IndexUnavailableError,
+    OverloadedError,
+    QueryError,
+    RecsysError,
+    UnknownItemError,
+)
 from recsys_infer.runtime.batcher import MicroBatcher
 from recsys_infer.runtime.engine import Engine, Recommendation
 from recsys_infer.runtime.options import EXPLAIN_COST, RecommendOptions, excerpt
@@ -276,6 +282,8 @@ def _install_error_handlers(app: FastAPI, settings: ServeSettings) -> None:
             return error_response(429, str(e), headers={"Retry-After": str(settings.retry_after_s)})
         if isinstance(e, UnknownItemError):
             return error_response(404, str(e))
+        if isinstance(e, IndexUnavailableError):
+            return error_response(503, str(e), headers={"Retry-After": str(settings.retry_after_s)})
         if isinstance(e, OverLimitError):
             return error_response(422, str(e), kind="over_limit")
         return error_response(400, str(e))

@@ -321,7 +321,7 @@ def _calibration(src: Path, manifest: Manifest, readers: list[str], size: int) -
     per = max(1, size // len(readers))
     for name in readers:
         if name == "item":
-            catalog = list(engine.catalog.texts)
+            catalog = [i.text for i in engine.items(engine.item_ids)]
             texts += catalog[:: max(1, len(catalog) // per)][:per]
         elif name == "request":
             texts += [q.text or "" for q in requests][:per]

@@ -74,7 +74,7 @@ def measure_fidelity(reference: Engine, candidate: Engine, *, item_sample: int =
                 _overlap(_top(ref_users, ref_items, k), _top(new_users, new_items, k)), 4
             )
         result["queries"][name] = entry
-    texts = list(reference.catalog.texts)
+    texts = [i.text for i in reference.items(reference.item_ids)]
     step = max(1, len(texts) // item_sample)
     sample = texts[::step][:item_sample]
     result["item"] = {

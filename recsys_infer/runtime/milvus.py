@@ -1,0 +1,523 @@
+"""The item index in Milvus: a collection that holds every item's vector, text and attributes.
+
+Every engine connected to one collection sees the same catalogue: an edit through any of them
+(``add_items``, ``update_items``, ``remove_items``) is a write to the collection, and every
+read (search, history vectors, item texts for a text user tower and for responses) goes to it
+with strong consistency, so no engine answers from a stale copy. Milvus Lite (``pip install
+milvus-lite``; a URI that is a local ``.db`` path, or ``python -m milvus_lite server`` for
+several processes) serves tests and single machines; a Milvus server or cluster URI serves
+production.
+
+A Milvus query is a network round trip (milliseconds, where the embedded hnswlib index takes
+tens of microseconds): the engine sends one search per batch of requests, and the embedded
+index stays the default.
+
+Filters: ``allow`` and ``where`` are pushed down as a Milvus filter expression where they can
+be written as one (string and boolean values, plain attribute names); ``exclude`` and the
+history are skipped after an over-fetch; anything left (a ``where`` function, numbers) is
+applied after a search that fetches more and more, and past Milvus's largest ``limit`` a scan
+of the collection, so ``k`` items come back whenever ``k`` pass, as with the embedded index.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recsys_infer.enums import Space
+from recsys_infer.errors import (
+    BundleError,
+    ConfigError,
+    IndexUnavailableError,
+    MissingDependencyError,
+    OutputExistsError,
+    QueryError,
+    UnknownItemError,
+)
+
+from .catalog import Item
+from .index import HnswParams
+from .manifest import IndexSpec
+from .options import AttributeFilter, Where, excerpt
+from .store import EditMode, Hit, refuse_taken
+
+logger = logging.getLogger(__name__)
+
+#: The environment variable that holds the Milvus token (``user:password`` or an API key).
+TOKEN_ENV = "RECSYS_INFER_MILVUS_TOKEN"
+#: Seconds any one Milvus call may take before it is an :class:`IndexUnavailableError`.
+DEFAULT_TIMEOUT_S = 10.0
+#: The longest item id and item text a collection stores (UTF-8 bytes).
+MAX_ID_BYTES = 1024
+MAX_TEXT_BYTES = 65_535
+#: Milvus's largest ``limit`` for one search.
+MAX_FETCH = 16_384
+#: Rows per insert and per page of a scan.
+BATCH = 2_000
+
+_FIELDS = ("item_id", "vector", "text", "attributes")
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_]{1,128}")
+
+
+def _pymilvus() -> Any:
+    try:
+        import pymilvus
+    except ImportError:
+        raise MissingDependencyError("pymilvus", "scale") from None
+    return pymilvus
+
+
+def _literal(value: object) -> str | None:
+    """``value`` as a Milvus expression literal, or None when it cannot be written as one
+    exactly (numbers, whose JSON typing differs, and strings that need ``\\u`` escapes)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        text = json.dumps(value, ensure_ascii=False)
+        return None if "\\u" in text else text
+    return None
+
+
+def ids_expression(ids: Sequence[str], *, negate: bool = False) -> str:
+    """``item_id in [...]`` over the ids that can be written as literals (the others cannot
+    be in a collection: :meth:`MilvusIndex.write` refuses them)."""
+    literals = [lit for lit in (_literal(i) for i in ids) if lit is not None]
+    return f"item_id {'not in' if negate else 'in'} [{', '.join(literals)}]"
+
+
+def where_expression(where: Where) -> str | None:
+    """A Milvus filter that keeps every item ``where`` keeps (and maybe more: the engine checks
+    ``where`` again on what comes back); None when no condition can be written."""
+    parts = []
+    for key, wanted in where.conditions:
+        literals = [_literal(value) for _, value in sorted(wanted, key=repr)]
+        if not _PLAIN_KEY.fullmatch(key) or not literals or any(lit is None for lit in literals):
+            continue
+        field = f'attributes["{key}"]'
+        tests = [f"{field} == {lit}" for lit in literals] + [
+            f"json_contains({field}, {lit})" for lit in literals
+        ]
+        parts.append("(" + " or ".join(tests) + ")")
+    return " and ".join(parts) or None
+
+
+def _check_writable(item: Item) -> None:
+    if _literal(item.item_id) is None or len(item.item_id.encode()) > MAX_ID_BYTES:
+        raise QueryError(
+            f"item id {excerpt(item.item_id, 40)} cannot be stored in a Milvus collection: ids must be at "
+            f"most {MAX_ID_BYTES} bytes of UTF-8 without control characters"
+        )
+    if len(item.text.encode()) > MAX_TEXT_BYTES:
+        raise QueryError(
+            f"item {excerpt(item.item_id, 40)}: its text is over {MAX_TEXT_BYTES} bytes, the most a Milvus "
+            "collection stores; shorten it"
+        )
+
+
+class MilvusIndex:
+    """A Milvus collection as the engine's item store (see the module's docstring).
+
+    Thread-safe for reads (the pymilvus client is); the engine serialises its own edits, and
+    edits through several engines are applied by Milvus in the order they arrive.
+    """
+
+    def __init__(self, client: Any, collection: str, *, uri: str, dim: int, ef_search: int, timeout: float):
+        self._client = client
+        self.collection = collection
+        self.uri = uri
+        self._dim = dim
+        self.ef_search = ef_search
+        self.timeout = timeout
+
+    # -- connecting and building ----------------------------------------------------------------
+
+    @staticmethod
+    def client(uri: str, *, timeout: float = DEFAULT_TIMEOUT_S) -> Any:
+        """A pymilvus client for ``uri``; :class:`IndexUnavailableError` when it does not answer."""
+        pymilvus = _pymilvus()
+        try:
+            return pymilvus.MilvusClient(uri=uri, token=os.environ.get(TOKEN_ENV, ""), timeout=timeout)
+        except Exception as e:  # pymilvus raises several unrelated types for "cannot connect"
+            raise IndexUnavailableError(
+                f"cannot connect to Milvus at {uri!r} ({type(e).__name__}: {e}). Check that the server "
+                f"is running and the URI is right (a Milvus Lite URI is a local .db path); a token goes "
+                f"in ${TOKEN_ENV}"
+            ) from e
+
+    @classmethod
+    def connect(
+        cls, spec: IndexSpec, *, uri: str | None = None, timeout: float = DEFAULT_TIMEOUT_S
+    ) -> MilvusIndex:
+        """The collection a bundle's manifest names (at ``uri`` when given), checked against the
+        bundle: it must exist, hold vectors of the bundle's dimension, and rank by inner product."""
+        uri = uri or spec.uri or ""
+        name = spec.collection or ""
+        client = cls.client(uri, timeout=timeout)
+        index = cls(client, name, uri=uri, dim=spec.dim, ef_search=spec.ef_search, timeout=timeout)
+        index._check_collection(spec)
+        index._call(client.load_collection, name)
+        return index
+
+    def _check_collection(self, spec: IndexSpec) -> None:
+        if not self._call(self._client.has_collection, self.collection):
+            raise BundleError(
+                f"Milvus at {self.uri!r} has no collection {self.collection!r}. Build it from a bundle: "
+                f"recsys-infer index BUNDLE --out NEW --milvus {self.uri} --collection {self.collection}"
+            )
+        described = self._call(self._client.describe_collection, self.collection)
+        fields = {f["name"]: f for f in described.get("fields", [])}
+        if set(_FIELDS) - set(fields):
+            raise BundleError(
+                f"collection {self.collection!r} at {self.uri!r} has fields {sorted(fields)}; a recsys-infer "
+                f"collection has {list(_FIELDS)}. Was it built by `recsys-infer index --milvus`?"
+            )
+        dim = int(fields["vector"].get("params", {}).get("dim", -1))
+        if dim != spec.dim:
+            raise ConfigError(
+                f"collection {self.collection!r} at {self.uri!r} holds {dim}-d vectors, but this bundle's "
+                f"towers emit {spec.dim}-d ones: it was built from another model. Rebuild it with "
+                f"recsys-infer index BUNDLE --out NEW --milvus URI --collection NAME --overwrite"
+            )
+        metric = self._metric()
+        if metric != "IP":
+            raise ConfigError(
+                f"collection {self.collection!r} at {self.uri!r} ranks by {metric}; recsys-infer's towers "
+                "emit unit vectors compared by inner product (IP). Rebuild the collection with recsys-infer"
+            )
+
+    def _metric(self) -> str:
+        names = self._call(self._client.list_indexes, self.collection, field_name="vector")
+        if not names:
+            return "none"
+        info = self._call(self._client.describe_index, self.collection, index_name=names[0])
+        return str(info.get("metric_type", "unknown")).upper()
+
+    @classmethod
+    def create(
+        cls,
+        uri: str,
+        collection: str,
+        items: Sequence[Item],
+        vectors: np.ndarray,
+        *,
+        params: HnswParams,
+        space: Space = Space.IP,
+        overwrite: bool = False,
+        progress: bool = False,
+        timeout: float = DEFAULT_TIMEOUT_S,
+    ) -> MilvusIndex:
+        """A new collection holding ``items`` and their ``vectors``, with an HNSW index.
+
+        A failed build drops what it wrote. An existing collection needs ``overwrite=True`` and is
+        replaced by a copy built under a temporary name, then renamed; a Milvus that cannot
+        rename (Milvus Lite) gets the items written again under the final name, so there the old
+        collection is gone before the new one is whole."""
+        if space not in (Space.IP, Space.COSINE):
+            raise ConfigError(f"space {space!r} is not supported; towers emit unit vectors: use 'ip'")
+        if len(items) != len(vectors):
+            raise ValueError(f"{len(items)} items but {len(vectors)} vectors")
+        client = cls.client(uri, timeout=timeout)
+        dim = int(vectors.shape[1])
+        index = cls(client, collection, uri=uri, dim=dim, ef_search=params.ef_search, timeout=timeout)
+        exists = index._call(client.has_collection, collection)
+        if exists and not overwrite:
+            raise OutputExistsError(
+                f"Milvus at {uri!r} already has a collection {collection!r}; pass --overwrite "
+                "(overwrite=True) to replace it, or choose another --collection"
+            )
+        for item in items:
+            _check_writable(item)
+        data = np.asarray(vectors, dtype=np.float32)
+        # A new name is built in place; an existing collection is replaced by a staged copy.
+        staged = f"{collection}__building_{os.getpid()}" if exists else collection
+        made: list[str] = []
+        try:
+            cls._create_empty(index, staged, params)
+            made.append(staged)
+            cls(client, staged, uri=uri, dim=dim, ef_search=params.ef_search, timeout=timeout)._insert(
+                items, data, progress=progress
+            )
+            if exists:
+                index._call(client.drop_collection, collection)
+                try:
+                    index._call(client.rename_collection, staged, collection)
+                except (NotImplementedError, IndexUnavailableError):
+                    # Milvus Lite cannot rename: write the items again under the final name.
+                    logger.info("this Milvus cannot rename collections; writing %s in place", collection)
+                    cls._create_empty(index, collection, params)
+                    made.append(collection)
+                    index._insert(items, data, progress=progress)
+                    index._call(client.drop_collection, staged)
+        except BaseException:
+            for name in made:
+                try:
+                    client.drop_collection(name)
+                except Exception:  # the original error is the one to report
+                    logger.warning("could not drop the half-built collection %s", name, exc_info=True)
+            raise
+        index._call(client.load_collection, collection)
+        return index
+
+    @staticmethod
+    def _create_empty(index: MilvusIndex, name: str, params: HnswParams) -> None:
+        pymilvus = _pymilvus()
+        client = index._client
+        schema = pymilvus.MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        data_type = pymilvus.DataType
+        schema.add_field("item_id", data_type.VARCHAR, is_primary=True, max_length=MAX_ID_BYTES)
+        schema.add_field("vector", data_type.FLOAT_VECTOR, dim=index.dim)
+        schema.add_field("text", data_type.VARCHAR, max_length=MAX_TEXT_BYTES)
+        schema.add_field("attributes", data_type.JSON)
+        index_params = client.prepare_index_params()
+        index_params.add_index(
+            field_name="vector",
+            index_type="HNSW",
+            metric_type="IP",
+            params={"M": params.M, "efConstruction": params.ef_construction},
+        )
+        index._call(
+            client.create_collection,
+            name,
+            schema=schema,
+            index_params=index_params,
+            consistency_level="Strong",
+        )
+
+    def _insert(
+        self, items: Sequence[Item], vectors: np.ndarray, *, progress: bool = False, upsert: bool = False
+    ) -> None:
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(items), desc="Milvus insert", unit="item")
+        write = self._client.upsert if upsert else self._client.insert
+        for start in range(0, len(items), BATCH):
+            rows = [
+                {"item_id": it.item_id, "vector": vec, "text": it.text, "attributes": dict(it.attributes)}
+                for it, vec in zip(
+                    items[start : start + BATCH], vectors[start : start + BATCH].tolist(), strict=True
+                )
+            ]
+            self._call(write, self.collection, rows)
+            if bar is not None:
+                bar.update(len(rows))
+        if bar is not None:
+            bar.close()
+
+    def _call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """One Milvus call under the timeout; any failure of the server is an
+        :class:`IndexUnavailableError` (a 503 from the service), never a hang."""
+        pymilvus = _pymilvus()
+        try:
+            return method(*args, timeout=self.timeout, **kwargs)
+        except pymilvus.exceptions.MilvusException as e:
+            raise IndexUnavailableError(
+                f"Milvus at {self.uri!r} failed on {getattr(method, '__name__', 'a call')} for collection "
+                f"{self.collection!r}: {e}. Check the server; the request can be retried"
+            ) from e
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    def __len__(self) -> int:
+        rows = self._call(
+            self._client.query,
+            self.collection,
+            filter="",
+            output_fields=["count(*)"],
+            consistency_level="Strong",
+        )
+        return int(rows[0]["count(*)"])
+
+    def _scan(self, expression: str, fields: list[str]) -> Iterator[list[dict[str, Any]]]:
+        """Every row passing ``expression``, a page at a time."""
+        iterator = self._call(
+            self._client.query_iterator,
+            self.collection,
+            batch_size=BATCH,
+            filter=expression,
+            output_fields=fields,
+            consistency_level="Strong",
+        )
+        try:
+            while True:
+                page = self._call(iterator.next)
+                if not page:
+                    return
+                yield page
+        finally:
+            iterator.close()
+
+    def ids(self) -> tuple[str, ...]:
+        """Every item id, in the collection's order (not insertion order)."""
+        return tuple(row["item_id"] for page in self._scan("", ["item_id"]) for row in page)
+
+    def _rows(self, ids: Sequence[str], fields: list[str]) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        unique = list(dict.fromkeys(ids))
+        for start in range(0, len(unique), BATCH):
+            rows = self._call(
+                self._client.query,
+                self.collection,
+                filter=ids_expression(unique[start : start + BATCH]),
+                output_fields=["item_id", *fields],
+                consistency_level="Strong",
+            )
+            out.update((row["item_id"], row) for row in rows)
+        return out
+
+    def missing(self, ids: Sequence[str]) -> list[str]:
+        found = self._rows(ids, [])
+        return [i for i in ids if i not in found]
+
+    def _found(self, ids: Sequence[str], fields: list[str]) -> list[dict[str, Any]]:
+        rows = self._rows(ids, fields)
+        unknown = [i for i in ids if i not in rows]
+        if unknown:  # removed through another engine since this request was checked
+            raise UnknownItemError(unknown, len(self), what="item")
+        return [rows[i] for i in ids]
+
+    def items(self, ids: Sequence[str]) -> list[Item]:
+        return [_item(row) for row in self._found(ids, ["text", "attributes"])]
+
+    def vectors(self, ids: Sequence[str]) -> np.ndarray:
+        if not len(ids):
+            return np.zeros((0, self._dim), dtype=np.float32)
+        return np.asarray([row["vector"] for row in self._found(ids, ["vector"])], dtype=np.float32)
+
+    # -- search ---------------------------------------------------------------------------------
+
+    def search(
+        self,
+        vectors: np.ndarray,
+        k: int,
+        *,
+        blocked: Sequence[frozenset[str]],
+        allow: frozenset[str] | None = None,
+        where: AttributeFilter | None = None,
+    ) -> list[list[Hit]]:
+        pushed = []
+        if allow is not None:
+            pushed.append(ids_expression(sorted(allow)))
+        if isinstance(where, Where):
+            expression = where_expression(where)
+            if expression:
+                pushed.append(expression)
+        expression = " and ".join(f"({p})" for p in pushed)
+        results: list[list[Hit] | None] = [None] * len(blocked)
+        pending = list(range(len(blocked)))
+        fetch = k + max((len(b) for b in blocked), default=0)
+        if where is not None:
+            fetch *= 4  # what the pushed-down expression cannot decide is checked here
+        while pending:
+            fetch = min(fetch, MAX_FETCH)
+            hits = self._search(vectors[pending], fetch, expression)
+            still = []
+            for row, found in zip(pending, hits, strict=True):
+                kept = [
+                    (item, s)
+                    for item, s in found
+                    if item.item_id not in blocked[row] and _passes(item, where)
+                ]
+                if len(kept) >= k or len(found) < fetch:  # enough, or everything that passes
+                    results[row] = kept[:k]
+                else:
+                    still.append(row)
+            pending = still
+            if pending and fetch == MAX_FETCH:
+                for row in pending:
+                    results[row] = self._scan_best(vectors[row], k, expression, blocked[row], where)
+                break
+            fetch *= 4
+        return [r or [] for r in results]
+
+    def _search(self, vectors: np.ndarray, limit: int, expression: str) -> list[list[Hit]]:
+        answer = self._call(
+            self._client.search,
+            self.collection,
+            data=np.asarray(vectors, dtype=np.float32).tolist(),
+            limit=limit,
+            filter=expression,
+            output_fields=["text", "attributes"],
+            search_params={"metric_type": "IP", "params": {"ef": max(self.ef_search, limit)}},
+            consistency_level="Strong",
+        )
+        return [
+            [(_item({**hit["entity"], "item_id": hit["item_id"]}), float(hit["distance"])) for hit in row]
+            for row in answer
+        ]
+
+    def _scan_best(
+        self,
+        vector: np.ndarray,
+        k: int,
+        expression: str,
+        blocked: frozenset[str],
+        where: AttributeFilter | None,
+    ) -> list[Hit]:
+        """Exact top ``k`` over every row that passes: for filters so narrow that the search's
+        largest fetch finds too few."""
+        best: list[Hit] = []
+        for page in self._scan(expression, list(_FIELDS)):
+            items = [_item(row) for row in page]
+            keep = [n for n, it in enumerate(items) if it.item_id not in blocked and _passes(it, where)]
+            if not keep:
+                continue
+            scores = np.asarray([page[n]["vector"] for n in keep], dtype=np.float32) @ vector
+            best += [(items[n], float(s)) for n, s in zip(keep, scores, strict=True)]
+            best = sorted(best, key=lambda h: -h[1])[:k]
+        return best
+
+    # -- edits ----------------------------------------------------------------------------------
+
+    def write(self, items: Sequence[Item], vectors: np.ndarray, mode: EditMode) -> tuple[int, int]:
+        for item in items:
+            _check_writable(item)
+        unknown = self.missing([i.item_id for i in items])
+        if mode == "add":
+            gone = set(unknown)
+            refuse_taken([i.item_id for i in items if i.item_id not in gone])
+        if mode == "update" and unknown:
+            raise UnknownItemError(unknown, len(self), what="item")
+        if items:
+            self._insert(items, np.asarray(vectors, dtype=np.float32), upsert=True)
+        return len(unknown), len(items) - len(unknown)
+
+    def remove(self, ids: Sequence[str]) -> None:
+        for start in range(0, len(ids), BATCH):
+            self._call(
+                self._client.delete, self.collection, filter=ids_expression(ids[start : start + BATCH])
+            )
+
+    def drop(self) -> None:
+        """Delete the whole collection (tests and benchmarks clean up with this)."""
+        self._call(self._client.drop_collection, self.collection)
+
+
+def _item(row: Mapping[str, Any]) -> Item:
+    return Item(row["item_id"], row["text"], row.get("attributes") or {})
+
+
+def _passes(item: Item, where: AttributeFilter | None) -> bool:
+    return where is None or bool(where(item.attributes))
+
+
+def lite_uri(path: str | Path) -> str:
+    """A Milvus Lite URI (a local ``.db`` path) made absolute, so that a bundle recording it
+    works from any directory."""
+    return str(Path(path).expanduser().resolve())
+
+
+def is_lite(uri: str) -> bool:
+    return uri.endswith(".db") and "://" not in uri
