@@ -10,6 +10,7 @@ import functools
 import json
 import logging
 import os
+import time
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
@@ -853,11 +854,36 @@ def serve(
             rich_help_panel="Limits",
         ),
     ] = None,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            help="Serve replicas on Ray Serve: 'local' starts a local cluster, HOST:PORT joins one. The "
+            "bundle's index should be in Milvus (see `index --milvus`). Needs the 'scale' extra.",
+            rich_help_panel="Ray Serve",
+        ),
+    ] = None,
+    replicas: Annotated[
+        int, typer.Option(min=1, help="Replicas on Ray Serve.", rich_help_panel="Ray Serve")
+    ] = 2,
+    detach: Annotated[
+        bool,
+        typer.Option(
+            help="Deploy (or roll out a new bundle) and return, leaving the replicas running.",
+            rich_help_panel="Ray Serve",
+        ),
+    ] = False,
+    allow_local_index: Annotated[
+        bool,
+        typer.Option(
+            help="Let Ray Serve replicas each hold a copy of an embedded index (read-only serving).",
+            rich_help_panel="Ray Serve",
+        ),
+    ] = False,
 ) -> None:
     """Serve a bundle over HTTP: /recommend, /items, /healthz, /info, /metrics (needs the serve extra).
 
     Limits come from the flags, else RECSYS_INFER_* variables, else the defaults; GET /info shows
-    those in force."""
+    those in force. With --ray, N replicas run on Ray Serve behind its proxy on HOST:PORT."""
     try:
         import uvicorn
 
@@ -884,9 +910,45 @@ def serve(
         typer.echo(f"catalogue editing routes are off: set {API_KEY_ENV} to enable them", err=True)
         if settings.auth_reads:
             raise typer.BadParameter(f"--auth-reads needs {API_KEY_ENV} set to the key clients will send")
+    if ray is not None:
+        _serve_on_ray(bundle, settings, ray, replicas, threads, host, port, detach, allow_local_index)
+        return
     uvicorn.run(
         create_app(bundle, threads=threads, settings=settings), host=host, port=port, log_level="info"
     )
+
+
+def _serve_on_ray(
+    bundle: Path,
+    settings: Any,
+    ray: str,
+    replicas: int,
+    threads: int | None,
+    host: str,
+    port: int,
+    detach: bool,
+    allow_local_index: bool,
+) -> None:
+    if detach and ray == "local":
+        raise typer.BadParameter(
+            "--detach leaves replicas on a running cluster, but --ray local starts one that ends with this "
+            "command; start a cluster (`ray start --head`) and pass --ray HOST:PORT"
+        )
+    from .scale import serving
+
+    url = serving.deploy(
+        bundle, replicas=replicas, threads=threads, settings=settings, host=host, port=port,
+        address=None if ray == "local" else ray, allow_local_index=allow_local_index,
+    )  # fmt: skip
+    typer.echo(f"{replicas} replica(s) of {bundle} serving at {url}")
+    if detach:
+        return
+    typer.echo("Ctrl-C stops them")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        serving.shutdown()
 
 
 @app.command()

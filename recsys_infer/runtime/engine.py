@@ -301,6 +301,12 @@ class Engine:
         return self._device
 
     @property
+    def shared_index(self) -> bool:
+        """True when the items live in a shared index (a Milvus collection): edits are stored
+        there at once, and every engine connected to it sees them; nothing is left to save."""
+        return not isinstance(self.store, LocalItems)
+
+    @property
     def dim(self) -> int:
         return self.user_encoder.dim
 

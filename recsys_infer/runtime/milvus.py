@@ -312,12 +312,14 @@ class MilvusIndex:
         if bar is not None:
             bar.close()
 
-    def _call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """One Milvus call under the timeout; any failure of the server is an
-        :class:`IndexUnavailableError` (a 503 from the service), never a hang."""
+    def _call(self, method: Callable[..., Any], *args: Any, timed: bool = True, **kwargs: Any) -> Any:
+        """One Milvus call under the timeout (``timed``: the method takes one); any failure of
+        the server is an :class:`IndexUnavailableError` (a 503 from the service), never a hang."""
         pymilvus = _pymilvus()
+        if timed:
+            kwargs["timeout"] = self.timeout
         try:
-            return method(*args, timeout=self.timeout, **kwargs)
+            return method(*args, **kwargs)
         except pymilvus.exceptions.MilvusException as e:
             raise IndexUnavailableError(
                 f"Milvus at {self.uri!r} failed on {getattr(method, '__name__', 'a call')} for collection "
@@ -352,7 +354,7 @@ class MilvusIndex:
         )
         try:
             while True:
-                page = self._call(iterator.next)
+                page = self._call(iterator.next, timed=False)
                 if not page:
                     return
                 yield page

@@ -235,7 +235,9 @@ def _encode_on_ray(
     finished: Callable[[int, np.ndarray], None],
 ) -> None:
     ray = start_ray(address, num_cpus=None if address else max(os.cpu_count() or 1, workers * threads))
-    rows = [{"shard": s, "texts": list(texts[plan.rows(s)[0] : plan.rows(s)[1]])} for s in todo]
+    rows: list[dict[str, Any]] = [
+        {"shard": s, "texts": list(texts[plan.rows(s)[0] : plan.rows(s)[1]])} for s in todo
+    ]
     # Longest texts first, so the slowest shards do not come last.
     rows.sort(key=lambda r: -sum(len(t) for t in r["texts"]))
     dataset = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(

@@ -91,19 +91,39 @@ class Service:
     """The engine, its batcher and the admission count; the routes call into this."""
 
     def __init__(
-        self, bundle: Path, settings: ServeSettings, *, threads: int | None, metrics: Metrics
+        self,
+        bundle: Path,
+        settings: ServeSettings,
+        *,
+        threads: int | None,
+        metrics: Metrics,
+        ray_serve: bool = False,
     ) -> None:
         self.bundle = Path(bundle)
         self.settings = settings
         self.threads = threads
+        self.ray_serve = ray_serve
         self.engine = Engine.load(self.bundle, device="auto", threads=threads)
-        self.batcher = MicroBatcher(
-            self.engine,
-            max_batch=settings.max_batch,
-            max_wait_us=settings.max_wait_us,
-            max_queue=settings.max_pending,
-            on_batch=metrics.batch_sizes.observe,
-        )
+        self.batcher: Any
+        if ray_serve:
+            from recsys_infer.scale.serving import ServeBatcher, replica_id
+
+            self.replica: str | None = replica_id()
+            self.batcher = ServeBatcher(
+                self.engine,
+                max_batch=settings.max_batch,
+                max_wait_us=settings.max_wait_us,
+                on_batch=metrics.batch_sizes.observe,
+            )
+        else:
+            self.replica = None
+            self.batcher = MicroBatcher(
+                self.engine,
+                max_batch=settings.max_batch,
+                max_wait_us=settings.max_wait_us,
+                max_queue=settings.max_pending,
+                on_batch=metrics.batch_sizes.observe,
+            )
         self.metrics = metrics
         self.dirty = False
         self.edit_lock = threading.Lock()
@@ -151,6 +171,11 @@ class Service:
     def swap(self, bundle: Path) -> None:
         """Load ``bundle`` and serve from it; requests in flight finish on the old engine."""
         with self.edit_lock:
+            if self.ray_serve:
+                raise QueryError(
+                    "under Ray Serve a swap would change one replica only; roll the new bundle out to "
+                    "every replica by deploying it: recsys-infer serve NEW_BUNDLE --ray ADDRESS --detach"
+                )
             if self.dirty:
                 raise QueryError("there are unsaved catalogue edits; POST /admin/save first, then swap")
             fresh = Engine.load(bundle, device="auto", threads=self.threads)
@@ -180,6 +205,7 @@ class Service:
             "towers": towers,
             "index": encode(engine.manifest.index) if engine.manifest else None,
             "limits": self.settings.to_json(),
+            "replica": self.replica,
             "editing": bool(os.environ.get(API_KEY_ENV)),
             "unsaved_edits": self.dirty,
         }
@@ -192,9 +218,11 @@ def create_app(
     settings: ServeSettings | None = None,
     max_batch: int | None = None,
     max_wait_us: int | None = None,
+    ray_serve: bool = False,
 ) -> FastAPI:
     """The ASGI app serving ``bundle`` (loaded when the app starts). ``settings`` default to
-    :meth:`ServeSettings.from_env`; ``max_batch`` and ``max_wait_us`` override theirs."""
+    :meth:`ServeSettings.from_env`; ``max_batch`` and ``max_wait_us`` override theirs.
+    ``ray_serve``: the app is a Ray Serve replica (see :mod:`recsys_infer.scale.serving`)."""
     settings = settings or ServeSettings.from_env()
     if max_batch is not None:
         settings = dataclasses.replace(settings, max_batch=max_batch)
@@ -205,7 +233,9 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        holder["service"] = Service(Path(bundle), settings, threads=threads, metrics=metrics)
+        holder["service"] = Service(
+            Path(bundle), settings, threads=threads, metrics=metrics, ray_serve=ray_serve
+        )
         try:
             yield
         finally:
@@ -222,6 +252,8 @@ def create_app(
         lifespan=lifespan,
     )
     app.add_middleware(Guard, max_body=settings.max_body_bytes, observe=metrics.observe)
+    if ray_serve:
+        _name_the_replica(app, holder)
     _install_error_handlers(app, settings)
     deps = _Dependencies(holder, settings)
     bodies = make_bodies(settings)
@@ -229,6 +261,18 @@ def create_app(
     _edit_routes(app, deps, bodies)
     _status_routes(app, deps, metrics)
     return app
+
+
+def _name_the_replica(app: FastAPI, holder: dict[str, Service]) -> None:
+    from recsys_infer.scale.serving import REPLICA_HEADER
+
+    @app.middleware("http")
+    async def replica_header(request: Request, call_next: Any) -> Any:
+        response = await call_next(request)
+        service = holder.get("service")
+        if service is not None and service.replica:
+            response.headers[REPLICA_HEADER] = service.replica
+        return response
 
 
 class _Dependencies:
@@ -321,14 +365,14 @@ def _edit_routes(app: FastAPI, deps: _Dependencies, bodies: Bodies) -> None:
                 s.engine.upsert_items(ids, texts, attrs)
             else:
                 s.engine.add_items(ids, texts, attrs)
-            s.dirty = True
+            s.dirty = not s.engine.shared_index
         return {"items": len(s.engine), "changed": len(ids)}
 
     @app.delete("/items/{item_id:path}", summary="Remove an item from the live catalogue (ids may hold '/')")
     def remove_item(item_id: str, s: Annotated[Service, Depends(deps.editor)]) -> dict[str, Any]:
         with s.edit_lock:
             s.engine.remove_items([item_id])
-            s.dirty = True
+            s.dirty = not s.engine.shared_index
         return {"items": len(s.engine), "removed": item_id}
 
     @app.post("/admin/save", summary="Persist catalogue edits into the bundle (crash-safe)")
