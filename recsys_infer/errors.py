@@ -13,7 +13,7 @@ One tree, so a service can catch what it can handle and let the rest through::
     ├── QueryError (ValueError)    a request to the engine is malformed
     │   └── UnknownItemError           a history names an item the catalogue lacks
     ├── OverloadedError            too much work is waiting; retry later (HTTP 429)
-    ├── IndexUnavailableError      the item index's server (Milvus) cannot be reached (HTTP 503)
+    ├── BackendUnavailableError    a server it relies on (Milvus, a Ray cluster) does not answer (HTTP 503)
     ├── DeviceUnavailableError     the requested device cannot run this bundle
     ├── ExportError                an export failed
     │   └── ParityError                ONNX Runtime disagrees with PyTorch beyond tolerance
@@ -98,9 +98,10 @@ class OverloadedError(RecsysError):
     """More requests are waiting than the service or micro-batcher accepts; retry shortly."""
 
 
-class IndexUnavailableError(RecsysError):
-    """The item index lives on a server (Milvus) that did not answer: unreachable at start, or
-    gone mid-request. Never answered by falling back to another index."""
+class BackendUnavailableError(RecsysError):
+    """A server recsys-infer relies on did not answer: the Milvus holding the item index
+    (unreachable at start, or gone mid-request) or a Ray cluster. Never answered by falling
+    back to something else (another index, a local cluster)."""
 
 
 class DeviceUnavailableError(RecsysError):

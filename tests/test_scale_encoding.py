@@ -51,3 +51,18 @@ def test_a_killed_run_resumes_without_redoing_finished_shards(tiny_bundle: Path,
     again: list[int] = []
     encode_catalogue(tiny_bundle, texts, work, items_sha256="y", shard_size=64, on_shard=again.append)
     assert again == [0, 1, 2, 3, 4]
+
+
+def test_an_unreachable_ray_address_is_a_clear_error_at_once(tiny_bundle: Path, tmp_path: Path) -> None:
+    import time
+
+    pytest.importorskip("ray")
+    from recsys_infer.errors import BackendUnavailableError, ConfigError
+
+    started = time.monotonic()
+    with pytest.raises(BackendUnavailableError, match="nothing answers at the Ray address '127.0.0.1:1'"):
+        encode_catalogue(tiny_bundle, ["a", "b"], tmp_path / "w", items_sha256="x", use_ray=True,
+                         ray_address="127.0.0.1:1")  # fmt: skip
+    assert time.monotonic() - started < 20
+    with pytest.raises(ConfigError, match="HOST:PORT"):
+        encode_catalogue(tiny_bundle, ["a"], tmp_path / "w", items_sha256="x", use_ray=True, ray_address="nowhere")

@@ -35,7 +35,7 @@ from recsys_infer.enums import Space
 from recsys_infer.errors import (
     BundleError,
     ConfigError,
-    IndexUnavailableError,
+    BackendUnavailableError,
     MissingDependencyError,
     OutputExistsError,
     QueryError,
@@ -52,7 +52,7 @@ logger = logging.getLogger(__name__)
 
 #: The environment variable that holds the Milvus token (``user:password`` or an API key).
 TOKEN_ENV = "RECSYS_INFER_MILVUS_TOKEN"
-#: Seconds any one Milvus call may take before it is an :class:`IndexUnavailableError`.
+#: Seconds any one Milvus call may take before it is an :class:`BackendUnavailableError`.
 DEFAULT_TIMEOUT_S = 10.0
 #: The longest item id and item text a collection stores (UTF-8 bytes).
 MAX_ID_BYTES = 1024
@@ -140,12 +140,12 @@ class MilvusIndex:
 
     @staticmethod
     def client(uri: str, *, timeout: float = DEFAULT_TIMEOUT_S) -> Any:
-        """A pymilvus client for ``uri``; :class:`IndexUnavailableError` when it does not answer."""
+        """A pymilvus client for ``uri``; :class:`BackendUnavailableError` when it does not answer."""
         pymilvus = _pymilvus()
         try:
             return pymilvus.MilvusClient(uri=uri, token=os.environ.get(TOKEN_ENV, ""), timeout=timeout)
         except Exception as e:  # pymilvus raises several unrelated types for "cannot connect"
-            raise IndexUnavailableError(
+            raise BackendUnavailableError(
                 f"cannot connect to Milvus at {uri!r} ({type(e).__name__}: {e}). Check that the server "
                 f"is running and the URI is right (a Milvus Lite URI is a local .db path); a token goes "
                 f"in ${TOKEN_ENV}"
@@ -248,7 +248,7 @@ class MilvusIndex:
                 index._call(client.drop_collection, collection)
                 try:
                     index._call(client.rename_collection, staged, collection)
-                except (NotImplementedError, IndexUnavailableError):
+                except (NotImplementedError, BackendUnavailableError):
                     # Milvus Lite cannot rename: write the items again under the final name.
                     logger.info("this Milvus cannot rename collections; writing %s in place", collection)
                     cls._create_empty(index, collection, params)
@@ -314,14 +314,14 @@ class MilvusIndex:
 
     def _call(self, method: Callable[..., Any], *args: Any, timed: bool = True, **kwargs: Any) -> Any:
         """One Milvus call under the timeout (``timed``: the method takes one); any failure of
-        the server is an :class:`IndexUnavailableError` (a 503 from the service), never a hang."""
+        the server is an :class:`BackendUnavailableError` (a 503 from the service), never a hang."""
         pymilvus = _pymilvus()
         if timed:
             kwargs["timeout"] = self.timeout
         try:
             return method(*args, **kwargs)
         except pymilvus.exceptions.MilvusException as e:
-            raise IndexUnavailableError(
+            raise BackendUnavailableError(
                 f"Milvus at {self.uri!r} failed on {getattr(method, '__name__', 'a call')} for collection "
                 f"{self.collection!r}: {e}. Check the server; the request can be retried"
             ) from e

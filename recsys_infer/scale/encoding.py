@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -24,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from recsys_infer.errors import ConfigError, IndexUnavailableError, MissingDependencyError
+from recsys_infer.errors import ConfigError, BackendUnavailableError, MissingDependencyError
 from recsys_infer.runtime.bundle import MANIFEST, sha256_file
 from recsys_infer.runtime.engine import load_item_tower
 
@@ -210,18 +211,36 @@ def start_ray(address: str | None, *, num_cpus: int | None = None) -> Any:
         raise MissingDependencyError("ray", "scale") from None
     if ray.is_initialized():
         return ray
+    if address and address != "auto":
+        _reachable(address)
     try:
         if address:
             ray.init(address=address, include_dashboard=False, log_to_driver=False)
         else:
             ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     except (ConnectionError, RuntimeError, TimeoutError, ValueError) as e:
-        raise IndexUnavailableError(
+        raise BackendUnavailableError(
             f"cannot connect to the Ray cluster at {address!r} ({type(e).__name__}: {e}). Start it "
             "(`ray start --head`) or pass its address as --ray HOST:PORT; --ray without an address "
             "starts a local cluster"
         ) from e
     return ray
+
+
+def _reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail at once, naming the address, when nothing listens there (``ray.init`` would retry
+    for minutes)."""
+    hostport = address.split("://", 1)[-1].rsplit("/", 1)[0]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"a Ray address is HOST:PORT or ray://HOST:PORT, got {address!r}")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise BackendUnavailableError(
+            f"nothing answers at the Ray address {address!r} ({e}). Start the cluster (`ray start --head` "
+            "prints its address) or check the address; --ray local starts a local cluster instead"
+        ) from e
 
 
 def _encode_on_ray(

@@ -31,7 +31,7 @@ from starlette.exceptions import HTTPException
 
 from recsys_infer import __version__
 from recsys_infer.errors import (
-    IndexUnavailableError,
+    BackendUnavailableError,
     OverloadedError,
     QueryError,
     RecsysError,
@@ -326,7 +326,7 @@ def _install_error_handlers(app: FastAPI, settings: ServeSettings) -> None:
             return error_response(429, str(e), headers={"Retry-After": str(settings.retry_after_s)})
         if isinstance(e, UnknownItemError):
             return error_response(404, str(e))
-        if isinstance(e, IndexUnavailableError):
+        if isinstance(e, BackendUnavailableError):
             return error_response(503, str(e), headers={"Retry-After": str(settings.retry_after_s)})
         if isinstance(e, OverLimitError):
             return error_response(422, str(e), kind="over_limit")

@@ -1,0 +1,196 @@
+"""The item index in Milvus (Milvus Lite here): the bundle contract, filters pushed down or not,
+and clear errors for an unreachable server, a wrong collection and a server lost mid-request.
+
+The engine's own tests (edits, filters, threads, explanations) run on Milvus too: see the
+``engine`` fixture of ``test_live.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from recsys_infer import Engine
+from recsys_infer.errors import BackendUnavailableError, BundleError, ConfigError, OutputExistsError, QueryError
+from recsys_infer.runtime.catalog import Item
+from recsys_infer.runtime.index import HnswParams
+from recsys_infer.runtime.options import Where
+
+pytest.importorskip("pymilvus")
+pytest.importorskip("milvus_lite")
+
+from recsys_infer.runtime.milvus import MilvusIndex, ids_expression, where_expression  # noqa: E402
+from recsys_infer.runtime.reindex import MilvusTarget, reindex_bundle  # noqa: E402
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def milvus_server(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A Milvus Lite server in a process of its own, as a Milvus server would be."""
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(tmp_path / "srv.db"), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            time.sleep(0.2)
+    yield f"http://127.0.0.1:{port}", proc
+    proc.kill()
+    proc.wait()
+
+
+@pytest.fixture
+def milvus_bundle(tiny_bundle: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "mb"
+    reindex_bundle(tiny_bundle, None, out, milvus=MilvusTarget(str(tmp_path / "lite.db"), "items"), progress=False)
+    return out
+
+
+def test_the_manifest_records_the_collection_and_the_same_answers_come_back(
+    tiny_bundle: Path, milvus_bundle: Path, tmp_path: Path
+) -> None:
+    index = json.loads((milvus_bundle / "manifest.json").read_text())["index"]
+    assert index["kind"] == "milvus" and index["collection"] == "items"
+    assert index["uri"] == str(tmp_path / "lite.db") and "file" not in index
+    assert not (milvus_bundle / "item_index.hnsw").exists()
+    on_milvus = Engine.load(milvus_bundle, device="cpu", threads=1)
+    exact = Engine.load(tiny_bundle, device="cpu", threads=1, exact=True)
+    assert len(on_milvus) == len(exact) == 300 and set(on_milvus.item_ids) == set(exact.item_ids)
+    queries = [{"text": t} for t in ("headphones", "a tent for two", "coffee grinder")]
+    queries += [{"history": list(exact.item_ids[i : i + 3])} for i in range(0, 60, 6)]
+    got = on_milvus.recommend_batch(queries, k=10)
+    want = exact.recommend_batch(queries, k=10)
+    overlap = np.mean([len({r.item_id for r in g} & {r.item_id for r in w}) / 10 for g, w in zip(got, want)])
+    assert overlap >= 0.95
+    for g, w in zip(got, want, strict=True):
+        assert g[0].score == pytest.approx(w[0].score, abs=1e-4)
+        assert g[0].text == exact.item(g[0].item_id).text
+    with pytest.raises(BundleError, match="Milvus"):
+        Engine.load(milvus_bundle, device="cpu", exact=True)
+
+
+def test_where_filters_pushed_down_or_not_keep_exactly_what_they_should(milvus_bundle: Path, tiny_bundle: Path) -> None:
+    engine = Engine.load(milvus_bundle, device="cpu", threads=1)
+    exact = Engine.load(tiny_bundle, device="cpu", threads=1, exact=True)
+    items = exact.items(exact.item_ids)
+    category = items[0].attributes["category"]
+    price = items[0].attributes["price"]
+    cases = [
+        {"category": category},  # a string: pushed down
+        {"category": [category, "no such category"]},
+        {"price": price},  # a number: checked after the search
+        {"category": category, "price": [price, -1]},
+    ]
+    for where in cases:
+        passing = [i for i in items if Where.of(where)(i.attributes)]
+        k = min(5, len(passing))
+        got = engine.recommend(text="gift", k=k, where=where)
+        want = exact.recommend(text="gift", k=k, where=where)
+        assert [r.item_id for r in got] == [r.item_id for r in want], where
+    # A function cannot be pushed down; a rare match still fills k.
+    got = engine.recommend(text="gift", k=1, where=lambda a: a.get("price") == price)
+    assert [r.attributes["price"] for r in got] == [price]
+
+
+def test_filter_expressions_are_literal_and_safe() -> None:
+    assert ids_expression(["a", 'we"ird\\id']) == 'item_id in ["a", "we\\"ird\\\\id"]'
+    assert ids_expression(["x", "bell\x07"], negate=True) == 'item_id not in ["x"]'  # unwritable: dropped
+    where = Where.of({"genre": ["Drama", True], "year": 1999, "bad key": "x"})
+    expression = where_expression(where)
+    assert expression is not None and "year" not in expression and "bad key" not in expression
+    assert 'attributes["genre"] == "Drama"' in expression and "json_contains(attributes[\"genre\"], true)" in expression
+    assert where_expression(Where.of({"year": 1999})) is None
+
+
+def test_writes_refuse_what_a_collection_cannot_hold(milvus_bundle: Path) -> None:
+    engine = Engine.load(milvus_bundle, device="cpu", threads=1)
+    with pytest.raises(QueryError, match="cannot be stored in a Milvus collection"):
+        engine.add_items(["bell\x07"], ["a text"])
+    with pytest.raises(QueryError, match="over 65535 bytes"):
+        engine.add_items(["long"], ["word " * 20_000])
+    assert engine.shared_index and len(engine) == 300
+
+
+def test_unreachable_server_and_wrong_collections_are_clear_errors(milvus_bundle: Path, tmp_path: Path) -> None:
+    started = time.monotonic()
+    with pytest.raises(BackendUnavailableError, match="cannot connect to Milvus at 'http://127.0.0.1:1'"):
+        Engine.load(milvus_bundle, device="cpu", milvus_uri="http://127.0.0.1:1")
+    assert time.monotonic() - started < 30  # an error, not a hang
+    with pytest.raises(BundleError, match="has no collection 'items'"):
+        Engine.load(milvus_bundle, device="cpu", milvus_uri=str(tmp_path / "empty.db"))
+    # A collection of another model's vectors (another dimension) is refused at load.
+    other = str(tmp_path / "other.db")
+    vectors = np.eye(8, dtype=np.float32)
+    MilvusIndex.create(other, "items", [Item(f"i{n}", f"item {n}") for n in range(8)], vectors, params=HnswParams())
+    with pytest.raises(ConfigError, match="holds 8-d vectors, but this bundle's towers emit 32-d"):
+        Engine.load(milvus_bundle, device="cpu", milvus_uri=other)
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        MilvusIndex.create(other, "items", [Item("a", "a")], vectors[:1], params=HnswParams())
+
+
+def test_a_server_lost_mid_flight_is_a_503_never_a_hang(
+    tiny_bundle: Path, tmp_path: Path, milvus_server: tuple[str, subprocess.Popen[bytes]]
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from recsys_infer.serve import create_app
+
+    uri, proc = milvus_server
+    out = tmp_path / "served"
+    reindex_bundle(tiny_bundle, None, out, milvus=MilvusTarget(uri, "items"), progress=False)
+    with TestClient(create_app(out, threads=1)) as client:
+        ok = client.post("/recommend", json={"text": "headphones", "k": 3})
+        assert ok.status_code == 200 and len(ok.json()["items"]) == 3
+        proc.kill()
+        proc.wait()
+        started = time.monotonic()
+        lost = client.post("/recommend", json={"text": "headphones", "k": 3})
+        assert lost.status_code == 503, lost.text
+        assert lost.json()["error"]["type"] == "unavailable" and "Milvus at" in lost.json()["error"]["message"]
+        assert lost.headers["retry-after"] == "1"
+        assert time.monotonic() - started < 30
+
+
+@pytest.mark.slow
+def test_recall_against_exact_search_on_movielens(tiny_bundle: Path, tmp_path: Path) -> None:
+    """The collection's HNSW (M 16, ef 64) against exact search, on the ml-latest-small catalogue."""
+    movies = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-latest-small" / "movies.csv"
+    if not movies.is_file():
+        pytest.skip(f"{movies} is not here")
+    import csv
+
+    with movies.open(encoding="utf-8", newline="") as f:
+        rows = [{"item_id": r["movieId"], "title": r["title"], "genres": r["genres"]} for r in csv.DictReader(f)]
+    items = tmp_path / "movies.jsonl"
+    items.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    out = tmp_path / "ml"
+    reindex_bundle(tiny_bundle, items, out, milvus=MilvusTarget(str(tmp_path / "ml.db"), "ml"), progress=False)
+    engine = Engine.load(out, device="cpu", threads=1)
+    vectors = np.load(out / "item_vectors.npy")
+    rng = np.random.default_rng(0)
+    queries = vectors[rng.choice(len(vectors), 300, replace=False)] + rng.normal(0, 0.05, (300, vectors.shape[1]))
+    queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
+    hits = engine.store.search(queries, 10, blocked=[frozenset()] * len(queries))
+    ids = json.loads((out / "item_ids.json").read_text())
+    exact = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
+    recall = np.mean([len({i.item_id for i, _ in h} & {ids[j] for j in e}) / 10 for h, e in zip(hits, exact)])
+    assert recall >= 0.95, recall

@@ -1,0 +1,137 @@
+"""On a local Ray cluster started here: catalogue encoding on Ray Data, and two Ray Serve
+replicas sharing one Milvus collection. Marked ``cluster`` (a cluster start costs seconds to a
+minute); ``.ci/run`` runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("ray")
+pytest.importorskip("milvus_lite")
+httpx = pytest.importorskip("httpx")
+
+from recsys_infer.runtime.reindex import MilvusTarget, reindex_bundle  # noqa: E402
+from recsys_infer.scale.encoding import encode_catalogue  # noqa: E402
+
+pytestmark = pytest.mark.cluster
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[None]:
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def _texts(bundle: Path) -> list[str]:
+    return [json.loads(line)["text"] for line in (bundle / "catalog.jsonl").read_text().splitlines()]
+
+
+def test_ray_data_encodes_the_same_vectors_and_resumes(cluster: None, tiny_bundle: Path, tmp_path: Path) -> None:
+    texts = _texts(tiny_bundle)
+    local, _ = encode_catalogue(tiny_bundle, texts, tmp_path / "local", items_sha256="x", shard_size=50)
+    done: list[int] = []
+
+    def die_after_three(shard: int) -> None:
+        done.append(shard)
+        if len(done) == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        encode_catalogue(tiny_bundle, texts, tmp_path / "ray", items_sha256="x", shard_size=50, workers=2,
+                         use_ray=True, on_shard=die_after_three)  # fmt: skip
+    redone: list[int] = []
+    on_ray, report = encode_catalogue(tiny_bundle, texts, tmp_path / "ray", items_sha256="x", shard_size=50,
+                                      workers=2, use_ray=True, on_shard=redone.append)  # fmt: skip
+    assert float(np.abs(on_ray - local).max()) < 1e-5
+    assert report.backend == "ray" and report.reused_shards == 3 and sorted(redone + done) == list(range(6))
+
+
+@pytest.fixture
+def milvus_uri(tmp_path: Path) -> Iterator[str]:
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(tmp_path / "srv.db"), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            time.sleep(0.2)
+    yield f"http://127.0.0.1:{port}"
+    proc.kill()
+    proc.wait()
+
+
+def _by_replica(client: httpx.Client, body: dict[str, object], calls: int = 40) -> dict[str, set[str]]:
+    """The items each replica answered with, over enough calls to reach both."""
+    seen: dict[str, set[str]] = {}
+    for _ in range(calls):
+        r = client.post("/recommend", json=body)
+        assert r.status_code == 200, r.text
+        seen.setdefault(r.headers["x-recsys-replica"], set()).update(i["item_id"] for i in r.json()["items"])
+    return seen
+
+
+def test_two_replicas_share_one_collection(
+    cluster: None, tiny_bundle: Path, tmp_path: Path, milvus_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from recsys_infer.scale import serving
+
+    monkeypatch.setenv("RECSYS_INFER_API_KEY", "secret")
+    bundle = tmp_path / "bundle"
+    reindex_bundle(tiny_bundle, None, bundle, milvus=MilvusTarget(milvus_uri, "items"), progress=False)
+    url = serving.deploy(bundle, replicas=2, port=_free_port())
+    key = {"x-api-key": "secret"}
+    try:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            text = {"text": "solar powered espresso machine", "k": 5}
+            added = client.post("/items", headers=key, json={"items": [{"item_id": "zz-new", "text": text["text"]}]})
+            assert added.status_code == 200, added.text
+            editor = added.headers["x-recsys-replica"]
+            seen = _by_replica(client, text)
+            assert len(seen) == 2, "both replicas should have answered"
+            other = next(r for r in seen if r != editor)
+            assert "zz-new" in seen[other] and "zz-new" in seen[editor]
+            removed = client.delete("/items/zz-new", headers=key)
+            assert removed.status_code == 200
+            seen = _by_replica(client, {**text, "k": 20})
+            assert len(seen) == 2 and not any("zz-new" in items for items in seen.values())
+            refused = client.post("/admin/swap", headers=key, json={"bundle": str(bundle)})
+            assert refused.status_code == 400 and "every replica" in refused.json()["error"]["message"]
+            # Rolling out another bundle reaches every replica.
+            smaller = tmp_path / "smaller"
+            items = tmp_path / "items.jsonl"
+            rows = [json.loads(line) for line in (tiny_bundle / "catalog.jsonl").read_text().splitlines()][:100]
+            items.write_text("".join(json.dumps({"item_id": r["item_id"], "text": r["text"]}) + "\n" for r in rows))
+            reindex_bundle(tiny_bundle, items, smaller, milvus=MilvusTarget(milvus_uri, "smaller"), progress=False)
+            serving.deploy(smaller, replicas=2, port=int(url.rsplit(":", 1)[1]))
+            infos = {}
+            for _ in range(40):
+                r = client.get("/info")
+                infos[r.headers["x-recsys-replica"]] = (r.json()["bundle"], r.json()["items"])
+            assert set(infos.values()) == {(str(smaller.resolve()), 100)} and len(infos) == 2
+    finally:
+        serving.shutdown()
