@@ -560,9 +560,14 @@ def info(
             + (f", quantization {spec.quantization}" if spec.quantization else "")
         )
     idx = manifest.index
+    where = f"capacity {idx.capacity or '?'}"
+    if idx.kind == "milvus":
+        where = (
+            f"collection {idx.collection!r} at {idx.uri} (built with {idx.count} items; it may have changed)"
+        )
     console.print(
         f"  index: {idx.kind} {idx.space}, {idx.count} items, M={idx.M}, ef_construction="
-        f"{idx.ef_construction}, ef_search={idx.ef_search}, capacity {idx.capacity or '?'}"
+        f"{idx.ef_construction}, ef_search={idx.ef_search}, {where}"
     )
     if manifest.user.kind == "text":
         ui = manifest.user_input

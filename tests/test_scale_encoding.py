@@ -66,3 +66,41 @@ def test_an_unreachable_ray_address_is_a_clear_error_at_once(tiny_bundle: Path, 
     assert time.monotonic() - started < 20
     with pytest.raises(ConfigError, match="HOST:PORT"):
         encode_catalogue(tiny_bundle, ["a"], tmp_path / "w", items_sha256="x", use_ray=True, ray_address="nowhere")
+
+
+def test_index_killed_mid_encoding_resumes_from_its_shards(tiny_bundle: Path, tmp_path: Path) -> None:
+    """A real kill (SIGKILL) of `recsys-infer index` while it encodes; the same command again
+    reuses the shards written before the kill and gives the bundle a clean run gives."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    rows = [json.loads(line) for line in (tiny_bundle / "catalog.jsonl").read_text().splitlines()]
+    items = tmp_path / "items.jsonl"
+    with items.open("w") as f:
+        for n in range(40_000):
+            row = rows[n % len(rows)]
+            f.write(json.dumps({"item_id": f"{row['item_id']}-{n}", "text": f"{row['text']} {n}"}) + "\n")
+    out = tmp_path / "big"
+    command = [sys.executable, "-m", "recsys_infer.cli", "index", str(tiny_bundle), "--items", str(items),
+               "--out", str(out), "--shard-size", "1000", "--threads", "1"]  # fmt: skip
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    work = tmp_path / ".big.encoding"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(work.glob("shard-*.npy"))) < 2:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    written = len(list(work.glob("shard-*.npy")))
+    assert 2 <= written < 40 and not out.exists(), written
+    again = subprocess.run([*command, "--json", str(tmp_path / "r.json")], capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-2000:]
+    report = json.loads((tmp_path / "r.json").read_text())["encoding"]
+    assert report["reused_shards"] >= written and report["shards"] == 40
+    assert not work.exists()  # cleared once the bundle is whole
+    engine = Engine.load(out, device="cpu", threads=1)
+    sample = [f"{rows[n % len(rows)]['item_id']}-{n}" for n in (0, 12_345, 39_999)]
+    texts = [i.text for i in engine.items(sample)]
+    np.testing.assert_allclose(engine.item_vectors(sample), engine.encode_items(texts), atol=1e-5)

@@ -175,8 +175,10 @@ def _open_store(bundle: Path, manifest: Manifest, *, exact: bool, milvus_uri: st
 class Engine:
     """Recommends catalogue items for users described by history and/or free text.
 
-    Build one with :meth:`load`; the constructor composes already-made parts (tests inject an
-    :class:`ExactIndex` or their own encoders this way).
+    Build one with :meth:`load`; the constructor composes already-made parts: the towers and an
+    item store (tests inject a :class:`LocalItems` over an :class:`ExactIndex`, or their own
+    encoders, this way). The items live in this process (:class:`LocalItems`, the default) or
+    in a Milvus collection shared with other engines (:class:`~.milvus.MilvusIndex`).
 
     Unknown item ids in a history raise :class:`UnknownItemError` (there is nothing to read for
     them: no text, no vector).
@@ -187,7 +189,10 @@ class Engine:
     (``recommend*``, ``encode_users``, ``explain``, ``item_ids``, ``save``) share a lock;
     catalogue edits (``add_items``, ``update_items``, ``remove_items``) take it alone, after
     encoding their texts outside it, and are atomic: once one returns, every later call sees
-    the whole edit, and an item removed is never returned again.
+    the whole edit, and an item removed is never returned again. On a shared Milvus
+    collection the same holds across engines: an edit through one is seen by the next call of
+    every other (reads use strong consistency), though two engines' edits are not ordered
+    against each other beyond what Milvus does.
     """
 
     def __init__(
@@ -344,6 +349,15 @@ class Engine:
 
     # -- encoding -------------------------------------------------------------------------------
 
+    def _all_checked(self, requests: Sequence[Query | Mapping[str, Any]]) -> list[Query]:
+        """The requests as queries, their histories checked in one lookup (one round trip for
+        a store on a server)."""
+        queries = [Query.coerce(r) for r in requests]
+        history = list(dict.fromkeys(h for q in queries for h in q.history))
+        if history:
+            self._refuse_unknown(history)
+        return queries
+
     def _checked(self, request: Query | Mapping[str, Any]) -> Query:
         query = Query.coerce(request)
         if query.history:
@@ -374,7 +388,7 @@ class Engine:
         """User vectors, ``float32 (len(requests), dim)``, unit norm."""
         queries = _request_list(requests, "encode_users")
         with self._lock.read():
-            return self.user_encoder.encode([self._checked(r) for r in queries])
+            return self.user_encoder.encode(self._all_checked(queries))
 
     def encode_items(self, texts: Sequence[str]) -> np.ndarray:
         """Item vectors for arbitrary item texts, ``float32 (len(texts), dim)``, unit norm."""
@@ -417,7 +431,7 @@ class Engine:
             return []
         with self._lock.read():
             self._check_k(o)
-            vectors = self.user_encoder.encode([self._checked(q) for q in queries])
+            vectors = self.user_encoder.encode(self._all_checked(queries))
             blocked = [o.exclude | set(q.history) if o.exclude_seen else o.exclude for q in queries]
             hits = self.store.search(vectors, o.k, blocked=blocked, allow=o.allow, where=o.where)
             results = [

@@ -66,7 +66,11 @@ class TextUserEncoder:
         return self.user_input.render(history, query.text)
 
     def encode(self, queries: Sequence[Query]) -> np.ndarray:
-        return self.encoder.encode([self.text(q) for q in queries])
+        ids = list(dict.fromkeys(h for q in queries for h in q.history))  # one lookup for the batch
+        texts = {item.item_id: item.text for item in self.lookup.items(ids)} if ids else {}
+        return self.encoder.encode(
+            [self.user_input.render([texts[h] for h in q.history], q.text) for q in queries]
+        )
 
 
 class SequenceUserEncoder:
@@ -115,11 +119,14 @@ class SequenceUserEncoder:
         length = min(self.max_history, max(len(h) for h in histories))
         batch = np.zeros((len(histories), length, self._dim), dtype=np.float32)
         mask = np.zeros((len(histories), length), dtype=np.int64)
-        for b, history in enumerate(histories):
-            recent = list(history)[-length:]
-            if recent:
-                batch[b, length - len(recent) :] = self._vectors_of(recent)
-                mask[b, length - len(recent) :] = 1
+        recent = [list(history)[-length:] for history in histories]
+        ids = list(dict.fromkeys(i for r in recent for i in r))  # one lookup for the batch
+        row = {item_id: n for n, item_id in enumerate(ids)}
+        vectors = self._vectors_of(ids) if ids else np.zeros((0, self._dim), dtype=np.float32)
+        for b, items in enumerate(recent):
+            if items:
+                batch[b, length - len(items) :] = vectors[[row[i] for i in items]]
+                mask[b, length - len(items) :] = 1
         feed: dict[str, np.ndarray] = {"history": batch, "history_mask": mask}
         out = run_graph(self._session, self._output, feed, io_binding=self.io_binding)
         return np.asarray(out, dtype=np.float32)

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from recsys_infer.errors import ConfigError, BackendUnavailableError, MissingDependencyError
+from recsys_infer.errors import BackendUnavailableError, ConfigError, MissingDependencyError
 from recsys_infer.runtime.bundle import MANIFEST, sha256_file
 from recsys_infer.runtime.engine import load_item_tower
 
