@@ -414,6 +414,10 @@ class MilvusIndex:
         allow: frozenset[str] | None = None,
         where: AttributeFilter | None = None,
     ) -> list[list[Hit]]:
+        if allow is not None and len(allow) <= MAX_FETCH:
+            # An allow-list: score its items exactly (an ANN walk under a narrow filter misses some).
+            rows = list(self._rows(sorted(allow), ["vector", "text", "attributes"]).values())
+            return [self._best(rows, vectors[n], k, blocked[n], where) for n in range(len(blocked))]
         pushed = []
         if allow is not None:
             pushed.append(ids_expression(sorted(allow)))
@@ -437,15 +441,13 @@ class MilvusIndex:
                     for item, s in found
                     if item.item_id not in blocked[row] and _passes(item, where)
                 ]
-                if len(kept) >= k or len(found) < fetch:  # enough, or everything that passes
+                if len(kept) >= k:
                     results[row] = kept[:k]
-                else:
-                    still.append(row)
-            pending = still
-            if pending and fetch == MAX_FETCH:
-                for row in pending:
+                elif len(found) == fetch and fetch < MAX_FETCH:
+                    still.append(row)  # fetch more
+                else:  # an ANN walk under a filter may miss passing items: count them exactly
                     results[row] = self._scan_best(vectors[row], k, expression, blocked[row], where)
-                break
+            pending = still
             fetch *= 4
         return [r or [] for r in results]
 
@@ -477,14 +479,26 @@ class MilvusIndex:
         largest fetch finds too few."""
         best: list[Hit] = []
         for page in self._scan(expression, list(_FIELDS)):
-            items = [_item(row) for row in page]
-            keep = [n for n, it in enumerate(items) if it.item_id not in blocked and _passes(it, where)]
-            if not keep:
-                continue
-            scores = np.asarray([page[n]["vector"] for n in keep], dtype=np.float32) @ vector
-            best += [(items[n], float(s)) for n, s in zip(keep, scores, strict=True)]
-            best = sorted(best, key=lambda h: -h[1])[:k]
+            best = self._best(page, vector, k, blocked, where, best)
         return best
+
+    @staticmethod
+    def _best(
+        rows: Sequence[Mapping[str, Any]],
+        vector: np.ndarray,
+        k: int,
+        blocked: frozenset[str],
+        where: AttributeFilter | None,
+        best: Sequence[Hit] = (),
+    ) -> list[Hit]:
+        """The top ``k`` of ``best`` and the rows that pass, scored exactly."""
+        items = [_item(row) for row in rows]
+        keep = [n for n, it in enumerate(items) if it.item_id not in blocked and _passes(it, where)]
+        if not keep:
+            return list(best)
+        scores = np.asarray([rows[n]["vector"] for n in keep], dtype=np.float32) @ vector
+        merged = [*best, *((items[n], float(s)) for n, s in zip(keep, scores, strict=True))]
+        return sorted(merged, key=lambda h: -h[1])[:k]
 
     # -- edits ----------------------------------------------------------------------------------
 

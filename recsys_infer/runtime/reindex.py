@@ -29,7 +29,7 @@ from .bundle import read_item_ids, read_manifest, write_catalogue_bundle
 from .catalog import Catalog
 from .engine import Engine
 from .index import HnswIndex, HnswParams
-from .manifest import ITEM_INDEX, Manifest
+from .manifest import ITEM_INDEX, IndexSpec, Manifest
 from .milvus import MilvusIndex
 from .users import unit_rows
 
@@ -73,6 +73,25 @@ class EncodingSettings:
     shard_size: int = DEFAULT_SHARD_SIZE
 
 
+def _catalogue(src: Path, items: Path | None, manifest: Manifest) -> tuple[Catalog, str]:
+    """The catalogue to index (``items``, else ``src``'s live one) and a hash of it."""
+    if items is not None:
+        return read_items(Path(items))
+    engine = Engine.load(src, device=Device.CPU, threads=1, exact=manifest.index.kind == "hnsw")
+    catalog = Catalog(engine.items(engine.item_ids))
+    return catalog, hashlib.sha256("\0".join(f"{i.item_id}\0{i.text}" for i in catalog).encode()).hexdigest()
+
+
+def _target_spec(spec: IndexSpec, milvus: MilvusTarget | None, **recorded: Any) -> IndexSpec:
+    """The new bundle's index entry: a Milvus collection, or the embedded HNSW file."""
+    spec = replace(spec, **recorded)
+    if milvus is not None:
+        return replace(
+            spec, kind="milvus", file=None, uri=milvus.uri, collection=milvus.collection, capacity=None
+        )
+    return replace(spec, kind="hnsw", file=spec.file or ITEM_INDEX, uri=None, collection=None)
+
+
 def reindex_bundle(
     src: Path,
     items: Path | None,
@@ -93,12 +112,7 @@ def reindex_bundle(
     encoding = encoding or EncodingSettings()
     started = time.perf_counter()
     manifest = read_manifest(src)
-    if items is not None:
-        catalog, items_sha = read_items(Path(items))
-    else:
-        engine = Engine.load(src, device=Device.CPU, threads=1, exact=manifest.index.kind == "hnsw")
-        catalog = Catalog(engine.items(engine.item_ids))
-        items_sha = hashlib.sha256("\0".join(f"{i.item_id}\0{i.text}" for i in catalog).encode()).hexdigest()
+    catalog, items_sha = _catalogue(src, items, manifest)
     work = out.parent / f".{out.name}.encoding"
     vectors, report = encode_catalogue(
         src, catalog.texts, work, items_sha256=items_sha, shard_size=encoding.shard_size,
@@ -126,18 +140,7 @@ def reindex_bundle(
                   "at": datetime.now(UTC).isoformat(timespec="seconds")}  # fmt: skip
 
     def amend(m: Manifest) -> Manifest:
-        index_spec = replace(m.index, built_with=built_with, build_threads=index_threads)
-        if milvus is not None:
-            index_spec = replace(
-                index_spec,
-                kind="milvus",
-                file=None,
-                uri=milvus.uri,
-                collection=milvus.collection,
-                capacity=None,
-            )
-        elif index_spec.kind != "hnsw":
-            index_spec = replace(index_spec, kind="hnsw", file=ITEM_INDEX, uri=None, collection=None)
+        index_spec = _target_spec(m.index, milvus, built_with=built_with, build_threads=index_threads)
         if record is None:
             return replace(m, index=index_spec)
         return replace(m, index=index_spec, reindexed=record, catalogue_edits=())
