@@ -5,7 +5,6 @@ minute); ``.ci/run`` runs them."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -45,7 +44,9 @@ def _texts(bundle: Path) -> list[str]:
     return [json.loads(line)["text"] for line in (bundle / "catalog.jsonl").read_text().splitlines()]
 
 
-def test_ray_data_encodes_the_same_vectors_and_resumes(cluster: None, tiny_bundle: Path, tmp_path: Path) -> None:
+def test_ray_data_encodes_the_same_vectors_and_resumes(
+    cluster: None, tiny_bundle: Path, tmp_path: Path
+) -> None:
     texts = _texts(tiny_bundle)
     local, _ = encode_catalogue(tiny_bundle, texts, tmp_path / "local", items_sha256="x", shard_size=50)
     done: list[int] = []
@@ -69,7 +70,16 @@ def test_ray_data_encodes_the_same_vectors_and_resumes(cluster: None, tiny_bundl
 def milvus_uri(tmp_path: Path) -> Iterator[str]:
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(tmp_path / "srv.db"), "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "milvus_lite",
+            "server",
+            "--data-dir",
+            str(tmp_path / "srv.db"),
+            "--port",
+            str(port),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -108,7 +118,9 @@ def test_two_replicas_share_one_collection(
     try:
         with httpx.Client(base_url=url, timeout=60) as client:
             text = {"text": "solar powered espresso machine", "k": 5}
-            added = client.post("/items", headers=key, json={"items": [{"item_id": "zz-new", "text": text["text"]}]})
+            added = client.post(
+                "/items", headers=key, json={"items": [{"item_id": "zz-new", "text": text["text"]}]}
+            )
             assert added.status_code == 200, added.text
             editor = added.headers["x-recsys-replica"]
             seen = _by_replica(client, text)
@@ -124,9 +136,15 @@ def test_two_replicas_share_one_collection(
             # Rolling out another bundle reaches every replica.
             smaller = tmp_path / "smaller"
             items = tmp_path / "items.jsonl"
-            rows = [json.loads(line) for line in (tiny_bundle / "catalog.jsonl").read_text().splitlines()][:100]
-            items.write_text("".join(json.dumps({"item_id": r["item_id"], "text": r["text"]}) + "\n" for r in rows))
-            reindex_bundle(tiny_bundle, items, smaller, milvus=MilvusTarget(milvus_uri, "smaller"), progress=False)
+            rows = [json.loads(line) for line in (tiny_bundle / "catalog.jsonl").read_text().splitlines()][
+                :100
+            ]
+            items.write_text(
+                "".join(json.dumps({"item_id": r["item_id"], "text": r["text"]}) + "\n" for r in rows)
+            )
+            reindex_bundle(
+                tiny_bundle, items, smaller, milvus=MilvusTarget(milvus_uri, "smaller"), progress=False
+            )
             serving.deploy(smaller, replicas=2, port=int(url.rsplit(":", 1)[1]))
             infos = {}
             for _ in range(40):
