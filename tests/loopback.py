@@ -1,13 +1,53 @@
-"""A real uvicorn server on 127.0.0.1 in a thread, for HTTP tests (loopback only, bounded)."""
+"""Servers on 127.0.0.1 for tests (loopback only, bounded): uvicorn in a thread, Milvus Lite in
+a process of its own."""
 
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def milvus_lite_server(data_dir: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A Milvus Lite server in a process of its own, as a Milvus server would be; yields its URI
+    and the process (kill it to lose the server mid-test)."""
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "milvus_lite",
+        "server",
+        "--data-dir",
+        str(data_dir),
+        "--port",
+        str(port),
+    ]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}", proc
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 @contextmanager
@@ -15,9 +55,7 @@ def serving(app: Any) -> Iterator[str]:
     """Serve ``app`` on a free loopback port; yields its base URL and stops it afterwards."""
     import uvicorn
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

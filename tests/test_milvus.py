@@ -8,9 +8,7 @@ The engine's own tests (edits, filters, threads, explanations) run on Milvus too
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,41 +34,13 @@ pytest.importorskip("milvus_lite")
 from recsys_infer.runtime.milvus import MilvusIndex, ids_expression, where_expression
 from recsys_infer.runtime.reindex import MilvusTarget, reindex_bundle
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from .loopback import milvus_lite_server
 
 
 @pytest.fixture
 def milvus_server(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """A Milvus Lite server in a process of its own, as a Milvus server would be."""
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "milvus_lite",
-            "server",
-            "--data-dir",
-            str(tmp_path / "srv.db"),
-            "--port",
-            str(port),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            time.sleep(0.2)
-    yield f"http://127.0.0.1:{port}", proc
-    proc.kill()
-    proc.wait()
+    with milvus_lite_server(tmp_path / "srv.db") as server:
+        yield server
 
 
 @pytest.fixture

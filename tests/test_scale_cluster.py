@@ -5,10 +5,6 @@ minute); ``.ci/run`` runs them."""
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,13 +18,9 @@ httpx = pytest.importorskip("httpx")
 from recsys_infer.runtime.reindex import MilvusTarget, reindex_bundle  # noqa: E402
 from recsys_infer.scale.encoding import encode_catalogue  # noqa: E402
 
+from .loopback import free_port, milvus_lite_server  # noqa: E402
+
 pytestmark = pytest.mark.cluster
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -68,31 +60,8 @@ def test_ray_data_encodes_the_same_vectors_and_resumes(
 
 @pytest.fixture
 def milvus_uri(tmp_path: Path) -> Iterator[str]:
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "milvus_lite",
-            "server",
-            "--data-dir",
-            str(tmp_path / "srv.db"),
-            "--port",
-            str(port),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            time.sleep(0.2)
-    yield f"http://127.0.0.1:{port}"
-    proc.kill()
-    proc.wait()
+    with milvus_lite_server(tmp_path / "srv.db") as (uri, _):
+        yield uri
 
 
 def _by_replica(client: httpx.Client, body: dict[str, object], calls: int = 40) -> dict[str, set[str]]:
@@ -113,7 +82,7 @@ def test_two_replicas_share_one_collection(
     monkeypatch.setenv("RECSYS_INFER_API_KEY", "secret")
     bundle = tmp_path / "bundle"
     reindex_bundle(tiny_bundle, None, bundle, milvus=MilvusTarget(milvus_uri, "items"), progress=False)
-    url = serving.deploy(bundle, replicas=2, port=_free_port())
+    url = serving.deploy(bundle, replicas=2, port=free_port())
     key = {"x-api-key": "secret"}
     try:
         with httpx.Client(base_url=url, timeout=60) as client:
