@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from recsys_infer.errors import BackendUnavailableError, ConfigError, MissingDependencyError
-from recsys_infer.runtime.bundle import MANIFEST, sha256_file
+from recsys_infer.runtime.bundle import MANIFEST, read_manifest, sha256_file
 from recsys_infer.runtime.engine import load_item_tower
 
 logger = logging.getLogger(__name__)
@@ -141,8 +141,7 @@ def encode_catalogue(
     if shard_size < 1 or workers < 1:
         raise ConfigError(f"shard_size and workers must be positive, got {shard_size} and {workers}")
     manifest_sha = sha256_file(bundle / MANIFEST)
-    dim = json.loads((bundle / MANIFEST).read_text(encoding="utf-8"))["towers"]["item"]["dim"]
-    plan = Plan(manifest_sha, items_sha256, len(texts), shard_size, int(dim))
+    plan = Plan(manifest_sha, items_sha256, len(texts), shard_size, read_manifest(bundle).item.dim)
     _start_work(work, plan)
     done = _done(work, plan)
     todo = [s for s in range(plan.shards) if s not in done]
