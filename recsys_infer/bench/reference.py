@@ -248,7 +248,12 @@ def peer_subjects(
     target = _quantization_target()
     t0 = time.perf_counter()
     export_dynamic_quantized_onnx_model(plain, target, str(folder))
-    quant_file = f"onnx/model_qint8_{target}.onnx"
+    # Its file name says the weight type the preset chose: qint8 for avx512(_vnni) and arm64,
+    # quint8 for avx2 (the AMD EPYC machines), so take the file it wrote rather than guess.
+    written = sorted((folder / "onnx").glob(f"model_*int8_{target}.onnx"))
+    if len(written) != 1:
+        raise RuntimeError(f"expected one dynamic int8 export for {target} in {folder / 'onnx'}, found {written}")
+    quant_file = f"onnx/{written[0].name}"
     int8 = SentenceTransformer(
         str(folder), backend="onnx", device="cpu", model_kwargs={**kwargs, "file_name": quant_file}
     )
