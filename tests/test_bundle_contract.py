@@ -45,6 +45,15 @@ def _edit(bundle: Path, change: Any) -> None:
         (lambda d: d["towers"]["item"].update(precision="fp8"), "expected one of 'fp32'"),
         (lambda d: d["towers"]["item"].pop("dim"), "towers.item.dim: required"),
         (lambda d: d.update(compression={}), "compression: expected a list"),
+        (lambda d: d.update(fusion={"dims": [4, 4]}), "fusion needs schema version 2"),
+        (
+            lambda d: d.update(schema_version=2, fusion={"dims": [4, 4]}),
+            "fusion applies to a sequence user tower",
+        ),
+        (
+            lambda d: d.update(schema_version=2, fusion={"dims": [4, 4], "request": [0, 0]}),
+            "fusion.request must be",
+        ),
     ],
 )
 def test_malformed_manifests_are_bundle_errors(bundle_copy: Path, change: Any, words: str) -> None:
@@ -54,7 +63,7 @@ def test_malformed_manifests_are_bundle_errors(bundle_copy: Path, change: Any, w
     assert words in str(info.value)
 
 
-@pytest.mark.parametrize("version", [1.0, True, "1", 2, None])
+@pytest.mark.parametrize("version", [1.0, True, "1", 3, None])
 def test_only_the_integer_schema_version_loads(bundle_copy: Path, version: Any) -> None:
     _edit(bundle_copy, lambda d: d.update(schema_version=version))
     with pytest.raises(SchemaVersionError):

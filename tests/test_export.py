@@ -114,7 +114,12 @@ def test_shared_towers_export_one_graph(tiny_encoder: Path, tmp_path: Path) -> N
     from .conftest import small_sample
 
     config = TrainConfig(
-        max_steps=2, batch_size=8, shared_towers=True, user_max_length=40, item_max_length=24
+        user_tower="text",
+        max_steps=2,
+        batch_size=8,
+        shared_towers=True,
+        user_max_length=40,
+        item_max_length=24,
     )
     train(small_sample(), tmp_path / "ck", encoder=str(tiny_encoder), config=config, progress=False)
     export_bundle(tmp_path / "ck", tmp_path / "b", progress=False)

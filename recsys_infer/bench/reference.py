@@ -25,6 +25,7 @@ from recsys_infer.enums import UserTowerKind
 from recsys_infer.runtime.encoder import Encoder
 from recsys_infer.runtime.engine import Engine
 from recsys_infer.runtime.index import ExactIndex
+from recsys_infer.runtime.manifest import FusionSpec
 from recsys_infer.runtime.store import LocalItems
 from recsys_infer.runtime.tokenizer import TextTokenizer
 from recsys_infer.runtime.users import SequenceUserEncoder, TextUserEncoder, UserEncoder
@@ -105,10 +106,17 @@ def _catalogue_vectors(ckpt: Checkpoint, items: TorchTextEncoder, model: Any) ->
 
 
 def reference_subject(
-    ckpt_path: Path, checkpoint: Checkpoint, *, threads: int, load_s: float, bf16: bool = False
+    ckpt_path: Path,
+    checkpoint: Checkpoint,
+    *,
+    threads: int,
+    load_s: float,
+    bf16: bool = False,
+    fusion: FusionSpec | None = None,
 ) -> Subject:
     """The checkpoint served by PyTorch eager with exact search; ``bf16`` casts weights once.
-    ``load_s``: what loading ``checkpoint`` took (the cast is added to it)."""
+    ``load_s``: what loading ``checkpoint`` took (the cast is added to it). ``fusion``: the
+    bundles' two-space weights, so that the reference scores as they do."""
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
     ckpt = checkpoint
@@ -124,11 +132,15 @@ def reference_subject(
             Tokenizer.from_str(ckpt.tokenizer_json), max_length=max_length, pad_token=config.pad_token
         )
 
-    items = TorchTextEncoder(model.item, tokenizer(config.item_max_length), dim=dim, dtype=dtype)
+    item_tower, request_tower = model.item, model.request_tower
+    width = dim
+    if fusion is not None:
+        item_tower, request_tower, width = item_tower.joined(), request_tower.joined(), fusion.width
+    items = TorchTextEncoder(item_tower, tokenizer(config.item_max_length), dim=width, dtype=dtype)
     text: Encoder
     users: UserEncoder
     if config.user_tower is UserTowerKind.SEQUENCE:
-        text = TorchTextEncoder(model.request_tower, tokenizer(config.user_max_length), dim=dim, dtype=dtype)
+        text = TorchTextEncoder(request_tower, tokenizer(config.user_max_length), dim=width, dtype=dtype)
     else:
         text = TorchTextEncoder(model.user, tokenizer(config.user_max_length), dim=dim, dtype=dtype)
     t0 = time.perf_counter()
@@ -143,6 +155,7 @@ def reference_subject(
             dim=dim,
             max_history=model.user.max_history,
             requests=text,
+            fusion=fusion,
         )
     else:
         users = TextUserEncoder(text, ckpt.catalog, config.user_input)
@@ -252,7 +265,9 @@ def peer_subjects(
     # quint8 for avx2 (the AMD EPYC machines), so take the file it wrote rather than guess.
     written = sorted((folder / "onnx").glob(f"model_*int8_{target}.onnx"))
     if len(written) != 1:
-        raise RuntimeError(f"expected one dynamic int8 export for {target} in {folder / 'onnx'}, found {written}")
+        raise RuntimeError(
+            f"expected one dynamic int8 export for {target} in {folder / 'onnx'}, found {written}"
+        )
     quant_file = f"onnx/{written[0].name}"
     int8 = SentenceTransformer(
         str(folder), backend="onnx", device="cpu", model_kwargs={**kwargs, "file_name": quant_file}

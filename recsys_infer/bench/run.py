@@ -427,10 +427,16 @@ def _load(
         t0 = time.perf_counter()
         checkpoint = load_checkpoint(ref_path)
         load_s = time.perf_counter() - t0
-        subjects.append(reference_subject(ref_path, checkpoint, threads=config.threads, load_s=load_s))
+        first = bundle_subjects[0].engine
+        fusion = first.manifest.fusion if first is not None and first.manifest is not None else None
+        subjects.append(
+            reference_subject(ref_path, checkpoint, threads=config.threads, load_s=load_s, fusion=fusion)
+        )
         if config.bf16:
             subjects.append(
-                reference_subject(ref_path, checkpoint, threads=config.threads, load_s=load_s, bf16=True)
+                reference_subject(
+                    ref_path, checkpoint, threads=config.threads, load_s=load_s, bf16=True, fusion=fusion
+                )
             )
         subjects += bundle_subjects
         if config.peers:

@@ -139,7 +139,8 @@ def file_entries(directory: Path) -> dict[str, FileEntry]:
 def write_manifest(directory: Path, manifest: Manifest) -> Manifest:
     """Write ``manifest.json`` with the checksums of the directory's files, after checking that
     this version reads it back; returns what was written."""
-    full = replace(manifest, schema_version=SCHEMA_VERSION, files=file_entries(directory))
+    version = SCHEMA_VERSION if manifest.fusion is not None else 1  # see SCHEMA_VERSIONS
+    full = replace(manifest, schema_version=version, files=file_entries(directory))
     text = manifest_json(full)
     parse_manifest(json.loads(text))  # never write a manifest this version could not read back
     missing = full.needed_files() - set(full.files)

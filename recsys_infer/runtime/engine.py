@@ -264,6 +264,7 @@ class Engine:
                 max_history=manifest.user.max_length,
                 requests=text_encoder("request"),
                 io_binding=cuda,
+                fusion=manifest.fusion,
             )
         else:
             user_encoder = TextUserEncoder(text_encoder("user"), store, manifest.user_input)

@@ -36,7 +36,11 @@ from recsys_infer.errors import BundleError, SchemaVersionError
 from .schema import SchemaError, decode, encode
 from .userinput import UserInputFormat
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Version 2 adds ``fusion`` (two spaces in one vector). A bundle without it is written as
+#: version 1, so older readers still load it; one with it is version 2, which they refuse
+#: instead of scoring it wrongly.
+SCHEMA_VERSIONS = (1, 2)
 
 MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer.json"
@@ -168,6 +172,49 @@ class IndexSpec:
 
 
 @dataclass(frozen=True)
+class FusionSpec:
+    """How a two-space bundle scores (a sequence model exported with its text space).
+
+    Each item vector is ``[trained ; text] / sqrt(2)``: the item head's unit vector beside the
+    pretrained encoder's unit vector of the same text. A query is built block by block and
+    scaled to unit length, so a score is a weighted sum of the two spaces' cosines:
+
+    - history: ``[user ; text view]`` weighted by ``history``, where the user vector is the
+      sequence tower's and the text view is the recency-weighted mean (``decay`` per step
+      back) of the history items' text vectors;
+    - request: the request tower's ``[trained ; text]`` weighted by ``request``; ``(0, 1)``
+      reads a request exactly as the untrained encoder would;
+    - both: ``mix`` times the unit history query plus ``1 - mix`` times the unit request query.
+
+    The weights are chosen on the validation probe by ``export`` (``chosen_on`` keeps the
+    measurements).
+    """
+
+    dims: tuple[int, ...]
+    history: tuple[float, ...] = (1.0, 0.0)
+    decay: float = 1.0
+    request: tuple[float, ...] = (0.0, 1.0)
+    mix: float = 0.5
+    chosen_on: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.dims) != 2 or min(self.dims) < 1:
+            raise ValueError(f"fusion.dims must be two positive widths, got {list(self.dims)}")
+        for name in ("history", "request"):
+            weights = getattr(self, name)
+            if len(weights) != 2 or min(weights) < 0 or max(weights) <= 0:
+                raise ValueError(f"fusion.{name} must be two weights >= 0, not both 0; got {list(weights)}")
+        if not 0 < self.decay <= 1 or not 0 <= self.mix <= 1:
+            raise ValueError(
+                f"fusion.decay must be in (0, 1] and fusion.mix in [0, 1]; got {self.decay}, {self.mix}"
+            )
+
+    @property
+    def width(self) -> int:
+        return sum(self.dims)
+
+
+@dataclass(frozen=True)
 class TokenizerSpec:
     file: str
     pad_token: str
@@ -269,9 +316,12 @@ class Manifest:
     provenance: Provenance = field(default_factory=Provenance)
     catalogue_edits: tuple[CatalogueEdit, ...] = ()
     reindexed: Mapping[str, Any] | None = None
+    fusion: FusionSpec | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.fusion is not None and self.schema_version < 2:
+            raise ValueError("fusion needs schema version 2")
         for name in ("user", "item"):
             if name not in self.towers:
                 raise ValueError(f"towers.{name} is missing")
@@ -281,6 +331,15 @@ class Manifest:
             raise ValueError("towers.request is missing (a sequence user tower needs a text request tower)")
         for name in self.files:
             check_file_name(name, "files")
+        if self.fusion is not None:
+            if self.towers["user"].kind != "sequence":
+                raise ValueError("fusion applies to a sequence user tower only")
+            item, user = self.towers["item"].dim, self.towers["user"].dim
+            if self.fusion.width != item or self.fusion.dims[0] != user:
+                raise ValueError(
+                    f"fusion.dims {list(self.fusion.dims)} do not match the item tower's {item}-d "
+                    f"and the user tower's {user}-d vectors"
+                )
         if self.index.dim != self.towers["item"].dim:
             raise ValueError(
                 f"index.dim {self.index.dim} differs from the item tower's {self.towers['item'].dim}"
@@ -311,11 +370,11 @@ class Manifest:
 def parse_manifest(data: object, *, source: str = MANIFEST) -> Manifest:
     """A :class:`Manifest` from parsed JSON; :class:`BundleError` names the first bad field."""
     version = data.get("schema_version") if isinstance(data, dict) else None
-    if type(version) is not int or version != SCHEMA_VERSION:
+    if type(version) is not int or version not in SCHEMA_VERSIONS:
         raise SchemaVersionError(
             f"{source}: schema version {version!r:.40} is not supported by this recsys-infer (it "
-            f"reads version {SCHEMA_VERSION}, an integer). Upgrade recsys-infer, or rebuild the "
-            f"bundle with this version: {MAKE_BUNDLE}"
+            f"reads versions {', '.join(map(str, SCHEMA_VERSIONS))}, an integer). Upgrade recsys-infer, "
+            f"or rebuild the bundle with this version: {MAKE_BUNDLE}"
         )
     try:
         return decode(Manifest, data, "manifest")

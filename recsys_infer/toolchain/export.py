@@ -47,6 +47,7 @@ from recsys_infer.runtime.manifest import (
     USER_TOWER,
     CatalogSpec,
     CompressionStep,
+    FusionSpec,
     IndexSpec,
     Manifest,
     ProbeSpec,
@@ -57,12 +58,13 @@ from recsys_infer.runtime.manifest import (
 )
 from recsys_infer.runtime.providers import create_session
 from recsys_infer.runtime.tokenizer import TextTokenizer
-from recsys_infer.runtime.users import SequenceUserEncoder
+from recsys_infer.runtime.users import SequenceUserEncoder, trained_block
 
 from .checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint
 from .compress import add_offsets
 from .fidelity import check_answers
-from .model import SequenceTower, TextTower
+from .fusion import ProbeQueries, choose_fusion
+from .model import JoinedHead, SequenceTower, TextTower
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +90,10 @@ class ExportConfig:
     hnsw: HnswParams = field(default_factory=HnswParams)
     index_threads: int = 1
     include_probe: bool = True
+    # A sequence model's item vectors carry the pretrained text space beside the trained one,
+    # weighed per query kind on the validation probe (runtime.manifest.FusionSpec). False: the
+    # trained space alone, as bundles were before (requests then read the trained head).
+    text_space: bool = True
 
     def __post_init__(self) -> None:
         if not 14 <= self.opset <= 21:
@@ -169,7 +175,8 @@ def _export_tower(tower: TextTower, path: Path, opset: int, tokenizer: TextToken
             do_constant_folding=True,
             dynamo=False,
         )
-    _fix_width_and_check(path, int(tower.encoder.config.hidden_size))
+    width = int(tower.encoder.config.hidden_size)
+    _fix_width_and_check(path, 2 * width if isinstance(tower.head, JoinedHead) else width)
 
 
 def _fix_width_and_check(path: Path, width: int) -> None:
@@ -297,17 +304,19 @@ def check_sequence_parity(
         for start in range(0, len(histories), 16):
             chunk = histories[start : start + 16]
             length = min(tower.max_history, max(len(h) for h in chunk))
-            batch = torch.zeros(len(chunk), length, encoder.dim)
+            batch = torch.zeros(len(chunk), length, tower.output.out_features)
             mask = torch.zeros(len(chunk), length, dtype=torch.long)
             for row, h in enumerate(chunk):
                 recent = h[-length:]
-                batch[row, length - len(recent) :] = torch.from_numpy(vectors_of(recent))
+                stored = vectors_of(recent)
+                own = stored if encoder.fusion is None else trained_block(stored, encoder.fusion)
+                batch[row, length - len(recent) :] = torch.from_numpy(own)
                 mask[row, length - len(recent) :] = 1
             reference.append(tower(batch, mask).numpy())
     ref = np.concatenate(reference)
-    batched = encoder.encode_histories(histories)
+    batched = encoder.tower_vectors(histories)
     every = max(1, len(histories) // 8)
-    singles = np.concatenate([encoder.encode_histories([h]) for h in histories[::every]])
+    singles = np.concatenate([encoder.tower_vectors([h]) for h in histories[::every]])
     a, b = _compare(ref, batched), _compare(ref[::every], singles)
     lengths = [min(len(h), tower.max_history) for h in histories]
     return {
@@ -395,6 +404,25 @@ def _tokenizer(ckpt: Checkpoint, max_length: int) -> TextTokenizer:
     )
 
 
+def two_spaces(ckpt: Checkpoint, config: ExportConfig) -> bool:
+    """Whether the bundle keeps the text space beside the trained one (a sequence model, asked
+    for, without learned item offsets: those live in the trained space and would unbalance it)."""
+    if not config.text_space or ckpt.config.user_tower is not UserTowerKind.SEQUENCE:
+        return False
+    if ckpt.model.item_offsets is not None:
+        logger.warning("this checkpoint learned item offsets: exporting its trained space alone")
+        return False
+    return True
+
+
+def _text_towers(ckpt: Checkpoint, config: ExportConfig) -> tuple[TextTower, TextTower]:
+    """The item and request towers as exported: joined to the text space when it is kept."""
+    item, request = ckpt.model.item, ckpt.model.request_tower
+    if two_spaces(ckpt, config):
+        return item.joined(), request.joined()
+    return item, request
+
+
 def _export_graphs(ckpt: Checkpoint, tmp: Path, config: ExportConfig) -> dict[str, str]:
     """Each tower's ONNX graph and the tokenizer into ``tmp``; the graph file of each tower."""
     mc = ckpt.config
@@ -404,9 +432,10 @@ def _export_graphs(ckpt: Checkpoint, tmp: Path, config: ExportConfig) -> dict[st
         own_request = ckpt.model.request is not None
         request_file = REQUEST_TOWER if own_request else ITEM_TOWER
         files = {"user": USER_SEQUENCE, "item": ITEM_TOWER, "request": request_file}
-        _export_tower(ckpt.model.item, tmp / ITEM_TOWER, config.opset, item_tokenizer)
+        item, request = _text_towers(ckpt, config)
+        _export_tower(item, tmp / ITEM_TOWER, config.opset, item_tokenizer)
         if own_request:
-            _export_tower(ckpt.model.request_tower, tmp / request_file, config.opset, item_tokenizer)
+            _export_tower(request, tmp / request_file, config.opset, item_tokenizer)
         _export_sequence(ckpt.model.user, tmp / USER_SEQUENCE, config.opset, dim)
     elif mc.shared_towers:
         files = {"user": SHARED_TOWER, "item": SHARED_TOWER}
@@ -427,6 +456,7 @@ class _Checked:
     vectors: np.ndarray
     queries: np.ndarray
     has_offsets: bool
+    fusion: FusionSpec | None = None
 
 
 def _check_and_encode(
@@ -435,13 +465,16 @@ def _check_and_encode(
     """Every graph against PyTorch (refused beyond tolerance), then the catalogue's vectors."""
     mc = ckpt.config
     sequence = mc.user_tower is UserTowerKind.SEQUENCE
+    joined = two_spaces(ckpt, config)
     dim = int(ckpt.model.item.encoder.config.hidden_size)
+    width = 2 * dim if joined else dim  # of the item (and request) vectors
+    item_tower, request_tower = _text_towers(ckpt, config)
     catalog: Catalog = ckpt.catalog
     probe = ckpt.probe or {}
     sessions = {f: create_session(tmp / f, Device.CPU) for f in set(files.values())}
     lengths = {"user": mc.user_max_length, "item": mc.item_max_length, "request": mc.user_max_length}
     text = {
-        name: OnnxEncoder(sessions[file], _tokenizer(ckpt, lengths[name]), dim=dim)
+        name: OnnxEncoder(sessions[file], _tokenizer(ckpt, lengths[name]), dim=width)
         for name, file in files.items()
         if not (sequence and name == "user")
     }
@@ -449,14 +482,14 @@ def _check_and_encode(
         "reference": "PyTorch fp32 (this checkpoint)",
         "tolerance": {"max_abs_diff": config.max_abs_diff, "min_cosine": config.min_cosine},
         "item": check_parity(
-            ckpt.model.item, text["item"], _pick_parity_texts(catalog.texts, config.parity_texts)
+            item_tower, text["item"], _pick_parity_texts(catalog.texts, config.parity_texts)
         ),
     }
     user_texts = [] if sequence else _user_texts(ckpt)
     if sequence:
         requests = list(probe.get("requests", [])) or [t[:60] for t in catalog.texts[:50]]
         picked = _pick_parity_texts(requests, config.parity_texts)
-        parity["request"] = check_parity(ckpt.model.request_tower, text["request"], picked)
+        parity["request"] = check_parity(request_tower, text["request"], picked)
     else:
         picked = _pick_parity_texts(user_texts, config.parity_texts)
         parity["user"] = check_parity(ckpt.model.user, text["user"], picked)
@@ -479,20 +512,65 @@ def _check_and_encode(
         return np.asarray(vectors[[label[i] for i in item_ids]])
 
     seq_tower: SequenceTower = ckpt.model.user
-    users = SequenceUserEncoder(
-        sessions[files["user"]],
-        vectors_of,
-        dim=dim,
-        max_history=seq_tower.max_history,
-        requests=text["request"],
-    )
+    fusion = FusionSpec(dims=(dim, dim)) if joined else None
+
+    def user_encoder(fusion: FusionSpec | None) -> SequenceUserEncoder:
+        return SequenceUserEncoder(
+            sessions[files["user"]],
+            vectors_of,
+            dim=dim,
+            max_history=seq_tower.max_history,
+            requests=text["request"],
+            fusion=fusion,
+        )
+
     histories = [[i for i in h if i in label] for h in probe.get("histories", [])]
     histories = [h for h in histories if h] or [catalog.ids[i : i + 1 + i % 50] for i in range(0, 400, 7)]
     parity["user"] = check_sequence_parity(
-        seq_tower, users, _pick_histories(histories, config.parity_texts), vectors_of
+        seq_tower, user_encoder(fusion), _pick_histories(histories, config.parity_texts), vectors_of
     )
     _require(parity, "user", config)
-    return _Checked(parity, vectors, users.encode_histories(histories[:200]), offsets is not None)
+    if fusion is not None:
+        fusion = _choose_fusion(ckpt, user_encoder(fusion), vectors, label)
+    users = user_encoder(fusion)
+    return _Checked(parity, vectors, users.encode_histories(histories[:200]), offsets is not None, fusion)
+
+
+def _choose_fusion(
+    ckpt: Checkpoint, users: SequenceUserEncoder, vectors: np.ndarray, label: dict[str, int]
+) -> FusionSpec:
+    """The two spaces' weights, chosen on the probe's validation users (see :mod:`.fusion`)."""
+    from recsys_infer.data.probe import request_from_item
+
+    probe = ckpt.probe or {}
+    pairs = [
+        ([label[i] for i in h if i in label], label[t])
+        for h, t in zip(probe.get("histories", []), probe.get("targets", []), strict=False)
+        if t in label
+    ]
+    pairs = [(h, t) for h, t in pairs if h]
+    if users.fusion is None:  # pragma: no cover - called for two-space bundles only
+        raise ExportError("choosing fusion weights needs a two-space user encoder")
+    if not pairs:
+        logger.warning("the checkpoint has no validation probe: fusion weights left at their defaults")
+        return replace(users.fusion, chosen_on={"split": "none: the checkpoint has no probe"})
+    ids = ckpt.catalog.ids
+    queries = ProbeQueries(
+        histories=[h for h, _ in pairs],
+        targets=[t for _, t in pairs],
+        requests=[request_from_item(ckpt.catalog.get(ids[t])) for _, t in pairs],
+    )
+    tower = users.tower_vectors([[ids[i] for i in h] for h in queries.histories])
+    texts = [r for r in queries.requests if r]
+    request_vectors = users.requests.encode(texts) if texts else np.zeros((0, vectors.shape[1]), np.float32)
+    return choose_fusion(
+        queries,
+        vectors,
+        tower,
+        request_vectors,
+        trained_dim=users.fusion.dims[0],
+        max_history=users.max_history,
+    )
 
 
 def _write_catalogue_files(ckpt: Checkpoint, tmp: Path, config: ExportConfig) -> None:
@@ -502,11 +580,14 @@ def _write_catalogue_files(ckpt: Checkpoint, tmp: Path, config: ExportConfig) ->
         (tmp / PROBE).write_text(json.dumps(ckpt.probe, ensure_ascii=False), encoding="utf-8")
 
 
-def _towers(ckpt: Checkpoint, files: dict[str, str], dim: int) -> dict[str, TowerSpec]:
+def _towers(ckpt: Checkpoint, files: dict[str, str], width: int) -> dict[str, TowerSpec]:
+    """``width``: of the item vectors (both spaces' in a two-space bundle); a sequence tower
+    emits the trained space's vectors."""
     mc = ckpt.config
+    dim = int(ckpt.model.item.encoder.config.hidden_size)
 
     def text(name: str, max_length: int, **more: Any) -> TowerSpec:
-        return TowerSpec(file=files[name], max_length=max_length, dim=dim, pooling=mc.pooling, **more)
+        return TowerSpec(file=files[name], max_length=max_length, dim=width, pooling=mc.pooling, **more)
 
     towers = {"item": text("item", mc.item_max_length, head=ckpt.model.item.head is not None)}
     if mc.user_tower is UserTowerKind.SEQUENCE and mc.sequence is not None:
@@ -583,6 +664,7 @@ def _manifest(
             "index_recall_queries": n_queries,
         },
         provenance=_provenance(ckpt),
+        fusion=checked.fusion,
     )
 
 

@@ -123,18 +123,41 @@ class ItemHead(nn.Module):
         return F.normalize(vectors + self.mlp(vectors), p=2.0, dim=-1, eps=1e-12)
 
 
+class JoinedHead(nn.Module):
+    """Two spaces in one vector: ``[head(v) ; v] / sqrt(2)``, a unit vector whose first block
+    is the trained item space and whose second is the pretrained encoder's own space.
+
+    A two-space export wraps the item (and request) tower's head in it, so one index answers
+    history queries in the trained space, requests in the pretrained one, and mixes of both
+    (see :class:`recsys_infer.runtime.manifest.FusionSpec`).
+    """
+
+    def __init__(self, head: nn.Module) -> None:
+        super().__init__()
+        self.head = head
+
+    def forward(self, vectors: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.head(vectors), vectors], dim=-1) * (1.0 / math.sqrt(2.0))
+
+
 class TextTower(nn.Module):
     """A Hugging Face encoder, pooling, normalisation and an optional head: one ONNX graph."""
 
     encoder: Any  # a transformers PreTrainedModel (save_pretrained, config, ...)
 
     def __init__(
-        self, encoder: nn.Module, pooling: Pooling = Pooling.MEAN, head: ItemHead | None = None
+        self, encoder: nn.Module, pooling: Pooling = Pooling.MEAN, head: nn.Module | None = None
     ) -> None:
         super().__init__()
         self.encoder = encoder
         self.pooling = Pooling(pooling)
         self.head = head
+
+    def joined(self) -> TextTower:
+        """This tower with its head wrapped in :class:`JoinedHead` (same weights, shared)."""
+        if self.head is None:
+            raise ConfigError("only a tower with a trained head has two spaces")
+        return TextTower(self.encoder, self.pooling, JoinedHead(self.head))
 
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """The encoder's pooled unit vectors, before the head."""
@@ -271,16 +294,21 @@ class TwoTower(nn.Module):
         """The tower a sequence model reads free-text requests with."""
         return self.request if self.request is not None else self.item
 
-    def catalogue_vectors(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """Sequence kind: every catalogue item's vector from its frozen text embedding, through
-        the head and, when the model has them, plus its learned offset."""
+    def catalogue_vectors(self, embeddings: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Sequence kind: catalogue items' vectors from their frozen text embeddings, through
+        the head and, when the model has them, plus their learned offsets. ``rows``: only those
+        catalogue rows (a sampled-softmax step needs a few thousand, not every item)."""
         head = self.item.head
         if head is None:
             raise ConfigError("only a sequence model's item tower has a head")
-        vectors = head(embeddings)
+        vectors = head(embeddings if rows is None else embeddings[rows])
         if self.item_offsets is None:
             return vectors
-        return F.normalize(vectors + self.item_offsets * self.offset_mask, p=2.0, dim=-1, eps=1e-12)
+        if rows is None:
+            offsets = self.item_offsets * self.offset_mask
+        else:
+            offsets = self.item_offsets[rows] * self.offset_mask[rows]
+        return F.normalize(vectors + offsets, p=2.0, dim=-1, eps=1e-12)
 
     def offset_matrix(self) -> torch.Tensor | None:
         """The offsets as applied (zero for items unseen in training), or ``None``."""

@@ -1,0 +1,199 @@
+"""Choosing how a two-space bundle weighs its spaces, on the validation probe.
+
+A sequence model's item head learns a space for "what comes next in a history"; the pretrained
+encoder's own space knows what texts mean. Trained for histories alone, the head forgets the
+second (a request read through it finds far less than the untrained encoder finds), so a
+two-space export keeps both in one item vector (:class:`~recsys_infer.model.JoinedHead`) and
+chooses here, on the probe's validation users, how much each query kind reads of each space:
+
+- histories: the sequence tower's user vector beside the history's text view (the
+  recency-weighted mean of its items' text vectors); the weight of the text view and the
+  recency decay;
+- requests: the request's trained vector beside its pretrained one; weight 0 for the trained
+  block reads a request exactly as the untrained encoder would;
+- history plus request: the share of each.
+
+Every choice includes the plain alternatives (trained space alone, text alone), so on the
+validation users the chosen weights are never worse than either; ``chosen_on`` records each
+candidate's score so that the choice can be checked. The test split is never read.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from recsys_infer.runtime.manifest import FusionSpec
+from recsys_infer.runtime.users import unit_rows
+
+logger = logging.getLogger(__name__)
+
+#: Text-view weights tried for histories (relative to the user vector's 1; ``inf``: text alone).
+HISTORY_TEXT_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0, math.inf)
+#: Recency decays tried for the history's text view (1: a plain mean).
+DECAYS = (1.0, 0.9, 0.7, 0.5)
+#: Weights of a request's trained block tried (relative to its text block's 1).
+REQUEST_TRAINED_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+#: The history's share tried for queries with both a history and a request.
+MIXES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+METRIC = "ndcg@10"
+
+
+@dataclass(frozen=True)
+class ProbeQueries:
+    """Validation queries, aligned: ``histories[i]`` (catalogue rows, oldest first) has target
+    ``targets[i]``; ``requests[i]`` (or ``None``) describes that target."""
+
+    histories: Sequence[Sequence[int]]
+    targets: Sequence[int]
+    requests: Sequence[str | None]
+
+
+def _ndcg(scores: np.ndarray, targets: np.ndarray, k: int = 10) -> float:
+    """Mean NDCG@k of one relevant item per row (``-inf`` scores are masked items)."""
+    if len(targets) == 0:
+        return float("nan")
+    own = scores[np.arange(len(targets)), targets]
+    rank = (scores > own[:, None]).sum(axis=1) + 1
+    gains = np.where(rank <= k, 1.0 / np.log2(rank + 1.0), 0.0)
+    return float(gains.mean())
+
+
+def _masked(scores: np.ndarray, histories: Sequence[Sequence[int]]) -> np.ndarray:
+    out = scores.copy()
+    for row, history in enumerate(histories):
+        out[row, list(history)] = -np.inf
+    return out
+
+
+def _history_score(trained: np.ndarray, text: np.ndarray, weight: float) -> np.ndarray:
+    """Scores of unit ``[user ; weight * text view]`` queries against ``[trained ; text]``
+    items, times ``sqrt(2)`` (the items' own scale, common to every query kind)."""
+    if math.isinf(weight):
+        return text
+    return (trained + weight * text) / math.sqrt(1.0 + weight * weight)
+
+
+def _request_score(trained: np.ndarray, text: np.ndarray, weight: float) -> np.ndarray:
+    return (weight * trained + text) / math.sqrt(1.0 + weight * weight)
+
+
+def text_views(histories: Sequence[Sequence[int]], text: np.ndarray, decay: float, length: int) -> np.ndarray:
+    """Unit recency-weighted means of each history's (newest ``length``) text vectors."""
+    out = np.zeros((len(histories), text.shape[1]), dtype=np.float32)
+    for row, history in enumerate(histories):
+        recent = list(history)[-length:]
+        weights = decay ** np.arange(len(recent) - 1, -1, -1, dtype=np.float32)
+        out[row] = weights @ text[recent]
+    return unit_rows(out)
+
+
+def choose_fusion(
+    queries: ProbeQueries,
+    item_vectors: np.ndarray,
+    users: np.ndarray,
+    request_vectors: np.ndarray,
+    *,
+    trained_dim: int,
+    max_history: int,
+) -> FusionSpec:
+    """The weights with the best validation NDCG@10 for each query kind.
+
+    ``item_vectors``: the stored two-space vectors ``(n, 2d)``; ``users``: the sequence tower's
+    vectors of ``queries.histories``; ``request_vectors``: the request tower's two-space vectors
+    of the non-empty ``queries.requests``, in order.
+    """
+    d = trained_dim
+    scale = np.float32(math.sqrt(2.0))
+    trained_items, text_items = item_vectors[:, :d] * scale, item_vectors[:, d:] * scale
+    targets = np.asarray(queries.targets)
+    histories = queries.histories
+    s_user = users @ trained_items.T
+
+    record: dict[str, Any] = {"split": "validation", "metric": METRIC, "users": len(targets)}
+    best: tuple[float, float, float, np.ndarray] = (
+        -1.0,
+        0.0,
+        DECAYS[0],
+        s_user,
+    )  # score, weight, decay, scores
+    candidates = []
+    for decay in DECAYS:
+        s_text = text_views(histories, text_items, decay, max_history) @ text_items.T
+        for weight in HISTORY_TEXT_WEIGHTS:
+            if weight == 0.0 and decay != DECAYS[0]:
+                continue  # the user vector alone does not depend on the decay
+            scores = _history_score(s_user, s_text, weight)
+            value = _ndcg(_masked(scores, histories), targets)
+            candidates.append({"text_weight": weight, "decay": decay, METRIC: round(value, 5)})
+            if value > best[0] + 1e-9:
+                best = (value, weight, decay, scores)
+    h_value, h_weight, h_decay, h_scores = best
+    record["history"] = {
+        "trained_only": next(c[METRIC] for c in candidates if c["text_weight"] == 0.0),
+        "text_only": max(c[METRIC] for c in candidates if math.isinf(c["text_weight"])),
+        "chosen": {"text_weight": h_weight, "decay": h_decay, METRIC: round(h_value, 5)},
+        "candidates": [{**c, "text_weight": str(c["text_weight"])} for c in candidates],
+    }
+    history_weights = (0.0, 1.0) if math.isinf(h_weight) else (1.0, h_weight)
+    fusion = FusionSpec(dims=(d, item_vectors.shape[1] - d), history=history_weights, decay=h_decay)
+
+    with_request = [i for i, r in enumerate(queries.requests) if r]
+    record["requests"] = len(with_request)
+    if not with_request:
+        logger.info("no probe request could be built from the catalogue: requests keep the text space")
+        record["request"] = "not measured: the probe has no requests (requests read the text space alone)"
+        record["mixed"] = "not measured"
+        return FusionSpec(**{**_fields(fusion), "chosen_on": record})
+    rows = np.asarray(with_request)
+    r_trained = unit_rows(request_vectors[:, :d]) @ trained_items.T
+    r_text = unit_rows(request_vectors[:, d:]) @ text_items.T
+    r_targets = targets[rows]
+    r_candidates = []
+    r_value, r_weight, r_scores = -1.0, 0.0, r_text
+    for weight in REQUEST_TRAINED_WEIGHTS:
+        scores = _request_score(r_trained, r_text, weight)
+        value = _ndcg(scores, r_targets)
+        r_candidates.append({"trained_weight": weight, METRIC: round(value, 5)})
+        if value > r_value + 1e-9:
+            r_value, r_weight, r_scores = value, weight, scores
+    record["request"] = {
+        "text_only": r_candidates[0][METRIC],
+        "chosen": {"trained_weight": r_weight, METRIC: round(r_value, 5)},
+        "candidates": r_candidates,
+    }
+    picked = [histories[i] for i in with_request]
+    # Both score matrices are those of unit queries (times one common factor), as the engine
+    # mixes them: mix * unit(history query) + (1 - mix) * unit(request query).
+    m_candidates = []
+    m_best = (-1.0, 0.5)
+    for mix in MIXES:
+        scores = mix * h_scores[rows] + (1 - mix) * r_scores
+        value = _ndcg(_masked(scores, picked), r_targets)
+        m_candidates.append({"mix": mix, METRIC: round(value, 5)})
+        if value > m_best[0] + 1e-9:
+            m_best = (value, mix)
+    record["mixed"] = {
+        "history_alone": round(_ndcg(_masked(h_scores[rows], picked), r_targets), 5),
+        "request_alone": round(_ndcg(_masked(r_scores, picked), r_targets), 5),
+        "chosen": {"mix": m_best[1], METRIC: round(m_best[0], 5)},
+        "candidates": m_candidates,
+    }
+    return FusionSpec(
+        **{**_fields(fusion), "request": (r_weight, 1.0), "mix": m_best[1], "chosen_on": record}
+    )
+
+
+def _fields(spec: FusionSpec) -> dict[str, Any]:
+    return {
+        "dims": spec.dims,
+        "history": spec.history,
+        "decay": spec.decay,
+        "request": spec.request,
+        "mix": spec.mix,
+    }
