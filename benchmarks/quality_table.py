@@ -34,6 +34,7 @@ def render(report: dict[str, Any], title: str) -> str:
         ("", None),
         (" (cold-start targets)", "cold_start_items"),
         (" (text requests)", "text_requests"),
+        (" (history + text request)", "history_and_requests"),
     ]
     metrics = list(report["models"][0]["metrics"])
     lines.append("| model | users | " + " | ".join(metrics) + " |")
@@ -45,16 +46,15 @@ def render(report: dict[str, Any], title: str) -> str:
                 cells = " | ".join(_cell(block["metrics"][m]) for m in metrics)
                 lines.append(f"| {model['name']}{suffix} | {block['users']} | {cells} |")
     if report["paired"]:
-        lines += ["", f"Paired differences, {report['models'][0]['name']} minus each other model:", ""]
-        lines.append("| other | metric | difference [95% CI] | excludes 0 |")
-        lines.append("|---|---|---|---|")
+        lines += ["", "Paired differences on the same users:", ""]
+        lines.append("| model | minus | metric | difference [95% CI] | excludes 0 |")
+        lines.append("|---|---|---|---|---|")
         for p in report["paired"]:
             if p["metric"] in ("recall@10", "ndcg@10"):
                 lo, hi = p["ci95"]
-                lines.append(
-                    f"| {p['b']} | {p['metric']} | {p['mean_difference']:+.4f} [{lo:+.4f}, {hi:+.4f}] | "
-                    f"{'yes' if p['significant'] else 'no'} |"
-                )
+                difference = f"{p['mean_difference']:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+                significant = "yes" if p["significant"] else "no"
+                lines.append(f"| {p['a']} | {p['b']} | {p['metric']} | {difference} | {significant} |")
     if report.get("als_tuning"):
         best = max(report["als_tuning"], key=lambda t: t["ndcg@10"])
         lines += [

@@ -161,18 +161,34 @@ def tune_als(
 
 
 def evaluate_requests(
-    engine: Engine, name: str, examples: Sequence[Example], catalog: Catalog, ks: Sequence[int]
+    engine: Engine,
+    name: str,
+    examples: Sequence[Example],
+    catalog: Catalog,
+    ks: Sequence[int],
+    *,
+    with_history: bool = False,
+    exclude_seen: bool = False,
 ) -> EvalResult:
     """Text requests made of each target's own attributes (genres, category…) ranked against the
-    whole catalogue, with no history: how well a text request finds what it describes."""
+    whole catalogue: how well a text request finds what it describes. Alone (the default), a
+    request is a new user's query; ``with_history``, it is sent together with the user's history
+    (``exclude_seen`` then masks the history, as for histories alone). Users whose target has no
+    such attributes are left out, the same ones either way."""
     kept = [(e, request_from_item(catalog.get(e.target))) for e in examples]
     kept = [(e, r) for e, r in kept if r]
     depth = min(max(max(ks), 100), len(engine))
     ranked: list[list[str]] = []
     for start in range(0, len(kept), 256):
         chunk = kept[start : start + 256]
-        recs = engine.recommend_batch([{"text": r} for _, r in chunk], k=depth, exclude_seen=False)
+        queries = [{"text": r, **({"history": list(e.history)} if with_history else {})} for e, r in chunk]
+        recs = engine.recommend_batch(queries, k=depth, exclude_seen=with_history and exclude_seen)
         ranked.extend([r.item_id for r in rs] for rs in recs)
+    mode = "history + request" if with_history else "requests"
     return score_ranked(
-        f"{name} (text requests)", [e for e, _ in kept], ranked, ks, settings={"mode": "requests"}
+        f"{name} ({'history + text request' if with_history else 'text requests'})",
+        [e for e, _ in kept],
+        ranked,
+        ks,
+        settings={"mode": mode, **({"exclude_seen": exclude_seen} if with_history else {})},
     )

@@ -13,7 +13,9 @@ from typing import Any
 import numpy as np
 
 from recsys_infer.data import Dataset, leave_one_out, load_dataset
-from recsys_infer.data.split import Split
+from recsys_infer.data.probe import request_from_item
+from recsys_infer.data.split import Example, Split
+from recsys_infer.enums import UserTowerKind
 from recsys_infer.errors import ConfigError, DataError
 from recsys_infer.runtime.bundle import MANIFEST
 from recsys_infer.runtime.engine import Engine
@@ -69,6 +71,7 @@ class ModelReport:
     result: EvalResult
     cold: EvalResult | None = None
     requests: EvalResult | None = None
+    mixed: EvalResult | None = None  # the history and a text request together
     source: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -77,6 +80,8 @@ class ModelReport:
             out["cold_start_items"] = self.cold.to_json()
         if self.requests is not None:
             out["text_requests"] = self.requests.to_json()
+        if self.mixed is not None:
+            out["history_and_requests"] = self.mixed.to_json()
         return out
 
 
@@ -152,7 +157,7 @@ def _zero_shot_bundle(dataset: Dataset, like: Engine | None, work: Path) -> Path
     from recsys_infer.toolchain.export import export_bundle
     from recsys_infer.toolchain.train import TrainConfig, train
 
-    config, encoder = TrainConfig(max_steps=0), None
+    config, encoder = TrainConfig(user_tower=UserTowerKind.TEXT, max_steps=0), None
     if like is not None and like.manifest is not None:
         towers = like.manifest.towers
         text_user = towers.get("request", towers["user"]) if towers["user"].kind != "text" else towers["user"]
@@ -207,6 +212,10 @@ def run_evaluation(
             report.cold = result.subset(cold_mask, f"{name} (cold-start targets)")
         if config.requests and engine is not None:
             report.requests = evaluate_requests(engine, name, examples, dataset.catalog, ks)
+            mask = config.exclude_seen
+            report.mixed = evaluate_requests(
+                engine, name, examples, dataset.catalog, ks, with_history=True, exclude_seen=mask
+            )
         models.append(report)
 
     for name, engine, bundle in zip(names, engines, bundles, strict=True):
@@ -252,16 +261,34 @@ def run_evaluation(
         for other in models[1:]
         for metric in metric_names(ks)
     ]
-    first_requests = models[0].requests if models else None
-    if first_requests is not None:  # the request path compared too: same users, same requests
+    first = models[0] if models else None
+    if first is not None and first.requests is not None:  # the request paths compared too: same users
         paired += [
-            paired_difference(first_requests, other.requests, metric)
+            paired_difference(mine, theirs, metric)
             for other in models[1:]
-            if other.requests is not None
+            for mine, theirs in ((first.requests, other.requests), (first.mixed, other.mixed))
+            if mine is not None and theirs is not None
             for metric in metric_names(ks)
         ]
+        paired += [p for m in models for p in _mixed_against_parts(m, examples, dataset, ks)]
     data_source = dataset.source if isinstance(data, Dataset) else str(data)
     return EvalReport(config, dataset, data_source, models, paired, tuning, sorted(cold))
+
+
+def _mixed_against_parts(
+    model: ModelReport, examples: Sequence[Example], dataset: Dataset, ks: Sequence[int]
+) -> list[PairedDifference]:
+    """A model's history + request queries against its history alone and its request alone, on
+    the same users: does each part add to the other?"""
+    if model.mixed is None or model.requests is None:
+        return []
+    with_request = np.array([request_from_item(dataset.catalog.get(e.target)) is not None for e in examples])
+    history = model.result.subset(with_request, f"{model.name} (history alone)")
+    return [
+        paired_difference(model.mixed, part, metric)
+        for part in (history, model.requests)
+        for metric in metric_names(ks)
+    ]
 
 
 def _unique_names(names: list[str]) -> list[str]:
