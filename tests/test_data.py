@@ -263,6 +263,21 @@ def test_sample_is_deterministic_and_has_signal() -> None:
     assert all(len(set(s)) == len(s) for s in a.sequences.values())
 
 
+def test_sample_at_another_size_keeps_titles_distinct() -> None:
+    """`sample:items=N,users=M` runs the same generator; a category larger than its plain title
+    space (500 book titles) gets series numbers instead of looping or repeating."""
+    big = load_dataset("sample:items=16500,users=40")
+    assert len(big.catalog) == 16500 and len(big.sequences) == 40
+    assert len(set(big.catalog.texts)) == len(big.catalog)
+    books = [i for i in big.catalog if i.attributes["category"] == "Books > Mystery"]
+    assert len(books) == 550 and len({i.attributes["title"] for i in books}) == 550
+    assert big.fingerprint != sample_dataset().fingerprint
+    assert load_dataset("sample").fingerprint == sample_dataset().fingerprint
+    for bad in ("sample:items=ten", "sample:colour=3", "sample:items=5"):
+        with pytest.raises(DataError, match="sample:items=N,users=M"):
+            load_dataset(bad)
+
+
 def test_probe_comes_from_validation() -> None:
     ds = sample_dataset()
     split = leave_one_out(ds)

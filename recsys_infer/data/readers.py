@@ -458,12 +458,30 @@ def _unrecognised(folder: Path) -> str:
     )
 
 
+def _sample_size(spec: str) -> dict[str, int]:
+    sizes: dict[str, int] = {}
+    for part in filter(None, spec.partition(":")[2].split(",")):
+        key, _, value = part.partition("=")
+        if (
+            key not in ("items", "users", "seed")
+            or not value.isdigit()
+            or (key != "seed" and int(value) < 30)
+        ):
+            raise DataError(
+                f"bad sample size {part!r}: write sample:items=N,users=M (each at least 30; seed=S optional)",
+                path=spec,
+            )
+        sizes[key] = int(value)
+    return {{"items": "num_items", "users": "num_users"}.get(k, k): v for k, v in sizes.items()}
+
+
 def load_dataset(path: str | Path) -> Dataset:
-    """Load a data folder, detected by its files, or the built-in sample when ``path == "sample"``."""
-    if str(path) == "sample":
+    """Load a data folder, detected by its files, or the built-in sample: ``"sample"``, or
+    ``"sample:items=50000,users=20000"`` for the same generator at another size."""
+    if str(path) == "sample" or str(path).startswith("sample:"):
         from .sample import sample_dataset
 
-        return sample_dataset()
+        return sample_dataset(**_sample_size(str(path)))
     folder = Path(path)
     if not folder.is_dir():
         raise DataError(
