@@ -23,6 +23,7 @@ from .errors import RecsysError
 
 if TYPE_CHECKING:
     from .runtime.engine import Recommendation
+    from .runtime.manifest import FusionSpec
 
 app = typer.Typer(
     name="recsys-infer",
@@ -47,6 +48,12 @@ EncoderOpt = Annotated[
 class OutputFormat(StrEnum):
     TABLE = "table"
     JSON = "json"
+
+
+class SoftmaxChoice(StrEnum):
+    AUTO = "auto"
+    FULL = "full"
+    SAMPLED = "sampled"
 
 
 def _friendly_errors(func: F) -> F:
@@ -121,7 +128,10 @@ def quickstart(
     out: Annotated[Path, typer.Option(help="Where the checkpoint and bundle go.", file_okay=False)] = Path(
         "quickstart-out"
     ),
-    steps: Annotated[int, typer.Option(min=0, help="Training steps (batch 32).")] = 40,
+    steps: Annotated[
+        int | None,
+        typer.Option(min=0, help="Cap training at this many steps (default: train to early stopping)."),
+    ] = None,
     encoder: EncoderOpt = None,
     json_out: JsonOut = None,
 ) -> None:
@@ -140,6 +150,10 @@ def quickstart(
             f"  held-out next item: {user.target[0]}  {_clip(user.target[1], width - 20)}", highlight=False
         )
         console.print(_recs_table(f"recommendations for {user.user_id}", user.recommendations))
+        if user.request:
+            console.print(
+                _recs_table(f'the same history with the request "{user.request}"', user.mixed_recommendations)
+            )
     console.print(_recs_table(f'\nrequest: "{report.request}"', report.request_recommendations))
 
     from rich.table import Table
@@ -206,10 +220,24 @@ def train(
             help="Score items the training split never shows as negatives (sequence kind; default: no).",
         ),
     ] = None,
+    softmax: Annotated[
+        SoftmaxChoice | None,
+        typer.Option(
+            help="Sequence kind: full softmax over the catalogue, or sampled negatives with the logQ "
+            "correction; auto: full up to 20,000 items."
+        ),
+    ] = None,
+    negatives: Annotated[
+        int | None, typer.Option(min=1, help="Sampled negatives per step (sequence kind, sampled softmax).")
+    ] = None,
     eval_every: Annotated[int | None, typer.Option(help="Validate every N epochs (sequence kind).")] = None,
     patience: Annotated[int | None, typer.Option(help="Stop after N validations without gain.")] = None,
     bf16: Annotated[
-        bool | None, typer.Option("--bf16/--fp32", help="bf16 autocast (AMX) for training.")
+        bool | None,
+        typer.Option(
+            "--bf16/--fp32",
+            help="bf16 autocast for training (sequence kind default: on where the CPU has native bf16).",
+        ),
     ] = None,
     cold_items: Annotated[
         int | None, typer.Option(help="Hold this many test-target items out of training.")
@@ -255,6 +283,8 @@ def train(
         item_offsets=item_offsets,
         last_item_residual=last_item_residual,
         unseen_negatives=unseen_negatives,
+        softmax=softmax.value if softmax else None,
+        negatives=negatives,
         eval_every=eval_every,
         patience=patience,
         bf16=bf16,
@@ -314,6 +344,14 @@ def export(
         Path | None, typer.Option(help="Recipe TOML; its [export] and [index] tables apply.")
     ] = None,
     probe: Annotated[bool, typer.Option("--probe/--no-probe", help="Carry the validation probe set.")] = True,
+    text_space: Annotated[
+        bool | None,
+        typer.Option(
+            "--text-space/--no-text-space",
+            help="Sequence models: keep the pretrained text space beside the trained one, weighed "
+            "per query kind on validation (default); --no-text-space: the trained space alone.",
+        ),
+    ] = None,
     reference: Reference = None,
     max_overlap_drop: MaxDrop = None,
     overwrite: Overwrite = False,
@@ -322,9 +360,12 @@ def export(
     """Export a checkpoint to a verified bundle: ONNX towers, parity check, HNSW index."""
     from dataclasses import replace
 
+    from .runtime.bundle import read_manifest
     from .toolchain.export import ExportConfig, export_bundle, export_config_from_recipe, read_recipe
 
     config = export_config_from_recipe(read_recipe(recipe), source=str(recipe)) if recipe else ExportConfig()
+    if text_space is not None:
+        config = replace(config, text_space=text_space)
     result = export_bundle(
         checkpoint,
         out,
@@ -346,6 +387,10 @@ def export(
             f"min cos {p['min_cosine']:.6f}"
         )
     typer.echo(f"HNSW recall@10 vs exact: {result.index_recall_at_10:.3f}")
+    fusion = read_manifest(out).fusion
+    if fusion is not None:
+        for line in _fusion_lines(fusion):
+            typer.echo(line)
     if result.fidelity is not None:
         _fidelity_lines(result.fidelity)
     typer.echo(f"bundle: {out} ({sum(result.files.values()) / 1e6:.1f} MB)")
@@ -524,6 +569,34 @@ def build(
     _write_json(json_out, result.to_json())
 
 
+def _fusion_lines(fusion: FusionSpec) -> list[str]:
+    """How a two-space bundle weighs its spaces, and the validation scores it chose them on."""
+    record = fusion.chosen_on
+    trained, text = fusion.dims
+    lines = [
+        f"two spaces: trained {trained}-d + pretrained text {text}-d; weights chosen on "
+        f"{record.get('users', '?')} {record.get('split', '?')} users, NDCG@10:"
+    ]
+
+    def scored(part: str, keys: tuple[str, ...]) -> str:
+        entry = record.get(part)
+        if not isinstance(entry, dict):
+            return ""
+        chosen = entry["chosen"]["ndcg@10"]
+        others = ", ".join(f"{k.replace('_', ' ')} {entry[k]:.4f}" for k in keys)
+        return f" -> {chosen:.4f} ({others})"
+
+    lines += [
+        f"  history: user vector x{fusion.history[0]:g} + text view x{fusion.history[1]:g}, recency "
+        f"decay {fusion.decay:g}" + scored("history", ("trained_only", "text_only")),
+        f"  request: trained x{fusion.request[0]:g} + text x{fusion.request[1]:g}"
+        + scored("request", ("text_only",)),
+        f"  history + request: {fusion.mix:g} history, {1 - fusion.mix:g} request"
+        + scored("mixed", ("history_alone", "request_alone")),
+    ]
+    return lines
+
+
 @app.command()
 @_friendly_errors
 def info(
@@ -575,6 +648,9 @@ def info(
             f"  user input: up to {ui.max_history} history items as text, newest first, "
             f"separated by {ui.item_separator!r}"
         )
+    if manifest.fusion is not None:
+        for line in _fusion_lines(manifest.fusion):
+            console.print("  " + line, highlight=False, markup=False)
     if manifest.probe is not None:
         p = manifest.probe
         console.print(f"  probe: {p.histories} {p.split} histories, {p.requests} requests")
@@ -734,13 +810,15 @@ def _print_evaluation(report: dict[str, Any]) -> None:
     table("all users", None)
     table("users whose target was held out of training (cold-start items)", "cold_start_items")
     table("text requests built from the target's attributes (no history)", "text_requests")
+    table("the same text requests sent with the user's history", "history_and_requests")
     if report["paired"]:
-        t = Table(title=f"paired differences: {report['models'][0]['name']} minus …", title_justify="left")
-        for col in ("other", "metric", "mean difference [95% CI]", "significant"):
+        t = Table(title="paired differences on the same users", title_justify="left")
+        for col in ("model", "minus", "metric", "mean difference [95% CI]", "significant"):
             t.add_column(col)
         for p in report["paired"]:
             lo, hi = p["ci95"]
             t.add_row(
+                p["a"],
                 p["b"],
                 p["metric"],
                 f"{p['mean_difference']:+.4f} [{lo:+.4f}, {hi:+.4f}]",

@@ -19,6 +19,9 @@ class ShowcaseUser:
     history: list[tuple[str, str]]  # (item id, text), oldest first
     target: tuple[str, str]
     recommendations: list[Recommendation]
+    # The same history sent with a short request: the held-out item's category.
+    request: str = ""
+    mixed_recommendations: list[Recommendation] = field(default_factory=list)
 
 
 @dataclass
@@ -47,6 +50,10 @@ class QuickstartReport:
                     "history": [i for i, _ in u.history],
                     "held_out_next_item": u.target[0],
                     "recommendations": [r.to_json() for r in u.recommendations],
+                    "with_request": {
+                        "text": u.request,
+                        "recommendations": [r.to_json() for r in u.mixed_recommendations],
+                    },
                 }
                 for u in self.users
             ],
@@ -60,16 +67,19 @@ class QuickstartReport:
 def run_quickstart(
     out: Path,
     *,
-    steps: int = 40,
+    steps: int | None = None,
     encoder: str | None = None,
     data: str = "sample",
     num_users: int = 3,
     k: int = 5,
     progress: bool = True,
 ) -> QuickstartReport:
-    """Train briefly, export with the parity check, build the index, load the engine, recommend.
+    """Train with ``train``'s defaults, export with the parity check, build the index, load the
+    engine, recommend from histories, a request, and both together.
 
-    Re-running replaces the checkpoint and bundle inside ``out`` (each is replaced whole).
+    ``steps`` caps training (a smoke test); ``None`` trains as ``recsys-infer train`` would, to
+    early stopping on validation. Re-running replaces the checkpoint and bundle inside ``out``
+    (each is replaced whole).
     """
     from .toolchain.export import ExportConfig, export_bundle
     from .toolchain.train import TrainConfig, train
@@ -87,7 +97,7 @@ def run_quickstart(
         dataset,
         report.checkpoint,
         encoder=encoder,
-        config=TrainConfig(max_steps=steps, batch_size=32),
+        config=TrainConfig(max_steps=steps),
         overwrite=True,
         progress=progress,
     )
@@ -110,8 +120,12 @@ def run_quickstart(
     batch = engine.recommend_batch([{"history": list(e.history)} for e in showcase], k=k)
     for example, recs in zip(showcase, batch, strict=True):
         history = [(i, dataset.catalog.get(i).text) for i in example.history]
-        target = (example.target, dataset.catalog.get(example.target).text)
-        report.users.append(ShowcaseUser(example.user_id, history, target, recs))
+        target = dataset.catalog.get(example.target)
+        request = target.attributes.get("category", "").split(" > ")[-1]
+        user = ShowcaseUser(example.user_id, history, (example.target, target.text), recs, request)
+        if request:
+            user.mixed_recommendations = engine.recommend(history=list(example.history), text=request, k=k)
+        report.users.append(user)
     report.request_recommendations = engine.recommend(text=report.request, k=k)
     report.stages["recommend"] = time.perf_counter() - t0
     return report

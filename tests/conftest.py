@@ -76,7 +76,12 @@ def tiny_checkpoint(tiny_encoder: Path, tmp_path_factory: pytest.TempPathFactory
 
     out = tmp_path_factory.mktemp("ckpt") / "checkpoint"
     config = TrainConfig(
-        max_steps=8, batch_size=16, learning_rate=1e-3, user_max_length=48, item_max_length=32
+        user_tower="text",
+        max_steps=8,
+        batch_size=16,
+        learning_rate=1e-3,
+        user_max_length=48,
+        item_max_length=32,
     )
     train(small_sample(), out, encoder=str(tiny_encoder), config=config, progress=False)
     return out

@@ -52,6 +52,8 @@ def test_train_export_info_recommend(small_data: Path, tiny_encoder: Path, tmp_p
         str(ckpt),
         "--encoder",
         str(tiny_encoder),
+        "--user-tower",
+        "text",
         "--max-steps",
         "3",
         "--batch-size",
@@ -94,6 +96,29 @@ def test_train_export_info_recommend(small_data: Path, tiny_encoder: Path, tmp_p
 
     code, out = invoke("export", str(ckpt), "--out", str(bundle))
     assert code == 1 and "already exists" in out
+
+
+def test_the_default_model_is_the_sequence_kind_with_two_spaces(
+    small_data: Path, tiny_encoder: Path, tmp_path: Path
+) -> None:
+    ckpt, bundle = tmp_path / "ck", tmp_path / "b"
+    code, out = invoke("train", "--data", str(small_data), "--out", str(ckpt), "--encoder", str(tiny_encoder),
+                       "--epochs", "2", "--item-max-length", "24")  # fmt: skip
+    assert code == 0, out
+    assert json.loads((ckpt / "recsys_checkpoint.json").read_text())["model"]["user_tower"] == "sequence"
+    code, out = invoke("export", str(ckpt), "--out", str(bundle))
+    assert code == 0, out
+    assert "two spaces: trained" in out and "history + request:" in out, out
+    code, out = invoke("info", str(bundle), "--json", str(tmp_path / "info.json"))
+    assert code == 0 and "two spaces: trained" in out, out
+    info = json.loads((tmp_path / "info.json").read_text())
+    assert info["schema_version"] == 2 and info["fusion"]["chosen_on"]["split"] == "validation"
+    code, out = invoke("export", str(ckpt), "--out", str(tmp_path / "one"), "--no-text-space")
+    assert code == 0 and "two spaces" not in out, out
+    code, out = invoke(
+        "recommend", str(bundle), "--history", "P00001,P00002", "--text", "camping tent", "-k", "3"
+    )
+    assert code == 0 and "top 3 (cpu)" in out, out
 
 
 @pytest.mark.parametrize(
@@ -144,8 +169,11 @@ def test_quickstart_runs_the_whole_path(tiny_encoder: Path, tmp_path: Path) -> N
     for user in report["users"]:
         recommended = [r["item_id"] for r in user["recommendations"]]
         assert len(recommended) == 5 and not set(recommended) & set(user["history"])
+        mixed = [r["item_id"] for r in user["with_request"]["recommendations"]]
+        assert user["with_request"]["text"] and len(mixed) == 5 and not set(mixed) & set(user["history"])
     assert len(report["request"]["recommendations"]) == 5
-    assert "stage timings" in out and "held-out next item" in out
+    assert report["train"]["stopped_by"] == "max_steps" and report["train"]["steps"] == 2
+    assert "stage timings" in out and "held-out next item" in out and "the same history with" in out
     from recsys_infer import Engine
 
     assert len(Engine.load(out_dir / "bundle", device="cpu").recommend(text="tent", k=2)) == 2

@@ -25,7 +25,12 @@ def minilm_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     root = tmp_path_factory.mktemp("minilm")
     # A few real steps: the whole toolchain path runs on the real encoder; quality is issue 3's.
-    train(sample_dataset(), root / "ck", config=TrainConfig(max_steps=3, batch_size=16), progress=False)
+    train(
+        sample_dataset(),
+        root / "ck",
+        config=TrainConfig(user_tower="text", max_steps=3, batch_size=16),
+        progress=False,
+    )
     export_bundle(root / "ck", root / "bundle", progress=False)
     return root / "bundle"
 

@@ -14,6 +14,7 @@ from recsys_infer.data import leave_one_out
 from recsys_infer.errors import CheckpointError, QueryError
 from recsys_infer.runtime.bundle import read_manifest
 from recsys_infer.runtime.schema import encode
+from recsys_infer.runtime.users import weigh_blocks
 from recsys_infer.toolchain.model import ItemHead, SequenceConfig, SequenceTower
 from recsys_infer.toolchain.train import TrainConfig, hold_out_items, train
 
@@ -110,16 +111,116 @@ def test_sequence_bundle_parity_and_serving(seq_bundle: Path) -> None:
             if engine.item_ids[i] not in history
         ]
         assert [r.item_id for r in engine.recommend(history=history, k=5)] == expected[:5]
-    # A text request alone goes through the request (item) tower; with history, both count.
+    # Two spaces: a request is the request (item) tower's vector weighed block by block as the
+    # export chose; with a history too, the two unit queries are mixed by the chosen share.
+    fusion = manifest.fusion
+    assert fusion is not None and fusion.width == manifest.item.dim == vectors.shape[1]
+    assert set(fusion.chosen_on) >= {"history", "request", "mixed"}
     text_only = engine.encode_users([{"text": "camping tent"}])[0]
-    np.testing.assert_allclose(text_only, engine.encode_items(["camping tent"])[0], atol=1e-5)
+    raw = engine.encode_items(["camping tent"])
+    np.testing.assert_allclose(text_only, weigh_blocks(raw, fusion.request, fusion)[0], atol=1e-5)
     both = engine.encode_users([{"history": probe["histories"][0], "text": "camping tent"}])[0]
     hist = engine.encode_users([{"history": probe["histories"][0]}])[0]
-    np.testing.assert_allclose(both, (hist + text_only) / np.linalg.norm(hist + text_only), atol=1e-5)
+    mixed = fusion.mix * hist + (1 - fusion.mix) * text_only
+    np.testing.assert_allclose(both, mixed / np.linalg.norm(mixed), atol=1e-5)
     with pytest.raises(Exception, match="item vectors, not text"):
         engine.user_text({"history": probe["histories"][0]})
     engine.user_encoder.io_binding = True  # type: ignore[attr-defined]  # the CUDA path, on the CPU
     np.testing.assert_array_equal(engine.encode_users([{"history": probe["histories"][0]}])[0], hist)
+
+
+def test_single_space_export_keeps_the_trained_space_alone(
+    seq_checkpoint: Path, seq_bundle: Path, tmp_path: Path
+) -> None:
+    from recsys_infer.toolchain.export import ExportConfig, export_bundle
+
+    export_bundle(seq_checkpoint, tmp_path / "one", config=ExportConfig(text_space=False), progress=False)
+    manifest = read_manifest(tmp_path / "one")
+    assert manifest.fusion is None and manifest.schema_version == 1  # older readers still load it
+    assert read_manifest(seq_bundle).schema_version == 2
+    one = Engine.load(tmp_path / "one", device="cpu", exact=True)
+    two = Engine.load(seq_bundle, device="cpu", exact=True)
+    assert one.dim * 2 == two.dim
+    # One space: a request is the item tower's vector, and a history plus a request is half of each.
+    text_only = one.encode_users([{"text": "camping tent"}])[0]
+    np.testing.assert_allclose(text_only, one.encode_items(["camping tent"])[0], atol=1e-5)
+    history = json.loads((seq_bundle / "probe.json").read_text())["histories"][0]
+    hist = one.encode_users([{"history": history}])[0]
+    both = one.encode_users([{"history": history, "text": "camping tent"}])[0]
+    np.testing.assert_allclose(both, (hist + text_only) / np.linalg.norm(hist + text_only), atol=1e-5)
+    # The two-space bundle's trained block is the single-space bundle's vector, and its tower
+    # reads the same user from it.
+    split = two.user_encoder.fusion.dims[0]  # type: ignore[attr-defined]
+    np.testing.assert_allclose(
+        two.encode_items(["camping tent"])[0, :split] * np.sqrt(2),
+        one.encode_items(["camping tent"])[0],
+        atol=1e-5,
+    )
+    np.testing.assert_allclose(
+        two.user_encoder.tower_vectors([history]), one.user_encoder.tower_vectors([history]), atol=1e-5
+    )  # type: ignore[attr-defined]
+
+
+def test_the_text_block_is_the_untrained_encoder(
+    seq_bundle: Path, tiny_encoder: Path, tmp_path: Path
+) -> None:
+    """A request weighed (0, 1) reads a text exactly as the untrained encoder does (zero-shot)."""
+    from recsys_infer.toolchain.export import export_bundle
+
+    config = TrainConfig(max_steps=0, user_max_length=32, item_max_length=32, user_tower="text")  # type: ignore[arg-type]
+    train(small_sample(), tmp_path / "zero", encoder=str(tiny_encoder), config=config, progress=False)
+    export_bundle(tmp_path / "zero", tmp_path / "zb", progress=False)
+    zero = Engine.load(tmp_path / "zb", device="cpu", exact=True)
+    two = Engine.load(seq_bundle, device="cpu", exact=True)
+    fusion = two.user_encoder.fusion  # type: ignore[attr-defined]
+    texts = ["camping tent", "a blue kettle for the stove"]
+    pretrained = weigh_blocks(two.encode_items(texts), (0.0, 1.0), fusion)[:, fusion.dims[0] :]
+    np.testing.assert_allclose(pretrained, zero.encode_items(texts), atol=1e-5)
+
+
+def _probe_case(rng: np.random.Generator, informative: str) -> tuple:
+    """Items whose trained block (or text block) holds the answer; the other is noise."""
+    from recsys_infer.runtime.users import unit_rows
+    from recsys_infer.toolchain.fusion import ProbeQueries
+
+    n, d, users = 300, 16, 120
+    trained, text = unit_rows(rng.normal(size=(n, d))), unit_rows(rng.normal(size=(n, d)))
+    items = np.concatenate([trained, text], axis=1).astype(np.float32) / np.sqrt(2)
+    targets = rng.integers(0, n, size=users)
+    histories = [list(rng.choice(np.setdiff1d(np.arange(n), [t]), size=3, replace=False)) for t in targets]
+    noise = unit_rows(rng.normal(size=(users, d)))
+    good = trained if informative == "trained" else text
+    user_vectors = unit_rows(good[targets] + 0.3 * noise) if informative == "trained" else noise
+    if informative == "text":  # the history's text view points at the target
+        for h, t in zip(histories, targets, strict=True):
+            h[-1] = int(np.argmax(text @ text[t] - 10 * (np.arange(n) == t)))
+    requests = np.concatenate([unit_rows(rng.normal(size=(users, d))), text[targets]], axis=1) / np.sqrt(2)
+    queries = ProbeQueries(histories=histories, targets=list(targets), requests=["r"] * users)
+    return queries, items, user_vectors.astype(np.float32), requests.astype(np.float32)
+
+
+@pytest.mark.parametrize("informative", ["trained", "text"])
+def test_choose_fusion_weighs_the_space_that_finds_the_targets(informative: str) -> None:
+    from recsys_infer.toolchain.fusion import choose_fusion
+
+    queries, items, users, requests = _probe_case(np.random.default_rng(3), informative)
+    fusion = choose_fusion(queries, items, users, requests, trained_dim=16, max_history=50)
+    record = fusion.chosen_on
+    history = record["history"]
+    chosen = history["chosen"]["ndcg@10"]
+    assert chosen >= max(history["trained_only"], history["text_only"])
+    if informative == "trained":
+        assert history["trained_only"] > history["text_only"] and fusion.history[1] < fusion.history[0]
+    else:
+        assert history["text_only"] > history["trained_only"] and fusion.history[1] > fusion.history[0]
+    # Requests: the trained block of these requests is noise, the text block the target itself.
+    assert (
+        fusion.request == (0.0, 1.0)
+        and record["request"]["chosen"]["ndcg@10"] == record["request"]["text_only"]
+    )
+    mixed = record["mixed"]
+    assert mixed["chosen"]["ndcg@10"] >= max(mixed["history_alone"], mixed["request_alone"])
+    assert fusion.mix in [c["mix"] for c in mixed["candidates"]]
 
 
 def test_micro_batcher_batches_requests_and_answers_histories_directly(seq_bundle: Path) -> None:
@@ -175,7 +276,14 @@ def _interrupt_after(monkeypatch: pytest.MonkeyPatch, module: object, name: str,
         ("sequence", {**SEQ, "epochs": 4, "eval_every": 1}, "save_state"),
         (
             "text",
-            {"max_steps": 6, "batch_size": 8, "user_max_length": 32, "item_max_length": 24, "save_every": 2},
+            {
+                "user_tower": "text",
+                "max_steps": 6,
+                "batch_size": 8,
+                "user_max_length": 32,
+                "item_max_length": 24,
+                "save_every": 2,
+            },
             "save_state",
         ),
     ],
@@ -319,3 +427,99 @@ def test_pruning_the_user_side_gives_requests_a_tower_of_their_own(
     assert 0 <= fidelity["queries"]["request"]["overlap@10"] < 1  # the pruned requests did
     engine = Engine.load(bundle, device="cpu")
     assert engine.recommend(text="something funny", k=3)
+
+
+def test_negative_sampler_draws_allowed_items_by_frequency_to_the_075() -> None:
+    from recsys_infer.toolchain.sequence_train import NegativeSampler
+
+    counts = torch.tensor([0.0, 1.0, 16.0, 81.0, 5.0])
+    allowed = torch.tensor([True, True, True, True, False])
+    sampler = NegativeSampler(counts, 200_000, allowed=allowed)
+    sampler.reseed(1)
+    drawn = torch.bincount(sampler.sample(), minlength=5).double() / 200_000
+    expected = torch.tensor([0.0, 1.0, 8.0, 27.0, 0.0], dtype=torch.float64)
+    expected /= expected.sum()
+    torch.testing.assert_close(drawn, expected, atol=0.005, rtol=0)
+    assert torch.isinf(sampler.log_expected[[0, 4]]).all()
+    sampler.reseed(1)
+    first = sampler.sample()
+    sampler.reseed(1)
+    assert torch.equal(first, sampler.sample())  # reseeded per epoch: a resumed run draws the same
+
+
+def test_sampled_softmax_with_logq_estimates_the_full_softmax(tiny_encoder: Path) -> None:
+    """With many samples, the logQ-corrected loss approaches the full softmax's; without the
+    correction it would be off by about log(k)."""
+    from transformers import AutoModel
+
+    from recsys_infer.toolchain.model import ModelConfig, TwoTower
+    from recsys_infer.toolchain.sequence_train import (
+        NegativeSampler,
+        _full_softmax_logits,
+        sampled_softmax_logits,
+    )
+
+    torch.manual_seed(0)
+    encoder = AutoModel.from_pretrained(str(tiny_encoder))
+    config = ModelConfig(str(tiny_encoder), user_tower="sequence",  # type: ignore[arg-type]
+                         sequence=SequenceConfig(max_history=4, hidden=16, heads=2, dropout=0.0))  # fmt: skip
+    model = TwoTower(None, encoder, config).eval()
+    n, dim = 60, int(encoder.config.hidden_size)
+    embeddings = unit(torch.randn(n, dim))
+    rows, targets = torch.randint(0, n, (8, 4)), torch.randint(0, n, (8, 4))
+    mask = torch.ones(8, 4, dtype=torch.long)
+    sampler = NegativeSampler(torch.randint(1, 50, (n,)).double(), 50_000)
+    sampler.reseed(0)
+    cross_entropy = torch.nn.functional.cross_entropy
+    with torch.no_grad():
+        full = cross_entropy(*_full_softmax_logits(model, embeddings, rows, targets, mask, 0.1, None))
+        sampled = cross_entropy(*sampled_softmax_logits(model, embeddings, rows, targets, mask, sampler, 0.1))
+    assert abs(float(sampled) - float(full)) < 0.05, (float(sampled), float(full))
+
+
+def test_sampled_softmax_training_learns_and_resumes(tiny_encoder: Path, tmp_path: Path) -> None:
+    config = TrainConfig(**SEQ, epochs=4, eval_every=2, softmax="sampled", negatives=256)  # type: ignore[arg-type]
+    data = small_sample()
+    result = train(data, tmp_path / "a", encoder=str(tiny_encoder), config=config, progress=False)
+    extra = json.loads((tmp_path / "a" / "recsys_checkpoint.json").read_text())["training"]["extra"]
+    assert extra["softmax"] == "sampled" and len(extra["epoch_seconds"]) == 4
+    assert result.losses[-1] < result.losses[0]
+    again = train(data, tmp_path / "b", encoder=str(tiny_encoder), config=config, progress=False)
+    # Seeded, the negatives included; the scatter-add behind the shared-item gather may sum in
+    # another order, so equal up to float rounding.
+    assert again.losses == pytest.approx(result.losses, rel=1e-5)
+    full = json.loads((tmp_path / "a" / "recsys_checkpoint.json").read_text())
+    assert full["training"]["extra"]["best_validation_ndcg@10"] > 0
+
+
+def test_max_steps_stops_the_sequence_kind_mid_epoch(tiny_encoder: Path, tmp_path: Path) -> None:
+    """The smoke-test budget (`train --max-steps N`, used by CI and the quickstart) holds for the
+    default kind too: it stops inside the first epoch and still validates what it keeps."""
+    config = TrainConfig(**SEQ, epochs=50, max_steps=3)  # type: ignore[arg-type]
+    result = train(small_sample(), tmp_path / "a", encoder=str(tiny_encoder), config=config, progress=False)
+    assert result.steps == 3 and result.stopped_by == "max_steps"
+    assert result.extra["epochs"] == 0 and len(result.extra["validation"]) == 1
+
+
+def test_batches_are_only_as_wide_as_their_longest_window(tiny_encoder: Path) -> None:
+    """Trimming leading padding is exact: positions count from the right, padding is masked."""
+    from transformers import AutoModel
+
+    from recsys_infer.toolchain.model import ModelConfig, TwoTower
+    from recsys_infer.toolchain.sequence_train import _full_softmax_logits, _window_batch
+
+    torch.manual_seed(0)
+    encoder = AutoModel.from_pretrained(str(tiny_encoder))
+    shape = SequenceConfig(max_history=12, hidden=16, heads=2, dropout=0.0)
+    config = ModelConfig(str(tiny_encoder), user_tower="sequence", sequence=shape)  # type: ignore[arg-type]
+    model = TwoTower(None, encoder, config).eval()
+    embeddings = unit(torch.randn(30, int(encoder.config.hidden_size)))
+    windows = [[1, 2, 3], [4, 5, 6, 7, 8], [9, 10]]
+    rows, targets, mask = _window_batch(windows, 12)
+    assert rows.shape == (3, 4) and int(mask.sum()) == 2 + 4 + 1
+    wide = [torch.nn.functional.pad(t, (8, 0), value=v) for t, v in ((rows, 0), (targets, -1), (mask, 0))]
+    with torch.no_grad():
+        narrow_logits, narrow_labels = _full_softmax_logits(model, embeddings, rows, targets, mask, 0.1, None)
+        wide_logits, wide_labels = _full_softmax_logits(model, embeddings, *wide, 0.1, None)
+    assert torch.equal(narrow_labels, wide_labels)
+    torch.testing.assert_close(narrow_logits, wide_logits, atol=1e-5, rtol=1e-5)

@@ -67,7 +67,9 @@ def held_out_loss(checkpoint: Path) -> float:
 
 def test_training_lowers_the_loss_and_saves_a_checkpoint(tiny_encoder: Path, tmp_path: Path) -> None:
     sample = small_sample()
-    base = TrainConfig(batch_size=16, learning_rate=2e-3, user_max_length=48, item_max_length=32)
+    base = TrainConfig(
+        user_tower="text", batch_size=16, learning_rate=2e-3, user_max_length=48, item_max_length=32
+    )
     train(
         sample,
         tmp_path / "before",
@@ -97,7 +99,12 @@ def test_training_lowers_the_loss_and_saves_a_checkpoint(tiny_encoder: Path, tmp
 
 def test_training_is_seeded(tiny_encoder: Path, tmp_path: Path) -> None:
     config = TrainConfig(
-        max_steps=3, batch_size=8, user_max_length=32, item_max_length=16, shared_towers=True
+        user_tower="text",
+        max_steps=3,
+        batch_size=8,
+        user_max_length=32,
+        item_max_length=16,
+        shared_towers=True,
     )
     a = train(small_sample(), tmp_path / "a", encoder=str(tiny_encoder), config=config, progress=False)
     b = train(small_sample(), tmp_path / "b", encoder=str(tiny_encoder), config=config, progress=False)
@@ -110,7 +117,7 @@ def test_zero_steps_saves_the_pretrained_encoder(tiny_encoder: Path, tmp_path: P
         small_sample(),
         tmp_path / "zs",
         encoder=str(tiny_encoder),
-        config=TrainConfig(max_steps=0),
+        config=TrainConfig(user_tower="text", max_steps=0),
         progress=False,
     )
     assert result.steps == 0 and result.first_loss is None
@@ -131,7 +138,7 @@ def test_divergence_stops_with_a_clear_error(tiny_encoder: Path, tmp_path: Path,
             small_sample(),
             tmp_path / "nan",
             encoder=str(tiny_encoder),
-            config=TrainConfig(max_steps=2),
+            config=TrainConfig(user_tower="text", max_steps=2),
             progress=False,
         )
     assert not (tmp_path / "nan").exists()

@@ -1,11 +1,21 @@
 """Training the sequence user tower and the item head over frozen text embeddings.
 
 The item encoder runs once over the catalogue; its unit vectors ``E`` are then fixed inputs.
-Each step computes every item's vector ``V = head(E)`` and scores the user vector at every
-position of a batch of history windows against all items: a full softmax over the catalogue
-(the limit of in-batch negatives, with no sampling bias to correct), SASRec-style, so a window of
-50 items trains 49 next-item predictions. Model selection uses NDCG@10 on the validation split
-(history masked), never the test split.
+Each step scores the user vector at every position of a batch of history windows (SASRec-style,
+so a window of 50 items trains 49 next-item predictions) against candidate items ``head(E)``:
+
+- **full softmax** (catalogues up to ``FULL_SOFTMAX_MAX_ITEMS``): every item is a candidate,
+  the limit of in-batch negatives, with no sampling bias to correct;
+- **sampled softmax** (larger catalogues): each step draws ``negatives`` items shared by the
+  batch, in proportion to their training frequency to the power 0.75, and subtracts each
+  negative's log expected count from its logit (the logQ correction), so that their summed
+  exponentials estimate the full softmax's denominator without bias; a sample that is a row's
+  own target is masked.
+  The head then runs on the step's items only, so a step costs the same at 30,000 items as
+  at 3,000,000.
+
+Model selection uses NDCG@10 on the validation split (history masked, full ranking, at most
+``VALIDATION_USERS`` users), never the test split.
 """
 
 from __future__ import annotations
@@ -31,6 +41,13 @@ from .model import SequenceTower, TextTower, TwoTower, guarded_step
 
 logger = logging.getLogger(__name__)
 
+#: Catalogues up to this many items train with a full softmax (``softmax="auto"``).
+FULL_SOFTMAX_MAX_ITEMS = 20_000
+#: Validation users scored for model selection (a seeded sample when there are more).
+VALIDATION_USERS = 5_000
+#: The proposal's exponent on training frequency (word2vec's 0.75: between uniform and unigram).
+SAMPLING_POWER = 0.75
+
 
 @dataclass
 class SequenceRun:
@@ -43,7 +60,11 @@ class SequenceRun:
     best_epoch: int = 0
     best_ndcg: float = -1.0
     out_of_time: bool = False
+    out_of_steps: bool = False
     stopped_early: bool = False
+    softmax: str = "full"
+    epoch_seconds: list[float] = field(default_factory=list)  # training only, validation excluded
+    step_seconds: float = 0.0  # all training steps so far, partial epochs included
 
 
 def embed_items(
@@ -90,7 +111,9 @@ def history_windows(
 def _window_batch(
     windows: Sequence[list[int]], length: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    n = len(windows)
+    # Only as wide as the batch's longest window: positions count from the right, so leading
+    # columns of padding change nothing but cost (short product histories pad 5 items to 50).
+    n, length = len(windows), min(length, max(len(w) for w in windows) - 1)
     history = torch.zeros(n, length, dtype=torch.long)
     targets = torch.full((n, length), -1, dtype=torch.long)
     mask = torch.zeros(n, length, dtype=torch.long)
@@ -151,6 +174,96 @@ def validation_ndcg(
     return {f"ndcg@{k}": ndcg / max(1, len(examples)), f"recall@{k}": hits / max(1, len(examples))}
 
 
+class NegativeSampler:
+    """Negatives for one step of sampled softmax, with the logQ correction.
+
+    The proposal ``q`` is each item's training frequency to the power ``SAMPLING_POWER`` over the
+    items that may be negatives (``allowed``); ``k`` items are drawn with replacement, so an item's
+    expected count in a sample is ``k * q`` and ``log_expected`` is what its logit loses.
+    """
+
+    def __init__(self, counts: torch.Tensor, k: int, allowed: torch.Tensor | None = None) -> None:
+        weights = counts.double().clamp(min=0) ** SAMPLING_POWER
+        if allowed is not None:
+            weights = torch.where(allowed, weights, torch.zeros_like(weights))
+        if float(weights.sum()) <= 0:
+            raise TrainingError("no item can be drawn as a negative: the training part shows no items")
+        self.q = (weights / weights.sum()).float()
+        self.k = k
+        self.log_expected = torch.log(self.q * k)  # -inf for items never drawn (never used)
+        self.generator = torch.Generator()
+
+    def reseed(self, seed: int) -> None:
+        self.generator.manual_seed(seed)
+
+    def sample(self) -> torch.Tensor:
+        return torch.multinomial(self.q, self.k, replacement=True, generator=self.generator)
+
+
+def training_counts(split: Split, position: dict[str, int]) -> torch.Tensor:
+    """``(n_items,)`` how often the training part shows each catalogue item."""
+    counts = torch.zeros(len(position), dtype=torch.float64)
+    rows = torch.tensor([position[i] for seq in split.train.values() for i in seq], dtype=torch.long)
+    counts.index_add_(0, rows, torch.ones(len(rows), dtype=torch.float64))
+    return counts
+
+
+def sampled_softmax_logits(
+    model: TwoTower,
+    embeddings: torch.Tensor,
+    rows: torch.Tensor,
+    targets: torch.Tensor,
+    mask: torch.Tensor,
+    sampler: NegativeSampler,
+    temperature: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and labels: each position's target against the step's shared negatives.
+
+    Each negative's logit loses ``log(k q)`` (logQ), so the negatives' summed exponentials are an
+    unbiased estimate of the full softmax's sum over the other items; the target's own logit is
+    left as it is, as in the full softmax, and draws of the target itself are masked. The head
+    runs on the step's distinct items only."""
+    selected = targets >= 0
+    positives = targets[selected]
+    negatives = sampler.sample()
+    items, inverse = torch.unique(torch.cat([rows.flatten(), positives, negatives]), return_inverse=True)
+    vectors = model.catalogue_vectors(embeddings, items)
+    n_rows, n_pos = rows.numel(), len(positives)
+    history = vectors[inverse[:n_rows]].view(*rows.shape, -1)
+    users = model.user.encode_positions(history, mask)[selected]
+    positive = vectors[inverse[n_rows : n_rows + n_pos]]
+    negative = vectors[inverse[n_rows + n_pos :]]
+    true = (users * positive).sum(dim=-1).float() / temperature
+    sampled = (users @ negative.T).float() / temperature - sampler.log_expected[negatives]
+    sampled = sampled.masked_fill(negatives.unsqueeze(0) == positives.unsqueeze(1), float("-inf"))
+    logits = torch.cat([true.unsqueeze(1), sampled], dim=1)
+    return logits, torch.zeros(len(positives), dtype=torch.long)
+
+
+def _full_softmax_logits(
+    model: TwoTower,
+    embeddings: torch.Tensor,
+    rows: torch.Tensor,
+    targets: torch.Tensor,
+    mask: torch.Tensor,
+    temperature: float,
+    excluded: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    vectors = model.catalogue_vectors(embeddings)
+    users = model.user.encode_positions(vectors[rows], mask)
+    selected = targets >= 0
+    logits = (users[selected] @ vectors.T).float() / temperature
+    if excluded is not None:
+        logits = logits.masked_fill(excluded, float("-inf"))
+    return logits, targets[selected]
+
+
+def use_sampled_softmax(softmax: str, n_items: int) -> bool:
+    if softmax not in ("auto", "full", "sampled"):
+        raise TrainingError(f"softmax must be 'auto', 'full' or 'sampled', got {softmax!r}")
+    return softmax == "sampled" or (softmax == "auto" and n_items > FULL_SOFTMAX_MAX_ITEMS)
+
+
 def trainable_state(model: TwoTower) -> dict[str, torch.Tensor]:
     """A copy of everything but the frozen item encoder: what a best state or a resume needs."""
     return {k: v.detach().clone() for k, v in model.state_dict().items() if not k.startswith("item.encoder.")}
@@ -174,10 +287,17 @@ def train_sequence_loop(
     deadline: float | None,
     progress: bool,
     unseen_negatives: bool = True,
+    softmax: str = "auto",
+    negatives: int = 4096,
+    max_steps: int | None = None,
     resume: Any = None,
     on_eval: Callable[[SequenceRun, torch.optim.Optimizer, dict[str, torch.Tensor]], None] | None = None,
 ) -> tuple[SequenceRun, dict[str, torch.Tensor]]:
-    """Train head and sequence tower; returns the run and the best (validation) state dict."""
+    """Train head and sequence tower; returns the run and the best (validation) state dict.
+
+    It stops at ``epochs``, on early stopping, at the ``deadline`` or after ``max_steps`` steps
+    (a smoke test's budget), whichever comes first; a partial epoch is validated before the
+    best state is chosen."""
     user: SequenceTower = model.user
     head = model.item.head
     if head is None:
@@ -191,9 +311,19 @@ def train_sequence_loop(
     if not windows:
         raise TrainingError("no training windows: users need at least two training interactions")
     validation = [Example(e.user_id, e.history[-user.max_history :], e.target) for e in split.validation]
+    if len(validation) > VALIDATION_USERS:
+        validation = random.Random(seed).sample(validation, VALIDATION_USERS)
+    sampler = None
+    if use_sampled_softmax(softmax, len(position)):
+        counts = training_counts(split, position)
+        sampler = NegativeSampler(
+            counts if excluded is not None else counts + 1,
+            negatives,
+            allowed=None if excluded is None else ~excluded,
+        )
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=learning_rate, weight_decay=weight_decay)
-    run = SequenceRun()
+    run = SequenceRun(softmax="sampled" if sampler is not None else "full")
     best_state = trainable_state(model)
     if resume is not None:
         from .state import restore_optimizer, restore_rng
@@ -204,8 +334,9 @@ def train_sequence_loop(
         restore_rng(resume)
         p = resume.meta["progress"]
         run = SequenceRun(
-            p["epochs"], p["steps"], p["losses"], p["validation"], p["best_epoch"], p["best_ndcg"]
-        )
+            p["epochs"], p["steps"], p["losses"], p["validation"], p["best_epoch"], p["best_ndcg"],
+            softmax=run.softmax, epoch_seconds=p.get("epoch_seconds", []),
+        )  # fmt: skip
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -217,28 +348,38 @@ def train_sequence_loop(
         while run.epochs < epochs:
             order = list(range(len(windows)))
             random.Random(seed * 1_000_003 + run.epochs).shuffle(order)
+            if sampler is not None:  # per epoch, so that a resumed run draws what it would have
+                sampler.reseed(seed * 1_000_003 + run.epochs)
             epoch_losses = []
+            started = time.perf_counter()
             for start in range(0, len(order), batch_size):
                 if deadline is not None and time.monotonic() > deadline:
                     run.out_of_time = True
+                    break
+                if max_steps is not None and run.steps >= max_steps:
+                    run.out_of_steps = True
                     break
                 rows, targets, mask = _window_batch(
                     [windows[j] for j in order[start : start + batch_size]], user.max_history
                 )
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                    vectors = model.catalogue_vectors(embeddings)
-                    users = user.encode_positions(vectors[rows], mask)
-                    selected = targets >= 0
-                    logits = (users[selected] @ vectors.T).float() / temperature
-                    if excluded is not None:
-                        logits = logits.masked_fill(excluded, float("-inf"))
-                loss = F.cross_entropy(logits, targets[selected])
+                    if sampler is not None:
+                        logits, labels = sampled_softmax_logits(
+                            model, embeddings, rows, targets, mask, sampler, temperature
+                        )
+                    else:
+                        logits, labels = _full_softmax_logits(
+                            model, embeddings, rows, targets, mask, temperature, excluded
+                        )
+                loss = F.cross_entropy(logits, labels)
                 guarded_step(loss, optimizer, trainable, f"in epoch {run.epochs + 1}")
                 run.steps += 1
                 epoch_losses.append(float(loss.item()))
-            if run.out_of_time:
+            run.step_seconds += time.perf_counter() - started
+            if run.out_of_time or run.out_of_steps:
                 break
             run.epochs += 1
+            run.epoch_seconds.append(round(time.perf_counter() - started, 3))
             run.losses.append(float(np.mean(epoch_losses)))
             if bar is not None:
                 bar.update(1)
@@ -261,8 +402,8 @@ def train_sequence_loop(
     finally:
         if bar is not None:
             bar.close()
-    if not run.validation or run.out_of_time:
-        # Stopped by the clock (or no evaluation yet): measure where we are before choosing.
+    if not run.validation or run.out_of_time or run.out_of_steps:
+        # Stopped mid-way (or no evaluation yet): measure where we are before choosing.
         scores = validation_ndcg(model, embeddings, validation, position)
         run.validation.append({"epoch": run.epochs, **scores})
         if scores["ndcg@10"] > run.best_ndcg:

@@ -58,9 +58,18 @@ KIND_DEFAULTS: dict[UserTowerKind, dict[str, Any]] = {
         "learning_rate": 1e-3,
         "temperature": 0.07,
         "max_history": 50,
-        "bf16": True,
+        "bf16": "native",  # bf16 autocast where the CPU has bf16 instructions, fp32 elsewhere
     },
 }
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX). Elsewhere torch emulates
+    it: on an AVX2-only AMD EPYC a sequence training step ran 6x slower under bf16 autocast
+    than in fp32 (benchmarks/QUALITY.md), so the default is fp32 there."""
+    import torch
+
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def _given(value: T | None) -> T:
@@ -78,7 +87,7 @@ class TrainConfig:
     ``cold_items`` holds that many items (test targets, seeded choice) out of training entirely.
     """
 
-    user_tower: UserTowerKind = UserTowerKind.TEXT
+    user_tower: UserTowerKind = UserTowerKind.SEQUENCE
     epochs: int | None = None
     max_steps: int | None = None
     max_minutes: float | None = None
@@ -108,6 +117,10 @@ class TrainConfig:
     # that the head does not learn to push their kind of text away (see sequence_train and
     # benchmarks/QUALITY.md: it fixed cold items on ml-100k and did not hurt warm ones).
     unseen_negatives: bool = False
+    # "auto": a full softmax over catalogues up to sequence_train.FULL_SOFTMAX_MAX_ITEMS items,
+    # sampled softmax with the logQ correction above (the epoch-time curve is in QUALITY.md).
+    softmax: str = "auto"
+    negatives: int = 4096
     eval_every: int = 5
     patience: int = 4
 
@@ -115,7 +128,7 @@ class TrainConfig:
         object.__setattr__(self, "user_tower", UserTowerKind(self.user_tower))
         for name, value in KIND_DEFAULTS[self.user_tower].items():
             if getattr(self, name) is None:
-                object.__setattr__(self, name, value)
+                object.__setattr__(self, name, native_bf16() if value == "native" else value)
         checks = [
             (self.epochs is not None and self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
             (
@@ -138,6 +151,11 @@ class TrainConfig:
             (self.threads is None or self.threads >= 1, f"threads must be positive, got {self.threads}"),
             (self.cold_items >= 0, f"cold_items must be 0 or more, got {self.cold_items}"),
             (
+                self.softmax in ("auto", "full", "sampled") and self.negatives >= 1,
+                f"softmax must be auto, full or sampled and negatives positive; got {self.softmax!r}, "
+                f"{self.negatives}",
+            ),
+            (
                 self.save_every >= 1 and self.eval_every >= 1 and self.patience >= 1,
                 "save_every, eval_every and patience must be positive",
             ),
@@ -157,7 +175,10 @@ class TrainConfig:
         kind = given.get("user_tower")
         if kind is not None and UserTowerKind(kind) is not self.user_tower:
             defaults = KIND_DEFAULTS[self.user_tower]
-            given = {**{k: None for k, v in defaults.items() if getattr(self, k) == v}, **given}
+            untouched = [
+                k for k, v in defaults.items() if getattr(self, k) == (native_bf16() if v == "native" else v)
+            ]
+            given = {**dict.fromkeys(untouched), **given}
         return replace(self, **given)
 
     def sequence_config(self) -> SequenceConfig:
@@ -506,17 +527,27 @@ def _train_sequence(run: _Run) -> tuple[dict[str, Any], dict[str, Any]]:
         eval_every=config.eval_every,
         patience=config.patience,
         unseen_negatives=config.unseen_negatives,
+        softmax=config.softmax,
+        negatives=config.negatives,
+        max_steps=config.max_steps,
         deadline=run.deadline,
         progress=run.progress,
         resume=run.saved,
         on_eval=checkpoint_state,
     )
-    stopped_by = "max_minutes" if done.out_of_time else "early_stopping" if done.stopped_early else "epochs"
+    stopped_by = (
+        "max_minutes" if done.out_of_time
+        else "max_steps" if done.out_of_steps
+        else "early_stopping" if done.stopped_early
+        else "epochs"
+    )  # fmt: skip
     extra = {
         "epochs": done.epochs,
         "best_epoch": done.best_epoch,
         "best_validation_ndcg@10": done.best_ndcg,
         "validation": done.validation,
+        "softmax": done.softmax,
+        "epoch_seconds": done.epoch_seconds,
     }
     return {
         "steps": done.steps,
