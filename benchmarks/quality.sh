@@ -31,6 +31,11 @@ declare -A COLD_EPOCHS=([ml-100k]=200 [ml-latest-small]=40)
 # Chosen per data set on validation NDCG@10 (QUALITY.md, "levers"): adding the newest item's own
 # vector to the user vector won on ml-latest-small (0.0531 vs 0.0453), lost on ml-100k (0.0974
 # vs 0.1000).
+# The default model's budget: ml-100k stops early on its own (epoch 70, best 50). An epoch of
+# ml-latest-small took about 150 s on one thread of an AVX2-only AMD EPYC, so that run was cut
+# at epoch 30 by the session's clock (best 25); --epochs 30 asks for the same model (fp32 on
+# such a CPU; a CPU with bf16 trains in bf16 and lands elsewhere). See QUALITY.md.
+declare -A DEFAULT_BUDGET=([ml-100k]="" [ml-latest-small]="--epochs 30")
 declare -A RESIDUAL=([ml-100k]=--no-last-item-residual [ml-latest-small]=--last-item-residual)
 
 for d in ml-100k ml-latest-small; do
@@ -45,11 +50,11 @@ for d in ml-100k ml-latest-small; do
   train sequence-cold --user-tower sequence --cold-items 200 --epochs "${COLD_EPOCHS[$d]}" --max-minutes 55 \
     "${RESIDUAL[$d]}" --unseen-negatives
   # The pretrained encoder as text towers, untrained: the zero-shot baseline.
-  train zero-shot --max-steps 0
+  train zero-shot --user-tower text --max-steps 0
   models=("$out/sequence-bundle")
   if [[ " $TEXT_DATA " == *" $d "* ]]; then
     # Both text towers fine-tuned on the history written as text, bf16 autocast.
-    train text --max-steps 200 --bf16
+    train text --user-tower text --max-steps 200 --bf16
     models+=("$out/text-bundle")
   fi
   models+=("$out/zero-shot-bundle")
@@ -80,4 +85,18 @@ for d in ml-100k ml-latest-small; do
   train sequence-masked --user-tower sequence --epochs 200 --max-minutes 55 "${RESIDUAL[$d]}"
   $CLI evaluate "$out/sequence-masked-bundle" "$out/sequence-bundle" "$out/zero-shot-bundle" --data "$DATA/$d" \
     --baseline als --baseline popularity --exclude-seen --requests --json "$out/evaluate-masked.json"
+  # Today's default model: `train` with no flags but the clock (the sequence kind, two-space
+  # export), against the same checkpoint exported with the trained space alone (the sequence
+  # model as it was), the zero-shot encoder and popularity. --requests adds text requests and
+  # the history sent with a request (mixed), each paired.
+  train default ${DEFAULT_BUDGET[$d]}
+  [ -d "$out/default-single-bundle" ] || $CLI export "$out/default" --out "$out/default-single-bundle" \
+    --no-text-space --json "$out/default-single.export.json"
+  $CLI evaluate "$out/default-bundle" "$out/default-single-bundle" "$out/zero-shot-bundle" --data "$DATA/$d" \
+    --baseline popularity --exclude-seen --requests --json "$out/evaluate-default.json"
+  $CLI evaluate "$out/default-bundle" --data "$DATA/$d" --baseline als --baseline popularity --exclude-seen \
+    --json "$out/evaluate-default-als.json"
+  # The same bundles by exact search: the scoring without the index's loss.
+  $CLI evaluate "$out/default-bundle" "$out/zero-shot-bundle" --data "$DATA/$d" --exclude-seen --requests \
+    --exact --k 10 --json "$out/evaluate-default-exact.json"
 done

@@ -72,9 +72,13 @@ def glance(reports: list[dict[str, Any]]) -> str:
         "| data | trained model minus | Recall@10 | NDCG@10 |",
         "|---|---|---|---|",
     ]
+    done = set()
     for report in reports:
         paired = {(p["b"], p["metric"]): p for p in report["paired"]}
         for other in [m["name"] for m in report["models"][1:]]:
+            if (report["data"]["name"], other) in done:  # the same pair in another report
+                continue
+            done.add((report["data"]["name"], other))
             cells = []
             for metric in ("recall@10", "ndcg@10"):
                 p = paired[(other, metric)]

@@ -128,10 +128,10 @@ def quickstart(
     out: Annotated[Path, typer.Option(help="Where the checkpoint and bundle go.", file_okay=False)] = Path(
         "quickstart-out"
     ),
-    steps: Annotated[
-        int | None,
-        typer.Option(min=0, help="Cap training at this many steps (default: train to early stopping)."),
-    ] = None,
+    minutes: Annotated[
+        float, typer.Option(min=0.1, help="Training budget in minutes (the default model, best epoch kept).")
+    ] = 2.0,
+    steps: Annotated[int | None, typer.Option(min=0, help="Train exactly this many steps instead.")] = None,
     encoder: EncoderOpt = None,
     json_out: JsonOut = None,
 ) -> None:
@@ -140,7 +140,7 @@ def quickstart(
 
     console = _console()
     console.print(f"[bold]recsys-infer quickstart[/bold]: built-in sample catalogue → {out}/")
-    report = run_quickstart(out, steps=steps, encoder=encoder)
+    report = run_quickstart(out, steps=steps, minutes=minutes, encoder=encoder)
     for user in report.users:
         console.print(f"\n[bold]user {user.user_id}[/bold], most recent history (newest last):")
         width = max(40, console.width - 12)
@@ -165,7 +165,19 @@ def quickstart(
         timings.add_row(stage, f"{seconds:.1f}")
     timings.add_row("[bold]total[/bold]", f"[bold]{sum(report.stages.values()):.1f}[/bold]")
     console.print(timings)
+    extra = report.train.get("extra", {})
+    if "best_epoch" in extra:
+        console.print(
+            f"trained {report.train['steps']} steps ({extra['epochs']} epochs, stopped by "
+            f"{report.train['stopped_by']}); best validation NDCG@10 "
+            f"{extra['best_validation_ndcg@10']:.4f} at epoch {extra['best_epoch']}"
+        )
     console.print(_parity_line(report.export["parity"], report.export["index_recall_at_10"]))
+    from .runtime.bundle import read_manifest
+
+    fusion = read_manifest(report.bundle).fusion
+    for line in _fusion_lines(fusion) if fusion is not None else []:
+        console.print(line, highlight=False)
     console.print(f'bundle ready: recsys-infer recommend {report.bundle} --text "..."')
     _write_json(json_out, report.to_json())
 

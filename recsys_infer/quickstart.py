@@ -68,6 +68,7 @@ def run_quickstart(
     out: Path,
     *,
     steps: int | None = None,
+    minutes: float = 2.0,
     encoder: str | None = None,
     data: str = "sample",
     num_users: int = 3,
@@ -77,9 +78,9 @@ def run_quickstart(
     """Train with ``train``'s defaults, export with the parity check, build the index, load the
     engine, recommend from histories, a request, and both together.
 
-    ``steps`` caps training (a smoke test); ``None`` trains as ``recsys-infer train`` would, to
-    early stopping on validation. Re-running replaces the checkpoint and bundle inside ``out``
-    (each is replaced whole).
+    Training is ``recsys-infer train``'s default model with a budget of ``minutes`` (it keeps the
+    best validation epoch reached by then), or exactly ``steps`` steps when given (a smoke
+    test). Re-running replaces the checkpoint and bundle inside ``out`` (each is replaced whole).
     """
     from .toolchain.export import ExportConfig, export_bundle
     from .toolchain.train import TrainConfig, train
@@ -97,7 +98,7 @@ def run_quickstart(
         dataset,
         report.checkpoint,
         encoder=encoder,
-        config=TrainConfig(max_steps=steps),
+        config=TrainConfig(max_steps=steps, max_minutes=None if steps is not None else minutes),
         overwrite=True,
         progress=progress,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -113,8 +114,12 @@ def test_evaluate_job_pairs_models_on_the_same_users(tiny_bundle: Path) -> None:
     assert names == ["bundle", "popularity", "als"]
     assert len(doc["models"][0]["manifest_sha256"]) == 64
     assert doc["models"][0]["text_requests"]["users"] > 0
-    assert len(doc["paired"]) == 2 * 5  # two others × (recall, ndcg)@(10, 50) + mrr
-    assert {p["b"] for p in doc["paired"]} == {"popularity", "als"}
+    # two others × (recall, ndcg)@(10, 50) + mrr, then the history + request queries against
+    # each of their parts (history alone, request alone) × the same five metrics
+    against = Counter(p["b"] for p in doc["paired"])
+    assert against == {"popularity": 5, "als": 5, "bundle (history alone)": 5, "bundle (text requests)": 5}
+    mixed = {p["a"] for p in doc["paired"] if p["b"].startswith("bundle")}
+    assert mixed == {"bundle (history + text request)"}
     first = report.models[0].result
     assert all(m.result.user_ids == first.user_ids for m in report.models)
     # Evaluating again gives the same numbers (seeded sample, exact search, seeded bootstrap).
@@ -131,7 +136,10 @@ def test_evaluate_pairs_the_request_path_of_bundles(tiny_bundle: Path, tmp_path:
     config = EvalConfig(ks=(10,), users=60, exclude_seen=True, exact=True, requests=True, tune_als=False)
     doc = run_evaluation(small_sample(), [tiny_bundle, int8], [], config, progress=False).to_json()
     pairs = {(p["a"], p["b"], p["metric"]): p for p in doc["paired"]}
-    assert len(pairs) == 2 * 3  # (history, requests) × (recall@10, ndcg@10, mrr)
+    # (history, requests, history + request) between the bundles, then each bundle's history +
+    # request against its two parts; each × (recall@10, ndcg@10, mrr)
+    assert len(pairs) == 3 * 3 + 2 * 2 * 3
+    assert ("bundle (history + text request)", "int8 (history + text request)", "ndcg@10") in pairs
     request_pair = pairs[("bundle (text requests)", "int8 (text requests)", "recall@10")]
     means = [m["text_requests"]["metrics"]["recall@10"]["mean"] for m in doc["models"]]
     assert request_pair["mean_difference"] == pytest.approx(means[0] - means[1])

@@ -29,7 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 def test_bundle_contents_and_manifest(tiny_bundle: Path, tiny_checkpoint: Path) -> None:
     manifest = read_manifest(tiny_bundle)
     raw = encode(manifest)
-    assert manifest.schema_version == SCHEMA_VERSION
+    # Version 2 only adds the two-space fusion; a bundle without it stays readable as version 1.
+    assert manifest.fusion is None and manifest.schema_version == 1 < SCHEMA_VERSION
     assert {p.name for p in tiny_bundle.iterdir()} == {
         "manifest.json",
         "user_tower.onnx",
@@ -163,7 +164,7 @@ def test_unknown_schema_version_is_refused(bundle_copy: Path) -> None:
     doc = json.loads(path.read_text())
     doc["schema_version"] = 99
     path.write_text(json.dumps(doc))
-    with pytest.raises(SchemaVersionError, match=r"schema version 99 is not supported.*reads version 1"):
+    with pytest.raises(SchemaVersionError, match=r"version 99 is not supported.*reads versions 1 and 2"):
         Engine.load(bundle_copy, device="cpu")
 
 

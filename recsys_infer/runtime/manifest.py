@@ -373,7 +373,7 @@ def parse_manifest(data: object, *, source: str = MANIFEST) -> Manifest:
     if type(version) is not int or version not in SCHEMA_VERSIONS:
         raise SchemaVersionError(
             f"{source}: schema version {version!r:.40} is not supported by this recsys-infer (it "
-            f"reads versions {', '.join(map(str, SCHEMA_VERSIONS))}, an integer). Upgrade recsys-infer, "
+            f"reads versions {' and '.join(map(str, SCHEMA_VERSIONS))}). Upgrade recsys-infer, "
             f"or rebuild the bundle with this version: {MAKE_BUNDLE}"
         )
     try:

@@ -494,6 +494,11 @@ def _train_sequence(run: _Run) -> tuple[dict[str, Any], dict[str, Any]]:
     )
     if config.max_steps == 0:  # the untrained model: an identity head, a random sequence tower
         return {"steps": 0, "examples_seen": 0, "stopped_by": "max_steps", "losses": []}, {}
+    if not any(len(seq) >= 2 for seq in run.split.train.values()):  # before the catalogue is embedded
+        raise DataError(
+            f"{run.dataset.name} has no training examples: a user needs at least two training "
+            "interactions (after the last two are held out for validation and test)"
+        )
     embeddings = embed_items(model.item, tokenizer, run.dataset.catalog.texts, progress=run.progress)
     if model.item_offsets is not None:
         seen = {i for seq in run.split.train.values() for i in seq}
