@@ -25,6 +25,8 @@ def _paired(quality: str, data: str) -> dict[tuple[str, str], str]:
     pairs: dict[tuple[str, str], str] = {}
     for table in section.split(f"#### {data}: ")[1:]:
         table = table.split("####", 1)[0]
+        if "HNSW." not in table.split("\n\n", 2)[1]:  # the glance is of HNSW results only
+            continue
         rows = re.findall(r"^\| default-bundle \| ([\w-]+) \| (\w+@10) \| (\S+ \[\S+, \S+\]) \|", table, re.M)
         pairs.update({(o, m): d for o, m, d in rows})
     return pairs
