@@ -229,10 +229,12 @@ def sampled_softmax_logits(
     items, inverse = torch.unique(torch.cat([rows.flatten(), positives, negatives]), return_inverse=True)
     vectors = model.catalogue_vectors(embeddings, items)
     n_rows, n_pos = rows.numel(), len(positives)
-    history = vectors[inverse[:n_rows]].view(*rows.shape, -1)
+    # F.embedding rather than indexing: its backward sums repeated rows in a fixed order, where
+    # an indexing backward's scatter-add under two busy threads did not (resumed runs drifted).
+    history = F.embedding(inverse[:n_rows], vectors).view(*rows.shape, -1)
     users = model.user.encode_positions(history, mask)[selected]
-    positive = vectors[inverse[n_rows : n_rows + n_pos]]
-    negative = vectors[inverse[n_rows + n_pos :]]
+    positive = F.embedding(inverse[n_rows : n_rows + n_pos], vectors)
+    negative = F.embedding(inverse[n_rows + n_pos :], vectors)
     true = (users * positive).sum(dim=-1).float() / temperature
     sampled = (users @ negative.T).float() / temperature - sampler.log_expected[negatives]
     sampled = sampled.masked_fill(negatives.unsqueeze(0) == positives.unsqueeze(1), float("-inf"))
@@ -250,7 +252,7 @@ def _full_softmax_logits(
     excluded: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     vectors = model.catalogue_vectors(embeddings)
-    users = model.user.encode_positions(vectors[rows], mask)
+    users = model.user.encode_positions(F.embedding(rows, vectors), mask)  # see sampled_softmax_logits
     selected = targets >= 0
     logits = (users[selected] @ vectors.T).float() / temperature
     if excluded is not None:
