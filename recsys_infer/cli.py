@@ -399,7 +399,12 @@ def export(
             f"min cos {p['min_cosine']:.6f}"
         )
     typer.echo(f"HNSW recall@10 vs exact: {result.index_recall_at_10:.3f}")
-    fusion = read_manifest(out).fusion
+    manifest = read_manifest(out)
+    by_kind = manifest.fidelity.get("index_recall_at_10_by_query")
+    if by_kind:
+        recalls = ", ".join(f"{kind} {value:.3f}" for kind, value in by_kind.items())
+        typer.echo(f"HNSW ef_search {manifest.index.ef_search}, recall@10 vs exact by query: {recalls}")
+    fusion = manifest.fusion
     if fusion is not None:
         for line in _fusion_lines(fusion):
             typer.echo(line)
