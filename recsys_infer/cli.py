@@ -312,6 +312,8 @@ def train(
         f"loss {result.first_loss:.3f} → {result.final_loss:.3f}"
         if result.first_loss is not None
         else "no steps"
+        if result.steps == 0
+        else "no complete epoch, so no epoch loss"
     )
     typer.echo(
         f"trained {result.steps} steps in {result.seconds:.0f}s ({loss}; stopped by {result.stopped_by})"
