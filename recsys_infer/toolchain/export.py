@@ -546,22 +546,28 @@ def _check_and_encode(
     return _Checked(parity, vectors, history_queries, offsets is not None, fusion, kinds)
 
 
+def _probe_examples(ckpt: Checkpoint) -> list[tuple[list[str], str, str | None]]:
+    """The probe's validation users as (history, target, request made of the target), with
+    ids the catalogue no longer holds dropped, and users left with no history skipped."""
+    from recsys_infer.data.probe import request_from_item
+
+    probe, catalog = ckpt.probe or {}, ckpt.catalog
+    known = set(catalog.ids)
+    examples = []
+    for history, target in zip(probe.get("histories", []), probe.get("targets", []), strict=False):
+        kept = [i for i in history if i in known]
+        if kept and target in known:
+            examples.append((kept, target, request_from_item(catalog.get(target))))
+    return examples
+
+
 def _query_kinds(
     ckpt: Checkpoint, users: SequenceUserEncoder, history_queries: np.ndarray
 ) -> dict[str, np.ndarray]:
     """Up to 200 probe queries of each kind a two-space bundle answers."""
-    from recsys_infer.data.probe import request_from_item
     from recsys_infer.runtime.engine import Query
 
-    probe, catalog = ckpt.probe or {}, ckpt.catalog
-    known = set(catalog.ids)
-    mixed = []
-    for history, target in zip(probe.get("histories", []), probe.get("targets", []), strict=False):
-        history = [i for i in history if i in known]
-        request = request_from_item(catalog.get(target)) if target in known else None
-        if history and request:
-            mixed.append(Query(tuple(history), request))
-    mixed = mixed[:200]
+    mixed = [Query(tuple(h), r) for h, _, r in _probe_examples(ckpt) if r][:200]
     kinds = {"history": history_queries}
     if mixed:
         kinds["request"] = users.encode_requests([q.text or "" for q in mixed])
@@ -573,27 +579,18 @@ def _choose_fusion(
     ckpt: Checkpoint, users: SequenceUserEncoder, vectors: np.ndarray, label: dict[str, int]
 ) -> FusionSpec:
     """The two spaces' weights, chosen on the probe's validation users (see :mod:`.fusion`)."""
-    from recsys_infer.data.probe import request_from_item
-
-    probe = ckpt.probe or {}
-    pairs = [
-        ([label[i] for i in h if i in label], label[t])
-        for h, t in zip(probe.get("histories", []), probe.get("targets", []), strict=False)
-        if t in label
-    ]
-    pairs = [(h, t) for h, t in pairs if h]
+    examples = _probe_examples(ckpt)
     if users.fusion is None:  # pragma: no cover - called for two-space bundles only
         raise ExportError("choosing fusion weights needs a two-space user encoder")
-    if not pairs:
+    if not examples:
         logger.warning("the checkpoint has no validation probe: fusion weights left at their defaults")
         return replace(users.fusion, chosen_on={"split": "none: the checkpoint has no probe"})
-    ids = ckpt.catalog.ids
     queries = ProbeQueries(
-        histories=[h for h, _ in pairs],
-        targets=[t for _, t in pairs],
-        requests=[request_from_item(ckpt.catalog.get(ids[t])) for _, t in pairs],
+        histories=[[label[i] for i in h] for h, _, _ in examples],
+        targets=[label[t] for _, t, _ in examples],
+        requests=[r for _, _, r in examples],
     )
-    tower = users.tower_vectors([[ids[i] for i in h] for h in queries.histories])
+    tower = users.tower_vectors([h for h, _, _ in examples])
     texts = [r for r in queries.requests if r]
     request_vectors = users.requests.encode(texts) if texts else np.zeros((0, vectors.shape[1]), np.float32)
     return choose_fusion(
