@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from .enums import Calibration, Device, QuantMode, TowerChoice, UserTowerKind
-from .errors import RecsysError
+from . import __version__
+from .enums import Calibration, Pooling, QuantMode, TowerChoice, UserTowerKind
+from .errors import FidelityError, RecsysError
 
 if TYPE_CHECKING:
     from .runtime.engine import Recommendation
@@ -35,6 +36,7 @@ app = typer.Typer(
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+DEVICE_HELP = "auto, cpu, cuda, cuda:N (the N-th GPU), tensorrt or tensorrt:N."
 JsonOut = Annotated[
     Path | None,
     typer.Option("--json", help="Also write a machine-readable report to this file.", dir_okay=False),
@@ -56,9 +58,13 @@ class SoftmaxChoice(StrEnum):
     SAMPLED = "sampled"
 
 
+#: Exit status of a command refused by a quality gate (a fidelity budget), apart from errors (1).
+GATE_FAILED = 3
+
+
 def _friendly_errors(func: F) -> F:
-    """Turn the library's errors into one clear line and exit status 1 (tracebacks with
-    RECSYS_INFER_DEBUG=1)."""
+    """Turn the library's errors into one clear line and exit status 1, or GATE_FAILED when a
+    fidelity budget refused the result (tracebacks with RECSYS_INFER_DEBUG=1)."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -68,7 +74,7 @@ def _friendly_errors(func: F) -> F:
             if os.environ.get("RECSYS_INFER_DEBUG"):
                 raise
             typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-            raise typer.Exit(1) from None
+            raise typer.Exit(GATE_FAILED if isinstance(e, FidelityError) else 1) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -113,9 +119,28 @@ def _recs_table(title: str, recs: list[Recommendation]) -> Any:
     return table
 
 
+def _print_version(value: bool) -> None:
+    if not value:
+        return
+    from .runtime.providers import installed_runtime_distributions
+
+    runtimes = installed_runtime_distributions()
+    typer.echo(f"recsys-infer {__version__} ({'; '.join(runtimes) or 'no ONNX Runtime installed'})")
+    raise typer.Exit()
+
+
 @app.callback()
 def _main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what the library does.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the version and the ONNX Runtime build.",
+        ),
+    ] = False,
 ) -> None:
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
@@ -188,6 +213,14 @@ def train(
     data: Annotated[str, typer.Option(help="Data folder (MovieLens or generic), or 'sample'.")],
     out: Annotated[Path, typer.Option(help="Checkpoint directory to write.", file_okay=False)],
     encoder: EncoderOpt = None,
+    revision: Annotated[
+        str | None,
+        typer.Option(help="Hub revision (branch, tag or commit) of --encoder; recorded in the bundle."),
+    ] = None,
+    pooling: Annotated[
+        Pooling | None,
+        typer.Option(help="mean or cls; only for encoders without a sentence-transformers Pooling module."),
+    ] = None,
     epochs: Annotated[int | None, typer.Option(min=1)] = None,
     max_steps: Annotated[
         int | None, typer.Option(min=0, help="Stop after this many steps (0: save untrained).")
@@ -274,6 +307,7 @@ def train(
         doc = read_recipe(recipe)
         base = TrainConfig(**doc.get("train", {}))
         encoder = encoder or doc.get("encoder", {}).get("name")
+        revision = revision or doc.get("encoder", {}).get("revision")
     config = base.with_overrides(
         epochs=epochs,
         max_steps=max_steps,
@@ -302,11 +336,18 @@ def train(
         bf16=bf16,
         cold_items=cold_items,
         save_every=save_every,
+        pooling=pooling,
     )
     dataset = load_dataset(data)
     typer.echo(dataset.describe())
     result = run_train(
-        dataset, out, encoder=encoder, config=config, overwrite=overwrite or resume, resume=resume
+        dataset,
+        out,
+        encoder=encoder,
+        config=config,
+        overwrite=overwrite or resume,
+        resume=resume,
+        revision=revision,
     )
     loss = (
         f"loss {result.first_loss:.3f} → {result.final_loss:.3f}"
@@ -622,8 +663,11 @@ def info(
     bundle: Annotated[Path, typer.Argument(help="Bundle directory.")],
     verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Check every file's sha256.")] = True,
     device: Annotated[
-        Device | None,
-        typer.Option(help="Also load the engine on this device and report where its graphs really run."),
+        str | None,
+        typer.Option(
+            help="Also load the engine on this device (auto, cpu, cuda, cuda:N, tensorrt) and report where "
+            "its graphs really run."
+        ),
     ] = None,
     json_out: JsonOut = None,
 ) -> None:
@@ -694,10 +738,18 @@ def info(
         engine = Engine.load(bundle, device=device, verify=False)
         providers = getattr(engine.item_encoder, "providers", [])
         console.print(
-            f"  device: {device} requested, the graphs run on {engine.device} "
+            f"  device: {device} requested, the graphs run on {engine.device_name} "
             f"(providers: {', '.join(providers)})"
+            + (f"; fell back: {engine.device_fallback}" if engine.device_fallback else ""),
+            highlight=False,
+            markup=False,
         )
-        report["device"] = {"requested": str(device), "running": str(engine.device), "providers": providers}
+        report["device"] = {
+            "requested": str(device),
+            "running": engine.device_name,
+            "providers": providers,
+            "fallback": engine.device_fallback,
+        }
     _write_json(json_out, report)
 
 
@@ -712,7 +764,7 @@ def recommend(
         OutputFormat, typer.Option("--format", help="Print a table or JSON.")
     ] = OutputFormat.TABLE,
     include_seen: Annotated[bool, typer.Option(help="Allow history items in the results.")] = False,
-    device: Annotated[Device, typer.Option(help="auto, cpu or cuda.")] = Device.AUTO,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
     exact: Annotated[bool, typer.Option(help="Exact search instead of the HNSW index.")] = False,
     json_out: JsonOut = None,
 ) -> None:
@@ -726,14 +778,14 @@ def recommend(
     recs = engine.recommend(history=ids, text=text, k=k, exclude_seen=not include_seen)
     payload = {
         "bundle": str(bundle),
-        "device": str(engine.device),
+        "device": engine.device_name,
         "query": {"history": ids, "text": text},
         "recommendations": [r.to_json() for r in recs],
     }
     if output is OutputFormat.JSON:
         typer.echo(json.dumps(payload, indent=2, ensure_ascii=False))
     else:
-        _console().print(_recs_table(f"top {k} ({engine.device})", recs))
+        _console().print(_recs_table(f"top {k} ({engine.device_name})", recs))
     _write_json(json_out, payload)
 
 
@@ -850,8 +902,14 @@ def _print_evaluation(report: dict[str, Any]) -> None:
 @_friendly_errors
 def bench(
     bundles: Annotated[list[Path], typer.Argument(help="Bundles to measure, side by side.", exists=True)],
-    data: Annotated[str, typer.Option(help="The data the bundles were built from (a folder, or 'sample').")],
     json_out: Annotated[Path, typer.Option("--json", help="Write the report (JSON) here.", dir_okay=False)],
+    data: Annotated[
+        str | None,
+        typer.Option(help="The data the bundles were built from (default: what the first bundle records)."),
+    ] = None,
+    device: Annotated[
+        str, typer.Option(help="Where every subject runs: cpu, cuda, cuda:N or tensorrt (not auto).")
+    ] = "cpu",
     md: Annotated[
         Path | None, typer.Option(help="Also write the Markdown table here.", dir_okay=False)
     ] = None,
@@ -880,10 +938,19 @@ def bench(
     from .bench import BenchConfig, markdown, run_bench
     from .bench import plot as draw
 
-    overrides: dict[str, Any] = {"threads": threads, "peers": peers}
+    overrides: dict[str, Any] = {"threads": threads, "peers": peers, "device": device}
     if rounds is not None:
         overrides["rounds"] = rounds
     config = BenchConfig.quick_mode(**overrides) if quick else BenchConfig(**overrides)
+    if data is None:
+        from .data.readers import data_spec
+        from .runtime.bundle import read_manifest
+
+        source = read_manifest(bundles[0]).provenance.data.get("source")
+        if not source:
+            raise typer.BadParameter(f"{bundles[0]} does not record its data; pass --data")
+        data = data_spec(str(source))
+        typer.echo(f"data: {data} (recorded by {bundles[0]})", err=True)
     report = run_bench(
         bundles, data, reference=reference, config=config, progress=lambda msg: typer.echo(msg, err=True)
     )
@@ -908,10 +975,27 @@ def _limit(help_text: str, env: str) -> Any:
 @_friendly_errors
 def serve(
     bundle: Annotated[Path, typer.Argument(help="The bundle to serve.", exists=True, file_okay=False)],
-    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    host: Annotated[
+        str, typer.Option(envvar="RECSYS_INFER_HOST", help="Interface to listen on.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, envvar="RECSYS_INFER_PORT")] = 8000,
     threads: Annotated[
-        int | None, typer.Option(min=1, help="ONNX Runtime intra-op threads (default: the physical cores).")
+        int | None,
+        typer.Option(
+            min=1,
+            envvar="RECSYS_INFER_THREADS",
+            help="ONNX Runtime intra-op threads (default: the physical cores).",
+        ),
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help=DEVICE_HELP + " (env RECSYS_INFER_DEVICE)", show_default="auto")
+    ] = None,
+    provider_option: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="KEY=VALUE for the GPU provider, e.g. enable_cuda_graph=1 or trt_fp16_enable=1 "
+            "(repeatable; env RECSYS_INFER_PROVIDER_OPTIONS=k=v,k=v).",
+        ),
     ] = None,
     max_batch: Annotated[
         int | None, _limit("Most requests the micro-batcher runs at once.", "MAX_BATCH")
@@ -990,6 +1074,7 @@ def serve(
         import uvicorn
 
         from .serve import API_KEY_ENV, ServeSettings, create_app
+        from .serve.settings import parse_provider_options
     except ImportError as e:
         raise typer.BadParameter(
             f"serving needs the serve extra ({e}): pip install 'recsys-infer[serve]'"
@@ -1007,6 +1092,8 @@ def serve(
         max_ids_per_filter=max_ids_per_filter,
         max_items_per_edit=max_items_per_edit,
         auth_reads=auth_reads,
+        device=device,
+        provider_options=parse_provider_options(provider_option) if provider_option else None,
     )
     if not os.environ.get(API_KEY_ENV):
         typer.echo(f"catalogue editing routes are off: set {API_KEY_ENV} to enable them", err=True)

@@ -25,11 +25,14 @@ class Precision(StrEnum):
 
 
 class Device(StrEnum):
-    """Where the engine runs its graphs. ``AUTO`` picks CUDA when it really works, else CPU."""
+    """Where the engine runs its graphs. ``AUTO`` picks CUDA when it really works, else CPU.
+    ``TENSORRT`` is ONNX Runtime's TensorRT provider on an NVIDIA GPU (CUDA for what it cannot
+    take). On the command line and in ``Engine.load`` a GPU may carry an index: ``cuda:1``."""
 
     AUTO = "auto"
     CPU = "cpu"
     CUDA = "cuda"
+    TENSORRT = "tensorrt"
 
 
 class Space(StrEnum):

@@ -131,7 +131,11 @@ class OutputExistsError(RecsysError, FileExistsError):
 class MissingDependencyError(RecsysError):
     """An optional dependency is not installed."""
 
-    def __init__(self, package: str, extra: str = "train"):
+    def __init__(self, package: str, extra: str = "train", *, message: str | None = None):
+        self.package = package
+        if message is not None:
+            super().__init__(message)
+            return
         torch_note = (
             " (CPU-only machines: install torch's CPU build first, see the README)"
             if extra == "train"

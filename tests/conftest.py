@@ -67,7 +67,37 @@ def tiny_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
         max_position_embeddings=160,
     )
     BertModel(config).save_pretrained(folder)
+    write_pooling_modules(folder, "mean")
     return folder
+
+
+def write_pooling_modules(folder: Path, pooling: str) -> None:
+    """The sentence-transformers modules that declare how ``folder``'s encoder pools (``mean``
+    or ``cls``) and that it normalises, as sentence-transformers saves them."""
+    import json
+
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+    ]
+    (folder / "modules.json").write_text(json.dumps(modules, indent=2))
+    (folder / "1_Pooling").mkdir(exist_ok=True)
+    (folder / "2_Normalize").mkdir(exist_ok=True)
+    modes = (
+        "cls_token",
+        "mean_tokens",
+        "max_tokens",
+        "mean_sqrt_len_tokens",
+        "weightedmean_tokens",
+        "lasttoken",
+    )
+    config = {"word_embedding_dimension": 32} | {f"pooling_mode_{m}": False for m in modes}
+    config[{"mean": "pooling_mode_mean_tokens", "cls": "pooling_mode_cls_token"}[pooling]] = True
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(config, indent=2))
+    (folder / "sentence_bert_config.json").write_text(
+        json.dumps({"max_seq_length": 64, "do_lower_case": False})
+    )
 
 
 @pytest.fixture(scope="session")

@@ -148,3 +148,20 @@ def test_bench_refuses_data_the_bundle_was_not_built_from(tiny_bundle: Path, tmp
     )  # fmt: skip
     assert result.exit_code == 1
     assert "are not in bundle's catalogue" in result.output and not (tmp_path / "b.json").exists()
+
+
+def test_bench_reads_its_data_from_the_bundle_and_measures_one_device() -> None:
+    from recsys_infer.bench import BenchConfig
+    from recsys_infer.data.readers import data_spec
+    from recsys_infer.errors import ConfigError
+
+    assert (
+        data_spec("builtin:sample?version=1&items=3000&users=1000&seed=7")
+        == "sample:items=3000,users=1000,seed=7"
+    )
+    assert data_spec("/data/ml-100k") == "/data/ml-100k"
+    with pytest.raises(ConfigError, match="not auto"):
+        BenchConfig(device="auto")
+    with pytest.raises(ConfigError, match="unknown device"):
+        BenchConfig(device="gpu")
+    assert BenchConfig(device="cuda:1").device == "cuda:1"

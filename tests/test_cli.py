@@ -131,6 +131,24 @@ def test_the_default_model_is_the_sequence_kind_with_two_spaces(
         (["info", "{missing}"], 1, "no bundle directory"),
         (["train", "--data", "{missing}", "--out", "{missing}"], 1, "no such folder"),
         (["export", "{missing}", "--out", "{missing}2"], 1, "not a recsys-infer checkpoint"),
+        (["recommend", "{bundle}", "--text", "x", "--device", "gpu"], 1, "unknown device 'gpu'"),
+        # A quality gate that refuses (no drop allowed at all) exits 3, apart from errors (1).
+        (
+            [
+                "quantize",
+                "{bundle}",
+                "--out",
+                "{missing}",
+                "--mode",
+                "static",
+                "--calibration-size",
+                "8",
+                "--max-overlap-drop",
+                "0",
+            ],
+            3,
+            "No bundle was written",
+        ),
     ],
 )
 def test_errors_are_one_clear_line(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,7 +12,13 @@ import pytest
 
 from recsys_infer import Engine, Query
 from recsys_infer.enums import Device, Precision
-from recsys_infer.errors import DeviceUnavailableError, QueryError, UnknownItemError
+from recsys_infer.errors import (
+    ConfigError,
+    DeviceUnavailableError,
+    MissingDependencyError,
+    QueryError,
+    UnknownItemError,
+)
 from recsys_infer.runtime import providers
 from recsys_infer.runtime.catalog import Catalog, Item
 from recsys_infer.runtime.index import ExactIndex, recall_at_k
@@ -184,12 +191,68 @@ def test_cuda_unavailable_is_an_error_and_auto_falls_back(
 ) -> None:
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("this machine has CUDA")
-    with pytest.raises(DeviceUnavailableError, match=r"CPU build.*onnxruntime-gpu"):
-        Engine.load(tiny_bundle, device="cuda")
-    with caplog.at_level("INFO", logger="recsys_infer"):
+    for device in ("cuda", "cuda:1", "tensorrt"):
+        with pytest.raises(DeviceUnavailableError, match=rf"'{device}'.*CPU build.*recsys-infer\[gpu\]"):
+            Engine.load(tiny_bundle, device=device)
+    with caplog.at_level("WARNING", logger="recsys_infer"):
         engine = Engine.load(tiny_bundle, device="auto")
-    assert engine.device is Device.CPU
-    assert "running on the CPU" in caplog.text
+    assert engine.device is Device.CPU and engine.device_name == "cpu"
+    assert engine.device_fallback is not None and "CPU build" in engine.device_fallback
+    assert any(r.levelname == "WARNING" and "running on the CPU" in r.getMessage() for r in caplog.records)
+    assert Engine.load(tiny_bundle, device="cpu").device_fallback is None
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("cpu", (Device.CPU, None)),
+        ("auto", (Device.AUTO, None)),
+        ("cuda", (Device.CUDA, None)),
+        ("CUDA:1", (Device.CUDA, 1)),
+        ("tensorrt:0", (Device.TENSORRT, 0)),
+    ],
+)
+def test_device_names_parse(spec: str, expected: tuple[Device, int | None]) -> None:
+    assert providers.parse_device(spec) == expected
+
+
+@pytest.mark.parametrize("spec", ["gpu", "cuda:", "cuda:x", "cuda:-1", "cpu:0", "auto:1", ""])
+def test_unknown_device_names_are_refused(spec: str) -> None:
+    with pytest.raises(ConfigError, match=r"use auto, cpu, cuda, cuda:N"):
+        providers.parse_device(spec)
+
+
+def test_provider_options_reach_the_gpu_provider() -> None:
+    cuda = providers.Placement(
+        Device.CUDA, 1, {"enable_cuda_graph": "1", "arena_extend_strategy": "kSameAsRequested"}
+    )
+    assert cuda.providers() == [
+        (
+            "CUDAExecutionProvider",
+            {"device_id": 1, "enable_cuda_graph": "1", "arena_extend_strategy": "kSameAsRequested"},
+        ),
+        "CPUExecutionProvider",
+    ]
+    assert str(cuda) == "cuda:1"
+    trt = providers.Placement(Device.TENSORRT, 0, {"trt_fp16_enable": "1", "trt_engine_cache_enable": "1"})
+    assert trt.providers() == [
+        (
+            "TensorrtExecutionProvider",
+            {"device_id": 0, "trt_fp16_enable": "1", "trt_engine_cache_enable": "1"},
+        ),
+        ("CUDAExecutionProvider", {"device_id": 0}),
+        "CPUExecutionProvider",
+    ]
+    with pytest.raises(ConfigError, match="provider options are for the GPU"):
+        providers.plan_placement("cpu", [Precision.FP32], provider_options={"enable_cuda_graph": "1"})
+
+
+def test_without_onnxruntime_the_engine_names_the_install(
+    tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # what an install without [cpu] or [gpu] sees
+    with pytest.raises(MissingDependencyError, match=r"pip install 'recsys-infer\[cpu\]'"):
+        Engine.load(tiny_bundle, device="cpu")
 
 
 def test_device_plan_when_cuda_is_listed(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -198,10 +261,15 @@ def test_device_plan_when_cuda_is_listed(monkeypatch: pytest.MonkeyPatch) -> Non
     )
     assert providers.plan_device(Device.CUDA, [Precision.FP32]) is Device.CUDA
     assert providers.plan_device(Device.AUTO, [Precision.FP16]) is Device.CUDA
-    with pytest.raises(DeviceUnavailableError, match="int8 graphs"):
+    assert providers.plan_placement("cuda:1", [Precision.FP16]) == providers.Placement(Device.CUDA, 1)
+    with pytest.raises(DeviceUnavailableError, match=r"int8 graphs.*--mode fp16"):
         providers.plan_device(Device.CUDA, [Precision.INT8])
-    assert providers.plan_device(Device.AUTO, [Precision.INT8]) is Device.CPU
+    auto = providers.plan_placement(Device.AUTO, [Precision.INT8])
+    assert auto.device is Device.CPU and auto.fallback is not None and "int8" in auto.fallback
     assert providers.plan_device(Device.CPU, [Precision.FP32]) is Device.CPU
+    monkeypatch.setattr(providers, "installed_runtime_distributions", lambda: ["onnxruntime-gpu 1.31.1"])
+    with pytest.raises(DeviceUnavailableError, match="TensorRT provider is not available"):
+        providers.plan_device("tensorrt", [Precision.FP32])
 
 
 def test_both_runtime_packages_installed_is_explained(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -219,14 +287,14 @@ def test_cuda_provider_dropped_by_runtime_is_detected(
     """ONNX Runtime silently drops a provider it cannot start; the engine must notice."""
 
     class FakeSession:
-        def __init__(self, path: str, sess_options: object, providers: list[str]) -> None:
+        def __init__(self, path: str, sess_options: object, providers: list[object]) -> None:
             self.asked = providers
 
         def get_providers(self) -> list[str]:
             return ["CPUExecutionProvider"]
 
     monkeypatch.setattr(ort, "InferenceSession", FakeSession)
-    with pytest.raises(DeviceUnavailableError, match="could not start its CUDA provider"):
+    with pytest.raises(DeviceUnavailableError, match=r"could not start its CUDAExecutionProvider.*on GPU 0"):
         providers.create_session(tiny_bundle / "user_tower.onnx", Device.CUDA)
 
 

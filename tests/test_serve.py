@@ -264,3 +264,83 @@ def test_load_over_loopback_has_no_errors(bundle_copy: Path) -> None:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+def test_routes_over_a_real_server_match_their_typed_schema(bundle_copy: Path) -> None:
+    """/embed, /info, /healthz and /recommend on uvicorn over loopback: each answer equals the
+    engine's and validates against the response model the OpenAPI schema names for it."""
+    import httpx
+    import numpy as np
+
+    from recsys_infer.serve import models
+    from tests.loopback import serving
+
+    engine = Engine.load(bundle_copy, device="cpu", threads=1)
+    texts = ["wireless headphones", "a cozy mystery set in Scotland"]
+    users = [{"history": list(engine.item_ids[:3])}, {"text": "tent", "history": [engine.item_ids[5]]}]
+    with (
+        serving(create_app(bundle_copy, threads=1, max_wait_us=500)) as base,
+        httpx.Client(base_url=base) as c,
+    ):
+        items = c.post("/embed", json={"items": texts})
+        assert items.status_code == 200
+        got = models.EmbedResponse.model_validate(items.json())
+        assert got.kind == "items" and got.dim == engine.dim
+        np.testing.assert_allclose(np.array(got.vectors), engine.encode_items(texts), atol=1e-6)
+        embedded_users = models.EmbedResponse.model_validate(c.post("/embed", json={"users": users}).json())
+        assert embedded_users.kind == "users"
+        np.testing.assert_allclose(np.array(embedded_users.vectors), engine.encode_users(users), atol=1e-6)
+        for bad in ({}, {"items": texts, "users": users}, {"items": []}, {"items": ["x"] * 1000}):
+            refused = c.post("/embed", json=bad)
+            assert refused.status_code == 422 and "error" in refused.json(), (bad, refused.text)
+        assert c.post("/embed", json={"users": [{"history": ["no-such-item"]}]}).status_code == 404
+
+        info = models.InfoResponse.model_validate(c.get("/info").json())
+        assert info.device == "cpu" and info.device_fallback is not None  # "auto" on a machine without CUDA
+        assert info.providers == ["CPUExecutionProvider"] and info.items == len(engine)
+        assert {"user", "item"} <= set(info.towers) and info.towers["item"].precision == "fp32"
+        assert info.limits["device"] == "auto" and info.schema_version is not None
+        health = models.HealthResponse.model_validate(c.get("/healthz").json())
+        assert health.device == "cpu" and health.device_fallback == info.device_fallback
+
+        one = models.RecommendResponse.model_validate(
+            c.post("/recommend", json={"text": "tent", "k": 3}).json()
+        )
+        assert [i.item_id for i in one.items] == _ids(engine.recommend(text="tent", k=3))
+        batch = c.post("/recommend", json={"requests": [{"text": "tent", "k": 2}, {"text": "lamp", "k": 1}]})
+        assert [len(r.items) for r in models.BatchRecommendResponse.model_validate(batch.json()).results] == [
+            2,
+            1,
+        ]
+
+        schema = c.get("/openapi.json").json()
+    paths = schema["paths"]
+    assert {"/embed", "/info", "/healthz", "/recommend"} <= set(paths)
+
+    def response_schema(path: str, method: str) -> Any:
+        return paths[path][method]["responses"]["200"]["content"]["application/json"]["schema"]
+
+    assert response_schema("/embed", "post") == {"$ref": "#/components/schemas/EmbedResponse"}
+    assert response_schema("/info", "get") == {"$ref": "#/components/schemas/InfoResponse"}
+    assert response_schema("/healthz", "get") == {"$ref": "#/components/schemas/HealthResponse"}
+    recommend = json.dumps(response_schema("/recommend", "post"))
+    assert "RecommendResponse" in recommend and "BatchRecommendResponse" in recommend
+    assert {"EmbedResponse", "InfoResponse", "RecommendedItem"} <= set(schema["components"]["schemas"])
+
+
+def test_device_and_provider_options_come_from_flags_or_the_environment() -> None:
+    from recsys_infer.errors import ConfigError
+    from recsys_infer.serve.settings import ServeSettings, parse_provider_options
+
+    env = {
+        "RECSYS_INFER_DEVICE": "cuda:1",
+        "RECSYS_INFER_PROVIDER_OPTIONS": "enable_cuda_graph=1,gpu_mem_limit=2e9",
+    }
+    settings = ServeSettings.from_env(env)
+    assert settings.device == "cuda:1"
+    assert settings.provider_options == {"enable_cuda_graph": "1", "gpu_mem_limit": "2e9"}
+    assert ServeSettings.from_env(env, device="cpu").device == "cpu"  # a flag wins over the environment
+    with pytest.raises(ConfigError, match="unknown device 'gpu'"):
+        ServeSettings.from_env({"RECSYS_INFER_DEVICE": "gpu"})
+    with pytest.raises(ConfigError, match="not KEY=VALUE"):
+        parse_provider_options(["enable_cuda_graph"])

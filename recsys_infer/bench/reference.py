@@ -21,11 +21,12 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from recsys_infer.enums import UserTowerKind
+from recsys_infer.enums import Device, UserTowerKind
 from recsys_infer.runtime.encoder import Encoder
 from recsys_infer.runtime.engine import Engine
 from recsys_infer.runtime.index import ExactIndex
 from recsys_infer.runtime.manifest import FusionSpec
+from recsys_infer.runtime.providers import parse_device
 from recsys_infer.runtime.store import LocalItems
 from recsys_infer.runtime.tokenizer import TextTokenizer
 from recsys_infer.runtime.users import SequenceUserEncoder, TextUserEncoder, UserEncoder
@@ -42,10 +43,19 @@ class TorchTextEncoder:
     """A PyTorch text tower behind the runtime's :class:`Encoder` protocol (same tokenizer, same
     length-sorted batching as the ONNX encoder)."""
 
-    def __init__(self, tower: TextTower, tokenizer: TextTokenizer, *, dim: int, dtype: torch.dtype) -> None:
+    def __init__(
+        self,
+        tower: TextTower,
+        tokenizer: TextTokenizer,
+        *,
+        dim: int,
+        dtype: torch.dtype,
+        device: torch.device | None = None,
+    ) -> None:
         self.tower = tower
         self.tokenizer = tokenizer
         self.dtype = dtype
+        self.device = device or torch.device("cpu")
         self._dim = dim
         self.batch_size = 64
 
@@ -56,9 +66,10 @@ class TorchTextEncoder:
     def run(self, features: dict[str, np.ndarray]) -> np.ndarray:
         with torch.inference_mode():
             out = self.tower(
-                torch.from_numpy(features["input_ids"]), torch.from_numpy(features["attention_mask"])
+                torch.from_numpy(features["input_ids"]).to(self.device),
+                torch.from_numpy(features["attention_mask"]).to(self.device),
             )
-        return out.float().numpy()
+        return out.float().cpu().numpy()  # on a GPU, .cpu() also waits for the result
 
     def encode(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
         out = np.empty((len(texts), self._dim), dtype=np.float32)
@@ -78,9 +89,10 @@ class TorchSequenceSession:
     """The sequence tower answering the two calls :class:`SequenceUserEncoder` makes of an ONNX
     Runtime session, so the reference pads, truncates and normalises exactly like a bundle."""
 
-    def __init__(self, tower: SequenceTower, dtype: torch.dtype) -> None:
+    def __init__(self, tower: SequenceTower, dtype: torch.dtype, device: torch.device | None = None) -> None:
         self.tower = tower
         self.dtype = dtype
+        self.device = device or torch.device("cpu")
 
     def get_inputs(self) -> list[_Port]:
         return [_Port("history"), _Port("history_mask")]
@@ -89,10 +101,10 @@ class TorchSequenceSession:
         return [_Port("user")]
 
     def run(self, names: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        history = torch.from_numpy(feeds["history"]).to(self.dtype)
+        history = torch.from_numpy(feeds["history"]).to(self.device, self.dtype)
         with torch.inference_mode():
-            out = self.tower(history, torch.from_numpy(feeds["history_mask"]))
-        return [out.float().numpy()]
+            out = self.tower(history, torch.from_numpy(feeds["history_mask"]).to(self.device))
+        return [out.float().cpu().numpy()]
 
 
 def _catalogue_vectors(ckpt: Checkpoint, items: TorchTextEncoder, model: Any) -> np.ndarray:
@@ -102,7 +114,15 @@ def _catalogue_vectors(ckpt: Checkpoint, items: TorchTextEncoder, model: Any) ->
     # Sequence kind: the frozen encoder's vectors through the head, plus any learned offsets.
     vectors = items.encode(texts)
     offsets = model.offset_matrix()
-    return vectors if offsets is None else add_offsets(vectors, offsets.float().numpy())
+    return vectors if offsets is None else add_offsets(vectors, offsets.float().cpu().numpy())
+
+
+def torch_device(device: str) -> torch.device:
+    """The torch device for a bench ``device`` (``cpu``, ``cuda[:N]``, ``tensorrt[:N]``)."""
+    kind, index = parse_device(device)
+    if kind is Device.CPU:
+        return torch.device("cpu")
+    return torch.device("cuda", index or 0)
 
 
 def reference_subject(
@@ -113,15 +133,18 @@ def reference_subject(
     load_s: float,
     bf16: bool = False,
     fusion: FusionSpec | None = None,
+    device: str = "cpu",
 ) -> Subject:
     """The checkpoint served by PyTorch eager with exact search; ``bf16`` casts weights once.
     ``load_s``: what loading ``checkpoint`` took (the cast is added to it). ``fusion``: the
-    bundles' two-space weights, so that the reference scores as they do."""
+    bundles' two-space weights, so that the reference scores as they do. ``device``: where
+    PyTorch runs (a GPU as ``cuda:N``), the same as the bundles'."""
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
     ckpt = checkpoint
     dtype = torch.bfloat16 if bf16 else torch.float32
-    model = copy.deepcopy(ckpt.model).to(dtype) if bf16 else ckpt.model
+    on = torch_device(device)
+    model = copy.deepcopy(ckpt.model).to(on, dtype) if bf16 else ckpt.model.to(on)
     model.eval()
     load_s += time.perf_counter() - t0
     config = ckpt.config
@@ -136,13 +159,17 @@ def reference_subject(
     width = dim
     if fusion is not None:
         item_tower, request_tower, width = item_tower.joined(), request_tower.joined(), fusion.width
-    items = TorchTextEncoder(item_tower, tokenizer(config.item_max_length), dim=width, dtype=dtype)
+    items = TorchTextEncoder(item_tower, tokenizer(config.item_max_length), dim=width, dtype=dtype, device=on)
     text: Encoder
     users: UserEncoder
     if config.user_tower is UserTowerKind.SEQUENCE:
-        text = TorchTextEncoder(request_tower, tokenizer(config.user_max_length), dim=width, dtype=dtype)
+        text = TorchTextEncoder(
+            request_tower, tokenizer(config.user_max_length), dim=width, dtype=dtype, device=on
+        )
     else:
-        text = TorchTextEncoder(model.user, tokenizer(config.user_max_length), dim=dim, dtype=dtype)
+        text = TorchTextEncoder(
+            model.user, tokenizer(config.user_max_length), dim=dim, dtype=dtype, device=on
+        )
     t0 = time.perf_counter()
     vectors = _catalogue_vectors(ckpt, items, model)
     encode_s = time.perf_counter() - t0
@@ -150,7 +177,7 @@ def reference_subject(
     if config.user_tower is UserTowerKind.SEQUENCE:
         label = {item_id: i for i, item_id in enumerate(ids)}
         users = SequenceUserEncoder(
-            TorchSequenceSession(model.user, dtype),
+            TorchSequenceSession(model.user, dtype, on),
             lambda item_ids: vectors[[label[i] for i in item_ids]],
             dim=dim,
             max_history=model.user.max_history,
@@ -165,7 +192,7 @@ def reference_subject(
     return Subject(
         name="pytorch-bf16" if bf16 else "pytorch-fp32",
         kind="pytorch",
-        description=f"PyTorch {torch.__version__} eager, "
+        description=f"PyTorch {torch.__version__} eager on {on}, "
         + ("weights cast to bf16 once" if bf16 else "fp32 (the reference)")
         + ", exact search",
         text_encoder=text,
@@ -232,10 +259,17 @@ def encoder_folder(ckpt_path: Path) -> Path:
 
 
 def peer_subjects(
-    ckpt_path: Path, work: Path, *, threads: int, max_length: int, checkpoint: Checkpoint
+    ckpt_path: Path,
+    work: Path,
+    *,
+    threads: int,
+    max_length: int,
+    checkpoint: Checkpoint,
+    device: str = "cpu",
 ) -> list[Subject]:
     """sentence-transformers with its ONNX backend, plain and with its own dynamic int8 export,
-    on the checkpoint's encoder (pooling and normalisation as ours, no head)."""
+    on the checkpoint's encoder (pooling and normalisation as ours, no head). On a GPU the plain
+    one runs on the CUDA provider, and the int8 one, which has no CUDA kernels, is left out."""
     try:
         import onnxruntime as ort
         from sentence_transformers import SentenceTransformer
@@ -252,12 +286,37 @@ def peer_subjects(
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    kwargs: dict[str, Any] = {"session_options": options, "provider": "CPUExecutionProvider"}
+    on = torch_device(device)
+    gpu = on.type == "cuda"
+    provider: Any = ("CUDAExecutionProvider", {"device_id": on.index or 0}) if gpu else "CPUExecutionProvider"
+    kwargs: dict[str, Any] = {"session_options": options, "provider": provider}
     dim = int(checkpoint.model.item.encoder.config.hidden_size)
     t0 = time.perf_counter()
-    plain = SentenceTransformer(str(folder), backend="onnx", device="cpu", model_kwargs=kwargs)
+    plain = SentenceTransformer(str(folder), backend="onnx", device=str(on), model_kwargs=kwargs)
     plain.save_pretrained(str(folder))  # keeps the exported onnx/model.onnx beside the weights
     plain_s = time.perf_counter() - t0
+    import sentence_transformers
+
+    if gpu:
+        plain.max_seq_length = max_length
+        encoder = SentenceTransformerEncoder(plain, dim)
+        return [
+            Subject(
+                name="st-onnx",
+                kind="peer",
+                description=f"sentence-transformers {sentence_transformers.__version__} ONNX backend, "
+                f"fp32, {on}",
+                text_encoder=encoder,
+                item_encoder=encoder,
+                engine=None,
+                size_bytes=(folder / "onnx/model.onnx").stat().st_size,
+                load_s=plain_s,
+                path=str(folder / "onnx/model.onnx"),
+                text_max_length=max_length,
+                precision="fp32",
+                extra={"load_includes": "ONNX export"},
+            )
+        ]
     target = _quantization_target()
     t0 = time.perf_counter()
     export_dynamic_quantized_onnx_model(plain, target, str(folder))
@@ -273,7 +332,6 @@ def peer_subjects(
         str(folder), backend="onnx", device="cpu", model_kwargs={**kwargs, "file_name": quant_file}
     )
     int8_s = time.perf_counter() - t0
-    import sentence_transformers
 
     out = []
     for model, name, file, secs, what in (
@@ -301,7 +359,7 @@ def peer_subjects(
     return out
 
 
-def encoder_only(checkpoint: Checkpoint, *, threads: int) -> Encoder:
+def encoder_only(checkpoint: Checkpoint, *, threads: int, device: str = "cpu") -> Encoder:
     """The checkpoint's request-side encoder without any head, fp32: what the peers reproduce."""
     torch.set_num_threads(threads)
     config = checkpoint.config
@@ -313,4 +371,10 @@ def encoder_only(checkpoint: Checkpoint, *, threads: int) -> Encoder:
         max_length=config.user_max_length,
         pad_token=config.pad_token,
     )
-    return TorchTextEncoder(bare, tokenizer, dim=int(tower.encoder.config.hidden_size), dtype=torch.float32)
+    return TorchTextEncoder(
+        bare,
+        tokenizer,
+        dim=int(tower.encoder.config.hidden_size),
+        dtype=torch.float32,
+        device=torch_device(device),
+    )

@@ -26,6 +26,7 @@ import numpy as np
 
 from recsys_infer.data import Dataset, leave_one_out, load_dataset
 from recsys_infer.data.probe import request_from_item
+from recsys_infer.enums import Device
 from recsys_infer.errors import ConfigError, DataError
 from recsys_infer.evaluation.metrics import (
     EvalResult,
@@ -37,6 +38,7 @@ from recsys_infer.evaluation.metrics import (
 from recsys_infer.evaluation.recommenders import EngineRecommender
 from recsys_infer.runtime.engine import Engine
 from recsys_infer.runtime.index import HnswIndex, HnswParams, recall_at_k
+from recsys_infer.runtime.providers import parse_device
 
 from .subjects import Subject, bundle_subject, item_vectors, measure_memory, text_side
 from .timing import Call, Stopwatch, TimedCallable, TimedMethod, interleaved, percentiles, timed
@@ -66,10 +68,14 @@ class BenchConfig:
     bf16: bool = True
     memory: bool = True
     quick: bool = False
+    # Where every subject runs: the bundles, the PyTorch reference and the peers alike.
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         if self.threads < 1 or self.rounds < 1 or self.calls < 1 or self.batch_calls < 1:
             raise ConfigError("threads, rounds, calls and batch_calls must be positive")
+        if parse_device(self.device)[0] is Device.AUTO:
+            raise ConfigError("bench measures one device: give cpu, cuda, cuda:N or tensorrt, not auto")
 
     @classmethod
     def quick_mode(cls, **overrides: Any) -> BenchConfig:
@@ -406,7 +412,7 @@ def _load(
             name = next(f"{name}-{i}" for i in range(2, len(names) + 3) if f"{name}-{i}" not in names)
         names.add(name)
         say(f"loading bundle {path}")
-        subject = bundle_subject(Path(path), threads=config.threads, name=name)
+        subject = bundle_subject(Path(path), threads=config.threads, name=name, device=config.device)
         known = set(subject.engine.item_ids) if subject.engine is not None else set(dataset.catalog.ids)
         missing = [i for i in dataset.catalog.ids if i not in known]
         if missing:
@@ -430,12 +436,25 @@ def _load(
         first = bundle_subjects[0].engine
         fusion = first.manifest.fusion if first is not None and first.manifest is not None else None
         subjects.append(
-            reference_subject(ref_path, checkpoint, threads=config.threads, load_s=load_s, fusion=fusion)
+            reference_subject(
+                ref_path,
+                checkpoint,
+                threads=config.threads,
+                load_s=load_s,
+                fusion=fusion,
+                device=config.device,
+            )
         )
         if config.bf16:
             subjects.append(
                 reference_subject(
-                    ref_path, checkpoint, threads=config.threads, load_s=load_s, bf16=True, fusion=fusion
+                    ref_path,
+                    checkpoint,
+                    threads=config.threads,
+                    load_s=load_s,
+                    bf16=True,
+                    fusion=fusion,
+                    device=config.device,
                 )
             )
         subjects += bundle_subjects
@@ -443,7 +462,12 @@ def _load(
             say("exporting the sentence-transformers peers (ONNX, and its dynamic int8)")
             length = bundle_subjects[0].text_max_length
             subjects += peer_subjects(
-                ref_path, work, threads=config.threads, max_length=length, checkpoint=checkpoint
+                ref_path,
+                work,
+                threads=config.threads,
+                max_length=length,
+                checkpoint=checkpoint,
+                device=config.device,
             )
     else:
         subjects += bundle_subjects
@@ -470,7 +494,7 @@ def _quality(loaded: _Loaded, config: BenchConfig, say: Callable[[str], None]) -
     if loaded.checkpoint is not None and any(s.kind == "peer" for s in subjects):
         from .reference import encoder_only
 
-        bare = encoder_only(loaded.checkpoint, threads=config.threads)
+        bare = encoder_only(loaded.checkpoint, threads=config.threads, device=config.device)
         peer_reference = (bare.encode(inputs.requests[: config.overlap_users]), bare.encode(inputs.catalogue))
     out: dict[str, dict[str, Any]] = {}
     for s in subjects:
@@ -574,7 +598,7 @@ def _run(
         for s in subjects:
             if s.kind == "bundle":
                 say(f"memory of {s.name} (fresh interpreter)")
-                s.memory = measure_memory(Path(s.path), config.threads, probe)
+                s.memory = measure_memory(Path(s.path), config.threads, probe, config.device)
     say(f"timing {len(subjects)} subjects, {config.rounds} interleaved rounds")
     samples = interleaved(
         {s.name: latency_plan(s, inputs, config) for s in subjects}, rounds=config.rounds, warmup=3

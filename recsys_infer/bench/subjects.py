@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 
-from recsys_infer.enums import Device
 from recsys_infer.errors import BundleError
 from recsys_infer.runtime.bundle import MANIFEST, read_manifest, sha256_file
 from recsys_infer.runtime.encoder import Encoder
@@ -77,10 +76,10 @@ def _describe(manifest: Any) -> str:
     return " → ".join(names)
 
 
-def bundle_subject(path: Path, *, threads: int, name: str | None = None) -> Subject:
+def bundle_subject(path: Path, *, threads: int, name: str | None = None, device: str = "cpu") -> Subject:
     path = Path(path)
     t0 = time.perf_counter()
-    engine = Engine.load(path, device=Device.CPU, threads=threads)
+    engine = Engine.load(path, device=device, threads=threads)
     load_s = time.perf_counter() - t0
     manifest = read_manifest(path)
     side = "request" if "request" in manifest.towers else "user"
@@ -120,7 +119,7 @@ def status(key):
 from recsys_infer import Engine
 base = status("VmRSS:")
 t0 = time.perf_counter()
-engine = Engine.load(sys.argv[1], device="cpu", threads=int(sys.argv[2]))
+engine = Engine.load(sys.argv[1], device=sys.argv[4], threads=int(sys.argv[2]))
 load_s = time.perf_counter() - t0
 loaded = status("VmRSS:")
 queries = json.loads(sys.argv[3])
@@ -131,12 +130,15 @@ print(json.dumps({"load_s": load_s, "rss_before_mb": base / 1e6, "rss_loaded_mb"
 """
 
 
-def measure_memory(path: Path, threads: int, queries: list[dict[str, Any]]) -> dict[str, float] | None:
-    """Resident memory of a freshly loaded engine serving ``queries``; None where /proc is absent."""
+def measure_memory(
+    path: Path, threads: int, queries: list[dict[str, Any]], device: str = "cpu"
+) -> dict[str, float] | None:
+    """Resident memory of a freshly loaded engine serving ``queries`` (host memory, also on a
+    GPU); None where /proc is absent."""
     if not Path("/proc/self/status").is_file():
         return None
     done = subprocess.run(
-        [sys.executable, "-c", _MEMORY_PROBE, str(path), str(threads), json.dumps(queries)],
+        [sys.executable, "-c", _MEMORY_PROBE, str(path), str(threads), json.dumps(queries), device],
         capture_output=True,
         text=True,
         check=False,

@@ -475,6 +475,16 @@ def _sample_size(spec: str) -> dict[str, int]:
     return {{"items": "num_items", "users": "num_users"}.get(k, k): v for k, v in sizes.items()}
 
 
+def data_spec(source: str) -> str:
+    """What to pass to :func:`load_dataset` for a data set's recorded ``source`` (a bundle's
+    ``provenance.data.source``): the folder, or ``sample:...`` for the built-in generator."""
+    if source.startswith("builtin:sample"):
+        query = dict(part.partition("=")[::2] for part in source.partition("?")[2].split("&") if part)
+        sizes = [f"{k}={query[k]}" for k in ("items", "users", "seed") if k in query]
+        return "sample:" + ",".join(sizes) if sizes else "sample"
+    return source
+
+
 def load_dataset(path: str | Path) -> Dataset:
     """Load a data folder, detected by its files, or the built-in sample: ``"sample"``, or
     ``"sample:items=50000,users=20000"`` for the same generator at another size."""

@@ -8,15 +8,17 @@ inside the graph) after the tower's own tokenizer.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-import onnxruntime as ort
 
 from recsys_infer.errors import BundleError, ConfigError
 
 from .providers import run_graph
 from .tokenizer import TextTokenizer
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 _KNOWN_INPUTS = frozenset({"input_ids", "attention_mask", "token_type_ids"})
 

@@ -32,7 +32,7 @@ from .options import (
     excerpt,
     id_list,
 )
-from .providers import create_session, plan_device
+from .providers import Placement, create_session, parse_device, plan_placement
 from .rwlock import RWLock
 from .store import EditMode, ItemStore, LocalItems, refuse_taken
 from .tokenizer import TextTokenizer
@@ -201,7 +201,7 @@ class Engine:
         user_encoder: UserEncoder,
         item_encoder: Encoder,
         store: ItemStore,
-        device: Device = Device.CPU,
+        device: Device | Placement = Device.CPU,
         manifest: Manifest | None = None,
         path: Path | None = None,
     ) -> None:
@@ -217,7 +217,7 @@ class Engine:
         self.store = store
         self.manifest = manifest
         self.path = path
-        self._device = Device(device)
+        self._placement = device if isinstance(device, Placement) else Placement(Device(device))
         self._lock = RWLock()
         self._edits = {"added": 0, "updated": 0, "removed": 0}
 
@@ -233,11 +233,17 @@ class Engine:
         exact: bool = False,
         verify: bool = True,
         milvus_uri: str | None = None,
+        provider_options: Mapping[str, Any] | None = None,
     ) -> Engine:
         """Load a bundle directory.
 
-        ``device``: ``"auto"`` (CUDA when it really works, else CPU, logged), ``"cpu"`` or
-        ``"cuda"`` (an error when CUDA cannot run the bundle). ``threads``: ONNX Runtime intra-op
+        ``device``: ``"auto"`` (CUDA when it really works, else the CPU with a WARNING; the
+        reason is kept in :attr:`device_fallback`), ``"cpu"``, ``"cuda"``/``"cuda:N"`` or
+        ``"tensorrt"``/``"tensorrt:N"`` (an error when that GPU cannot run the bundle).
+        ``provider_options``: passed to the GPU provider as they are (CUDA:
+        ``arena_extend_strategy``, ``cudnn_conv_algo_search``, ``enable_cuda_graph``, ...;
+        TensorRT: ``trt_fp16_enable``, ``trt_engine_cache_enable``, ``trt_engine_cache_path``,
+        ...). ``threads``: ONNX Runtime intra-op
         threads (default: ONNX Runtime's choice, the physical cores). ``exact``: rank by exact
         search over the stored item vectors instead of the HNSW index. ``verify``: check every
         file's sha256 (sizes are always checked). ``milvus_uri``: for a bundle whose index is a
@@ -246,9 +252,9 @@ class Engine:
         bundle = Path(path)
         manifest = read_manifest(bundle)
         verify_files(bundle, manifest, checksums=verify)
-        sessions, planned = cls._start(bundle, manifest, Device(device), threads)
+        sessions, placement = cls._start(bundle, manifest, device, threads, provider_options)
         tokenizer_json = (bundle / manifest.tokenizer.file).read_text(encoding="utf-8")
-        cuda = planned is Device.CUDA  # bind inputs and outputs on CUDA (providers.run_graph)
+        cuda = placement.device is not Device.CPU  # bind inputs and outputs on the GPU (run_graph)
 
         def text_encoder(name: str) -> OnnxEncoder:
             return tower_encoder(manifest, name, sessions, tokenizer_json, io_binding=cuda)
@@ -272,39 +278,59 @@ class Engine:
             user_encoder=user_encoder,
             item_encoder=text_encoder("item"),
             store=store,
-            device=planned,
+            device=placement,
             manifest=manifest,
             path=bundle,
         )
-        logger.info("loaded %s: %d items, device %s", bundle, len(engine), planned)
+        logger.info("loaded %s: %d items, device %s", bundle, len(engine), placement)
         return engine
 
     @classmethod
     def _start(
-        cls, bundle: Path, manifest: Manifest, requested: Device, threads: int | None
-    ) -> tuple[dict[str, Any], Device]:
-        """ONNX Runtime sessions for the bundle's graphs, and the device they run on."""
-        planned = plan_device(requested, [t.precision for t in manifest.towers.values()])
+        cls,
+        bundle: Path,
+        manifest: Manifest,
+        requested: Device | str,
+        threads: int | None,
+        provider_options: Mapping[str, Any] | None,
+    ) -> tuple[dict[str, Any], Placement]:
+        """ONNX Runtime sessions for the bundle's graphs, and where they run."""
+        placement = plan_placement(
+            requested, [t.precision for t in manifest.towers.values()], provider_options=provider_options
+        )
         try:
-            return cls._sessions(bundle, manifest, planned, threads), planned
-        except DeviceUnavailableError:
-            if requested is not Device.AUTO:
+            return cls._sessions(bundle, manifest, placement, threads), placement
+        except DeviceUnavailableError as e:
+            if parse_device(requested)[0] is not Device.AUTO:
                 raise
-            logger.info("device 'auto': CUDA could not start, running on the CPU", exc_info=True)
-            return cls._sessions(bundle, manifest, Device.CPU, threads), Device.CPU
+            logger.warning("device 'auto': the GPU could not start (%s); running on the CPU", e)
+            cpu = Placement(Device.CPU, fallback=str(e))
+            return cls._sessions(bundle, manifest, cpu, threads), cpu
 
     @staticmethod
-    def _sessions(bundle: Path, manifest: Manifest, device: Device, threads: int | None) -> dict[str, Any]:
+    def _sessions(
+        bundle: Path, manifest: Manifest, placement: Placement, threads: int | None
+    ) -> dict[str, Any]:
         # Towers that share one graph file (shared weights) share one session.
         files = sorted({spec.file for spec in manifest.towers.values()})
-        return {f: create_session(bundle / f, device, threads=threads) for f in files}
+        return {f: create_session(bundle / f, placement, threads=threads) for f in files}
 
     # -- properties -----------------------------------------------------------------------------
 
     @property
     def device(self) -> Device:
-        """The device the graphs really run on (``cpu`` or ``cuda``), never ``auto``."""
-        return self._device
+        """The device the graphs really run on (``cpu``, ``cuda`` or ``tensorrt``), never ``auto``."""
+        return self._placement.device
+
+    @property
+    def device_name(self) -> str:
+        """The device with its GPU index: ``cpu``, ``cuda:0``, ``cuda:1``, ..."""
+        return str(self._placement)
+
+    @property
+    def device_fallback(self) -> str | None:
+        """Why ``device="auto"`` runs on the CPU instead of a GPU; None when it did not fall back."""
+        return self._placement.fallback
 
     @property
     def shared_index(self) -> bool:

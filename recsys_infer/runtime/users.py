@@ -17,7 +17,6 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-import onnxruntime as ort
 
 from recsys_infer.errors import BundleError
 
@@ -28,6 +27,8 @@ from .providers import run_graph
 from .userinput import UserInputFormat
 
 if TYPE_CHECKING:
+    import onnxruntime as ort
+
     from .engine import Query
 
 

@@ -43,7 +43,19 @@ from recsys_infer.runtime.options import EXPLAIN_COST, RecommendOptions, excerpt
 from recsys_infer.runtime.schema import encode
 
 from .guard import Guard, error_response
-from .models import Bodies, make_bodies
+from .models import (
+    BatchRecommendResponse,
+    Bodies,
+    EmbedResponse,
+    HealthResponse,
+    InfoResponse,
+    ItemRemoved,
+    ItemsChanged,
+    RecommendResponse,
+    Saved,
+    Swapped,
+    make_bodies,
+)
 from .settings import API_KEY_ENV, ServeSettings
 
 logger = logging.getLogger(__name__)
@@ -103,7 +115,7 @@ class Service:
         self.settings = settings
         self.threads = threads
         self.ray_serve = ray_serve
-        self.engine = Engine.load(self.bundle, device="auto", threads=threads)
+        self.engine = self._load(self.bundle)
         self.batcher: Any
         if ray_serve:
             from recsys_infer.scale.serving import ServeBatcher, replica_id
@@ -129,6 +141,14 @@ class Service:
         self.edit_lock = threading.Lock()
         self._pending = 0
         self._pending_lock = threading.Lock()
+
+    def _load(self, bundle: Path) -> Engine:
+        return Engine.load(
+            bundle,
+            device=self.settings.device,
+            threads=self.threads,
+            provider_options=self.settings.provider_options or None,
+        )
 
     @contextlib.contextmanager
     def admit(self, n: int) -> Iterator[None]:
@@ -168,6 +188,19 @@ class Service:
                 raise r
         return results  # type: ignore[return-value]
 
+    def embed(self, body: Any) -> dict[str, Any]:
+        """Vectors from the engine's towers: item texts, or users (history and/or text)."""
+        engine = self.engine
+        if body.items is not None:
+            kind, texts = "items", list(body.items)
+            with self.admit(len(texts)):
+                vectors = engine.encode_items(texts)
+        else:
+            kind, users = "users", [{"history": u.history, "text": u.text} for u in body.users]
+            with self.admit(len(users)):
+                vectors = engine.encode_users(users)
+        return {"kind": kind, "dim": int(vectors.shape[1]), "vectors": vectors.tolist()}
+
     def swap(self, bundle: Path) -> None:
         """Load ``bundle`` and serve from it; requests in flight finish on the old engine."""
         with self.edit_lock:
@@ -178,7 +211,7 @@ class Service:
                 )
             if self.dirty:
                 raise QueryError("there are unsaved catalogue edits; POST /admin/save first, then swap")
-            fresh = Engine.load(bundle, device="auto", threads=self.threads)
+            fresh = self._load(bundle)
             self.engine = fresh
             self.batcher.engine = fresh
             self.bundle = Path(bundle)
@@ -200,8 +233,11 @@ class Service:
         return {
             "version": __version__,
             "bundle": str(self.bundle),
+            "schema_version": engine.manifest.schema_version if engine.manifest else None,
             "items": len(engine),
-            "device": str(engine.device),
+            "device": engine.device_name,
+            "device_fallback": engine.device_fallback,
+            "providers": list(getattr(engine.item_encoder, "providers", [])),
             "towers": towers,
             "index": encode(engine.manifest.index) if engine.manifest else None,
             "limits": self.settings.to_json(),
@@ -341,7 +377,11 @@ def _loc(parts: Any) -> str:
 def _recommend_routes(app: FastAPI, deps: _Dependencies, bodies: Bodies) -> None:
     One, Many = bodies.recommend, bodies.batch
 
-    @app.post("/recommend", summary="Recommend for one user, or for a batch of users")
+    @app.post(
+        "/recommend",
+        summary="Recommend for one user, or for a batch of users",
+        response_model=RecommendResponse | BatchRecommendResponse,
+    )
     async def recommend(body: One | Many, s: Annotated[Service, Depends(deps.reader)]) -> Any:  # type: ignore[valid-type]
         data: Any = body
         if isinstance(body, Many):
@@ -350,12 +390,22 @@ def _recommend_routes(app: FastAPI, deps: _Dependencies, bodies: Bodies) -> None
         (recs,) = await s.recommend([data])
         return JSONResponse({"items": [r.to_json() for r in recs]})
 
+    Embed = bodies.embed
+
+    @app.post(
+        "/embed",
+        summary="Vectors from the towers: item texts ({'items': [...]}) or users ({'users': [...]})",
+        response_model=EmbedResponse,
+    )
+    def embed(body: Embed, s: Annotated[Service, Depends(deps.reader)]) -> Any:  # type: ignore[valid-type]
+        return JSONResponse(s.embed(body))
+
 
 def _edit_routes(app: FastAPI, deps: _Dependencies, bodies: Bodies) -> None:
     Items, Swap = bodies.items, bodies.swap
 
     @app.post("/items", summary="Add items (or, with replace, add or replace them) in the live catalogue")
-    def add_items(body: Items, s: Annotated[Service, Depends(deps.editor)]) -> dict[str, Any]:  # type: ignore[valid-type]
+    def add_items(body: Items, s: Annotated[Service, Depends(deps.editor)]) -> ItemsChanged:  # type: ignore[valid-type]
         data: Any = body
         ids = [i.item_id for i in data.items]
         texts = [i.text for i in data.items]
@@ -366,43 +416,44 @@ def _edit_routes(app: FastAPI, deps: _Dependencies, bodies: Bodies) -> None:
             else:
                 s.engine.add_items(ids, texts, attrs)
             s.dirty = not s.engine.shared_index
-        return {"items": len(s.engine), "changed": len(ids)}
+        return ItemsChanged(items=len(s.engine), changed=len(ids))
 
     @app.delete("/items/{item_id:path}", summary="Remove an item from the live catalogue (ids may hold '/')")
-    def remove_item(item_id: str, s: Annotated[Service, Depends(deps.editor)]) -> dict[str, Any]:
+    def remove_item(item_id: str, s: Annotated[Service, Depends(deps.editor)]) -> ItemRemoved:
         with s.edit_lock:
             s.engine.remove_items([item_id])
             s.dirty = not s.engine.shared_index
-        return {"items": len(s.engine), "removed": item_id}
+        return ItemRemoved(items=len(s.engine), removed=item_id)
 
     @app.post("/admin/save", summary="Persist catalogue edits into the bundle (crash-safe)")
-    def save(s: Annotated[Service, Depends(deps.editor)]) -> dict[str, Any]:
-        return {"saved": str(s.save()), "items": len(s.engine)}
+    def save(s: Annotated[Service, Depends(deps.editor)]) -> Saved:
+        return Saved(saved=str(s.save()), items=len(s.engine))
 
     @app.post("/admin/swap", summary="Switch to another bundle without a restart")
-    def swap(body: Swap, s: Annotated[Service, Depends(deps.editor)]) -> dict[str, Any]:  # type: ignore[valid-type]
+    def swap(body: Swap, s: Annotated[Service, Depends(deps.editor)]) -> Swapped:  # type: ignore[valid-type]
         data: Any = body
         path = Path(data.bundle)
         if not path.is_dir():
             raise HTTPException(400, f"no bundle directory at {excerpt(data.bundle, 200)}")
         s.swap(path)
-        return {"bundle": str(path), "items": len(s.engine)}
+        return Swapped(bundle=str(path), items=len(s.engine))
 
 
 def _status_routes(app: FastAPI, deps: _Dependencies, metrics: Metrics) -> None:
     @app.get("/healthz", summary="Liveness and what is being served")
-    def healthz(s: Annotated[Service, Depends(deps.service)]) -> dict[str, Any]:
-        return {
-            "status": "ok",
-            "bundle": str(s.bundle),
-            "items": len(s.engine),
-            "device": str(s.engine.device),
-            "unsaved_edits": s.dirty,
-        }
+    def healthz(s: Annotated[Service, Depends(deps.service)]) -> HealthResponse:
+        return HealthResponse(
+            status="ok",
+            bundle=str(s.bundle),
+            items=len(s.engine),
+            device=s.engine.device_name,
+            device_fallback=s.engine.device_fallback,
+            unsaved_edits=s.dirty,
+        )
 
     @app.get("/info", summary="The bundle, its towers and index, and the service's limits")
-    def info(s: Annotated[Service, Depends(deps.reader)]) -> dict[str, Any]:
-        return s.info()
+    def info(s: Annotated[Service, Depends(deps.reader)]) -> InfoResponse:
+        return InfoResponse.model_validate(s.info())
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
     def prometheus(s: Annotated[Service, Depends(deps.reader)]) -> PlainTextResponse:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from recsys_infer.runtime.options import DEFAULT_OPTIONS, RecommendOptions
 
@@ -25,6 +25,7 @@ class Bodies:
     batch: type[BaseModel]
     items: type[BaseModel]
     swap: type[BaseModel]
+    embed: type[BaseModel]
 
 
 def make_bodies(s: ServeSettings) -> Bodies:
@@ -85,4 +86,111 @@ def make_bodies(s: ServeSettings) -> Bodies:
 
         bundle: str = Field(min_length=1, max_length=4096)
 
-    return Bodies(RecommendBody, BatchBody, ItemsBody, SwapBody)
+    class UserBody(BaseModel):
+        model_config = strict
+
+        history: list[Id] = Field(default_factory=list, max_length=s.max_history)
+        text: str | None = Field(default=None, max_length=s.max_text_chars)
+
+    class EmbedBody(BaseModel):
+        """Exactly one of ``items`` (item texts, through the item tower) or ``users``."""
+
+        model_config = strict
+
+        items: list[Annotated[str, Field(min_length=1, max_length=s.max_text_chars)]] | None = Field(
+            default=None, min_length=1, max_length=s.max_batch_requests
+        )
+        users: list[UserBody] | None = Field(default=None, min_length=1, max_length=s.max_batch_requests)
+
+        @model_validator(mode="after")
+        def one_kind(self) -> EmbedBody:
+            if (self.items is None) == (self.users is None):
+                raise ValueError("give exactly one of 'items' (a list of item texts) or 'users'")
+            return self
+
+    return Bodies(RecommendBody, BatchBody, ItemsBody, SwapBody, EmbedBody)
+
+
+# -- responses: typed for the OpenAPI schema; the hot routes build the same JSON directly ------------
+
+
+class ReasonOut(BaseModel):
+    kind: str = Field(description="'history' (a history item close to this one) or 'request' (a word).")
+    source: str = Field(description="The history item's id, or the request's word.")
+    similarity: float
+
+
+class RecommendedItem(BaseModel):
+    item_id: str
+    score: float = Field(description="Cosine between the user vector and the item's.")
+    text: str
+    attributes: dict[str, Any]
+    because: list[ReasonOut] | None = Field(default=None, description="With explain=true only.")
+
+
+class RecommendResponse(BaseModel):
+    items: list[RecommendedItem] = Field(description="Best first.")
+
+
+class BatchRecommendResponse(BaseModel):
+    results: list[RecommendResponse] = Field(description="One per request, in order.")
+
+
+class EmbedResponse(BaseModel):
+    kind: str = Field(description="'items' or 'users': which tower made the vectors.")
+    dim: int
+    vectors: list[list[float]] = Field(description="Unit vectors, one per input, in order.")
+
+
+class TowerInfo(BaseModel):
+    file: str
+    kind: str
+    precision: str
+    dim: int
+
+
+class HealthResponse(BaseModel):
+    status: str
+    bundle: str
+    items: int
+    device: str = Field(description="Where the graphs run: cpu, cuda:N or tensorrt:N.")
+    device_fallback: str | None = Field(
+        description="Why device 'auto' runs on the CPU; null if it did not fall back."
+    )
+    unsaved_edits: bool
+
+
+class InfoResponse(BaseModel):
+    version: str = Field(description="The recsys-infer package version.")
+    bundle: str
+    schema_version: int | None
+    items: int
+    device: str
+    device_fallback: str | None
+    providers: list[str] = Field(description="The ONNX Runtime providers the item tower's session kept.")
+    towers: dict[str, TowerInfo]
+    index: dict[str, Any] | None
+    limits: dict[str, Any]
+    replica: str | None
+    editing: bool
+    unsaved_edits: bool
+
+
+class ItemsChanged(BaseModel):
+    items: int = Field(description="Items in the catalogue now.")
+    changed: int
+
+
+class ItemRemoved(BaseModel):
+    items: int
+    removed: str
+
+
+class Saved(BaseModel):
+    saved: str
+    items: int
+
+
+class Swapped(BaseModel):
+    bundle: str
+    items: int

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from recsys_infer.errors import ConfigError
 from recsys_infer.runtime.batcher import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_US
 from recsys_infer.runtime.options import EXPLAIN_COST
+from recsys_infer.runtime.providers import parse_device
 
 ENV_PREFIX = "RECSYS_INFER_"
 #: The API key the editing routes (and, with ``auth_reads``, every route but ``/healthz``) need.
@@ -27,6 +28,9 @@ class ServeSettings:
     - ``max_pending``: recommendations accepted but not yet answered; past it, 429 with
       ``Retry-After``, so overload is refused at once instead of queueing without bound.
     - ``auth_reads``: also require the API key for ``/recommend``, ``/info`` and ``/metrics``.
+    - ``device``: where the graphs run (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``tensorrt``);
+      ``provider_options``: passed to the GPU provider (``RECSYS_INFER_PROVIDER_OPTIONS`` as
+      ``key=value,key=value``).
     """
 
     max_body_bytes: int = 4 * 1024 * 1024
@@ -42,11 +46,20 @@ class ServeSettings:
     max_batch: int = DEFAULT_MAX_BATCH
     max_wait_us: int = DEFAULT_MAX_WAIT_US
     retry_after_s: int = 1
+    device: str = "auto"
+    provider_options: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "auth_reads":
+            if f.name == "device":
+                parse_device(value)
+            elif f.name == "provider_options":
+                if not isinstance(value, dict) or not all(
+                    isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+                ):
+                    raise ConfigError(f"provider_options must map names to strings, got {value!r:.80}")
+            elif f.name == "auth_reads":
                 if not isinstance(value, bool):
                     raise ConfigError(f"auth_reads must be true or false, got {value!r}")
             elif (
@@ -72,8 +85,26 @@ class ServeSettings:
         return {**asdict(self), "explain_cost": EXPLAIN_COST}
 
 
-def _parse(name: str, raw: str) -> int | bool:
+def parse_provider_options(items: list[str] | str) -> dict[str, str]:
+    """``["key=value", ...]`` or ``"key=value,key=value"`` as a dict of strings."""
+    parts = [p for p in (items.split(",") if isinstance(items, str) else items) if p.strip()]
+    options = {}
+    for part in parts:
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(
+                f"provider option {part!r:.60} is not KEY=VALUE (for example enable_cuda_graph=1)"
+            )
+        options[key.strip()] = value.strip()
+    return options
+
+
+def _parse(name: str, raw: str) -> int | bool | str | dict[str, str]:
     env = ENV_PREFIX + name.upper()
+    if name == "device":
+        return raw.strip()
+    if name == "provider_options":
+        return parse_provider_options(raw)
     if name == "auth_reads":
         if raw.strip().lower() in ("1", "true", "yes", "on"):
             return True

@@ -113,6 +113,7 @@ def build(
             load_dataset(data),
             checkpoint,
             encoder=recipe.get("encoder", {}).get("name"),
+            revision=recipe.get("encoder", {}).get("revision"),
             config=config,
             overwrite=True,
         )

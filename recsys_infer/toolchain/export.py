@@ -775,7 +775,12 @@ def _provenance(ckpt: Checkpoint) -> Provenance:
     return Provenance(
         checkpoint=str(ckpt.path.resolve()),
         checkpoint_sha256=sha256_file(ckpt.path / CHECKPOINT_FILE),
-        encoder={"name": ckpt.config.encoder, "license": ckpt.config.encoder_license},
+        encoder={
+            "name": ckpt.config.encoder,
+            "license": ckpt.config.encoder_license,
+            "revision": ckpt.config.encoder_revision,
+            "pooling": str(ckpt.config.pooling),
+        },
         data=ckpt.meta.get("data", {}),
         training={k: v for k, v in ckpt.meta.get("training", {}).items() if k != "losses"},
         versions={

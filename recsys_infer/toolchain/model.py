@@ -58,6 +58,7 @@ class ModelConfig:
 
     encoder: str
     encoder_license: str | None = None
+    encoder_revision: str | None = None
     user_tower: UserTowerKind = UserTowerKind.TEXT
     shared_towers: bool = False
     pooling: Pooling = Pooling.MEAN

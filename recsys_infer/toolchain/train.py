@@ -28,13 +28,13 @@ import torch
 from recsys_infer.data.dataset import Dataset
 from recsys_infer.data.probe import build_probe
 from recsys_infer.data.split import Example, Split, leave_one_out
-from recsys_infer.enums import UserTowerKind
+from recsys_infer.enums import Pooling, UserTowerKind
 from recsys_infer.errors import CheckpointError, ConfigError, DataError, OutputExistsError
 from recsys_infer.runtime.tokenizer import TextTokenizer
 from recsys_infer.runtime.userinput import UserInputFormat
 
 from .checkpoint import save_checkpoint
-from .encoders import EncoderSource, resolve_encoder
+from .encoders import EncoderSource, choose_pooling, resolve_encoder
 from .model import ModelConfig, SequenceConfig, TwoTower, guarded_step, in_batch_softmax_loss
 from .state import SavedState, load_state, remove_state, save_state
 
@@ -88,6 +88,8 @@ class TrainConfig:
     """
 
     user_tower: UserTowerKind = UserTowerKind.SEQUENCE
+    # None: the encoder's own (its sentence-transformers Pooling module); see encoders.choose_pooling.
+    pooling: Pooling | None = None
     epochs: int | None = None
     max_steps: int | None = None
     max_minutes: float | None = None
@@ -126,6 +128,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "user_tower", UserTowerKind(self.user_tower))
+        if self.pooling is not None:
+            object.__setattr__(self, "pooling", Pooling(self.pooling))
         for name, value in KIND_DEFAULTS[self.user_tower].items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, native_bf16() if value == "native" else value)
@@ -269,8 +273,10 @@ def train(
     overwrite: bool = False,
     progress: bool = True,
     resume: bool = False,
+    revision: str | None = None,
 ) -> TrainResult:
-    """Train on ``dataset``'s training split and save a checkpoint at ``out``."""
+    """Train on ``dataset``'s training split and save a checkpoint at ``out``. ``encoder``: a
+    local folder or Hub id (default all-MiniLM-L6-v2); ``revision``: the Hub revision to pin."""
     config = config or TrainConfig()
     out = Path(out)
     if out.exists() and not overwrite:
@@ -281,15 +287,18 @@ def train(
     torch.manual_seed(config.seed)
 
     split, cold = hold_out_items(leave_one_out(dataset), config.cold_items, config.seed)
-    source = resolve_encoder(encoder)
+    source = resolve_encoder(encoder, revision=revision)
     fingerprint = _fingerprint(config, dataset, source)
     saved = load_state(out, fingerprint=fingerprint) if resume else None
     logger.info("encoder %s from %s", source.name, source.location)
     max_history = int(_given(config.max_history))
     first, tokenizer_json, pad_token = _load_encoder(source.location)
+    pooling = choose_pooling(source, config.pooling)
     model_config = ModelConfig(
         encoder=source.name,
         encoder_license=source.license,
+        encoder_revision=source.revision,
+        pooling=pooling,
         user_tower=config.user_tower,
         shared_towers=config.shared_towers,
         user_max_length=config.user_max_length,
