@@ -149,7 +149,10 @@ def test_hot_swap_health_metrics_and_schema(client: Any, tiny_bundle: Path) -> N
     assert client.post("/recommend", json={"text": "lamp", "k": 2}).status_code == 200
     metrics = client.get("/metrics").text
     assert 'recsys_http_requests_total{route="/recommend",status="200"} 4.0' in metrics
-    assert "recsys_batch_size_count" in metrics and "recsys_http_request_seconds_bucket" in metrics
+    assert "recsys_batch_size_count" in metrics and "recsys_http_request_duration_seconds_bucket" in metrics
+    assert "recsys_queue_depth 0.0" in metrics and "process_resident_memory_bytes" in metrics
+    assert f'recsys_build_info{{bundle="{tiny_bundle}",device="cpu"' in metrics
+    assert f"recsys_catalogue_items {len(Engine.load(tiny_bundle, device='cpu'))}.0" in metrics
     schema = client.get("/openapi.json").json()
     assert {"/recommend", "/items", "/items/{item_id}", "/healthz", "/metrics"} <= set(schema["paths"])
 

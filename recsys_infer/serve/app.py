@@ -25,6 +25,9 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
     generate_latest,
 )
 from starlette.exceptions import HTTPException
@@ -66,16 +69,20 @@ class OverLimitError(QueryError):
 
 
 class Metrics:
-    """The service's Prometheus counters (one registry per app)."""
+    """The service's Prometheus metrics (one registry per app), named as Prometheus advises:
+    ``_total`` counters, ``_seconds`` durations, process metrics and a ``build_info``."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        ProcessCollector(registry=r)  # process_resident_memory_bytes, process_cpu_seconds_total, ...
+        PlatformCollector(registry=r)  # python_info
+        self.build = Info("recsys_build", "The package and what it serves", registry=r)
         self.requests = Counter(
             "recsys_http_requests", "HTTP responses by route and status", ["route", "status"], registry=r
         )
         self.latency = Histogram(
-            "recsys_http_request_seconds",
+            "recsys_http_request_duration_seconds",
             "HTTP request latency by route",
             ["route"],
             registry=r,
@@ -89,8 +96,25 @@ class Metrics:
         )
         self.errors = Counter("recsys_errors", "Error responses by kind", ["kind"], registry=r)
         self.pending = Gauge(
-            "recsys_pending_requests", "Recommendations accepted, not yet answered", registry=r
+            "recsys_queue_depth", "Recommendations and embeddings accepted, not yet answered", registry=r
         )
+        self.items = Gauge("recsys_catalogue_items", "Items in the catalogue being served", registry=r)
+
+    def describe(self, engine: Engine, bundle: Path) -> None:
+        """Fill ``build_info`` (and the item count) for the engine now serving."""
+        manifest = engine.manifest
+        self.build.info(
+            {
+                "version": __version__,
+                "bundle": str(bundle),
+                "schema_version": str(manifest.schema_version if manifest else ""),
+                "device": engine.device_name,
+                "precision": "/".join(sorted({str(t.precision) for t in manifest.towers.values()}))
+                if manifest
+                else "",
+            }
+        )
+        self.items.set(len(engine))
 
     def observe(self, route: str, status: int, seconds: float) -> None:
         self.requests.labels(route, str(status)).inc()
@@ -457,4 +481,5 @@ def _status_routes(app: FastAPI, deps: _Dependencies, metrics: Metrics) -> None:
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
     def prometheus(s: Annotated[Service, Depends(deps.reader)]) -> PlainTextResponse:
+        metrics.describe(s.engine, s.bundle)  # edits and swaps change these between scrapes
         return PlainTextResponse(generate_latest(metrics.registry).decode(), media_type=CONTENT_TYPE_LATEST)
