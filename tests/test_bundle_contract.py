@@ -224,3 +224,24 @@ def test_free_slots_are_reused_so_churn_does_not_grow_the_index(bundle_copy: Pat
     assert (
         os.path.getsize(out / "item_vectors.npy") <= os.path.getsize(bundle_copy / "item_vectors.npy") + 4096
     )
+
+
+def test_every_bundle_carries_a_model_card_of_its_own(tiny_bundle: Path, tmp_path: Path) -> None:
+    """README.md is written from the manifest with it, so a compressed bundle's card describes
+    the compressed model, and the card is checksummed like every other file."""
+    from recsys_infer.toolchain.compress import QuantizeConfig, quantize_bundle
+
+    manifest = json.loads((tiny_bundle / "manifest.json").read_text())
+    card = (tiny_bundle / "README.md").read_text()
+    assert "README.md" in manifest["files"]
+    assert card.startswith("---\nlicense: ")
+    assert manifest["provenance"]["encoder"]["name"] in card and "## Intended use" in card
+    assert f"fingerprint `{manifest['provenance']['data']['fingerprint'][:16]}`" in card
+    out = tmp_path / "int8"
+    quantize_bundle(tiny_bundle, out, QuantizeConfig(mode="dynamic", towers="both"))
+    quantized = (out / "README.md").read_text()
+    assert (
+        "Compression: quantize dynamic." in quantized
+        and "overlap@10 with the uncompressed model" in quantized
+    )
+    assert "Compression" not in card

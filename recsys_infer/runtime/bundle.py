@@ -23,6 +23,7 @@ import numpy as np
 from recsys_infer.errors import BundleError, BundleIntegrityError, MissingBundleFileError
 
 from .atomic import atomic_directory, step
+from .card import CARD, model_card
 from .manifest import (
     MAKE_BUNDLE,
     MANIFEST,
@@ -140,6 +141,9 @@ def write_manifest(directory: Path, manifest: Manifest) -> Manifest:
     """Write ``manifest.json`` with the checksums of the directory's files, after checking that
     this version reads it back; returns what was written."""
     version = SCHEMA_VERSION if manifest.fusion is not None else 1  # see SCHEMA_VERSIONS
+    # The model card first, from this manifest, so that it is among the checksummed files.
+    card = model_card(json.loads(manifest_json(replace(manifest, schema_version=version))))
+    (directory / CARD).write_text(card, encoding="utf-8")
     full = replace(manifest, schema_version=version, files=file_entries(directory))
     text = manifest_json(full)
     parse_manifest(json.loads(text))  # never write a manifest this version could not read back
