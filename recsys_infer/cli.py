@@ -657,6 +657,45 @@ def _fusion_lines(fusion: FusionSpec) -> list[str]:
     return lines
 
 
+class ConvertTarget(StrEnum):
+    SENTENCE_TRANSFORMERS = "sentence-transformers"
+
+
+@app.command()
+@_friendly_errors
+def convert(
+    bundle: Annotated[Path, typer.Argument(help="A text-kind fp32 bundle.")],
+    out: Annotated[Path, typer.Option(help="Directory to write (one folder per tower).", file_okay=False)],
+    to: Annotated[
+        ConvertTarget, typer.Option(help="The format to write.")
+    ] = ConvertTarget.SENTENCE_TRANSFORMERS,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(help="The checkpoint the bundle was exported from (default: the one it records)."),
+    ] = None,
+    overwrite: Overwrite = False,
+    json_out: JsonOut = None,
+) -> None:
+    """Write a bundle's text towers as sentence-transformers folders (with ONNX backend files)."""
+    from .toolchain.convert import to_sentence_transformers
+
+    result = to_sentence_transformers(bundle, out, checkpoint=checkpoint, overwrite=overwrite)
+    for name, folder in result.folders.items():
+        typer.echo(
+            f"{name} tower: {folder} (sentence-transformers, ONNX backend: lowest cosine to the bundle "
+            f"{result.min_cosine[name]:.6f})"
+        )
+    _write_json(
+        json_out,
+        {
+            "bundle": str(bundle),
+            "to": str(to),
+            "folders": {k: str(v) for k, v in result.folders.items()},
+            "min_cosine": result.min_cosine,
+        },
+    )
+
+
 @app.command()
 @_friendly_errors
 def info(
@@ -1066,7 +1105,7 @@ def serve(
         ),
     ] = False,
 ) -> None:
-    """Serve a bundle over HTTP: /recommend, /items, /healthz, /info, /metrics (needs the serve extra).
+    """Serve a bundle over HTTP: /recommend, /embed, /items, /healthz, /info, /metrics (serve extra).
 
     Limits come from the flags, else RECSYS_INFER_* variables, else the defaults; GET /info shows
     those in force. With --ray, N replicas run on Ray Serve behind its proxy on HOST:PORT."""
@@ -1213,6 +1252,7 @@ def sample_data(
         Path, typer.Option(help="Folder to write items.jsonl and interactions.csv into.", file_okay=False)
     ],
     overwrite: Overwrite = False,
+    json_out: JsonOut = None,
 ) -> None:
     """Write the built-in sample catalogue as a generic data folder (an example of the format)."""
     from .data import sample_dataset, write_generic
@@ -1222,6 +1262,15 @@ def sample_data(
     with atomic_directory(out, overwrite=overwrite, marker="items.jsonl") as tmp:
         write_generic(dataset, tmp)
     typer.echo(f"{dataset.describe()} → {out}")
+    _write_json(
+        json_out,
+        {
+            "out": str(out),
+            "items": len(dataset.catalog),
+            "users": len(dataset.sequences),
+            "fingerprint": dataset.fingerprint,
+        },
+    )
 
 
 def main() -> None:

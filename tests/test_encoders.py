@@ -96,6 +96,17 @@ def test_poolings_we_cannot_export_are_refused(tiny_encoder: Path, tmp_path: Pat
     config_file.write_text(json.dumps(config))
     with pytest.raises(ConfigError, match=r"pooling_mode_max_tokens.*CLS or mean pooling only"):
         declared_pooling(folder)
+    # The layout sentence-transformers 5 writes: module paths of its own, a pooling_mode string.
+    modules = json.loads((folder / "modules.json").read_text())
+    modules[1]["type"] = "sentence_transformers.sentence_transformer.modules.pooling.Pooling"
+    modules[2]["type"] = "sentence_transformers.sentence_transformer.modules.normalize.Normalize"
+    (folder / "modules.json").write_text(json.dumps(modules))
+    for mode, expected in (("cls", Pooling.CLS), ("mean", Pooling.MEAN)):
+        config_file.write_text(json.dumps({"embedding_dimension": 32, "pooling_mode": mode}))
+        assert declared_pooling(folder) == (expected, True)
+    config_file.write_text(json.dumps({"embedding_dimension": 32, "pooling_mode": "lasttoken"}))
+    with pytest.raises(ConfigError, match="'lasttoken'"):
+        declared_pooling(folder)
     assert declared_pooling(tiny_encoder) == (Pooling.MEAN, True)
 
 

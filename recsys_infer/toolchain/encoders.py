@@ -22,8 +22,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 _DEFAULT_ALIASES = {DEFAULT_ENCODER, "all-MiniLM-L6-v2", "default"}
-_POOLING_MODULE = "sentence_transformers.models.Pooling"
-_NORMALIZE_MODULE = "sentence_transformers.models.Normalize"
 # The sentence-transformers pooling modes we can put in a graph, by their config key.
 _MODES = {"pooling_mode_cls_token": Pooling.CLS, "pooling_mode_mean_tokens": Pooling.MEAN}
 
@@ -60,26 +58,33 @@ def model_card_license(folder: Path) -> str | None:
 
 def declared_pooling(folder: Path) -> tuple[Pooling | None, bool | None]:
     """(pooling, normalize) declared by a sentence-transformers folder; (None, None) when the
-    folder has no such modules. A pooling we cannot express (max, weighted mean, last token, or
-    several modes at once) is a :class:`ConfigError`."""
+    folder has no such modules. Reads both layouts sentence-transformers has written: the
+    boolean ``pooling_mode_*_token(s)`` keys and the newer ``pooling_mode`` string. A pooling we
+    cannot express (max, weighted mean, last token, or several modes at once) is a
+    :class:`ConfigError`."""
     modules_file = folder / "modules.json"
     pooling_dir: Path | None = None
     normalize: bool | None = None
     if modules_file.is_file():
         modules = json.loads(modules_file.read_text(encoding="utf-8"))
         types = [str(m.get("type", "")) for m in modules]
-        normalize = _NORMALIZE_MODULE in types
-        for m in modules:
-            if m.get("type") == _POOLING_MODULE:
+        normalize = any(t.startswith("sentence_transformers.") and t.endswith(".Normalize") for t in types)
+        for m, t in zip(modules, types, strict=True):
+            if t.startswith("sentence_transformers.") and t.endswith(".Pooling"):
                 pooling_dir = folder / str(m.get("path", ""))
     elif (folder / "1_Pooling" / "config.json").is_file():
         pooling_dir = folder / "1_Pooling"
     if pooling_dir is None or not (pooling_dir / "config.json").is_file():
         return None, normalize
     config = json.loads((pooling_dir / "config.json").read_text(encoding="utf-8"))
-    on = sorted(k for k, v in config.items() if k.startswith("pooling_mode_") and v is True)
-    if len(on) == 1 and on[0] in _MODES:
-        return _MODES[on[0]], normalize
+    if isinstance(config.get("pooling_mode"), str):
+        on = [f"pooling_mode {config['pooling_mode']!r}"]
+        found = {"cls": Pooling.CLS, "mean": Pooling.MEAN}.get(config["pooling_mode"])
+    else:
+        on = sorted(k for k, v in config.items() if k.startswith("pooling_mode_") and v is True)
+        found = _MODES.get(on[0]) if len(on) == 1 else None
+    if found is not None:
+        return found, normalize
     raise ConfigError(
         f"{folder} pools with {', '.join(on) or 'no mode'} ({pooling_dir.name}/config.json); recsys-infer "
         "exports CLS or mean pooling only. Use an encoder that pools one of those ways."
