@@ -1082,13 +1082,17 @@ def serve(
     ray: Annotated[
         str | None,
         typer.Option(
+            envvar="RECSYS_INFER_RAY",
             help="Serve replicas on Ray Serve: 'local' starts a local cluster, HOST:PORT joins one. The "
             "bundle's index should be in Milvus (see `index --milvus`). Needs the 'scale' extra.",
             rich_help_panel="Ray Serve",
         ),
     ] = None,
     replicas: Annotated[
-        int, typer.Option(min=1, help="Replicas on Ray Serve.", rich_help_panel="Ray Serve")
+        int,
+        typer.Option(
+            min=1, envvar="RECSYS_INFER_REPLICAS", help="Replicas on Ray Serve.", rich_help_panel="Ray Serve"
+        ),
     ] = 2,
     detach: Annotated[
         bool,

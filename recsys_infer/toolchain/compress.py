@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from recsys_infer.enums import Device, Precision, QuantMode, TowerChoice
 from recsys_infer.errors import BundleError
@@ -146,12 +147,20 @@ def derive_bundle(
     chosen = _chosen(dict(manifest.towers), TowerChoice(towers))
     if not chosen:
         raise BundleError(f"{src} has no {towers} tower to compress")
-    with atomic_directory(out, overwrite=overwrite) as tmp:
+    stages = tqdm(
+        total=3 + int(bool(reindex and "item" in chosen)),
+        unit="stage",
+        disable=not progress,
+        desc=f"{step['step']}: {', '.join(sorted({manifest.towers[t].file for t in chosen}))}",
+    )
+    with atomic_directory(out, overwrite=overwrite) as tmp, stages:
         for name in manifest.files:
             shutil.copy2(src / name, tmp / name)
         towers_spec, graphs = _transform_graphs(
             src, tmp, manifest, chosen, step, transform, suffix, precision
         )
+        stages.update()
+        stages.set_description(f"{step['step']}: measuring fidelity against {ref_path.name}")
         index = manifest.index
         if "item" in chosen and not reindex:
             index = replace(index, built_with="the reference item tower (pass --reindex to rebuild)")
@@ -160,11 +169,14 @@ def derive_bundle(
             reindex_bundle(tmp, None, tmp, overwrite=True, progress=progress,
                            built_with="the compressed item tower of this bundle (--reindex)")  # fmt: skip
             draft = read_manifest(tmp)
+            stages.update()
         fidelity = measure_fidelity(
             Engine.load(ref_path, device=Device.CPU, exact=True, verify=False),
             Engine.load(tmp, device=Device.CPU, exact=True, verify=False),
         )
         fidelity["reference"] = str(ref_path)
+        stages.update()
+        stages.set_description(f"{step['step']}: checking the written bundle")
         check_gate(
             fidelity,
             max_overlap_drop,
@@ -191,6 +203,7 @@ def derive_bundle(
         )
         write_manifest(tmp, final)
         check_answers(tmp, "the compressed bundle")
+        stages.update()
         files = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
     return StepResult(out, encode(record), fidelity, files, time.perf_counter() - started)
 
