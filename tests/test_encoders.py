@@ -117,3 +117,31 @@ def test_the_default_encoder_declares_mean_pooling() -> None:
     assert source.pooling is Pooling.MEAN and source.normalize is True and source.license == "apache-2.0"
     with pytest.raises(ConfigError, match="--revision is for Hub ids"):
         resolve_encoder(None, revision="main")
+
+
+def test_a_hub_id_is_fetched_at_its_revision_and_recorded(
+    cls_encoder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No network in tests: huggingface_hub's download is replaced by the local copy it would
+    have made. The id, the revision asked for and the folder's own pooling and licence come
+    through to the bundle."""
+    import huggingface_hub
+
+    asked: list[tuple[str, str | None]] = []
+
+    def snapshot_download(repo_id: str, revision: str | None = None, **_: object) -> str:
+        asked.append((repo_id, revision))
+        return str(cls_encoder)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    from recsys_infer.toolchain.export import export_bundle
+    from recsys_infer.toolchain.train import TrainConfig, train
+
+    config = TrainConfig(user_tower="text", max_steps=0, item_max_length=32, user_max_length=32)
+    train(small_sample(), tmp_path / "ckpt", encoder="BAAI/bge-tiny-test", revision="v1.5", config=config,
+          progress=False)  # fmt: skip
+    export_bundle(tmp_path / "ckpt", tmp_path / "bundle", progress=False)
+    assert asked == [("BAAI/bge-tiny-test", "v1.5")]
+    encoder = json.loads((tmp_path / "bundle" / "manifest.json").read_text())["provenance"]["encoder"]
+    assert encoder == {"name": "BAAI/bge-tiny-test", "license": "mit", "revision": "v1.5", "pooling": "cls"}
+    assert "base_model: BAAI/bge-tiny-test" in (tmp_path / "bundle" / "README.md").read_text()
