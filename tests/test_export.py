@@ -41,6 +41,7 @@ def test_bundle_contents_and_manifest(tiny_bundle: Path, tiny_checkpoint: Path) 
         "item_ids.json",
         "catalog.jsonl",
         "probe.json",
+        "README.md",
     }
     for name, entry in manifest.files.items():
         assert sha256_file(tiny_bundle / name) == entry.sha256

@@ -755,6 +755,16 @@ def _choose_ef(index: HnswIndex, vectors: np.ndarray, kinds: dict[str, np.ndarra
         by_kind = {kind: _index_recall(index, vectors, q)[0] for kind, q in kinds.items() if len(q)}
         if min(by_kind.values()) >= EF_TARGET_RECALL or ef * 2 > EF_MAX:
             logger.info("ef_search %d: index recall@10 by query kind %s", ef, by_kind)
+            short = {kind: r for kind, r in by_kind.items() if r < EF_TARGET_RECALL}
+            if short:
+                logger.warning(
+                    "the HNSW index finds only %s of exact search's top 10 at ef_search %d, the widest "
+                    "export tries (target %.2f): such queries lose quality to the index. Evaluate with and "
+                    "without --exact to see how much; a larger M (export --recipe, [index] M) may help.",
+                    ", ".join(f"{r:.3f} for {kind} queries" for kind, r in short.items()),
+                    ef,
+                    EF_TARGET_RECALL,
+                )
             return by_kind
         ef *= 2
 
