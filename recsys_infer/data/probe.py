@@ -7,6 +7,8 @@ the data again. It comes from the validation split, never the test split.
 from __future__ import annotations
 
 import random
+import re
+import zlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,8 +20,26 @@ PROBE_SIZE = 1000
 _REQUEST_FIELDS = ("genres", "category", "tags", "brand")
 
 
+_CLAUSE = re.compile(r"[.|;:\n(]| - | – | — ")
+_PATH = re.compile(r"[^\W_][^>.|;:\n]*(?:>[^>.|;:\n]+)+")
+
+
+def request_from_text(item: Item) -> str | None:
+    """A request a shopper might type for an item known only by its text: the first four words
+    of its title (the text's first clause), or, for half the items (chosen by id), the last
+    step of a category path in the text ("Home > Kitchen > Kettles" -> "Kettles") when it has
+    one. Catalogues whose items are ``item_id`` and ``text`` alone get requests this way."""
+    text = item.text.strip()
+    title = " ".join(_CLAUSE.split(text, maxsplit=1)[0].split()[:4])
+    path = _PATH.search(text)
+    if path and zlib.crc32(item.item_id.encode()) % 2:
+        return path.group(0).split(">")[-1].strip() or title or None
+    return title or None
+
+
 def request_from_item(item: Item) -> str | None:
-    """A short free-text request made of an item's descriptive attributes (genres, category…)."""
+    """A short free-text request for an item: its descriptive attributes (genres, category,
+    tags, brand) when it has any, else made from its text (:func:`request_from_text`)."""
     parts: list[str] = []
     for name in _REQUEST_FIELDS:
         value = item.attributes.get(name)
@@ -27,7 +47,7 @@ def request_from_item(item: Item) -> str | None:
             parts.extend(str(v) for v in value[:3])
         elif value:
             parts.append(str(value))
-    return ", ".join(parts) if parts else None
+    return ", ".join(parts) if parts else request_from_text(item)
 
 
 def build_probe(

@@ -170,7 +170,8 @@ def evaluate_requests(
     with_history: bool = False,
     exclude_seen: bool = False,
 ) -> EvalResult:
-    """Text requests made of each target's own attributes (genres, category…) ranked against the
+    """Text requests made of each target's own attributes (genres, category…), or of its text
+    when it has none (:func:`~recsys_infer.data.probe.request_from_item`), ranked against the
     whole catalogue: how well a text request finds what it describes. Alone (the default), a
     request is a new user's query; ``with_history``, it is sent together with the user's history
     (``exclude_seen`` then masks the history, as for histories alone). Users whose target has no

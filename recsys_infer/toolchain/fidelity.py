@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from recsys_infer.data.probe import request_from_item
 from recsys_infer.enums import Device
 from recsys_infer.errors import BundleError, ExportError, FidelityError
 from recsys_infer.runtime.engine import Engine, Query
@@ -44,6 +45,12 @@ def probe_queries(engine: Engine, limit: int = 500) -> tuple[list[Query], list[Q
     histories = [[i for i in h if i in known] for h in probe.get("histories", [])]
     users = [Query(history=tuple(h)) for h in histories if h][:limit]
     requests = [Query(text=t) for t in probe.get("requests", [])][:limit]
+    if not requests:
+        # A probe written before requests were made from item text (a text-only catalogue), or no
+        # probe at all: requests for the probe's targets, else for a spread of the catalogue.
+        targets = [t for t in probe.get("targets", []) if t in known] or list(engine.item_ids)[::7]
+        texts = [request_from_item(item) for item in engine.items(targets[:limit])]
+        requests = [Query(text=t) for t in texts if t]
     if not users:
         # No probe (e.g. exported without one): pseudo-users made of catalogue runs.
         ids = list(engine.item_ids)
@@ -60,11 +67,13 @@ def _stored_vectors(engine: Engine) -> np.ndarray:
 def measure_fidelity(reference: Engine, candidate: Engine, *, item_sample: int = 1000) -> dict[str, Any]:
     """Cosines and recommendation overlap of ``candidate`` against ``reference`` (exact search)."""
     users, requests = probe_queries(reference)
+    if not requests:  # every item has a text, so this means an empty catalogue
+        raise FidelityError(
+            f"no probe request could be built for {reference.path}: the request tower is unmeasured"
+        )
     ref_items, new_items = _stored_vectors(reference), _stored_vectors(candidate)
     result: dict[str, Any] = {"reference": str(reference.path), "queries": {}}
-    groups = {"user": users}
-    if requests:
-        groups["request"] = requests
+    groups = {"user": users, "request": requests}
     for name, queries in groups.items():
         ref_users = reference.encode_users(queries)
         new_users = candidate.encode_users(queries)
