@@ -1070,6 +1070,14 @@ def serve(
     max_items_per_edit: Annotated[
         int | None, _limit("Items in one POST /items.", "MAX_ITEMS_PER_EDIT")
     ] = None,
+    request_cache: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Keep this many request vectors, so a text seen again skips the transformer (default 0: "
+            "off). (env RECSYS_INFER_REQUEST_CACHE)",
+        ),
+    ] = None,
     auth_reads: Annotated[
         bool | None,
         typer.Option(
@@ -1136,6 +1144,7 @@ def serve(
         max_items_per_edit=max_items_per_edit,
         auth_reads=auth_reads,
         device=device,
+        request_cache=request_cache,
         provider_options=parse_provider_options(provider_option) if provider_option else None,
     )
     if not os.environ.get(API_KEY_ENV):

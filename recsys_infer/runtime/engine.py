@@ -20,6 +20,7 @@ from recsys_infer.enums import Device
 from recsys_infer.errors import BundleError, DeviceUnavailableError, QueryError, UnknownItemError
 
 from .bundle import Manifest, read_item_ids, read_manifest, verify_files, write_catalogue_bundle
+from .cache import CachedEncoder, CacheStats
 from .catalog import Catalog, Item
 from .encoder import Encoder, OnnxEncoder
 from .index import ExactIndex, HnswIndex, HnswParams, Index
@@ -234,6 +235,7 @@ class Engine:
         verify: bool = True,
         milvus_uri: str | None = None,
         provider_options: Mapping[str, Any] | None = None,
+        request_cache: int = 0,
     ) -> Engine:
         """Load a bundle directory.
 
@@ -243,11 +245,13 @@ class Engine:
         ``provider_options``: passed to the GPU provider as they are (CUDA:
         ``arena_extend_strategy``, ``cudnn_conv_algo_search``, ``enable_cuda_graph``, ...;
         TensorRT: ``trt_fp16_enable``, ``trt_engine_cache_enable``, ``trt_engine_cache_path``,
-        ...). ``threads``: ONNX Runtime intra-op
-        threads (default: ONNX Runtime's choice, the physical cores). ``exact``: rank by exact
-        search over the stored item vectors instead of the HNSW index. ``verify``: check every
-        file's sha256 (sizes are always checked). ``milvus_uri``: for a bundle whose index is a
-        Milvus collection, the server to connect to instead of the one the manifest records.
+        ...). ``request_cache``: keep up to this many request vectors (0: off), so that a text
+        seen again skips the transformer (:mod:`~recsys_infer.runtime.cache`). ``threads``: ONNX
+        Runtime intra-op threads (default: ONNX Runtime's choice, the physical cores).
+        ``exact``: rank by exact search over the stored item vectors instead of the HNSW index.
+        ``verify``: check every file's sha256 (sizes are always checked). ``milvus_uri``: for a
+        bundle whose index is a Milvus collection, the server to connect to instead of the one
+        the manifest records.
         """
         bundle = Path(path)
         manifest = read_manifest(bundle)
@@ -259,6 +263,10 @@ class Engine:
         def text_encoder(name: str) -> OnnxEncoder:
             return tower_encoder(manifest, name, sessions, tokenizer_json, io_binding=cuda)
 
+        def request_encoder(name: str) -> Encoder:
+            encoder = text_encoder(name)
+            return CachedEncoder(encoder, request_cache) if request_cache else encoder
+
         store = _open_store(bundle, manifest, exact=exact, milvus_uri=milvus_uri)
 
         user_encoder: UserEncoder
@@ -268,12 +276,12 @@ class Engine:
                 store.vectors,
                 dim=manifest.user.dim,
                 max_history=manifest.user.max_length,
-                requests=text_encoder("request"),
+                requests=request_encoder("request"),
                 io_binding=cuda,
                 fusion=manifest.fusion,
             )
         else:
-            user_encoder = TextUserEncoder(text_encoder("user"), store, manifest.user_input)
+            user_encoder = TextUserEncoder(request_encoder("user"), store, manifest.user_input)
         engine = cls(
             user_encoder=user_encoder,
             item_encoder=text_encoder("item"),
@@ -321,6 +329,12 @@ class Engine:
     def device(self) -> Device:
         """The device the graphs really run on (``cpu``, ``cuda`` or ``tensorrt``), never ``auto``."""
         return self._placement.device
+
+    def request_cache(self) -> CacheStats | None:
+        """Hits, misses and size of the request cache; None when it is off."""
+        users = self.user_encoder
+        encoder = getattr(users, "requests", None) or getattr(users, "encoder", None)
+        return encoder.stats() if isinstance(encoder, CachedEncoder) else None
 
     @property
     def device_name(self) -> str:

@@ -30,6 +30,8 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from starlette.exceptions import HTTPException
 
 from recsys_infer import __version__
@@ -99,6 +101,8 @@ class Metrics:
             "recsys_queue_depth", "Recommendations and embeddings accepted, not yet answered", registry=r
         )
         self.items = Gauge("recsys_catalogue_items", "Items in the catalogue being served", registry=r)
+        self.engine: Engine | None = None
+        r.register(_CacheCollector(self))
 
     def describe(self, engine: Engine, bundle: Path) -> None:
         """Fill ``build_info`` (and the item count) for the engine now serving."""
@@ -115,12 +119,36 @@ class Metrics:
             }
         )
         self.items.set(len(engine))
+        self.engine = engine
 
     def observe(self, route: str, status: int, seconds: float) -> None:
         self.requests.labels(route, str(status)).inc()
         self.latency.labels(route).observe(seconds)
         if status >= 400:
             self.errors.labels(f"http_{status}").inc()
+
+
+class _CacheCollector(Collector):
+    """The request cache's counters, read from the engine being served at each scrape (a swap
+    starts a new cache, so the counters restart with it)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        engine = self.metrics.engine
+        stats = engine.request_cache() if engine is not None else None
+        if stats is None:
+            return
+        for name, doc, value in (
+            ("recsys_request_cache_hits", "Requests answered from the request cache", stats.hits),
+            ("recsys_request_cache_misses", "Requests the request tower encoded", stats.misses),
+        ):
+            yield CounterMetricFamily(name, doc, value=value)
+        yield GaugeMetricFamily("recsys_request_cache_entries", "Request vectors held", value=stats.entries)
+        yield GaugeMetricFamily(
+            "recsys_request_cache_bytes", "Memory of the request vectors held", value=stats.bytes
+        )
 
 
 class Service:
@@ -172,6 +200,7 @@ class Service:
             device=self.settings.device,
             threads=self.threads,
             provider_options=self.settings.provider_options or None,
+            request_cache=self.settings.request_cache,
         )
 
     @contextlib.contextmanager
@@ -265,6 +294,7 @@ class Service:
             "towers": towers,
             "index": encode(engine.manifest.index) if engine.manifest else None,
             "limits": self.settings.to_json(),
+            "request_cache": dataclasses.asdict(cache) if (cache := engine.request_cache()) else None,
             "replica": self.replica,
             "editing": bool(os.environ.get(API_KEY_ENV)),
             "unsaved_edits": self.dirty,

@@ -171,6 +171,9 @@ class InfoResponse(BaseModel):
     towers: dict[str, TowerInfo]
     index: dict[str, Any] | None
     limits: dict[str, Any]
+    request_cache: dict[str, int] | None = Field(
+        description="hits, misses, entries, max_entries and bytes of the request cache; null when off."
+    )
     replica: str | None
     editing: bool
     unsaved_edits: bool

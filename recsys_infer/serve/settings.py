@@ -28,6 +28,7 @@ class ServeSettings:
     - ``max_pending``: recommendations accepted but not yet answered; past it, 429 with
       ``Retry-After``, so overload is refused at once instead of queueing without bound.
     - ``auth_reads``: also require the API key for ``/recommend``, ``/info`` and ``/metrics``.
+    - ``request_cache``: request vectors kept for texts seen again (0: off).
     - ``device``: where the graphs run (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``tensorrt``);
       ``provider_options``: passed to the GPU provider (``RECSYS_INFER_PROVIDER_OPTIONS`` as
       ``key=value,key=value``).
@@ -46,6 +47,7 @@ class ServeSettings:
     max_batch: int = DEFAULT_MAX_BATCH
     max_wait_us: int = DEFAULT_MAX_WAIT_US
     retry_after_s: int = 1
+    request_cache: int = 0
     device: str = "auto"
     provider_options: dict[str, str] = field(default_factory=dict)
 
@@ -65,7 +67,7 @@ class ServeSettings:
             elif (
                 isinstance(value, bool)
                 or not isinstance(value, int)
-                or value < (0 if f.name == "max_wait_us" else 1)
+                or value < (0 if f.name in ("max_wait_us", "request_cache") else 1)
             ):
                 raise ConfigError(f"{f.name} must be a positive integer, got {value!r}")
 
