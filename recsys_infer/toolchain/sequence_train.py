@@ -396,6 +396,8 @@ def train_sequence_loop(
                     evals_without_gain = 0
                 else:
                     evals_without_gain += 1
+                if bar is not None:
+                    bar.set_postfix(loss=f"{run.losses[-1]:.3f}", best=f"{run.best_ndcg:.4f}")
                 if on_eval is not None:
                     on_eval(run, optimizer, best_state)
                 if evals_without_gain >= patience:
