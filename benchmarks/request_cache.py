@@ -3,8 +3,10 @@
     python benchmarks/request_cache.py BUNDLE [--data DATA] [--distinct 5000] [--stream 6000]
         [--zipf 1.1] [--cache 0 2000] [--threads 1] [--json FILE]
 
-The request pool is one request per catalogue item, made as `evaluate --requests` makes them
-(the item's attributes, or its text), deduplicated; the stream draws from it with probability
+The request pool holds, per catalogue item, the request `evaluate --requests` makes of it (its
+attributes, or its text) and the one made of its text alone (`request_from_text`: a title's
+first words or a category), deduplicated, so that a catalogue with few attribute values still
+has thousands of distinct requests; the stream draws from it with probability
 proportional to 1 / rank^s. Every cache size serves the same stream through a fresh engine, one
 client calling `Engine.recommend(text=..., k=10)` in a loop; the sizes take turns in rounds
 (A B A B) so that a machine's drift hits all alike. Reported per size: hit rate, latency
@@ -23,7 +25,7 @@ import numpy as np
 
 from recsys_infer import Engine
 from recsys_infer.data import load_dataset
-from recsys_infer.data.probe import request_from_item
+from recsys_infer.data.probe import request_from_item, request_from_text
 from recsys_infer.data.readers import data_spec
 from recsys_infer.runtime.bundle import read_manifest
 
@@ -77,9 +79,8 @@ def main() -> None:
     args = parser.parse_args()
     data = args.data or data_spec(str(read_manifest(args.bundle).provenance.data["source"]))
     dataset = load_dataset(data)
-    pool = list(dict.fromkeys(r for r in (request_from_item(i) for i in dataset.catalog) if r))[
-        : args.distinct
-    ]
+    made = (r for item in dataset.catalog for r in (request_from_item(item), request_from_text(item)))
+    pool = list(dict.fromkeys(r for r in made if r))[: args.distinct]
     stream = zipf_stream(pool, args.stream, args.zipf)
     print(f"{len(pool)} distinct requests, a stream of {len(stream)} (Zipf s={args.zipf}), "
           f"{len(set(stream))} distinct in it")  # fmt: skip
