@@ -46,7 +46,9 @@ def test_parity_of_the_real_encoder(minilm_bundle: Path) -> None:
     assert raw["towers"]["user"]["dim"] == 384
     assert raw["provenance"]["encoder"] == {
         "name": "sentence-transformers/all-MiniLM-L6-v2",
-        "license": "apache-2.0",
+        "license": "apache-2.0",  # from the model card the package ships
+        "revision": None,  # an installed package, not a Hub download
+        "pooling": "mean",  # read from its sentence-transformers Pooling module
     }
     assert raw["fidelity"]["index_recall_at_10_vs_exact"] >= 0.95
 
