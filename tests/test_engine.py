@@ -196,10 +196,38 @@ def test_cuda_unavailable_is_an_error_and_auto_falls_back(
             Engine.load(tiny_bundle, device=device)
     with caplog.at_level("WARNING", logger="recsys_infer"):
         engine = Engine.load(tiny_bundle, device="auto")
-    assert engine.device is Device.CPU and engine.device_name == "cpu"
-    assert engine.device_fallback is not None and "CPU build" in engine.device_fallback
+    # The CPU build alone: nothing to fall back from, so no warning and no fallback to show.
+    assert engine.device is Device.CPU and engine.device_name == "cpu" and engine.device_fallback is None
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_auto_falls_back_with_a_warning_when_the_gpu_build_cannot_start(
+    tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """onnxruntime-gpu on a machine whose CUDA libraries are missing: it lists the CUDA provider,
+    then drops it when a session starts. 'auto' must say so loudly and keep the reason."""
+    real_session = ort.InferenceSession
+
+    def dropping_session(
+        path: str, sess_options: object = None, providers: list[object] | None = None
+    ) -> object:
+        return real_session(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(
+        ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
+    monkeypatch.setattr(providers, "installed_runtime_distributions", lambda: ["onnxruntime-gpu 1.31.1"])
+    monkeypatch.setattr(ort, "InferenceSession", dropping_session)
+    with caplog.at_level("WARNING", logger="recsys_infer"):
+        engine = Engine.load(tiny_bundle, device="auto")
+    assert engine.device is Device.CPU
+    assert (
+        engine.device_fallback is not None
+        and "could not start its CUDAExecutionProvider" in engine.device_fallback
+    )
     assert any(r.levelname == "WARNING" and "running on the CPU" in r.getMessage() for r in caplog.records)
-    assert Engine.load(tiny_bundle, device="cpu").device_fallback is None
+    with pytest.raises(DeviceUnavailableError, match="could not start"):
+        Engine.load(tiny_bundle, device="cuda")
 
 
 @pytest.mark.parametrize(
@@ -259,6 +287,7 @@ def test_device_plan_when_cuda_is_listed(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(
         ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
     )
+    monkeypatch.setattr(providers, "installed_runtime_distributions", lambda: ["onnxruntime-gpu 1.31.1"])
     assert providers.plan_device(Device.CUDA, [Precision.FP32]) is Device.CUDA
     assert providers.plan_device(Device.AUTO, [Precision.FP16]) is Device.CUDA
     assert providers.plan_placement("cuda:1", [Precision.FP16]) == providers.Placement(Device.CUDA, 1)
@@ -267,7 +296,6 @@ def test_device_plan_when_cuda_is_listed(monkeypatch: pytest.MonkeyPatch) -> Non
     auto = providers.plan_placement(Device.AUTO, [Precision.INT8])
     assert auto.device is Device.CPU and auto.fallback is not None and "int8" in auto.fallback
     assert providers.plan_device(Device.CPU, [Precision.FP32]) is Device.CPU
-    monkeypatch.setattr(providers, "installed_runtime_distributions", lambda: ["onnxruntime-gpu 1.31.1"])
     with pytest.raises(DeviceUnavailableError, match="TensorRT provider is not available"):
         providers.plan_device("tensorrt", [Precision.FP32])
 

@@ -299,7 +299,7 @@ def test_routes_over_a_real_server_match_their_typed_schema(bundle_copy: Path) -
         assert c.post("/embed", json={"users": [{"history": ["no-such-item"]}]}).status_code == 404
 
         info = models.InfoResponse.model_validate(c.get("/info").json())
-        assert info.device == "cpu" and info.device_fallback is not None  # "auto" on a machine without CUDA
+        assert info.device == "cpu" and info.device_fallback is None  # "auto" with the CPU build: no fallback
         assert info.providers == ["CPUExecutionProvider"] and info.items == len(engine)
         assert {"user", "item"} <= set(info.towers) and info.towers["item"].precision == "fp32"
         assert info.limits["device"] == "auto" and info.schema_version is not None

@@ -2,8 +2,10 @@
 
 A device is ``auto``, ``cpu``, ``cuda`` or ``tensorrt``, the GPU ones optionally with an index
 (``cuda:1``). A GPU device that was asked for either really runs the graphs or raises
-:class:`DeviceUnavailableError` saying why; ``auto`` tries CUDA and falls back to the CPU with a
-WARNING, and the reason is kept (:attr:`Placement.fallback`) so that a service can show it. The
+:class:`DeviceUnavailableError` saying why. ``auto`` runs on CUDA when the GPU build of ONNX
+Runtime can; when that build is installed and CUDA cannot run, it falls back to the CPU with a
+WARNING and keeps the reason (:attr:`Placement.fallback`) so that a service can show it. With
+the CPU build alone, ``auto`` simply means the CPU. The
 device finally used is reported, never assumed.
 
 ONNX Runtime itself is imported on first use, so that ``import recsys_infer`` works (and stays
@@ -181,6 +183,10 @@ def plan_placement(
         return Placement(gpu, index or 0, options)
     if device is not Device.AUTO:
         raise DeviceUnavailableError(f"device {str(requested)!r} was requested but cannot be used: {reason}")
+    if not any(d.startswith("onnxruntime-gpu ") for d in installed_runtime_distributions()):
+        # The CPU build alone: 'auto' has no GPU to fall back from, so this is no warning.
+        logger.info("device 'auto': the CPU build of ONNX Runtime is installed, running on the CPU")
+        return Placement(Device.CPU)
     logger.warning("device 'auto': running on the CPU because %s", reason)
     return Placement(Device.CPU, fallback=reason)
 
