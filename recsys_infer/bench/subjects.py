@@ -23,7 +23,6 @@ from recsys_infer.runtime.bundle import MANIFEST, read_manifest, sha256_file
 from recsys_infer.runtime.encoder import Encoder
 from recsys_infer.runtime.engine import Engine
 from recsys_infer.runtime.schema import encode
-from recsys_infer.runtime.users import SequenceUserEncoder, TextUserEncoder
 
 
 @dataclass
@@ -52,12 +51,10 @@ def folder_bytes(path: Path) -> int:
 
 def text_side(engine: Engine) -> Encoder:
     """The text encoder a free-text request goes through in ``engine``."""
-    users = engine.user_encoder
-    if isinstance(users, SequenceUserEncoder):
-        return users.requests
-    if isinstance(users, TextUserEncoder):
-        return users.encoder
-    raise BundleError(f"cannot find the text encoder of a {type(users).__name__}")
+    encoder = engine.request_encoder
+    if encoder is None:
+        raise BundleError(f"cannot find the text encoder of a {type(engine.user_encoder).__name__}")
+    return encoder
 
 
 def _describe(manifest: Any) -> str:

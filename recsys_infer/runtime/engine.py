@@ -330,10 +330,20 @@ class Engine:
         """The device the graphs really run on (``cpu``, ``cuda`` or ``tensorrt``), never ``auto``."""
         return self._placement.device
 
+    @property
+    def request_encoder(self) -> Encoder | None:
+        """The text encoder a free-text request goes through: the request tower (sequence kind)
+        or the text user tower; None for a user encoder of another kind."""
+        users = self.user_encoder
+        if isinstance(users, SequenceUserEncoder):
+            return users.requests
+        if isinstance(users, TextUserEncoder):
+            return users.encoder
+        return None
+
     def request_cache(self) -> CacheStats | None:
         """Hits, misses and size of the request cache; None when it is off."""
-        users = self.user_encoder
-        encoder = getattr(users, "requests", None) or getattr(users, "encoder", None)
+        encoder = self.request_encoder
         return encoder.stats() if isinstance(encoder, CachedEncoder) else None
 
     @property
