@@ -65,10 +65,14 @@ def installed_runtime_distributions() -> list[str]:
     return found
 
 
-def runtime_problem() -> str | None:
-    """Why the installed ONNX Runtime builds are in a broken state, or None."""
-    dists = installed_runtime_distributions()
-    names = [d.split()[0] for d in dists]
+def _names(dists: list[str]) -> set[str]:
+    return {d.split()[0] for d in dists}
+
+
+def runtime_problem(dists: list[str]) -> str | None:
+    """Why the installed ONNX Runtime builds (``dists``, as listed by
+    :func:`installed_runtime_distributions`) are in a broken state, or None."""
+    names = _names(dists)
     if "onnxruntime" in names and "onnxruntime-gpu" in names:
         return (
             f"both onnxruntime and onnxruntime-gpu are installed ({'; '.join(dists)}); they overwrite "
@@ -120,11 +124,10 @@ def parse_device(spec: Device | str) -> tuple[Device, int | None]:
     return device, int(index) if index else None
 
 
-def _gpu_missing_reason(device: Device, available: Iterable[str]) -> str:
-    dists = installed_runtime_distributions()
-    names = [d.split()[0] for d in dists]
+def _gpu_missing_reason(device: Device, available: Iterable[str], dists: list[str]) -> str:
+    names = _names(dists)
     available_list = ", ".join(available)
-    problem = runtime_problem()
+    problem = runtime_problem(dists)
     if problem:
         return f"{problem}. Available providers: {available_list}"
     if "onnxruntime-gpu" not in names:
@@ -158,7 +161,8 @@ def plan_placement(
     ``auto`` falls back to the CPU with a WARNING and the reason in :attr:`Placement.fallback`.
     """
     device, index = parse_device(requested)
-    problem = runtime_problem()
+    dists = installed_runtime_distributions()
+    problem = runtime_problem(dists)
     if problem:
         logger.warning("%s", problem)
     options = dict(provider_options or {})
@@ -172,7 +176,7 @@ def plan_placement(
     available = onnxruntime().get_available_providers()
     reason = None
     if _GPU_PROVIDERS[gpu] not in available:
-        reason = _gpu_missing_reason(gpu, available)
+        reason = _gpu_missing_reason(gpu, available, dists)
     elif Precision.INT8 in set(precisions):
         reason = (
             "this bundle has int8 graphs, which ONNX Runtime's GPU providers do not run fast (dynamic "
@@ -183,7 +187,7 @@ def plan_placement(
         return Placement(gpu, index or 0, options)
     if device is not Device.AUTO:
         raise DeviceUnavailableError(f"device {str(requested)!r} was requested but cannot be used: {reason}")
-    if not any(d.startswith("onnxruntime-gpu ") for d in installed_runtime_distributions()):
+    if "onnxruntime-gpu" not in _names(dists):
         # The CPU build alone: 'auto' has no GPU to fall back from, so this is no warning.
         logger.info("device 'auto': the CPU build of ONNX Runtime is installed, running on the CPU")
         return Placement(Device.CPU)
