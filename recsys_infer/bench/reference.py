@@ -297,47 +297,33 @@ def peer_subjects(
     plain_s = time.perf_counter() - t0
     import sentence_transformers
 
-    if gpu:
-        plain.max_seq_length = max_length
-        encoder = SentenceTransformerEncoder(plain, dim)
-        return [
-            Subject(
-                name="st-onnx",
-                kind="peer",
-                description=f"sentence-transformers {sentence_transformers.__version__} ONNX backend, "
-                f"fp32, {on}",
-                text_encoder=encoder,
-                item_encoder=encoder,
-                engine=None,
-                size_bytes=(folder / "onnx/model.onnx").stat().st_size,
-                load_s=plain_s,
-                path=str(folder / "onnx/model.onnx"),
-                text_max_length=max_length,
-                precision="fp32",
-                extra={"load_includes": "ONNX export"},
+    # (model, name, file, load seconds, what): the int8 export has no CUDA kernels, so on a
+    # GPU the plain one runs alone.
+    peers = [
+        (plain, "st-onnx", "onnx/model.onnx", plain_s, "ONNX backend, fp32" + (f", {on}" if gpu else ""))
+    ]
+    if not gpu:
+        target = _quantization_target()
+        t0 = time.perf_counter()
+        export_dynamic_quantized_onnx_model(plain, target, str(folder))
+        # Its file name says the weight type the preset chose: qint8 for avx512(_vnni) and arm64,
+        # quint8 for avx2 (the AMD EPYC machines), so take the file it wrote rather than guess.
+        written = sorted((folder / "onnx").glob(f"model_*int8_{target}.onnx"))
+        if len(written) != 1:
+            raise RuntimeError(
+                f"expected one dynamic int8 export for {target} in {folder / 'onnx'}, found {written}"
             )
-        ]
-    target = _quantization_target()
-    t0 = time.perf_counter()
-    export_dynamic_quantized_onnx_model(plain, target, str(folder))
-    # Its file name says the weight type the preset chose: qint8 for avx512(_vnni) and arm64,
-    # quint8 for avx2 (the AMD EPYC machines), so take the file it wrote rather than guess.
-    written = sorted((folder / "onnx").glob(f"model_*int8_{target}.onnx"))
-    if len(written) != 1:
-        raise RuntimeError(
-            f"expected one dynamic int8 export for {target} in {folder / 'onnx'}, found {written}"
+        quant_file = f"onnx/{written[0].name}"
+        int8 = SentenceTransformer(
+            str(folder), backend="onnx", device="cpu", model_kwargs={**kwargs, "file_name": quant_file}
         )
-    quant_file = f"onnx/{written[0].name}"
-    int8 = SentenceTransformer(
-        str(folder), backend="onnx", device="cpu", model_kwargs={**kwargs, "file_name": quant_file}
-    )
-    int8_s = time.perf_counter() - t0
+        peers.append(
+            (int8, "st-onnx-int8", quant_file, time.perf_counter() - t0,
+             f"ONNX backend, its dynamic int8 export ({target})")
+        )  # fmt: skip
 
     out = []
-    for model, name, file, secs, what in (
-        (plain, "st-onnx", "onnx/model.onnx", plain_s, "ONNX backend, fp32"),
-        (int8, "st-onnx-int8", quant_file, int8_s, f"ONNX backend, its dynamic int8 export ({target})"),
-    ):
+    for model, name, file, secs, what in peers:
         model.max_seq_length = max_length  # the same truncation as the bundles' text graph
         encoder = SentenceTransformerEncoder(model, dim)
         out.append(

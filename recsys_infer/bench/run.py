@@ -435,24 +435,14 @@ def _load(
         load_s = time.perf_counter() - t0
         first = bundle_subjects[0].engine
         fusion = first.manifest.fusion if first is not None and first.manifest is not None else None
-        subjects.append(
-            reference_subject(
-                ref_path,
-                checkpoint,
-                threads=config.threads,
-                load_s=load_s,
-                fusion=fusion,
-                device=config.device,
-            )
-        )
-        if config.bf16:
+        for bf16 in (False, True) if config.bf16 else (False,):  # fp32 first: the reference
             subjects.append(
                 reference_subject(
                     ref_path,
                     checkpoint,
                     threads=config.threads,
                     load_s=load_s,
-                    bf16=True,
+                    bf16=bf16,
                     fusion=fusion,
                     device=config.device,
                 )
