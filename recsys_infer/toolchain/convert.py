@@ -78,6 +78,7 @@ def to_sentence_transformers(
         from sentence_transformers import SentenceTransformer, models  # type: ignore[attr-defined]
     except ImportError as e:
         raise MissingDependencyError("sentence-transformers", "bench") from e
+    from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
     bundle = Path(bundle)
@@ -106,8 +107,6 @@ def to_sentence_transformers(
             spec = manifest.towers["item" if name in ("item", "shared") else "user"]
             staged = tmp / f".{name}-encoder"
             shutil.copytree(ckpt / weights, staged)
-            from tokenizers import Tokenizer
-
             PreTrainedTokenizerFast(
                 tokenizer_object=Tokenizer.from_str(tokenizer_json), pad_token=manifest.tokenizer.pad_token
             ).save_pretrained(staged)
