@@ -132,3 +132,28 @@ def bundle_copy(tiny_bundle: Path, tmp_path: Path) -> Path:
     import shutil
 
     return Path(shutil.copytree(tiny_bundle, tmp_path / "bundle"))
+
+
+@pytest.fixture(scope="session")
+def seq_bundle_for_compress(tiny_encoder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny sequence bundle: a history graph plus a request tower, for compression tests."""
+    from recsys_infer.toolchain.export import export_bundle
+    from recsys_infer.toolchain.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("seqc")
+    config = TrainConfig(
+        user_tower="sequence",  # type: ignore[arg-type]
+        epochs=2,
+        eval_every=1,
+        batch_size=16,
+        hidden=32,
+        heads=2,
+        layers=1,
+        item_head_hidden=64,
+        item_max_length=32,
+        user_max_length=32,
+        max_history=8,
+    )
+    train(small_sample(), root / "ckpt", encoder=str(tiny_encoder), config=config, progress=False)
+    export_bundle(root / "ckpt", root / "bundle", progress=False)
+    return root / "bundle"

@@ -154,32 +154,6 @@ def test_sequence_bundle_splits_the_shared_request_graph(
     assert engine.recommend(text="something to read", k=3)
 
 
-@pytest.fixture(scope="module")
-def seq_bundle_for_compress(tiny_encoder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from recsys_infer.toolchain.export import export_bundle
-    from recsys_infer.toolchain.train import TrainConfig, train
-
-    from .conftest import small_sample
-
-    root = tmp_path_factory.mktemp("seqc")
-    config = TrainConfig(
-        user_tower="sequence",  # type: ignore[arg-type]
-        epochs=2,
-        eval_every=1,
-        batch_size=16,
-        hidden=32,
-        heads=2,
-        layers=1,
-        item_head_hidden=64,
-        item_max_length=32,
-        user_max_length=32,
-        max_history=8,
-    )
-    train(small_sample(), root / "ckpt", encoder=str(tiny_encoder), config=config, progress=False)
-    export_bundle(root / "ckpt", root / "bundle", progress=False)
-    return root / "bundle"
-
-
 def test_cli_quantize_prints_the_cost(optimized: Path, tmp_path: Path) -> None:
     out = tmp_path / "cli"
     report = tmp_path / "q.json"
@@ -257,3 +231,19 @@ def test_transforms_leave_the_working_directory_alone(
             progress=False,
         )
     assert seen == [] and list(cwd.iterdir()) == [] and Path.cwd() == cwd
+
+
+def test_keep_fp32_head_keeps_the_heads_gemms(seq_bundle_for_compress: Path, tmp_path: Path) -> None:
+    """ONNX Runtime's quantizer renames a Gemm before it reads the exclusions; the trained head
+    (Gemm nodes) must still stay fp32 when asked."""
+    out = tmp_path / "int8-head"
+    config = QuantizeConfig(mode="dynamic", towers="user", keep_fp32=("head",))
+    quantize_bundle(seq_bundle_for_compress, out, config, progress=False)
+    graph = onnx.load(str(out / read_manifest(out).towers["request"].file)).graph
+    head = [
+        n
+        for n in graph.node
+        if n.name.startswith("/head/") and ("MatMul" in n.op_type or n.op_type == "Gemm")
+    ]
+    assert head and all(n.op_type in ("MatMul", "Gemm") for n in head), [(n.op_type, n.name) for n in head]
+    assert any(n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul") for n in graph.node)

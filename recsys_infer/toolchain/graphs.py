@@ -40,6 +40,7 @@ class QuantizeConfig:
     keep_fp32: tuple[str, ...] = ()
     reindex: bool = False
     max_overlap_drop: float | None = None
+    target_overlap: float = 0.95  # auto: the request overlap@10 the mixed graph must hold
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", QuantMode(self.mode))
@@ -52,10 +53,19 @@ class QuantizeConfig:
             raise ConfigError(f"calibration_size must be at least 8, got {self.calibration_size}")
         if self.max_overlap_drop is not None and not 0 <= self.max_overlap_drop <= 1:
             raise ConfigError(f"max_overlap_drop must lie in [0, 1], got {self.max_overlap_drop}")
+        if not 0 < self.target_overlap <= 1:
+            raise ConfigError(f"target_overlap must lie in (0, 1], got {self.target_overlap}")
 
 
 def _is_bert(graph: Any) -> bool:
     return {i.name for i in graph.input} == {"input_ids", "attention_mask"}
+
+
+def is_text_graph(path: Path) -> bool:
+    """Whether the graph file is a BERT-style text tower (token ids in), not a history graph."""
+    import onnx
+
+    return _is_bert(onnx.load(str(path), load_external_data=False).graph)
 
 
 def optimize_graph(src: Path, dst: Path) -> dict[str, Any]:
@@ -95,7 +105,8 @@ def quantize_dynamic_graph(src: Path, dst: Path, config: QuantizeConfig) -> dict
         per_channel=config.per_channel,
         weight_type=QuantType.QInt8,
         op_types_to_quantize=ops,
-        nodes_to_exclude=excluded,
+        # The quantizer rewrites a Gemm as "<name>_MatMul" before it reads the exclusions.
+        nodes_to_exclude=excluded + [f"{n}_MatMul" for n in excluded],
         # Fused graphs (Attention, SkipLayerNormalization) need the default tensor type.
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
     )
