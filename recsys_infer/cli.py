@@ -494,7 +494,10 @@ def quantize(
     out: Annotated[Path, typer.Option(help="Bundle directory to write.", file_okay=False)],
     mode: Annotated[
         QuantMode,
-        typer.Option(help="dynamic, static or blockwise int8 (CPU); fp16 (CUDA)."),
+        typer.Option(
+            help="dynamic, static or blockwise int8 (CPU); fp16 (CUDA); auto: the request graph in "
+            "dynamic int8 where the probe allows it, fp32 elsewhere (--tower user)."
+        ),
     ] = QuantMode.DYNAMIC,
     tower: Annotated[TowerChoice, typer.Option(help="Which towers to quantize.")] = TowerChoice.BOTH,
     calibration_size: Annotated[
@@ -516,12 +519,19 @@ def quantize(
     reindex: Annotated[
         bool, typer.Option(help="Rebuild the item index with the quantized item tower.")
     ] = False,
+    target_overlap: Annotated[
+        float,
+        typer.Option(
+            min=0.0, max=1.0, help="auto: the overlap@10 with the reference the mixed graph must hold."
+        ),
+    ] = 0.95,
     max_overlap_drop: MaxDrop = None,
     reference: Reference = None,
     overwrite: Overwrite = False,
     json_out: JsonOut = None,
 ) -> None:
-    """int8 (dynamic, calibrated static or blockwise) or fp16 towers, with their measured cost."""
+    """int8 (dynamic, calibrated static, blockwise or auto mixed int8/fp32) or fp16 towers, with
+    their measured cost."""
     from .toolchain.compress import QuantizeConfig, quantize_bundle
 
     config = QuantizeConfig(
@@ -534,6 +544,7 @@ def quantize(
         keep_fp32=tuple(keep_fp32 or ()),
         reindex=reindex,
         max_overlap_drop=max_overlap_drop,
+        target_overlap=target_overlap,
     )
     result = quantize_bundle(bundle, out, config, reference=reference, overwrite=overwrite)
     if mode is QuantMode.FP16:

@@ -60,12 +60,15 @@ class QuantMode(StrEnum):
     ``static``: int8 weights and activations, QDQ, scales calibrated on real texts.
     ``blockwise``: int8 weights in blocks (ONNX Runtime's MatMulNBits), multiplied in int8 with
     every block of activations scaled on its own: far closer to fp32 than ``dynamic``, less fast.
-    ``fp16``: half-precision weights and activations, for the CUDA provider."""
+    ``fp16``: half-precision weights and activations, for the CUDA provider.
+    ``auto``: the request path's text graph in mixed precision, dynamic int8 where the probe's
+    requests allow it and fp32 elsewhere, chosen to hold a request overlap@10 target."""
 
     DYNAMIC = "dynamic"
     STATIC = "static"
     BLOCKWISE = "blockwise"
     FP16 = "fp16"
+    AUTO = "auto"
 
 
 class TowerChoice(StrEnum):

@@ -46,6 +46,7 @@ _STEP_KEYS = {
         "calibration_size",
         "per_channel",
         "reindex",
+        "target_overlap",
     },
 }
 _PRUNE_KEYS = {"ratio", "layers", "tower", "distill_steps", "batch_size", "learning_rate"}

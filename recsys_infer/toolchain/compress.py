@@ -30,7 +30,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from recsys_infer.enums import Device, Precision, QuantMode, TowerChoice
-from recsys_infer.errors import BundleError
+from recsys_infer.errors import BundleError, ConfigError
 from recsys_infer.runtime.bundle import MANIFEST, atomic_directory, read_manifest, sha256_file, write_manifest
 from recsys_infer.runtime.engine import Engine
 from recsys_infer.runtime.manifest import CompressionStep, Manifest, ReferenceSpec, TowerSpec
@@ -44,12 +44,14 @@ from .graphs import (
     _Feeds,
     fp16_graph,
     history_feeds,
+    is_text_graph,
     optimize_graph,
     quantize_blockwise_graph,
     quantize_dynamic_graph,
     quantize_static_graph,
     text_feeds,
 )
+from .mixed import mixed_precision_graph
 
 __all__ = [
     "QuantizeConfig",
@@ -271,9 +273,20 @@ def quantize_bundle(
     overwrite: bool = False,
     progress: bool = True,
 ) -> StepResult:
-    """int8 (dynamic, static or blockwise) or fp16 graphs for the chosen towers."""
+    """int8 (dynamic, static, blockwise or auto: mixed int8/fp32) or fp16 graphs for the chosen
+    towers."""
     src = Path(src)
     manifest = read_manifest(src)
+    max_drop = config.max_overlap_drop
+    ref_path = reference_of(src, manifest, reference).resolve()
+    if config.mode is QuantMode.AUTO:
+        if config.towers is not TowerChoice.USER:
+            raise ConfigError(
+                "--mode auto searches the request path's text graph against request overlap; pass "
+                "--tower user (quantize the item tower with --mode dynamic --reindex)"
+            )
+        # The target is a floor for every kind of query the new graphs serve, not for requests alone.
+        max_drop = 1 - config.target_overlap if max_drop is None else max_drop
     step = {
         "step": "quantize",
         "mode": str(config.mode),
@@ -286,9 +299,16 @@ def quantize_bundle(
     if config.mode is QuantMode.BLOCKWISE:
         step |= {"block_size": config.block_size}
         step.pop("per_channel")
+    if config.mode is QuantMode.AUTO:
+        step |= {"target_overlap@10": config.target_overlap}
 
     def transform(a: Path, b: Path, readers: list[str]) -> dict[str, Any]:
-        if config.mode is QuantMode.DYNAMIC:
+        if config.mode is QuantMode.AUTO and is_text_graph(a):
+            return mixed_precision_graph(
+                src, a, b, reference=ref_path, target=config.target_overlap,
+                keep_fp32=config.keep_fp32, progress=lambda s: logger.info("auto: %s", s),
+            )  # fmt: skip
+        if config.mode in (QuantMode.DYNAMIC, QuantMode.AUTO):  # auto: a history graph has no transformer
             return quantize_dynamic_graph(a, b, config)
         if config.mode is QuantMode.BLOCKWISE:
             return quantize_blockwise_graph(a, b, config)
@@ -303,6 +323,7 @@ def quantize_bundle(
         QuantMode.STATIC: "qdq",
         QuantMode.BLOCKWISE: "b8",
         QuantMode.FP16: "fp16",
+        QuantMode.AUTO: "mixed",
     }[config.mode]
     return derive_bundle(
         src,
@@ -313,7 +334,7 @@ def quantize_bundle(
         towers=config.towers,
         precision=precision,
         reindex=config.reindex,
-        max_overlap_drop=config.max_overlap_drop,
+        max_overlap_drop=max_drop,
         reference=reference,
         overwrite=overwrite,
         progress=progress,

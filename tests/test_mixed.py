@@ -1,0 +1,114 @@
+"""quantize --mode auto: the units of a text graph, the search's choice against its target, and
+the bundle it writes (graph, record, fidelity), on the tiny models."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+
+import onnx
+import pytest
+
+from recsys_infer import Engine
+from recsys_infer.errors import ConfigError, FidelityError
+from recsys_infer.runtime.bundle import read_manifest
+from recsys_infer.runtime.schema import encode
+from recsys_infer.toolchain.compress import QuantizeConfig, optimize_bundle, quantize_bundle
+from recsys_infer.toolchain.mixed import INT8, build_mixed, graph_units, search_plan
+
+
+@pytest.fixture(scope="module")
+def seq_optimized(seq_bundle_for_compress: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("seq-opt") / "bundle"
+    optimize_bundle(seq_bundle_for_compress, out, towers="user", progress=False)
+    return out
+
+
+def _request_graph(bundle: Path) -> Path:
+    return bundle / read_manifest(bundle).towers["request"].file
+
+
+def test_units_cover_every_layer_of_a_fused_graph(seq_optimized: Path) -> None:
+    model = onnx.load(str(_request_graph(seq_optimized)))
+    units = graph_units(model)
+    layers = sum(n.op_type == "Attention" for n in model.graph.node)
+    assert layers >= 1
+    for i in range(layers):
+        for role in ("attention", "attention-out", "ffn-in", "ffn-out"):
+            assert f"{role}.{i}" in {u.name for u in units}
+    assert all(u.weights > 0 for u in units)
+    named = {n for u in units for n in u.nodes}
+    products = {n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm", "Attention")}
+    assert named <= products and len(named) == sum(len(u.nodes) for u in units), "a node in two units"
+
+
+def test_the_graph_follows_the_plan(seq_optimized: Path, tmp_path: Path) -> None:
+    graph = _request_graph(seq_optimized)
+    units = graph_units(onnx.load(str(graph)))
+    int8 = [u for u in units if u.op_type == "MatMul"][:2]
+    out = tmp_path / "mixed.onnx"
+    built = build_mixed(graph, out, units, {u.name: INT8 for u in int8})
+    assert built["int8_units"] == 2 and built["units"] == len(units)
+    ops = Counter(n.op_type for n in onnx.load(str(out)).graph.node)
+    quantized = ops["DynamicQuantizeMatMul"] + ops["MatMulInteger"]
+    assert quantized == sum(len(u.nodes) for u in int8), ops
+    assert ops["Attention"] == sum(u.op_type == "Attention" for u in units), "fp32 attention must stay"
+
+
+class _ScriptedProbe:
+    """Overlap falls by 0.02 per unit in int8: the boundary of a 0.95 target is 2 units."""
+
+    def measure(self, graph: Path) -> dict[str, float]:
+        int8 = sum(
+            n.op_type in ("DynamicQuantizeMatMul", "MatMulInteger", "QAttention")
+            for n in onnx.load(str(graph)).graph.node
+        )
+        k = int(re.sub(r"\D", "", graph.stem) or 0) if graph.stem.startswith("k") else 0
+        overlap = 1.0 - 0.02 * k
+        return {"overlap@10": overlap, "mean_cosine": 1.0 - 0.001 * int8, "min_cosine": 1.0}
+
+
+def test_the_search_stops_at_the_last_plan_that_holds_the_target(seq_optimized: Path, tmp_path: Path) -> None:
+    graph = _request_graph(seq_optimized)
+    units = graph_units(onnx.load(str(graph)))
+    assert len(units) >= 4
+    result = search_plan(graph, units, _ScriptedProbe(), target=0.95, workdir=tmp_path)  # type: ignore[arg-type]
+    assert sum(p == INT8 for p in result.plan.values()) == 2
+    assert result.fidelity["overlap@10"] >= 0.95
+    tried = {t["int8_units"]: t["overlap@10"] for t in result.record["tried"]}
+    assert tried[3] < 0.95 <= tried[2], "the next plan must be the first to miss"
+    assert set(result.record["sensitivity"]) == {u.name for u in units}
+    assert set(result.record["order"][:2]) == {n for n, p in result.plan.items() if p == INT8}
+    with pytest.raises(FidelityError, match=r"reaches 1\.0000"):
+        search_plan(graph, units, _ScriptedProbe(), target=1.01, workdir=tmp_path)  # type: ignore[arg-type]
+
+
+def test_auto_writes_a_measured_mixed_request_graph(seq_optimized: Path, tmp_path: Path) -> None:
+    out = tmp_path / "auto"
+    config = QuantizeConfig(mode="auto", towers="user", target_overlap=0.9)
+    result = quantize_bundle(seq_optimized, out, config, progress=False)
+    manifest = read_manifest(out)
+    assert manifest.towers["request"].file.endswith(".mixed.onnx")
+    record = encode(manifest)["compression"][-1]
+    assert record["mode"] == "auto" and record["target_overlap@10"] == 0.9
+    graph = record["graphs"][manifest.towers["request"].file]
+    search = graph["search"]
+    assert search["chosen"]["overlap@10"] >= 0.9
+    assert set(search["sensitivity"]) == set(graph["plan"])
+    assert graph["latency"]["mixed"]["p50_ms_real"] > 0 and graph["latency"]["speedup_vs_input"]
+    # The written bundle's own measurement (the gate's) agrees with the target too.
+    assert result.fidelity["queries"]["request"]["overlap@10"] >= 0.9
+    ops = Counter(n.op_type for n in onnx.load(str(out / manifest.towers["request"].file)).graph.node)
+    assert (ops["DynamicQuantizeMatMul"] + ops["MatMulInteger"] + ops["QAttention"] > 0) == (
+        graph["int8_units"] > 0
+    )
+    assert Engine.load(out, device="cpu").recommend(text="something to read", k=3)
+
+
+def test_auto_is_for_the_request_path(seq_optimized: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--tower user"):
+        quantize_bundle(
+            seq_optimized, tmp_path / "x", QuantizeConfig(mode="auto", towers="both"), progress=False
+        )
+    assert not (tmp_path / "x").exists()
