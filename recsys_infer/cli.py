@@ -980,6 +980,14 @@ def bench(
     peers: Annotated[
         bool, typer.Option("--peers/--no-peers", help="Include the sentence-transformers peers.")
     ] = True,
+    spin: Annotated[
+        bool,
+        typer.Option(
+            "--spin/--no-spin",
+            help="ONNX Runtime threads busy-wait between runs. Off by default: subjects share the "
+            "cores, and one's idle spinning threads slow the next.",
+        ),
+    ] = False,
     quick: Annotated[
         bool, typer.Option("--quick", help="A smoke test: few users, rounds and calls.")
     ] = False,
@@ -988,7 +996,7 @@ def bench(
     from .bench import BenchConfig, markdown, run_bench
     from .bench import plot as draw
 
-    overrides: dict[str, Any] = {"threads": threads, "peers": peers, "device": device}
+    overrides: dict[str, Any] = {"threads": threads, "peers": peers, "device": device, "spin": spin}
     if rounds is not None:
         overrides["rounds"] = rounds
     config = BenchConfig.quick_mode(**overrides) if quick else BenchConfig(**overrides)
@@ -1089,6 +1097,14 @@ def serve(
             "off). (env RECSYS_INFER_REQUEST_CACHE)",
         ),
     ] = None,
+    spin: Annotated[
+        bool | None,
+        typer.Option(
+            "--spin/--no-spin",
+            help="Let ONNX Runtime's threads busy-wait between runs (on). --no-spin lets them sleep: "
+            "a shorter tail and free cores when other work shares the machine. (env RECSYS_INFER_SPIN)",
+        ),
+    ] = None,
     auth_reads: Annotated[
         bool | None,
         typer.Option(
@@ -1156,6 +1172,7 @@ def serve(
         auth_reads=auth_reads,
         device=device,
         request_cache=request_cache,
+        spin=spin,
         provider_options=parse_provider_options(provider_option) if provider_option else None,
     )
     if not os.environ.get(API_KEY_ENV):

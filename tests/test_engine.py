@@ -333,3 +333,12 @@ def test_io_binding_gives_the_same_vectors(tiny_bundle: Path) -> None:
     plain = engine.encode_items(texts)
     engine.item_encoder.io_binding = True  # type: ignore[attr-defined]
     np.testing.assert_array_equal(engine.encode_items(texts), plain)
+
+
+def test_sleeping_threads_give_the_same_answers(tiny_bundle: Path) -> None:
+    """spin=False only changes how ONNX Runtime's idle threads wait, never a result."""
+    spinning = Engine.load(tiny_bundle, device="cpu", threads=2)
+    sleeping = Engine.load(tiny_bundle, device="cpu", threads=2, spin=False)
+    texts = ["a lamp for the desk", "garden chairs"]
+    assert np.array_equal(spinning.encode_items(texts), sleeping.encode_items(texts))
+    assert spinning.recommend(text="lamp", k=3) == sleeping.recommend(text="lamp", k=3)

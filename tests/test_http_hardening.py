@@ -281,3 +281,7 @@ def test_settings_come_from_defaults_then_environment_then_flags() -> None:
         ServeSettings.from_env({"RECSYS_INFER_MAX_COST": "lots"})
     with pytest.raises(ConfigError, match="max_pending must be a positive integer"):
         ServeSettings(max_pending=0)
+    assert ServeSettings().spin is True
+    assert ServeSettings.from_env({"RECSYS_INFER_SPIN": "0"}).spin is False
+    with pytest.raises(ConfigError, match="RECSYS_INFER_SPIN='sometimes' is not a boolean"):
+        ServeSettings.from_env({"RECSYS_INFER_SPIN": "sometimes"})

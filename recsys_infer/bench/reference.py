@@ -266,6 +266,7 @@ def peer_subjects(
     max_length: int,
     checkpoint: Checkpoint,
     device: str = "cpu",
+    spin: bool = True,
 ) -> list[Subject]:
     """sentence-transformers with its ONNX backend, plain and with its own dynamic int8 export,
     on the checkpoint's encoder (pooling and normalisation as ours, no head). On a GPU the plain
@@ -286,6 +287,9 @@ def peer_subjects(
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    if not spin:  # as the bundles are measured (BenchConfig.spin)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     on = torch_device(device)
     gpu = on.type == "cuda"
     provider: Any = ("CUDAExecutionProvider", {"device_id": on.index or 0}) if gpu else "CPUExecutionProvider"

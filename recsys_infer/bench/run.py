@@ -70,6 +70,11 @@ class BenchConfig:
     quick: bool = False
     # Where every subject runs: the bundles, the PyTorch reference and the peers alike.
     device: str = "cpu"
+    # ONNX Runtime threads busy-waiting between runs. Off by default here: the subjects share one
+    # process and two cores, and the idle threads of the subject timed last stole the cores of
+    # the next, which put recommend's p99 at 3x its p50 (benchmarks/README.md, "The tail").
+    spin: bool = False
+    warmup: int = 5  # untimed calls before each subject's block of calls
 
     def __post_init__(self) -> None:
         if self.threads < 1 or self.rounds < 1 or self.calls < 1 or self.batch_calls < 1:
@@ -412,7 +417,9 @@ def _load(
             name = next(f"{name}-{i}" for i in range(2, len(names) + 3) if f"{name}-{i}" not in names)
         names.add(name)
         say(f"loading bundle {path}")
-        subject = bundle_subject(Path(path), threads=config.threads, name=name, device=config.device)
+        subject = bundle_subject(
+            Path(path), threads=config.threads, name=name, device=config.device, spin=config.spin
+        )
         known = set(subject.engine.item_ids) if subject.engine is not None else set(dataset.catalog.ids)
         missing = [i for i in dataset.catalog.ids if i not in known]
         if missing:
@@ -458,6 +465,7 @@ def _load(
                 max_length=length,
                 checkpoint=checkpoint,
                 device=config.device,
+                spin=config.spin,
             )
     else:
         subjects += bundle_subjects
@@ -588,10 +596,12 @@ def _run(
         for s in subjects:
             if s.kind == "bundle":
                 say(f"memory of {s.name} (fresh interpreter)")
-                s.memory = measure_memory(Path(s.path), config.threads, probe, config.device)
+                s.memory = measure_memory(Path(s.path), config.threads, probe, config.device, config.spin)
     say(f"timing {len(subjects)} subjects, {config.rounds} interleaved rounds")
     samples = interleaved(
-        {s.name: latency_plan(s, inputs, config) for s in subjects}, rounds=config.rounds, warmup=3
+        {s.name: latency_plan(s, inputs, config) for s in subjects},
+        rounds=config.rounds,
+        warmup=config.warmup,
     )
     quality = _quality(loaded, config, say)
     rows = []
@@ -619,6 +629,8 @@ def _run(
             "interleaved": True,
             "blas_threads": 1,
             "timer": "time.perf_counter_ns, warm-up first",
+            "warmup_calls_per_block": config.warmup,
+            "onnxruntime_spinning": config.spin,
         },
         "data": {
             "path": loaded.dataset.name if isinstance(data, Dataset) else str(data),

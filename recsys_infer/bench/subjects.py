@@ -73,10 +73,12 @@ def _describe(manifest: Any) -> str:
     return " → ".join(names)
 
 
-def bundle_subject(path: Path, *, threads: int, name: str | None = None, device: str = "cpu") -> Subject:
+def bundle_subject(
+    path: Path, *, threads: int, name: str | None = None, device: str = "cpu", spin: bool = True
+) -> Subject:
     path = Path(path)
     t0 = time.perf_counter()
-    engine = Engine.load(path, device=device, threads=threads)
+    engine = Engine.load(path, device=device, threads=threads, spin=spin)
     load_s = time.perf_counter() - t0
     manifest = read_manifest(path)
     side = "request" if "request" in manifest.towers else "user"
@@ -116,7 +118,7 @@ def status(key):
 from recsys_infer import Engine
 base = status("VmRSS:")
 t0 = time.perf_counter()
-engine = Engine.load(sys.argv[1], device=sys.argv[4], threads=int(sys.argv[2]))
+engine = Engine.load(sys.argv[1], device=sys.argv[4], threads=int(sys.argv[2]), spin=sys.argv[5] == "1")
 load_s = time.perf_counter() - t0
 loaded = status("VmRSS:")
 queries = json.loads(sys.argv[3])
@@ -128,14 +130,23 @@ print(json.dumps({"load_s": load_s, "rss_before_mb": base / 1e6, "rss_loaded_mb"
 
 
 def measure_memory(
-    path: Path, threads: int, queries: list[dict[str, Any]], device: str = "cpu"
+    path: Path, threads: int, queries: list[dict[str, Any]], device: str = "cpu", spin: bool = True
 ) -> dict[str, float] | None:
     """Resident memory of a freshly loaded engine serving ``queries`` (host memory, also on a
     GPU); None where /proc is absent."""
     if not Path("/proc/self/status").is_file():
         return None
     done = subprocess.run(
-        [sys.executable, "-c", _MEMORY_PROBE, str(path), str(threads), json.dumps(queries), device],
+        [
+            sys.executable,
+            "-c",
+            _MEMORY_PROBE,
+            str(path),
+            str(threads),
+            json.dumps(queries),
+            device,
+            str(int(spin)),
+        ],
         capture_output=True,
         text=True,
         check=False,

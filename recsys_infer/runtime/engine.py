@@ -236,6 +236,7 @@ class Engine:
         milvus_uri: str | None = None,
         provider_options: Mapping[str, Any] | None = None,
         request_cache: int = 0,
+        spin: bool = True,
     ) -> Engine:
         """Load a bundle directory.
 
@@ -247,7 +248,9 @@ class Engine:
         TensorRT: ``trt_fp16_enable``, ``trt_engine_cache_enable``, ``trt_engine_cache_path``,
         ...). ``request_cache``: keep up to this many request vectors (0: off), so that a text
         seen again skips the transformer (:mod:`~recsys_infer.runtime.cache`). ``threads``: ONNX
-        Runtime intra-op threads (default: ONNX Runtime's choice, the physical cores).
+        Runtime intra-op threads (default: ONNX Runtime's choice, the physical cores). ``spin``:
+        let those threads busy-wait between runs (ONNX Runtime's default); ``False`` makes
+        them sleep, for machines whose cores other work shares (see :func:`create_session`).
         ``exact``: rank by exact search over the stored item vectors instead of the HNSW index.
         ``verify``: check every file's sha256 (sizes are always checked). ``milvus_uri``: for a
         bundle whose index is a Milvus collection, the server to connect to instead of the one
@@ -256,7 +259,7 @@ class Engine:
         bundle = Path(path)
         manifest = read_manifest(bundle)
         verify_files(bundle, manifest, checksums=verify)
-        sessions, placement = cls._start(bundle, manifest, device, threads, provider_options)
+        sessions, placement = cls._start(bundle, manifest, device, threads, provider_options, spin)
         tokenizer_json = (bundle / manifest.tokenizer.file).read_text(encoding="utf-8")
         cuda = placement.device is not Device.CPU  # bind inputs and outputs on the GPU (run_graph)
 
@@ -301,27 +304,28 @@ class Engine:
         requested: Device | str,
         threads: int | None,
         provider_options: Mapping[str, Any] | None,
+        spin: bool = True,
     ) -> tuple[dict[str, Any], Placement]:
         """ONNX Runtime sessions for the bundle's graphs, and where they run."""
         placement = plan_placement(
             requested, [t.precision for t in manifest.towers.values()], provider_options=provider_options
         )
         try:
-            return cls._sessions(bundle, manifest, placement, threads), placement
+            return cls._sessions(bundle, manifest, placement, threads, spin), placement
         except DeviceUnavailableError as e:
             if parse_device(requested)[0] is not Device.AUTO:
                 raise
             logger.warning("device 'auto': the GPU could not start (%s); running on the CPU", e)
             cpu = Placement(Device.CPU, fallback=str(e))
-            return cls._sessions(bundle, manifest, cpu, threads), cpu
+            return cls._sessions(bundle, manifest, cpu, threads, spin), cpu
 
     @staticmethod
     def _sessions(
-        bundle: Path, manifest: Manifest, placement: Placement, threads: int | None
+        bundle: Path, manifest: Manifest, placement: Placement, threads: int | None, spin: bool = True
     ) -> dict[str, Any]:
         # Towers that share one graph file (shared weights) share one session.
         files = sorted({spec.file for spec in manifest.towers.values()})
-        return {f: create_session(bundle / f, placement, threads=threads) for f in files}
+        return {f: create_session(bundle / f, placement, threads=threads, spin=spin) for f in files}
 
     # -- properties -----------------------------------------------------------------------------
 

@@ -201,10 +201,15 @@ def plan_device(requested: Device | str, precisions: Iterable[Precision]) -> Dev
 
 
 def create_session(
-    path: Path, placement: Placement | Device, *, threads: int | None = None
+    path: Path, placement: Placement | Device, *, threads: int | None = None, spin: bool = True
 ) -> ort.InferenceSession:
     """An inference session for one graph at ``placement`` (already planned; a bare
     :class:`Device` means its first GPU, or the CPU).
+
+    ``spin``: ONNX Runtime's intra-op threads busy-wait for the next piece of work after each
+    run (its default). Off, they sleep: a little slower to wake, but an idle session no longer
+    takes CPU from other sessions and processes sharing the cores (benchmarks/README.md,
+    "The tail").
 
     ONNX Runtime quietly drops a provider it cannot initialise; that is checked here and turned
     into a :class:`DeviceUnavailableError`.
@@ -219,6 +224,9 @@ def create_session(
         if threads < 1:
             raise ConfigError(f"threads must be a positive integer, got {threads}")
         options.intra_op_num_threads = threads
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     session = ort.InferenceSession(str(path), sess_options=options, providers=placement.providers())
     if placement.device is not Device.CPU:
         wanted = _GPU_PROVIDERS[placement.device]

@@ -201,6 +201,7 @@ class Service:
             threads=self.threads,
             provider_options=self.settings.provider_options or None,
             request_cache=self.settings.request_cache,
+            spin=self.settings.spin,
         )
 
     @contextlib.contextmanager
@@ -372,19 +373,21 @@ class _Dependencies:
         self.holder = holder
         self.settings = settings
 
-        def service() -> Service:
+        # Coroutines, not plain functions: FastAPI runs a plain dependency on its thread pool,
+        # a thread hand-off per request for a dictionary lookup.
+        async def service() -> Service:
             if "service" not in holder:
                 raise HTTPException(503, "the service is starting or stopping")
             return holder["service"]
 
-        def editor(x_api_key: Annotated[str | None, Header()] = None) -> Service:
+        async def editor(x_api_key: Annotated[str | None, Header()] = None) -> Service:
             _check_key(x_api_key, feature="catalogue editing")
-            return service()
+            return await service()
 
-        def reader(x_api_key: Annotated[str | None, Header()] = None) -> Service:
+        async def reader(x_api_key: Annotated[str | None, Header()] = None) -> Service:
             if settings.auth_reads:
                 _check_key(x_api_key, feature="reading (auth_reads is on)")
-            return service()
+            return await service()
 
         self.service, self.editor, self.reader = service, editor, reader
 

@@ -18,6 +18,9 @@ ENV_PREFIX = "RECSYS_INFER_"
 API_KEY_ENV = "RECSYS_INFER_API_KEY"
 
 
+_BOOLEANS = ("auth_reads", "spin")
+
+
 @dataclass(frozen=True)
 class ServeSettings:
     """What one HTTP request may ask for, how much may wait, and who may read.
@@ -29,6 +32,8 @@ class ServeSettings:
       ``Retry-After``, so overload is refused at once instead of queueing without bound.
     - ``auth_reads``: also require the API key for ``/recommend``, ``/info`` and ``/metrics``.
     - ``request_cache``: request vectors kept for texts seen again (0: off).
+    - ``spin``: ONNX Runtime's threads busy-wait between runs (its default); off, they sleep,
+      which frees the cores for the server's own threads and anything else on the machine.
     - ``device``: where the graphs run (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``tensorrt``);
       ``provider_options``: passed to the GPU provider (``RECSYS_INFER_PROVIDER_OPTIONS`` as
       ``key=value,key=value``).
@@ -48,6 +53,7 @@ class ServeSettings:
     max_wait_us: int = DEFAULT_MAX_WAIT_US
     retry_after_s: int = 1
     request_cache: int = 0
+    spin: bool = True
     device: str = "auto"
     provider_options: dict[str, str] = field(default_factory=dict)
 
@@ -61,9 +67,9 @@ class ServeSettings:
                     isinstance(k, str) and isinstance(v, str) for k, v in value.items()
                 ):
                     raise ConfigError(f"provider_options must map names to strings, got {value!r:.80}")
-            elif f.name == "auth_reads":
+            elif f.name in _BOOLEANS:
                 if not isinstance(value, bool):
-                    raise ConfigError(f"auth_reads must be true or false, got {value!r}")
+                    raise ConfigError(f"{f.name} must be true or false, got {value!r}")
             elif (
                 isinstance(value, bool)
                 or not isinstance(value, int)
@@ -107,7 +113,7 @@ def _parse(name: str, raw: str) -> int | bool | str | dict[str, str]:
         return raw.strip()
     if name == "provider_options":
         return parse_provider_options(raw)
-    if name == "auth_reads":
+    if name in _BOOLEANS:
         if raw.strip().lower() in ("1", "true", "yes", "on"):
             return True
         if raw.strip().lower() in ("0", "false", "no", "off", ""):
