@@ -10,7 +10,8 @@ alternation (medians reported, so that drift hits every mode alike):
    history and text requests alternating (``mixed``), once with text requests only.
 2. **HTTP**: ``recsys-infer serve`` runs as a separate process on 127.0.0.1, once with
    ``--max-batch 1 --max-wait-us 0`` (no batching) and once with the defaults; ``--clients``
-   client threads (httpx, keep-alive) send ``--requests`` ``POST /recommend`` between them.
+   concurrent keep-alive connections (aiohttp, one event loop) send ``--requests``
+   ``POST /recommend`` between them.
 
 Requests are the bundle's probe histories and short text requests, alternating. Reported:
 throughput (requests/s), latency p50/p95/p99, errors, and the mean batch size (from /metrics).
@@ -20,6 +21,7 @@ Nothing is asserted: the tests check correctness; this script writes the figures
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import platform
@@ -97,8 +99,10 @@ def drive(call: Any, work: list[dict[str, Any]], clients: int) -> dict[str, Any]
     return summary(latencies, time.perf_counter() - t0, errors)
 
 
-def engine_runs(bundle: Path, work: list[dict[str, Any]], clients: int, threads: int) -> dict[str, Any]:
-    engine = Engine.load(bundle, device="cpu", threads=threads)
+def engine_runs(
+    bundle: Path, work: list[dict[str, Any]], clients: int, threads: int, spin: bool
+) -> dict[str, Any]:
+    engine = Engine.load(bundle, device="cpu", threads=threads, spin=spin)
     direct = drive(lambda q: engine.recommend(**q), work, clients)
     sizes: list[int] = []
     with MicroBatcher(engine, max_batch=32, max_wait_us=2000, on_batch=sizes.append) as batcher:
@@ -138,21 +142,55 @@ def serving(bundle: Path, *options: str) -> Iterator[str]:
         server.wait(timeout=30)
 
 
+async def http_drive(base: str, work: list[dict[str, Any]], clients: int) -> dict[str, Any]:
+    """``clients`` concurrent keep-alive connections on one event loop (aiohttp), each sending
+    the next request as soon as its last answer arrived. Bodies are serialised beforehand, so
+    the clients' own cost per request stays small beside the server's on a shared machine."""
+    import aiohttp
+
+    bodies = [json.dumps(q).encode() for q in work]
+    headers = {"Content-Type": "application/json"}
+    latencies: list[float] = []
+    errors = 0
+    next_index = 0
+
+    async def client(session: aiohttp.ClientSession, record: bool) -> None:
+        nonlocal next_index, errors
+        while next_index < len(bodies):
+            body = bodies[next_index]
+            next_index += 1
+            t = time.perf_counter_ns()
+            try:
+                async with session.post(f"{base}/recommend", data=body, headers=headers) as response:
+                    await response.read()
+                    ok = response.status == 200
+            except aiohttp.ClientError:
+                ok = False
+            if record:
+                latencies.append((time.perf_counter_ns() - t) / 1e6)
+                errors += not ok
+
+    connector = aiohttp.TCPConnector(limit=clients)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        warm = bodies[:20]
+        for body in warm:  # warm-up, one at a time
+            async with session.post(f"{base}/recommend", data=body, headers=headers) as response:
+                await response.read()
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        await asyncio.gather(*(client(session, True) for _ in range(clients)))
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    result = summary(latencies, seconds, errors)
+    result["client_cpu_ms_per_request"] = round(1000 * cpu / len(bodies), 3)
+    return result
+
+
 def http_run(
-    bundle: Path, work: list[dict[str, Any]], clients: int, threads: int, batching: bool
+    bundle: Path, work: list[dict[str, Any]], clients: int, threads: int, batching: bool, spin: bool
 ) -> dict[str, Any]:
-    options = ["--threads", str(threads)] + ([] if batching else ["--max-batch", "1", "--max-wait-us", "0"])
+    options = ["--threads", str(threads), "--spin" if spin else "--no-spin"]
+    options += [] if batching else ["--max-batch", "1", "--max-wait-us", "0"]
     with serving(bundle, *options) as base:
-        local = __import__("threading").local()
-
-        def call(q: dict[str, Any]) -> None:
-            client = getattr(local, "client", None)
-            if client is None:
-                client = local.client = httpx.Client(base_url=base, timeout=30)
-            response = client.post("/recommend", json=q)
-            response.raise_for_status()
-
-        result = drive(call, work, clients)
+        result = asyncio.run(http_drive(base, work, clients))
         metrics = httpx.get(f"{base}/metrics").text
         count = next(
             float(x.split()[-1]) for x in metrics.splitlines() if x.startswith("recsys_batch_size_count")
@@ -171,19 +209,25 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1500)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3, help="alternating repetitions; medians reported")
+    parser.add_argument(
+        "--spin",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="ONNX Runtime threads busy-wait between runs (engine and server alike)",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     runs: dict[str, list[dict[str, Any]]] = {}
     for _ in range(args.repeats):
         for mix in ("mixed", "text"):
             work = queries(args.bundle, args.requests, mix)
-            for name, r in engine_runs(args.bundle, work, args.clients, args.threads).items():
+            for name, r in engine_runs(args.bundle, work, args.clients, args.threads, args.spin).items():
                 runs.setdefault(f"engine {mix} {name}", []).append(r)
         work = queries(args.bundle, args.requests, "mixed")
         for batching in (False, True):
             name = f"http mixed {'micro_batched' if batching else 'no_batching'}"
             runs.setdefault(name, []).append(
-                http_run(args.bundle, work, args.clients, args.threads, batching)
+                http_run(args.bundle, work, args.clients, args.threads, batching, args.spin)
             )
     results: dict[str, Any] = {}
     for name, reps in runs.items():
@@ -208,6 +252,7 @@ def main() -> None:
         "requests_per_run": args.requests,
         "repeats": args.repeats,
         "threads": args.threads,
+        "spin": args.spin,
         "environment": {
             "python": platform.python_version(),
             "cores": os.cpu_count(),
