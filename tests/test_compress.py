@@ -247,3 +247,15 @@ def test_keep_fp32_head_keeps_the_heads_gemms(seq_bundle_for_compress: Path, tmp
     ]
     assert head and all(n.op_type in ("MatMul", "Gemm") for n in head), [(n.op_type, n.name) for n in head]
     assert any(n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul") for n in graph.node)
+
+
+def test_static_int8_calibrates_a_two_space_sequence_bundle(
+    seq_bundle_for_compress: Path, tmp_path: Path
+) -> None:
+    """The history graph reads the trained block of the stored two-space vectors, and so must its
+    calibration feeds (they were the whole joined vectors: twice the width the graph takes)."""
+    assert read_manifest(seq_bundle_for_compress).fusion is not None
+    out = tmp_path / "seq-qdq"
+    config = QuantizeConfig(mode="static", towers="user", calibration_size=16)
+    quantize_bundle(seq_bundle_for_compress, out, config, progress=False)
+    assert _ops(out / read_manifest(out).user.file)["QuantizeLinear"] > 0

@@ -36,7 +36,7 @@ from recsys_infer.runtime.engine import Engine
 from recsys_infer.runtime.manifest import CompressionStep, Manifest, ReferenceSpec, TowerSpec
 from recsys_infer.runtime.reindex import reindex_bundle
 from recsys_infer.runtime.schema import encode
-from recsys_infer.runtime.users import unit_rows
+from recsys_infer.runtime.users import trained_block, unit_rows
 
 from .fidelity import check_answers, check_gate, measure_fidelity, probe_queries
 from .graphs import (
@@ -349,6 +349,8 @@ def _calibration(src: Path, manifest: Manifest, readers: list[str], size: int) -
     tower = manifest.towers[readers[0]]
     if tower.kind == "sequence":
         vectors = np.load(src / manifest.index.vectors_file, allow_pickle=False)
+        if manifest.fusion is not None:  # two spaces stored side by side: the graph reads the trained one
+            vectors = trained_block(vectors, manifest.fusion)
         label = {item_id: i for i, item_id in enumerate(engine.item_ids)}
         return history_feeds(vectors, label, [q.history for q in users], tower.max_length)
     texts: list[str] = []
