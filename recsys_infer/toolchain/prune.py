@@ -61,11 +61,17 @@ class PruneConfig:
     learning_rate: float = 1e-4
     temperature: float = 0.05
     importance_batches: int = 8
-    bf16: bool = True
+    # bf16 autocast for distillation; None: where the CPU computes bf16 natively. Emulated bf16
+    # on an AVX2-only CPU made a distillation step 8.6 s instead of about 0.5 s.
+    bf16: bool | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "towers", TowerChoice(self.towers))
+        if self.bf16 is None:
+            from .train import native_bf16
+
+            object.__setattr__(self, "bf16", native_bf16())
         if not 0 <= self.ratio < 1:
             raise ConfigError(
                 f"ratio must be in [0, 1): the fraction of heads and neurons removed, got {self.ratio}"
@@ -325,7 +331,7 @@ def distill(
         features, targets = batches.sample()
         with torch.no_grad():
             reference = _forward(teacher, features)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(config.bf16)):
             vectors = _forward(student, features)
         vectors = vectors.float()
         loss = (1 - F.cosine_similarity(vectors, reference)).mean() + _loss(
