@@ -27,12 +27,13 @@ found, and writes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,24 @@ def graph_units(model: Any) -> list[Unit]:
     return units
 
 
+class _DropAdvice(logging.Filter):
+    """The quantizer's advice to pre-process, logged on every call: once is enough for a search
+    that quantizes the graph thirty times."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Please consider to run pre-processing")
+
+
+@contextlib.contextmanager
+def _quiet_quantizer() -> Iterator[None]:
+    root, drop = logging.getLogger(), _DropAdvice()
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
+
+
 def _fp32_names(units: Sequence[Unit], chosen: dict[str, str]) -> list[str]:
     """Names to exclude from quantization. ONNX Runtime's quantizer first rewrites a Gemm as a
     MatMul named ``<gemm>_MatMul`` and checks the exclusions against that name."""
@@ -118,7 +137,7 @@ def build_mixed(src: Path, dst: Path, units: Sequence[Unit], plan: dict[str, str
     if all(p == FP32 for p in chosen.values()):
         shutil.copyfile(src, dst)
     else:
-        with tempfile.TemporaryDirectory(prefix="recsys-infer-mixed-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="recsys-infer-mixed-") as tmp, _quiet_quantizer():
             quantize_dynamic(
                 str(src),
                 str(Path(tmp) / "int8.onnx"),
