@@ -7,9 +7,9 @@
 #   benchmarks/bench.sh [DATA_DIR] [RUNS_DIR] [OUT_DIR]
 #       defaults: ../shared/data, ../runs, benchmarks/results
 #
-# A variant folder that already exists is kept (delete it to rebuild). About 45 minutes on 2
-# cores when the variants must be built (the pruning's 1,500 distillation steps are 13 of them,
-# each auto search 3 to 5), 15 without.
+# A variant folder that already exists is kept (delete it to rebuild). Building the variants
+# takes about 30 minutes on 2 cores (the pruning's 1,500 distillation steps 13 of them, each auto
+# search 2 to 4); the bench itself took 33 minutes on an AVX2-only 2-core EPYC (2026-12-02).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:-../shared/data}/ml-latest-small
