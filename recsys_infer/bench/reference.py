@@ -26,7 +26,7 @@ from recsys_infer.runtime.encoder import Encoder
 from recsys_infer.runtime.engine import Engine
 from recsys_infer.runtime.index import ExactIndex
 from recsys_infer.runtime.manifest import FusionSpec
-from recsys_infer.runtime.providers import parse_device
+from recsys_infer.runtime.providers import parse_device, session_options
 from recsys_infer.runtime.store import LocalItems
 from recsys_infer.runtime.tokenizer import TextTokenizer
 from recsys_infer.runtime.users import SequenceUserEncoder, TextUserEncoder, UserEncoder
@@ -272,7 +272,6 @@ def peer_subjects(
     on the checkpoint's encoder (pooling and normalisation as ours, no head). On a GPU the plain
     one runs on the CUDA provider, and the int8 one, which has no CUDA kernels, is left out."""
     try:
-        import onnxruntime as ort
         from sentence_transformers import SentenceTransformer
         from sentence_transformers.backend import export_dynamic_quantized_onnx_model
     except ImportError as e:
@@ -284,12 +283,7 @@ def peer_subjects(
     shutil.rmtree(folder, ignore_errors=True)
     shutil.copytree(encoder_folder(ckpt_path), folder)
     (folder / "tokenizer.json").write_text(checkpoint.tokenizer_json, encoding="utf-8")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    if not spin:  # as the bundles are measured (BenchConfig.spin)
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    options = session_options(threads=threads, spin=spin)  # as the bundles run
     on = torch_device(device)
     gpu = on.type == "cuda"
     provider: Any = ("CUDAExecutionProvider", {"device_id": on.index or 0}) if gpu else "CPUExecutionProvider"

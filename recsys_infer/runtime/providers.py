@@ -200,6 +200,24 @@ def plan_device(requested: Device | str, precisions: Iterable[Precision]) -> Dev
     return plan_placement(requested, precisions).device
 
 
+def session_options(*, threads: int | None = None, spin: bool = True) -> ort.SessionOptions:
+    """The session options every graph here runs with: all graph optimisations, one inter-op
+    thread, ``threads`` intra-op threads (None: ONNX Runtime's choice), and whether those
+    threads busy-wait between runs (``spin``, see :func:`create_session`)."""
+    ort = onnxruntime()
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.inter_op_num_threads = 1
+    if threads is not None:
+        if threads < 1:
+            raise ConfigError(f"threads must be a positive integer, got {threads}")
+        options.intra_op_num_threads = threads
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return options
+
+
 def create_session(
     path: Path, placement: Placement | Device, *, threads: int | None = None, spin: bool = True
 ) -> ort.InferenceSession:
@@ -216,18 +234,8 @@ def create_session(
     """
     if not isinstance(placement, Placement):
         placement = Placement(Device(placement))
-    ort = onnxruntime()
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.inter_op_num_threads = 1
-    if threads is not None:
-        if threads < 1:
-            raise ConfigError(f"threads must be a positive integer, got {threads}")
-        options.intra_op_num_threads = threads
-    if not spin:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    session = ort.InferenceSession(str(path), sess_options=options, providers=placement.providers())
+    options = session_options(threads=threads, spin=spin)
+    session = onnxruntime().InferenceSession(str(path), sess_options=options, providers=placement.providers())
     if placement.device is not Device.CPU:
         wanted = _GPU_PROVIDERS[placement.device]
         if wanted not in session.get_providers():

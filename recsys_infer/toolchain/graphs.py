@@ -94,23 +94,33 @@ def _matmuls_to_keep(graph: Any, keep: Sequence[str]) -> list[str]:
 
 def quantize_dynamic_graph(src: Path, dst: Path, config: QuantizeConfig) -> dict[str, Any]:
     import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     graph = onnx.load(str(src)).graph
     excluded = _matmuls_to_keep(graph, config.keep_fp32)
     ops = ["MatMul", "Attention"] if _is_bert(graph) else ["MatMul"]
+    dynamic_int8(src, dst, ops=ops, exclude=excluded, per_channel=config.per_channel)
+    return {"kept_fp32": excluded, "op_types": ops}
+
+
+def dynamic_int8(
+    src: Path, dst: Path, *, ops: Sequence[str], exclude: Sequence[str], per_channel: bool = True
+) -> None:
+    """ONNX Runtime's dynamic int8 (int8 weights, activations quantized at run time) of the
+    ``ops`` nodes of ``src``, except the nodes named in ``exclude``."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
     quantize_dynamic(
         str(src),
         str(dst),
-        per_channel=config.per_channel,
+        per_channel=per_channel,
         weight_type=QuantType.QInt8,
-        op_types_to_quantize=ops,
+        op_types_to_quantize=list(ops),
         # The quantizer rewrites a Gemm as "<name>_MatMul" before it reads the exclusions.
-        nodes_to_exclude=excluded + [f"{n}_MatMul" for n in excluded],
+        nodes_to_exclude=[*exclude, *(f"{n}_MatMul" for n in exclude)],
         # Fused graphs (Attention, SkipLayerNormalization) need the default tensor type.
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
     )
-    return {"kept_fp32": excluded, "op_types": ops}
 
 
 def quantize_blockwise_graph(src: Path, dst: Path, config: QuantizeConfig) -> dict[str, Any]:

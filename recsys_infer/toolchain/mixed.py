@@ -47,6 +47,8 @@ from recsys_infer.runtime.engine import Engine, Query
 from recsys_infer.runtime.providers import create_session
 from recsys_infer.runtime.users import SequenceUserEncoder, TextUserEncoder
 
+from .graphs import _matmuls_to_keep, dynamic_int8
+
 logger = logging.getLogger(__name__)
 
 #: What a unit can run in.
@@ -118,18 +120,8 @@ def _quiet_quantizer() -> Iterator[None]:
         root.removeFilter(drop)
 
 
-def _fp32_names(units: Sequence[Unit], chosen: dict[str, str]) -> list[str]:
-    """Names to exclude from quantization. ONNX Runtime's quantizer first rewrites a Gemm as a
-    MatMul named ``<gemm>_MatMul`` and checks the exclusions against that name."""
-    names = [n for u in units if chosen[u.name] == FP32 for n in u.nodes]
-    return names + [f"{n}_MatMul" for n in names]
-
-
 def build_mixed(src: Path, dst: Path, units: Sequence[Unit], plan: dict[str, str]) -> dict[str, Any]:
     """Write ``src`` with the units ``plan`` marks ``int8`` in dynamic int8, the rest fp32."""
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     unknown = set(plan.values()) - {INT8, FP32}
     if unknown:
         raise ConfigError(f"unknown precisions {sorted(unknown)}")
@@ -137,17 +129,9 @@ def build_mixed(src: Path, dst: Path, units: Sequence[Unit], plan: dict[str, str
     if all(p == FP32 for p in chosen.values()):
         shutil.copyfile(src, dst)
     else:
-        with tempfile.TemporaryDirectory(prefix="recsys-infer-mixed-") as tmp, _quiet_quantizer():
-            quantize_dynamic(
-                str(src),
-                str(Path(tmp) / "int8.onnx"),
-                per_channel=True,
-                weight_type=QuantType.QInt8,
-                op_types_to_quantize=["MatMul", "Attention"],
-                nodes_to_exclude=_fp32_names(units, chosen),
-                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-            )
-            shutil.move(Path(tmp) / "int8.onnx", dst)
+        fp32 = [n for u in units if chosen[u.name] == FP32 for n in u.nodes]
+        with _quiet_quantizer():
+            dynamic_int8(src, dst, ops=["MatMul", "Attention"], exclude=fp32)
     return {"plan": chosen, "int8_units": sum(p == INT8 for p in chosen.values()), "units": len(chosen)}
 
 
@@ -330,7 +314,6 @@ def mixed_precision_graph(
     import onnx
 
     from .fidelity import probe_queries
-    from .graphs import _matmuls_to_keep
 
     engine = Engine.load(bundle, device=Device.CPU, exact=True, verify=False, threads=threads)
     ref = Engine.load(reference, device=Device.CPU, exact=True, verify=False, threads=threads)
