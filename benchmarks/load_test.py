@@ -14,7 +14,9 @@ alternation (medians reported, so that drift hits every mode alike):
    ``POST /recommend`` between them.
 
 Requests are the bundle's probe histories and short text requests, alternating. Reported:
-throughput (requests/s), latency p50/p95/p99, errors, and the mean batch size (from /metrics).
+throughput (requests/s), latency p50/p95/p99, errors, the mean batch size (from /metrics), and
+CPU time per request: the engine's process (its client threads included), or the server's
+process and, apart, the HTTP client's (the two share the machine's cores).
 Nothing is asserted: the tests check correctness; this script writes the figures down.
 """
 
@@ -91,12 +93,14 @@ def drive(call: Any, work: list[dict[str, Any]], clients: int) -> dict[str, Any]
 
     for q in work[:20]:  # warm-up
         call(q)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     with ThreadPoolExecutor(clients) as pool:
         for ms, ok in pool.map(one, work):
             latencies.append(ms)
             errors += not ok
-    return summary(latencies, time.perf_counter() - t0, errors)
+    result = summary(latencies, time.perf_counter() - t0, errors)
+    result["cpu_ms_per_request"] = round(1000 * (time.process_time() - cpu0) / len(work), 3)
+    return result
 
 
 def engine_runs(
@@ -117,10 +121,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def process_cpu_seconds(pid: int) -> float | None:
+    """User plus system CPU time of process ``pid``, all its threads (Linux; None elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextmanager
-def serving(bundle: Path, *options: str) -> Iterator[str]:
+def serving(bundle: Path, *options: str) -> Iterator[tuple[str, int]]:
     """``recsys-infer serve BUNDLE OPTIONS`` in its own process on a free loopback port; yields
-    its base URL once ``/healthz`` answers, and stops it afterwards."""
+    its base URL and process id once ``/healthz`` answers, and stops it afterwards."""
     port = free_port()
     cli = str(Path(sys.executable).with_name("recsys-infer"))
     env = {k: v for k, v in os.environ.items() if k != "RECSYS_INFER_API_KEY"}
@@ -136,7 +149,7 @@ def serving(bundle: Path, *options: str) -> Iterator[str]:
                 time.sleep(0.1)
         else:
             raise RuntimeError("the server did not come up")
-        yield base
+        yield base, server.pid
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -189,8 +202,12 @@ def http_run(
 ) -> dict[str, Any]:
     options = ["--threads", str(threads), "--spin" if spin else "--no-spin"]
     options += [] if batching else ["--max-batch", "1", "--max-wait-us", "0"]
-    with serving(bundle, *options) as base:
+    with serving(bundle, *options) as (base, pid):
+        cpu0 = process_cpu_seconds(pid)
         result = asyncio.run(http_drive(base, work, clients))
+        cpu1 = process_cpu_seconds(pid)
+        if cpu0 is not None and cpu1 is not None:
+            result["cpu_ms_per_request"] = round(1000 * (cpu1 - cpu0) / len(work), 3)
         metrics = httpx.get(f"{base}/metrics").text
         count = next(
             float(x.split()[-1]) for x in metrics.splitlines() if x.startswith("recsys_batch_size_count")
@@ -233,7 +250,15 @@ def main() -> None:
     for name, reps in runs.items():
         results[name] = {
             key: float(np.median([r[key] for r in reps]))
-            for key in ("throughput_rps", "p50_ms", "p95_ms", "p99_ms", "mean_batch")
+            for key in (
+                "throughput_rps",
+                "p50_ms",
+                "p95_ms",
+                "p99_ms",
+                "mean_batch",
+                "cpu_ms_per_request",
+                "client_cpu_ms_per_request",
+            )
             if all(r.get(key) is not None for r in reps)
         }
         results[name]["errors"] = sum(r["errors"] for r in reps)
@@ -244,7 +269,8 @@ def main() -> None:
         print(
             f"{name:32s} {r['throughput_rps']:8.1f} req/s  p50 {r['p50_ms']:7.2f} ms  "
             f"p99 {r['p99_ms']:7.2f} ms  errors {r['errors']}  mean batch {r.get('mean_batch', 1)}  "
-            f"×{r['throughput_gain']}"
+            f"×{r['throughput_gain']}  cpu {r.get('cpu_ms_per_request', '-')} ms/req"
+            + (f" (+ client {r['client_cpu_ms_per_request']})" if "client_cpu_ms_per_request" in r else "")
         )
     report = {
         "bundle": str(args.bundle),

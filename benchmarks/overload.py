@@ -104,7 +104,7 @@ def main() -> None:
     levels = [int(c) for c in args.clients.split(",")]
     rows = []
     for bound in [*(int(b) for b in args.max_pending.split(",")), 100_000]:
-        with serving(args.bundle, "--threads", str(args.threads), "--max-pending", str(bound)) as base:
+        with serving(args.bundle, "--threads", str(args.threads), "--max-pending", str(bound)) as (base, _):
             _load(base, 2, 3)  # warm-up
             for clients in levels:
                 row = {"max_pending": bound, **_load(base, clients, args.seconds)}

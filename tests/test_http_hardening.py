@@ -167,6 +167,8 @@ def test_reads_can_require_the_key(bundle_copy: Path, monkeypatch: pytest.Monkey
         assert c.post("/recommend", json={"text": "lamp"}, headers=KEY).status_code == 200
         assert c.get("/healthz").status_code == 200  # liveness stays open
         assert c.get("/info", headers=KEY).json()["limits"]["auth_reads"] is True
+        paths = c.get("/openapi.json", headers=KEY).json()["paths"]
+        assert paths["/recommend"]["post"]["security"] == [{"APIKeyHeader": []}]
 
 
 def test_a_full_queue_answers_429_at_once(bundle_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -155,6 +155,14 @@ def test_hot_swap_health_metrics_and_schema(client: Any, tiny_bundle: Path) -> N
     assert f"recsys_catalogue_items {len(Engine.load(tiny_bundle, device='cpu'))}.0" in metrics
     schema = client.get("/openapi.json").json()
     assert {"/recommend", "/items", "/items/{item_id}", "/healthz", "/metrics"} <= set(schema["paths"])
+    # The key is documented where it is needed: the editing routes; reads are open by default.
+    assert schema["components"]["securitySchemes"]["APIKeyHeader"] == {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-API-Key",
+    }
+    assert schema["paths"]["/items"]["post"]["security"] == [{"APIKeyHeader": []}]
+    assert "security" not in schema["paths"]["/recommend"]["post"]
 
 
 json_values = st.recursive(

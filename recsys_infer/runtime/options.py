@@ -191,14 +191,14 @@ class RecommendOptions:
     @classmethod
     def of(cls, options: RecommendOptions | None = None, **overrides: Any) -> RecommendOptions:
         """``options`` (default: the defaults) with ``overrides`` applied; unknown names refused."""
+        if options is not None and not isinstance(options, RecommendOptions):
+            raise QueryError(f"options must be a RecommendOptions, got {type(options).__name__}")
+        if not overrides:  # the serving path: options already built, nothing to look up
+            return options or DEFAULT_OPTIONS
         known = {f.name for f in fields(cls)}
         unknown = set(overrides) - known
         if unknown:
             raise QueryError(f"unknown option(s) {sorted(unknown)}; choose from {sorted(known)}")
-        if options is not None and not isinstance(options, RecommendOptions):
-            raise QueryError(f"options must be a RecommendOptions, got {type(options).__name__}")
-        if not overrides:
-            return options or DEFAULT_OPTIONS
         base = options or DEFAULT_OPTIONS
         return cls(**{**{f: getattr(base, f) for f in known}, **overrides})
 
