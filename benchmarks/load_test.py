@@ -16,7 +16,8 @@ alternation (medians reported, so that drift hits every mode alike):
 Requests are the bundle's probe histories and short text requests, alternating. Reported:
 throughput (requests/s), latency p50/p95/p99, errors, the mean batch size (from /metrics), and
 CPU time per request: the engine's process (its client threads included), or the server's
-process and, apart, the HTTP client's (the two share the machine's cores).
+process, its event loop (the main thread) alone, and the HTTP client's (client and server share
+the machine's cores).
 Nothing is asserted: the tests check correctness; this script writes the figures down.
 """
 
@@ -121,10 +122,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def process_cpu_seconds(pid: int) -> float | None:
-    """User plus system CPU time of process ``pid``, all its threads (Linux; None elsewhere)."""
+def cpu_seconds(pid: int, thread: int | None = None) -> float | None:
+    """User plus system CPU time of process ``pid`` (all its threads), or of one of its threads
+    (the main thread's id is the process id). Linux only; None elsewhere."""
+    stat = Path(f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat")
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = stat.read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -203,11 +206,13 @@ def http_run(
     options = ["--threads", str(threads), "--spin" if spin else "--no-spin"]
     options += [] if batching else ["--max-batch", "1", "--max-wait-us", "0"]
     with serving(bundle, *options) as (base, pid):
-        cpu0 = process_cpu_seconds(pid)
+        before = cpu_seconds(pid), cpu_seconds(pid, pid)
         result = asyncio.run(http_drive(base, work, clients))
-        cpu1 = process_cpu_seconds(pid)
-        if cpu0 is not None and cpu1 is not None:
-            result["cpu_ms_per_request"] = round(1000 * (cpu1 - cpu0) / len(work), 3)
+        after = cpu_seconds(pid), cpu_seconds(pid, pid)
+        keys = ("cpu_ms_per_request", "event_loop_cpu_ms_per_request")
+        for key, b, a in zip(keys, before, after, strict=True):
+            if a is not None and b is not None:
+                result[key] = round(1000 * (a - b) / len(work), 3)
         metrics = httpx.get(f"{base}/metrics").text
         count = next(
             float(x.split()[-1]) for x in metrics.splitlines() if x.startswith("recsys_batch_size_count")
@@ -257,6 +262,7 @@ def main() -> None:
                 "p99_ms",
                 "mean_batch",
                 "cpu_ms_per_request",
+                "event_loop_cpu_ms_per_request",
                 "client_cpu_ms_per_request",
             )
             if all(r.get(key) is not None for r in reps)
@@ -270,7 +276,12 @@ def main() -> None:
             f"{name:32s} {r['throughput_rps']:8.1f} req/s  p50 {r['p50_ms']:7.2f} ms  "
             f"p99 {r['p99_ms']:7.2f} ms  errors {r['errors']}  mean batch {r.get('mean_batch', 1)}  "
             f"×{r['throughput_gain']}  cpu {r.get('cpu_ms_per_request', '-')} ms/req"
-            + (f" (+ client {r['client_cpu_ms_per_request']})" if "client_cpu_ms_per_request" in r else "")
+            + (
+                f" (event loop {r.get('event_loop_cpu_ms_per_request')}, "
+                f"client {r['client_cpu_ms_per_request']})"
+                if "client_cpu_ms_per_request" in r
+                else ""
+            )
         )
     report = {
         "bundle": str(args.bundle),
