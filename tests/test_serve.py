@@ -126,6 +126,11 @@ def test_editing_needs_the_key_and_is_persisted(
     assert client.post("/items", json={"items": [item], "replace": True}, headers=KEY).status_code == 200
     found = client.post("/recommend", json={"text": "lamp", "k": 1, "allow": ["new-1"]}).json()
     assert found["items"][0]["item_id"] == "new-1"
+    # Attributes are any JSON, an integer beyond 64 bits included (orjson refuses those).
+    big = {**item, "attributes": {"category": "Lamps", "serial": 2**70}}
+    assert client.post("/items", json={"items": [big], "replace": True}, headers=KEY).status_code == 200
+    found = client.post("/recommend", json={"text": "lamp", "k": 1, "allow": ["new-1"]})
+    assert found.status_code == 200 and found.json()["items"][0]["attributes"]["serial"] == 2**70
     gone = Engine.load(bundle_copy, device="cpu").item_ids[0]
     assert client.delete(f"/items/{gone}", headers=KEY).status_code == 200
     assert client.delete(f"/items/{gone}", headers=KEY).status_code == 404
