@@ -235,12 +235,12 @@ class Service:
                 "Ask for a smaller k, fewer requests per body, or explanations for fewer of them."
             )
         with self.admit(len(bodies)):
-            if len(bodies) == 1:  # the usual case: no task to gather one call
-                return [await self.batcher.arecommend(bodies[0].history, bodies[0].text, options=options[0])]
             calls = [
                 self.batcher.arecommend(b.history, b.text, options=o)
                 for b, o in zip(bodies, options, strict=True)
             ]
+            if len(calls) == 1:  # the usual case: awaited directly, no task to gather
+                return [await calls[0]]
             results = await asyncio.gather(*calls, return_exceptions=True)
         for r in results:
             if isinstance(r, BaseException):
