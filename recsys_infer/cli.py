@@ -496,7 +496,7 @@ def quantize(
         QuantMode,
         typer.Option(
             help="dynamic, static or blockwise int8 (CPU); fp16 (CUDA); auto: the request graph in "
-            "dynamic int8 where the probe allows it, fp32 elsewhere (--tower user)."
+            "dynamic int8 where the probe allows it, blockwise int8 or fp32 elsewhere (--tower user)."
         ),
     ] = QuantMode.DYNAMIC,
     tower: Annotated[TowerChoice, typer.Option(help="Which towers to quantize.")] = TowerChoice.BOTH,

@@ -62,7 +62,8 @@ class QuantMode(StrEnum):
     every block of activations scaled on its own: far closer to fp32 than ``dynamic``, less fast.
     ``fp16``: half-precision weights and activations, for the CUDA provider.
     ``auto``: the request path's text graph in mixed precision, dynamic int8 where the probe's
-    requests allow it and fp32 elsewhere, chosen to hold a request overlap@10 target."""
+    requests allow it and blockwise int8 (where this CPU runs it faster) or fp32 elsewhere, chosen
+    to hold a request overlap@10 target."""
 
     DYNAMIC = "dynamic"
     STATIC = "static"

@@ -15,7 +15,7 @@ from recsys_infer.errors import ConfigError, FidelityError
 from recsys_infer.runtime.bundle import read_manifest
 from recsys_infer.runtime.schema import encode
 from recsys_infer.toolchain.compress import QuantizeConfig, optimize_bundle, quantize_bundle
-from recsys_infer.toolchain.mixed import INT8, build_mixed, graph_units, search_plan
+from recsys_infer.toolchain.mixed import BLOCKWISE, FP32, INT8, build_mixed, graph_units, search_plan
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +56,46 @@ def test_the_graph_follows_the_plan(seq_optimized: Path, tmp_path: Path) -> None
     assert ops["Attention"] == sum(u.op_type == "Attention" for u in units), "fp32 attention must stay"
 
 
+def test_kept_units_can_run_in_blockwise_int8(seq_optimized: Path, tmp_path: Path) -> None:
+    graph = _request_graph(seq_optimized)
+    units = graph_units(onnx.load(str(graph)))
+    matmuls = [u for u in units if u.op_type == "MatMul"]
+    plan = {matmuls[0].name: INT8, **{u.name: BLOCKWISE for u in matmuls[1:]}}
+    out = tmp_path / "mixed.onnx"
+    built = build_mixed(graph, out, units, plan)
+    assert built["int8_units"] == 1 and built["blockwise_units"] == len(matmuls) - 1
+    model = onnx.load(str(out))
+    ops = Counter(n.op_type for n in model.graph.node)
+    assert ops["MatMulNBits"] == sum(len(u.nodes) for u in matmuls[1:]), ops
+    assert ops["DynamicQuantizeMatMul"] + ops["MatMulInteger"] == len(matmuls[0].nodes), ops
+    assert ops["Attention"] == sum(u.op_type == "Attention" for u in units), "fp32 attention must stay"
+    # ONNX Runtime runs what was written.
+    import numpy as np
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    feeds = {i.name: np.ones((1, 5), dtype=np.int64) for i in session.get_inputs()}
+    assert np.isfinite(session.run(None, feeds)[0]).all()
+    attention = next(u for u in units if u.op_type == "Attention")
+    with pytest.raises(ConfigError, match="blockwise form"):
+        build_mixed(graph, tmp_path / "x.onnx", units, {attention.name: BLOCKWISE})
+
+
+def test_products_outside_the_units_stay_fp32(seq_optimized: Path, tmp_path: Path) -> None:
+    """What --keep-fp32 takes out of the search is not quantized by the plan's int8."""
+    graph = _request_graph(seq_optimized)
+    units = graph_units(onnx.load(str(graph)))
+    kept = next(u for u in units if u.name.startswith("ffn-out."))
+    rest = [u for u in units if u is not kept]
+    out = tmp_path / "mixed.onnx"
+    build_mixed(graph, out, rest, {u.name: INT8 for u in rest})
+    still = {n.name for n in onnx.load(str(out)).graph.node if n.op_type == "MatMul"}
+    assert set(kept.nodes) <= still
+
+
 class _ScriptedProbe:
-    """Overlap falls by 0.02 per unit in int8: the boundary of a 0.95 target is 2 units."""
+    """Overlap falls by 0.02 per unit in int8, and by 0.1 with any blockwise unit: the boundary
+    of a 0.95 target is 2 units with fp32 kept units, and none is met with blockwise ones."""
 
     def measure(self, graph: Path) -> dict[str, float]:
         int8 = sum(
@@ -65,7 +103,8 @@ class _ScriptedProbe:
             for n in onnx.load(str(graph)).graph.node
         )
         k = int(re.sub(r"\D", "", graph.stem) or 0) if graph.stem.startswith("k") else 0
-        overlap = 1.0 - 0.02 * k
+        blockwise = any(n.op_type == "MatMulNBits" for n in onnx.load(str(graph)).graph.node)
+        overlap = 1.0 - 0.02 * k - (0.1 if blockwise else 0.0)
         return {"overlap@10": overlap, "mean_cosine": 1.0 - 0.001 * int8, "min_cosine": 1.0}
 
 
@@ -84,6 +123,23 @@ def test_the_search_stops_at_the_last_plan_that_holds_the_target(seq_optimized: 
         search_plan(graph, units, _ScriptedProbe(), target=1.01, workdir=tmp_path)  # type: ignore[arg-type]
 
 
+def test_the_search_falls_back_to_fp32_kept_units(seq_optimized: Path, tmp_path: Path) -> None:
+    graph = _request_graph(seq_optimized)
+    units = graph_units(onnx.load(str(graph)))
+    probe = _ScriptedProbe()
+    # Blockwise kept units cost 0.1: a 0.85 target holds with them, 2 units in int8.
+    result = search_plan(graph, units, probe, target=0.85, workdir=tmp_path, kept=(BLOCKWISE, FP32))  # type: ignore[arg-type]
+    assert result.record["kept"] == BLOCKWISE
+    assert sum(p == INT8 for p in result.plan.values()) == 2
+    assert {p for p in result.plan.values() if p != INT8} == {BLOCKWISE, FP32}, "attention stays fp32"
+    # At 0.95 no blockwise plan holds (1 - 0.1 at best): the same search, the rest fp32.
+    result = search_plan(graph, units, probe, target=0.95, workdir=tmp_path, kept=(BLOCKWISE, FP32))  # type: ignore[arg-type]
+    assert result.record["kept"] == FP32 and sum(p == INT8 for p in result.plan.values()) == 2
+    assert {t["kept"] for t in result.record["tried"]} == {BLOCKWISE, FP32}
+    with pytest.raises(FidelityError, match=r"reaches 1\.0000"):
+        search_plan(graph, units, probe, target=1.01, workdir=tmp_path, kept=(BLOCKWISE, FP32))  # type: ignore[arg-type]
+
+
 def test_auto_writes_a_measured_mixed_request_graph(seq_optimized: Path, tmp_path: Path) -> None:
     out = tmp_path / "auto"
     config = QuantizeConfig(mode="auto", towers="user", target_overlap=0.9)
@@ -96,6 +152,12 @@ def test_auto_writes_a_measured_mixed_request_graph(seq_optimized: Path, tmp_pat
     search = graph["search"]
     assert search["chosen"]["overlap@10"] >= 0.9
     assert set(search["sensitivity"]) == set(graph["plan"])
+    kept = search["kept_precision"]
+    assert kept["try"] in ([BLOCKWISE, FP32], [FP32]) and search["kept"] in kept["try"]
+    faster = all(
+        kept["latency"][BLOCKWISE][key] < kept["latency"][FP32][key] for key in kept["latency"][FP32]
+    )
+    assert (kept["try"][0] == BLOCKWISE) == faster, "blockwise is tried first only where it was faster"
     assert graph["latency"]["mixed"]["p50_ms_real"] > 0 and graph["latency"]["speedup_vs_input"]
     # The written bundle's own measurement (the gate's) agrees with the target too.
     assert result.fidelity["queries"]["request"]["overlap@10"] >= 0.9

@@ -130,20 +130,9 @@ def quantize_blockwise_graph(src: Path, dst: Path, config: QuantizeConfig) -> di
     scale to the whole tensor. A fused graph's Attention ops (the Q, K and V projections) have no
     blockwise form and stay fp32."""
     import onnx
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    model = onnx.load(str(src))
-    excluded = _matmuls_to_keep(model.graph, config.keep_fp32)
-    quantizer = MatMulNBitsQuantizer(
-        model,
-        bits=8,
-        block_size=config.block_size,
-        is_symmetric=True,
-        accuracy_level=4,  # int8 compute, activations scaled per block
-        nodes_to_exclude=excluded,
-    )
-    quantizer.process()
-    quantizer.model.save_model_to_file(str(dst), use_external_data_format=False)
+    excluded = _matmuls_to_keep(onnx.load(str(src)).graph, config.keep_fp32)
+    blockwise_int8(src, dst, block_size=config.block_size, exclude=excluded)
     quantized = sum(n.op_type == "MatMulNBits" for n in onnx.load(str(dst)).graph.node)
     return {
         "kept_fp32": excluded,
@@ -153,6 +142,24 @@ def quantize_blockwise_graph(src: Path, dst: Path, config: QuantizeConfig) -> di
         "accuracy_level": 4,
         "blockwise_matmuls": quantized,
     }
+
+
+def blockwise_int8(src: Path, dst: Path, *, block_size: int, exclude: Sequence[str] = ()) -> None:
+    """Write ``src`` with its MatMuls but the ``exclude``d in blockwise int8: MatMulNBits,
+    symmetric 8-bit weights, accuracy level 4 (int8 products, activations scaled per block)."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    quantizer = MatMulNBitsQuantizer(
+        onnx.load(str(src)),
+        bits=8,
+        block_size=block_size,
+        is_symmetric=True,
+        accuracy_level=4,  # int8 compute, activations scaled per block
+        nodes_to_exclude=list(exclude),
+    )
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(dst), use_external_data_format=False)
 
 
 class _Feeds:
