@@ -9,7 +9,8 @@
 #
 # A variant folder that already exists is kept (delete it to rebuild). Building the variants
 # takes about 30 minutes on 2 cores (the pruning's 1,500 distillation steps 13 of them, each auto
-# search 2 to 4); the bench itself took 33 minutes on an AVX2-only 2-core EPYC (2026-12-02).
+# search 2 to 4); the bench itself took 33 minutes on an AVX2-only 2-core EPYC, 13 on one with VNNI
+# (both 2026-12-02, the second without the pruned variants).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:-../shared/data}/ml-latest-small
