@@ -35,6 +35,7 @@ found, and writes nothing.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import re
 import shutil
@@ -265,6 +266,24 @@ def _kept(units: Sequence[Unit], precision: str) -> dict[str, str]:
     return {u.name: precision if precision == FP32 or u.op_type == "MatMul" else FP32 for u in units}
 
 
+def _most_passing(
+    measure: Callable[[int], dict[str, float]], n: int, target: float
+) -> dict[int, dict[str, float]]:
+    """Bisect ``k`` in [0, n] for the largest whose overlap@10 holds ``target``, assuming overlap
+    falls as ``k`` grows; every measurement made, by ``k``. ``n`` is tried first (all in int8),
+    then 0 (none); when 0 misses, nothing holds."""
+    results = {n: measure(n)}
+    if results[n]["overlap@10"] >= target or n == 0:
+        return results
+    results[0] = measure(0)
+    lo, hi = 0, n  # invariant once 0 holds: lo holds the target, hi does not
+    while results[0]["overlap@10"] >= target and hi - lo > 1:
+        mid = (lo + hi) // 2
+        results[mid] = measure(mid)
+        lo, hi = (mid, hi) if results[mid]["overlap@10"] >= target else (lo, mid)
+    return results
+
+
 def search_plan(
     src: Path,
     units: Sequence[Unit],
@@ -298,41 +317,26 @@ def search_plan(
         "order": [u.name for u in order],
         "tried": [],
     }
+
+    def plan(precision: str, k: int) -> dict[str, str]:
+        return {**_kept(units, precision), **{u.name: INT8 for u in order[:k]}}
+
+    def candidate(precision: str, k: int) -> dict[str, float]:
+        progress(f"candidate: {k} of {len(units)} units in int8, the rest {precision}")
+        measured = trial(f"k{k}", plan(precision, k))
+        record["tried"].append({"kept": precision, "int8_units": k, **measured})
+        return measured
+
     best_seen: tuple[float, str] = (-1.0, "")
     for precision in kept:
-        keep = _kept(units, precision)
-
-        def plan_of(k: int, keep: dict[str, str] = keep) -> dict[str, str]:
-            return {**keep, **{u.name: INT8 for u in order[:k]}}
-
-        results: dict[int, dict[str, float]] = {}
-
-        def at(
-            k: int, results: dict[int, dict[str, float]] = results, precision: str = precision
-        ) -> dict[str, float]:
-            if k not in results:
-                progress(f"candidate: {k} of {len(units)} units in int8, the rest {precision}")
-                results[k] = trial(f"k{k}", plan_of(k))
-                record["tried"].append({"kept": precision, "int8_units": k, **results[k]})
-            return results[k]
-
-        lo, hi = 0, len(units)
-        if at(hi)["overlap@10"] >= target:
-            best = hi
-        elif at(lo)["overlap@10"] < target:
-            best_seen = max(best_seen, (at(lo)["overlap@10"], precision))
+        results = _most_passing(functools.partial(candidate, precision), len(units), target)
+        best = max((k for k, r in results.items() if r["overlap@10"] >= target), default=None)
+        if best is None:
+            best_seen = max(best_seen, (results[0]["overlap@10"], precision))
             continue
-        else:  # invariant: at(lo) holds the target, at(hi) does not
-            while hi - lo > 1:
-                mid = (lo + hi) // 2
-                if at(mid)["overlap@10"] >= target:
-                    lo = mid
-                else:
-                    hi = mid
-            best = lo
         record["kept"] = precision
         record["tried"].sort(key=lambda t: (t["kept"] != precision, t["int8_units"]))
-        return SearchResult(plan_of(best), results[best], record)
+        return SearchResult(plan(precision, best), results[best], record)
     raise FidelityError(
         f"no mixed-precision graph holds request overlap@10 {target}: the most faithful candidate "
         f"(no unit in dynamic int8, the rest {best_seen[1]}) reaches {best_seen[0]:.4f}. With fp32 "
