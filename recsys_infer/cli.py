@@ -578,6 +578,14 @@ def prune(
     ] = None,
     batch_size: Annotated[int, typer.Option(min=2, help="Distillation batch size.")] = 32,
     lr: Annotated[float, typer.Option(help="Distillation learning rate.")] = 1e-4,
+    quant_aware: Annotated[
+        bool,
+        typer.Option(
+            "--quant-aware",
+            help="Distil with the linear layers rounded as `quantize --mode dynamic` rounds them, "
+            "so the int8 graph keeps the fidelity (with --ratio 0: retrain for int8 only).",
+        ),
+    ] = False,
     overwrite: Overwrite = False,
     json_out: JsonOut = None,
 ) -> None:
@@ -591,6 +599,7 @@ def prune(
         distill_steps=distill_steps,
         batch_size=batch_size,
         learning_rate=lr,
+        quant_aware=quant_aware,
     )
     result = prune_checkpoint(checkpoint, out, config, data=data, overwrite=overwrite)
     for t in result.towers:
@@ -602,6 +611,10 @@ def prune(
             f"cosine to unpruned {agree.get('mean_cosine', float('nan')):.4f} "
             f"({'after' if t.agreement_after_distill else 'without'} distillation)"
         )
+        if "overlap@10" in agree:
+            int8 = f", {agree['int8_overlap@10']:.4f} in fake int8" if "int8_overlap@10" in agree else ""
+            overlap = agree["overlap@10"]
+            typer.echo(f"  probe requests' overlap@10 with the unpruned tower: {overlap:.4f}{int8}")
     note = ""
     if any(t.name == "request" for t in result.towers):
         request = sum(f.stat().st_size for f in (out / "request_encoder").glob("*.safetensors"))

@@ -430,6 +430,31 @@ def test_pruning_the_user_side_gives_requests_a_tower_of_their_own(
     assert engine.recommend(text="something funny", k=3)
 
 
+def test_quant_aware_request_distillation(seq_checkpoint: Path, tmp_path: Path) -> None:
+    """prune --ratio 0 --quant-aware: a request tower of its own, distilled through fake int8
+    in the encoder's space, its head frozen, and agreement measured both ways."""
+    from recsys_infer.toolchain.checkpoint import load_checkpoint
+    from recsys_infer.toolchain.prune import PruneConfig, prune_checkpoint
+
+    out = tmp_path / "qat"
+    config = PruneConfig(ratio=0.0, towers="user", distill_steps=3, batch_size=8, quant_aware=True)  # type: ignore[arg-type]
+    (report,) = prune_checkpoint(seq_checkpoint, out, config, data="sample", progress=False).towers
+    assert report.name == "request" and len(report.distill_losses) == 3
+    for agree in (report.agreement_before_distill, report.agreement_after_distill):
+        assert {"overlap@10", "int8_overlap@10", "mean_cosine", "int8_mean_cosine"} <= agree.keys()
+        assert 0 <= agree["int8_overlap@10"] <= 1
+    # Before distillation the request tower is the item tower's copy: identical in fp32.
+    assert report.agreement_before_distill["overlap@10"] == 1.0
+    model = load_checkpoint(out).model
+    assert model.request is not None
+    assert model.request.encoder.config.intermediate_size == model.item.encoder.config.intermediate_size
+    before = load_checkpoint(seq_checkpoint).model
+    for (name, old), (_, new) in zip(
+        before.item.head.state_dict().items(), model.request.head.state_dict().items(), strict=True
+    ):
+        assert torch.equal(old, new), name  # the head is frozen: requests are distilled before it
+
+
 def test_negative_sampler_draws_allowed_items_by_frequency_to_the_075() -> None:
     from recsys_infer.toolchain.sequence_train import NegativeSampler
 

@@ -22,7 +22,16 @@ index and history users stay exactly as they were.
 
 Distillation then trains the pruned tower towards the unpruned one: ``1 - cos`` to the teacher's
 vector plus the same retrieval loss, for ``distill_steps`` steps on the training split of
-``--data`` (never the probe set, which the fidelity figures are measured on).
+``--data`` (never the probe set, which the fidelity figures are measured on). The student runs in
+eval mode (no dropout): it must reproduce the teacher's vectors, not a noisy version of them.
+
+A request tower is distilled where a request is served: in the encoder's own space (the text half
+of a two-space bundle, which is all its requests read, and what the frozen head reads), towards
+the teacher's vector (``100 (1 - cos)``) and towards the teacher's ranking of the whole catalogue
+(the KL divergence between the two softmaxes of the item scores at ``ranking_temperature``), which
+is what overlap@10 measures. ``quant_aware`` computes the transformer blocks' linear layers as
+dynamic int8 will (:mod:`.fake_quant`), so the weights learn to survive ``quantize --mode dynamic``;
+``ratio 0`` with ``quant_aware`` then only retrains the request tower for int8.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ import logging
 import random
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +56,7 @@ from recsys_infer.errors import CheckpointError, ConfigError
 from recsys_infer.runtime.tokenizer import TextTokenizer
 
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .fake_quant import fake_quantized, tokens
 from .model import TextTower, guarded_step, pool
 
 logger = logging.getLogger(__name__)
@@ -61,8 +72,12 @@ class PruneConfig:
     learning_rate: float = 1e-4
     temperature: float = 0.05
     importance_batches: int = 8
-    # bf16 autocast for distillation; None: where the CPU computes bf16 natively. Emulated bf16
-    # on an AVX2-only CPU made a distillation step 8.6 s instead of about 0.5 s.
+    quant_aware: bool = False
+    ranking_temperature: float = 0.02
+    ranking_weight: float = 1.0
+    # bf16 autocast for distillation; None: where the CPU computes bf16 natively (and never with
+    # quant_aware, whose int8 rounding bf16's coarser one would drown). Emulated bf16 on an
+    # AVX2-only CPU made a distillation step 8.6 s instead of about 0.5 s.
     bf16: bool | None = None
     seed: int = 0
 
@@ -71,7 +86,7 @@ class PruneConfig:
         if self.bf16 is None:
             from .train import native_bf16
 
-            object.__setattr__(self, "bf16", native_bf16())
+            object.__setattr__(self, "bf16", native_bf16() and not self.quant_aware)
         if not 0 <= self.ratio < 1:
             raise ConfigError(
                 f"ratio must be in [0, 1): the fraction of heads and neurons removed, got {self.ratio}"
@@ -292,17 +307,91 @@ def prune_tower(
 
 
 def agreement(
-    student: TextTower, teacher: TextTower, batches: _Batches, texts: Sequence[str]
+    student: TextTower,
+    teacher: TextTower,
+    batches: _Batches,
+    texts: Sequence[str],
+    catalogue: torch.Tensor | None = None,
 ) -> dict[str, float]:
-    """Cosine between the pruned and the unpruned tower's vectors on held-out texts."""
+    """Cosine between the pruned and the unpruned tower's vectors on held-out texts; with the
+    ``catalogue``'s vectors (a request tower), in the encoder's space, and the overlap@10 of the
+    items each ranks first, in fp32 and, with ``config.quant_aware``, in fake int8 too."""
     student.eval()
-    cos = []
+    cos, top_student, top_teacher = [], [], []
     with torch.no_grad():
         for start in range(0, len(texts), 64):
             f = batches.features(texts[start : start + 64])
-            cos.append(F.cosine_similarity(_forward(student, f), _forward(teacher, f)))
+            with tokens(f["attention_mask"]):  # read only by fake-quantized layers
+                if catalogue is None:
+                    s, t = _forward(student, f), _forward(teacher, f)
+                else:
+                    s, t = student.embed(**f), teacher.embed(**f)
+                    top_student.append((s @ catalogue.T).topk(10, dim=1).indices)
+                    top_teacher.append((t @ catalogue.T).topk(10, dim=1).indices)
+            cos.append(F.cosine_similarity(s, t))
     all_cos = torch.cat(cos)
-    return {"mean_cosine": round(float(all_cos.mean()), 6), "min_cosine": round(float(all_cos.min()), 6)}
+    out = {"mean_cosine": round(float(all_cos.mean()), 6), "min_cosine": round(float(all_cos.min()), 6)}
+    if catalogue is not None:
+        out["overlap@10"] = round(_overlap(torch.cat(top_student), torch.cat(top_teacher)), 4)
+    return out
+
+
+def _agreement(
+    student: TextTower,
+    teacher: TextTower,
+    batches: _Batches,
+    texts: Sequence[str],
+    catalogue: torch.Tensor | None,
+    config: PruneConfig,
+) -> dict[str, float]:
+    """:func:`agreement`, and with ``quant_aware`` the same measured in fake int8 (``int8_`` keys)."""
+    out = agreement(student, teacher, batches, texts, catalogue)
+    if config.quant_aware:
+        with fake_quantized(student.encoder):
+            fq = agreement(student, teacher, batches, texts, catalogue)
+        out |= {f"int8_{k}": v for k, v in fq.items()}
+    return out
+
+
+def _overlap(a: torch.Tensor, b: torch.Tensor) -> float:
+    shared = [len(set(x.tolist()) & set(y.tolist())) for x, y in zip(a, b, strict=True)]
+    return sum(shared) / (10 * max(1, len(shared)))
+
+
+def catalogue_vectors(
+    tower: TextTower, texts: Sequence[str], tokenizer: TextTokenizer, progress: bool
+) -> torch.Tensor:
+    """The teacher's encoder-space vectors of every catalogue item (what requests are scored
+    against in a two-space bundle's text half)."""
+    chunks = range(0, len(texts), 128)
+    if progress:
+        from tqdm.auto import tqdm
+
+        chunks = tqdm(chunks, desc="catalogue vectors", unit="batch")
+    tower.eval()
+    out = []
+    with torch.no_grad():
+        for start in chunks:
+            f = tokenizer(list(texts[start : start + 128]))
+            out.append(tower.embed(torch.from_numpy(f["input_ids"]), torch.from_numpy(f["attention_mask"])))
+    return torch.cat(out)
+
+
+def _ranking_loss(
+    vectors: torch.Tensor, reference: torch.Tensor, catalogue: torch.Tensor, config: PruneConfig
+) -> torch.Tensor:
+    """``100 (1 - cos)`` to the teacher plus the KL divergence of the catalogue's ranking."""
+    loss = 100 * (1 - F.cosine_similarity(vectors, reference)).mean()
+    if config.ranking_weight:
+        tau = config.ranking_temperature
+        kl = F.kl_div(
+            F.log_softmax(vectors @ catalogue.T / tau, dim=1),
+            F.log_softmax(reference @ catalogue.T / tau, dim=1),
+            log_target=True,
+            reduction="batchmean",
+        )
+        loss = loss + config.ranking_weight * kl
+    return loss
 
 
 def distill(
@@ -313,10 +402,13 @@ def distill(
     progress: bool,
     *,
     train_head: bool = False,
+    catalogue: torch.Tensor | None = None,
 ) -> list[float]:
+    """Trains ``student`` towards ``teacher``; with the ``catalogue``'s vectors (a request tower)
+    in the encoder's space by :func:`_ranking_loss`, its head left as it is."""
     student.encoder.requires_grad_(True)  # the sequence kind freezes its item encoder
     params = list(student.encoder.parameters())
-    if train_head and student.head is not None:
+    if train_head and student.head is not None and catalogue is None:
         student.head.requires_grad_(True)
         params += list(student.head.parameters())
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.01)
@@ -326,25 +418,32 @@ def distill(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=config.distill_steps, desc="distilling", unit="step")
-    student.train()
-    for step in range(config.distill_steps):
-        features, targets = batches.sample()
-        with torch.no_grad():
-            reference = _forward(teacher, features)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(config.bf16)):
-            vectors = _forward(student, features)
-        vectors = vectors.float()
-        loss = (1 - F.cosine_similarity(vectors, reference)).mean() + _loss(
-            vectors, reference, targets, config.temperature
-        )
-        guarded_step(loss, optimizer, params, f"at distillation step {step + 1}")
-        losses.append(float(loss.item()))
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    # Eval mode: dropout would have the student chase a noisy copy of the teacher's vectors.
+    student.eval()
+    with fake_quantized(student.encoder) if config.quant_aware else nullcontext():
+        for step in range(config.distill_steps):
+            features, targets = batches.sample()
+            with torch.no_grad():
+                reference = _forward(teacher, features) if catalogue is None else teacher.embed(**features)
+            with (
+                torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(config.bf16)),
+                tokens(features["attention_mask"]),
+            ):
+                vectors = _forward(student, features) if catalogue is None else student.embed(**features)
+            vectors = vectors.float()
+            if catalogue is None:
+                loss = (1 - F.cosine_similarity(vectors, reference)).mean() + _loss(
+                    vectors, reference, targets, config.temperature
+                )
+            else:
+                loss = _ranking_loss(vectors, reference, catalogue, config)
+            guarded_step(loss, optimizer, params, f"at distillation step {step + 1}")
+            losses.append(float(loss.item()))
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{losses[-1]:.3f}")
     if bar is not None:
         bar.close()
-    student.eval()
     return losses
 
 
@@ -380,10 +479,18 @@ def _user_pairs(ckpt: Checkpoint, data: str | None, seed: int) -> _Inputs:
     return _Inputs(texts, targets)
 
 
-def _catalogue_requests(ckpt: Checkpoint) -> list[str]:
-    """Requests made of the catalogue's attributes, less every request of the probe set: the
-    fidelity figures are measured on those, so distillation never sees them."""
+def _catalogue_requests(ckpt: Checkpoint, data: str | None = None) -> list[str]:
+    """Requests made of the catalogue's attributes, less every request of the probe set and, with
+    ``data``, every request of its validation and test targets: fidelity is measured on those
+    (the probe's by export and quantize, the test's by ``bench``), so distillation never sees them."""
     held_out = set((ckpt.probe or {}).get("requests", []))
+    if data:
+        from recsys_infer.data import leave_one_out, load_dataset
+
+        split = leave_one_out(load_dataset(data))
+        for example in (*split.validation, *split.test):
+            if example.target in ckpt.catalog:
+                held_out.add(request_from_item(ckpt.catalog.get(example.target)))
     requests = {r for r in (request_from_item(item) for item in ckpt.catalog) if r}
     return sorted(requests - held_out)
 
@@ -395,10 +502,10 @@ def _item_inputs(ckpt: Checkpoint, with_requests: bool) -> _Inputs:
     return _Inputs(texts)
 
 
-def _request_inputs(ckpt: Checkpoint) -> _Inputs:
+def _request_inputs(ckpt: Checkpoint, data: str | None) -> _Inputs:
     """What a request tower reads: requests, weighted to half of the texts, and item texts, so
     that free text unlike the catalogue's attributes keeps its place too."""
-    requests = _catalogue_requests(ckpt)
+    requests = _catalogue_requests(ckpt, data)
     if not requests:
         raise CheckpointError(
             "pruning a request tower needs requests: the catalogue's items have no genres, category, "
@@ -457,7 +564,7 @@ def prune_checkpoint(
                 "request",
                 model.request,
                 teacher.item,
-                _request_inputs(ckpt),
+                _request_inputs(ckpt, data),
                 tokenizer(mc.user_max_length),
             )
         )
@@ -487,14 +594,20 @@ def prune_checkpoint(
         batches = _Batches(
             inputs, tok, teacher.item if inputs.targets is not None else None, config.batch_size, config.seed
         )
+        catalogue = None
+        if name == "request":  # requests are distilled towards the teacher's catalogue ranking
+            catalogue = catalogue_vectors(
+                teacher.item, ckpt.catalog.texts, tokenizer(mc.item_max_length), progress
+            )
         logger.info("pruning the %s tower: ratio %.2f, %d layers", name, config.ratio, config.layers)
         report = prune_tower(tower, reference, batches, config, name)
-        report.agreement_before_distill = agreement(tower, reference, batches, held)
+        report.agreement_before_distill = _agreement(tower, reference, batches, held, catalogue, config)
         if config.distill_steps:
             report.distill_losses = distill(
-                tower, reference, batches, config, progress, train_head=name == "request"
-            )
-            report.agreement_after_distill = agreement(tower, reference, batches, held)
+                tower, reference, batches, config, progress, train_head=name == "request",
+                catalogue=catalogue,
+            )  # fmt: skip
+            report.agreement_after_distill = _agreement(tower, reference, batches, held, catalogue, config)
         reports.append(report)
     meta = dict(ckpt.meta)
     meta["pruning"] = {
