@@ -145,6 +145,11 @@ def _encoder_parameters(encoder: nn.Module) -> int:
     return sum(p.numel() for p in encoder.parameters())
 
 
+def _embed(tower: TextTower, features: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The encoder's pooled vectors, before the head: the space a request tower is distilled in."""
+    return tower.embed(features["input_ids"], features["attention_mask"])
+
+
 def _forward(
     tower: TextTower,
     features: dict[str, torch.Tensor],
@@ -315,24 +320,23 @@ def agreement(
 ) -> dict[str, float]:
     """Cosine between the pruned and the unpruned tower's vectors on held-out texts; with the
     ``catalogue``'s vectors (a request tower), in the encoder's space, and the overlap@10 of the
-    items each ranks first, in fp32 and, with ``config.quant_aware``, in fake int8 too."""
+    items each ranks first."""
+    forward = _forward if catalogue is None else _embed
     student.eval()
-    cos, top_student, top_teacher = [], [], []
+    pairs = []
     with torch.no_grad():
         for start in range(0, len(texts), 64):
             f = batches.features(texts[start : start + 64])
             with tokens(f["attention_mask"]):  # read only by fake-quantized layers
-                if catalogue is None:
-                    s, t = _forward(student, f), _forward(teacher, f)
-                else:
-                    s, t = student.embed(**f), teacher.embed(**f)
-                    top_student.append((s @ catalogue.T).topk(10, dim=1).indices)
-                    top_teacher.append((t @ catalogue.T).topk(10, dim=1).indices)
-            cos.append(F.cosine_similarity(s, t))
-    all_cos = torch.cat(cos)
-    out = {"mean_cosine": round(float(all_cos.mean()), 6), "min_cosine": round(float(all_cos.min()), 6)}
+                pairs.append((forward(student, f), forward(teacher, f)))
+    s, t = torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
+    cos = F.cosine_similarity(s, t)
+    out = {"mean_cosine": round(float(cos.mean()), 6), "min_cosine": round(float(cos.min()), 6)}
     if catalogue is not None:
-        out["overlap@10"] = round(_overlap(torch.cat(top_student), torch.cat(top_teacher)), 4)
+        from .fidelity import _overlap, _top
+
+        items = catalogue.numpy()
+        out["overlap@10"] = round(_overlap(_top(s.numpy(), items, 10), _top(t.numpy(), items, 10)), 4)
     return out
 
 
@@ -351,30 +355,6 @@ def _agreement(
             fq = agreement(student, teacher, batches, texts, catalogue)
         out |= {f"int8_{k}": v for k, v in fq.items()}
     return out
-
-
-def _overlap(a: torch.Tensor, b: torch.Tensor) -> float:
-    shared = [len(set(x.tolist()) & set(y.tolist())) for x, y in zip(a, b, strict=True)]
-    return sum(shared) / (10 * max(1, len(shared)))
-
-
-def catalogue_vectors(
-    tower: TextTower, texts: Sequence[str], tokenizer: TextTokenizer, progress: bool
-) -> torch.Tensor:
-    """The teacher's encoder-space vectors of every catalogue item (what requests are scored
-    against in a two-space bundle's text half)."""
-    chunks = range(0, len(texts), 128)
-    if progress:
-        from tqdm.auto import tqdm
-
-        chunks = tqdm(chunks, desc="catalogue vectors", unit="batch")
-    tower.eval()
-    out = []
-    with torch.no_grad():
-        for start in chunks:
-            f = tokenizer(list(texts[start : start + 128]))
-            out.append(tower.embed(torch.from_numpy(f["input_ids"]), torch.from_numpy(f["attention_mask"])))
-    return torch.cat(out)
 
 
 def _ranking_loss(
@@ -418,19 +398,19 @@ def distill(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=config.distill_steps, desc="distilling", unit="step")
+    forward = _forward if catalogue is None else _embed
     # Eval mode: dropout would have the student chase a noisy copy of the teacher's vectors.
     student.eval()
     with fake_quantized(student.encoder) if config.quant_aware else nullcontext():
         for step in range(config.distill_steps):
             features, targets = batches.sample()
             with torch.no_grad():
-                reference = _forward(teacher, features) if catalogue is None else teacher.embed(**features)
+                reference = forward(teacher, features)
             with (
                 torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(config.bf16)),
                 tokens(features["attention_mask"]),
             ):
-                vectors = _forward(student, features) if catalogue is None else student.embed(**features)
-            vectors = vectors.float()
+                vectors = forward(student, features).float()
             if catalogue is None:
                 loss = (1 - F.cosine_similarity(vectors, reference)).mean() + _loss(
                     vectors, reference, targets, config.temperature
@@ -596,8 +576,10 @@ def prune_checkpoint(
         )
         catalogue = None
         if name == "request":  # requests are distilled towards the teacher's catalogue ranking
-            catalogue = catalogue_vectors(
-                teacher.item, ckpt.catalog.texts, tokenizer(mc.item_max_length), progress
+            from .sequence_train import embed_items
+
+            catalogue = embed_items(
+                teacher.item, tokenizer(mc.item_max_length), ckpt.catalog.texts, progress=progress
             )
         logger.info("pruning the %s tower: ratio %.2f, %d layers", name, config.ratio, config.layers)
         report = prune_tower(tower, reference, batches, config, name)
