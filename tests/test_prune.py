@@ -150,3 +150,19 @@ def test_shipped_recipes_are_valid(tmp_path: Path) -> None:
     bad.write_text('[[steps]]\nkind = "quantise"\n')
     with pytest.raises(ExportError, match="optimize"):
         check_recipe(read_recipe(bad), str(bad))
+
+
+def test_distillation_rate_warms_up_then_decays_to_zero() -> None:
+    from recsys_infer.toolchain.prune import _warmup_cosine
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    schedule = _warmup_cosine(optimizer, 100)
+    rates = []
+    for _ in range(100):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert rates[0] == pytest.approx(0.2)  # 1 of 5 warm-up steps
+    assert max(rates) == pytest.approx(1.0) and rates.index(max(rates)) == 4
+    assert all(a >= b for a, b in zip(rates[4:], rates[5:], strict=False))
+    assert rates[-1] < 0.01

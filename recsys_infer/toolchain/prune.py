@@ -37,6 +37,7 @@ dynamic int8 will (:mod:`.fake_quant`), so the weights learn to survive ``quanti
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from collections.abc import Sequence
@@ -374,6 +375,19 @@ def _ranking_loss(
     return loss
 
 
+def _warmup_cosine(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """The learning rate rises over the first 5% of ``steps``, then falls to zero on a cosine:
+    the late steps settle the student instead of shaking it at the full rate."""
+    warmup = max(1, steps // 20)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, steps - warmup))))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 def distill(
     student: TextTower,
     teacher: TextTower,
@@ -392,6 +406,7 @@ def distill(
         student.head.requires_grad_(True)
         params += list(student.head.parameters())
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.01)
+    schedule = _warmup_cosine(optimizer, config.distill_steps)
     losses: list[float] = []
     bar = None
     if progress:
@@ -418,6 +433,7 @@ def distill(
             else:
                 loss = _ranking_loss(vectors, reference, catalogue, config)
             guarded_step(loss, optimizer, params, f"at distillation step {step + 1}")
+            schedule.step()
             losses.append(float(loss.item()))
             if bar is not None:
                 bar.update(1)
