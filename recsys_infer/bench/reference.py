@@ -283,9 +283,9 @@ def peer_subjects(
     shutil.rmtree(folder, ignore_errors=True)
     shutil.copytree(encoder_folder(ckpt_path), folder)
     (folder / "tokenizer.json").write_text(checkpoint.tokenizer_json, encoding="utf-8")
-    options = session_options(threads=threads, spin=spin)  # as the bundles run
     on = torch_device(device)
     gpu = on.type == "cuda"
+    options = session_options(threads=threads, spin=spin, cpu=not gpu)  # as the bundles run
     provider: Any = ("CUDAExecutionProvider", {"device_id": on.index or 0}) if gpu else "CPUExecutionProvider"
     kwargs: dict[str, Any] = {"session_options": options, "provider": provider}
     dim = int(checkpoint.model.item.encoder.config.hidden_size)
