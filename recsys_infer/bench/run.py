@@ -228,10 +228,12 @@ def breakdown(engine: Engine, calls: Sequence[Call]) -> dict[str, float]:
     }
 
 
-def _top_ids(engine: Engine, queries: list[dict[str, Any]], k: int) -> list[list[str]]:
+def _top_ids(engine: Engine, queries: list[dict[str, Any]], k: int, *, batch: int = 1) -> list[list[str]]:
+    """Each query's top ``k``, ``batch`` queries to a call: one, as a lone request is served (a
+    dynamic int8 graph scales activations over the whole batch, so batching changes vectors)."""
     out: list[list[str]] = []
-    for start in range(0, len(queries), 64):
-        recs = engine.recommend_batch(queries[start : start + 64], k=min(k, len(engine)))
+    for start in range(0, len(queries), batch):
+        recs = engine.recommend_batch(queries[start : start + batch], k=min(k, len(engine)))
         out += [[r.item_id for r in row] for row in recs]
     return out
 
@@ -502,6 +504,8 @@ def _quality(loaded: _Loaded, config: BenchConfig, say: Callable[[str], None]) -
                 mine = _top_ids(s.engine, qs, 100)
                 for k in (10, 100):
                     quality[f"{group}_overlap@{k}"] = round(_overlap(ref[group], mine, k), 4)
+                batched = _top_ids(s.engine, qs, 10, batch=64)  # as a micro-batching service runs them
+                quality[f"{group}_overlap@10_batched"] = round(_overlap(ref[group], batched, 10), 4)
         if s.name in evals:
             summary = evals[s.name].summary()
             quality.update({m: summary[m] for m in ("recall@10", "ndcg@10")})
@@ -511,7 +515,9 @@ def _quality(loaded: _Loaded, config: BenchConfig, say: Callable[[str], None]) -
                     for m in ("recall@10", "ndcg@10")
                 }
         if s.kind == "peer" and peer_reference is not None:
-            mine_q = s.text_encoder.encode(inputs.requests[: config.overlap_users])
+            # One request to a run, as ours are measured (its int8 export scales by batch too).
+            lone = inputs.requests[: config.overlap_users]
+            mine_q = np.concatenate([s.text_encoder.encode([t]) for t in lone])
             items = s.text_encoder.encode(inputs.catalogue)
             quality["request_overlap@10_vs_own_fp32"] = round(
                 neighbour_overlap(peer_reference[0], mine_q, peer_reference[1], items), 4

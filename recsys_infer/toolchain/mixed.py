@@ -182,7 +182,7 @@ class GraphProbe:
     def __init__(
         self, engine: Engine, reference: Engine, groups: dict[str, Sequence[Query]], *, threads: int | None
     ) -> None:
-        from .fidelity import _stored_vectors, _top
+        from .fidelity import _stored_vectors, _top, served_vectors
 
         encoder = engine.request_encoder
         if not isinstance(encoder, OnnxEncoder):
@@ -194,7 +194,7 @@ class GraphProbe:
         self._threads = threads
         self._items = _stored_vectors(reference)
         self._groups = {name: list(q) for name, q in groups.items() if q}
-        self._ref = {name: reference.encode_users(q) for name, q in self._groups.items()}
+        self._ref = {name: served_vectors(reference, q) for name, q in self._groups.items()}
         self._ref_top = {name: _top(v, self._items, 10) for name, v in self._ref.items()}
 
     def encoder(self, graph: Path) -> OnnxEncoder:
@@ -209,11 +209,11 @@ class GraphProbe:
             users.encoder = encoder
 
     def measure(self, graph: Path) -> dict[str, float]:
-        from .fidelity import _overlap, _top
+        from .fidelity import _overlap, _top, served_vectors
 
         self._swap(self.encoder(graph))
         try:
-            vectors = {name: self._engine.encode_users(q) for name, q in self._groups.items()}
+            vectors = {name: served_vectors(self._engine, q) for name, q in self._groups.items()}
         finally:
             self._swap(self._original)
         overlaps = {
