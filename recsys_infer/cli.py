@@ -525,15 +525,6 @@ def quantize(
             min=0.0, max=1.0, help="auto: the overlap@10 with the reference the mixed graph must hold."
         ),
     ] = 0.95,
-    plan: Annotated[
-        Path | None,
-        typer.Option(
-            help="auto: build the mixed-precision plan of this bundle (one `quantize --mode auto` "
-            "made) instead of searching; for a request tower distilled towards it (prune --int8-plan).",
-            exists=True,
-            file_okay=False,
-        ),
-    ] = None,
     max_overlap_drop: MaxDrop = None,
     reference: Reference = None,
     overwrite: Overwrite = False,
@@ -554,21 +545,12 @@ def quantize(
         reindex=reindex,
         max_overlap_drop=max_overlap_drop,
         target_overlap=target_overlap,
-        plan_from=str(plan) if plan else None,
     )
     result = quantize_bundle(bundle, out, config, reference=reference, overwrite=overwrite)
     if mode is QuantMode.FP16:
         typer.echo("fp16 graphs are for device='cuda'; on the CPU they run, slowly, through casts.")
     _step_summary(result)
     _write_json(json_out, result.to_json())
-
-
-def _int8_units(bundle: Path) -> tuple[str, ...]:
-    """The transformer-block units an auto bundle's plan runs in dynamic int8 (its head, if any,
-    is no block of the encoder that prune distils)."""
-    from .toolchain.mixed import INT8, read_plan
-
-    return tuple(u for u, p in read_plan(bundle).items() if p == INT8 and u.rsplit(".", 1)[-1].isdigit())
 
 
 @app.command()
@@ -604,15 +586,6 @@ def prune(
             "so the int8 graph keeps the fidelity (with --ratio 0: retrain for int8 only).",
         ),
     ] = False,
-    int8_plan: Annotated[
-        Path | None,
-        typer.Option(
-            help="With --quant-aware: a bundle from `quantize --mode auto` whose plan's int8 units are "
-            "distilled in fake int8, the rest in fp32 (then `quantize --mode auto --plan` that bundle).",
-            exists=True,
-            file_okay=False,
-        ),
-    ] = None,
     overwrite: Overwrite = False,
     json_out: JsonOut = None,
 ) -> None:
@@ -627,7 +600,6 @@ def prune(
         batch_size=batch_size,
         learning_rate=lr,
         quant_aware=quant_aware,
-        int8_units=_int8_units(int8_plan) if int8_plan else None,
     )
     result = prune_checkpoint(checkpoint, out, config, data=data, overwrite=overwrite)
     for t in result.towers:

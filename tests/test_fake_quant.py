@@ -75,36 +75,3 @@ def test_fake_quantized_puts_the_layers_back(tower_and_int8) -> None:  # type: i
     after = tower.state_dict()
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
-
-
-def test_a_plans_fake_int8_tracks_its_mixed_graph(tower_and_int8) -> None:  # type: ignore[no-untyped-def]
-    """With a mixed-precision plan's int8 units (``prune --int8-plan``), the emulation rounds those
-    alone and tracks the graph ``quantize --mode auto --plan`` builds from the same plan."""
-    import onnx
-    import onnxruntime as ort
-
-    from recsys_infer.toolchain.fake_quant import FakeQuantLinear, fake_quantized, tokens
-    from recsys_infer.toolchain.mixed import INT8, build_mixed, graph_units
-
-    tower, tok, int8 = tower_and_int8
-    opt = int8.parent / "opt.onnx"
-    units = graph_units(onnx.load(str(opt)))
-    chosen = [u.name for u in units if u.name.startswith(("attention.", "ffn-out."))]
-    build_mixed(opt, int8.parent / "mixed.onnx", units, dict.fromkeys(chosen, INT8))
-    session = ort.InferenceSession(str(int8.parent / "mixed.onnx"), providers=["CPUExecutionProvider"])
-    with fake_quantized(tower.encoder, chosen):  # Q, K, V of 2 layers, and 2 FFN outputs
-        assert sum(isinstance(m, FakeQuantLinear) for m in tower.modules()) == 3 * 2 + 2
-    fp32_err, fq_err = [], []
-    for text in _texts():
-        f = tok([text])
-        graph = session.run(None, {"input_ids": f["input_ids"], "attention_mask": f["attention_mask"]})[0]
-        ids, mask = torch.from_numpy(f["input_ids"]), torch.from_numpy(f["attention_mask"])
-        with torch.no_grad():
-            plain = tower(ids, mask).numpy()
-            with fake_quantized(tower.encoder, chosen), tokens(mask):
-                fake = tower(ids, mask).numpy()
-        fp32_err.append(np.abs(plain - graph).max())
-        fq_err.append(np.abs(fake - graph).max())
-    assert np.median(fq_err) < 0.1 * np.median(fp32_err), (np.median(fq_err), np.median(fp32_err))
-    with pytest.raises(ValueError, match="no such units"), fake_quantized(tower.encoder, ["ffn-in.7"]):
-        pass

@@ -15,15 +15,7 @@ from recsys_infer.errors import ConfigError, FidelityError
 from recsys_infer.runtime.bundle import read_manifest
 from recsys_infer.runtime.schema import encode
 from recsys_infer.toolchain.compress import QuantizeConfig, optimize_bundle, quantize_bundle
-from recsys_infer.toolchain.mixed import (
-    BLOCKWISE,
-    FP32,
-    INT8,
-    build_mixed,
-    graph_units,
-    read_plan,
-    search_plan,
-)
+from recsys_infer.toolchain.mixed import BLOCKWISE, FP32, INT8, build_mixed, graph_units, search_plan
 
 
 @pytest.fixture(scope="module")
@@ -174,26 +166,6 @@ def test_auto_writes_a_measured_mixed_request_graph(seq_optimized: Path, tmp_pat
         graph["int8_units"] > 0
     )
     assert Engine.load(out, device="cpu").recommend(text="something to read", k=3)
-
-
-def test_auto_builds_a_given_plan_without_searching(seq_optimized: Path, tmp_path: Path) -> None:
-    searched = tmp_path / "searched"
-    config = QuantizeConfig(mode="auto", towers="user", target_overlap=0.9)
-    quantize_bundle(seq_optimized, searched, config, progress=False)
-    plan = read_plan(searched)
-    out = tmp_path / "given"
-    config = QuantizeConfig(mode="auto", towers="user", target_overlap=0.9, plan_from=str(searched))
-    quantize_bundle(seq_optimized, out, config, progress=False)
-    manifest = read_manifest(out)
-    record = encode(manifest)["compression"][-1]
-    assert record["plan_from"] == str(searched.resolve())
-    graph = record["graphs"][manifest.towers["request"].file]
-    assert graph["plan"] == plan and graph["search"]["given_plan"] and "sensitivity" not in graph["search"]
-    assert read_plan(out) == plan
-    with pytest.raises(ConfigError, match="no mixed-precision plan"):
-        read_plan(seq_optimized)
-    with pytest.raises(ConfigError, match="--mode auto"):
-        QuantizeConfig(mode="dynamic", plan_from=str(searched))
 
 
 def test_auto_is_for_the_request_path(seq_optimized: Path, tmp_path: Path) -> None:

@@ -51,7 +51,7 @@ from .graphs import (
     quantize_static_graph,
     text_feeds,
 )
-from .mixed import mixed_precision_graph, read_plan
+from .mixed import mixed_precision_graph
 
 __all__ = [
     "QuantizeConfig",
@@ -299,18 +299,14 @@ def quantize_bundle(
     if config.mode is QuantMode.BLOCKWISE:
         step |= {"block_size": config.block_size}
         step.pop("per_channel")
-    plan = None
     if config.mode is QuantMode.AUTO:
         step |= {"target_overlap@10": config.target_overlap}
-        if config.plan_from is not None:
-            plan = read_plan(Path(config.plan_from))
-            step |= {"plan_from": str(Path(config.plan_from).resolve())}
 
     def transform(a: Path, b: Path, readers: list[str]) -> dict[str, Any]:
         if config.mode is QuantMode.AUTO and is_text_graph(a):
             return mixed_precision_graph(
                 src, a, b, reference=ref_path, target=config.target_overlap,
-                keep_fp32=config.keep_fp32, plan=plan, progress=lambda s: logger.info("auto: %s", s),
+                keep_fp32=config.keep_fp32, progress=lambda s: logger.info("auto: %s", s),
             )  # fmt: skip
         if config.mode in (QuantMode.DYNAMIC, QuantMode.AUTO):  # auto: a history graph has no transformer
             return quantize_dynamic_graph(a, b, config)

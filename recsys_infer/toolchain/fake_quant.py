@@ -14,7 +14,7 @@ the graph.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -65,41 +65,21 @@ class FakeQuantLinear(nn.Module):
             return F.linear(x, _fake_quant_weight(self.linear.weight.float()), self.linear.bias)
 
 
-#: A linear layer's place in a BERT block, as the unit ``quantize --mode auto`` names it
-#: (``mixed.graph_units``): Q, K and V are one fused attention there.
-_UNIT_OF = {
-    "attention.self.query": "attention",
-    "attention.self.key": "attention",
-    "attention.self.value": "attention",
-    "attention.output.dense": "attention-out",
-    "intermediate.dense": "ffn-in",
-    "output.dense": "ffn-out",
-}
-
-
-def block_units(encoder: Any) -> dict[str, list[tuple[nn.Module, str, nn.Linear]]]:
-    """The transformer blocks' linear layers (parent module, attribute, layer) by unit name
-    (``ffn-in.3``, ``attention.0``, ...)."""
-    found: dict[str, list[tuple[nn.Module, str, nn.Linear]]] = {}
-    for i, block in enumerate(encoder.encoder.layer):
-        for path, child in block.named_modules():
-            if isinstance(child, nn.Linear):
-                parent_path, _, name = path.rpartition(".")
-                role = _UNIT_OF.get(path, path)
-                found.setdefault(f"{role}.{i}", []).append((block.get_submodule(parent_path), name, child))
+def _block_linears(encoder: Any) -> list[tuple[nn.Module, str, nn.Linear]]:
+    found = []
+    for block in encoder.encoder.layer:
+        for parent in block.modules():
+            for name, child in parent.named_children():
+                if isinstance(child, nn.Linear):
+                    found.append((parent, name, child))
     return found
 
 
 @contextmanager
-def fake_quantized(encoder: Any, units: Collection[str] | None = None) -> Iterator[None]:
+def fake_quantized(encoder: Any) -> Iterator[None]:
     """Within the block, ``encoder``'s transformer blocks compute their linear layers in fake
-    int8 (only those of ``units`` when given: a mixed-precision plan's int8 units, the others
-    staying fp32 as they will in the graph); the original modules (which hold the trained
-    weights) are put back afterwards."""
-    by_unit = block_units(encoder)
-    if units is not None and set(units) - set(by_unit):
-        raise ValueError(f"no such units in this encoder: {sorted(set(units) - set(by_unit))}")
-    linears = [lin for unit, group in by_unit.items() if units is None or unit in units for lin in group]
+    int8; the original modules (which hold the trained weights) are put back afterwards."""
+    linears = _block_linears(encoder)
     for parent, name, linear in linears:
         setattr(parent, name, FakeQuantLinear(linear))
     try:

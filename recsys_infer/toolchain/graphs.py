@@ -41,7 +41,6 @@ class QuantizeConfig:
     reindex: bool = False
     max_overlap_drop: float | None = None
     target_overlap: float = 0.95  # auto: the request overlap@10 the mixed graph must hold
-    plan_from: str | None = None  # auto: build the plan this auto bundle holds instead of searching
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", QuantMode(self.mode))
@@ -54,8 +53,6 @@ class QuantizeConfig:
             raise ConfigError(f"calibration_size must be at least 8, got {self.calibration_size}")
         if self.max_overlap_drop is not None and not 0 <= self.max_overlap_drop <= 1:
             raise ConfigError(f"max_overlap_drop must lie in [0, 1], got {self.max_overlap_drop}")
-        if self.plan_from is not None and self.mode is not QuantMode.AUTO:
-            raise ConfigError("a plan (--plan) is built by --mode auto only")
         if not 0 < self.target_overlap <= 1:
             raise ConfigError(f"target_overlap must lie in (0, 1], got {self.target_overlap}")
 

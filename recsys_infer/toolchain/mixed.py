@@ -345,18 +345,6 @@ def search_plan(
     )
 
 
-def read_plan(bundle: Path) -> dict[str, str]:
-    """The mixed-precision plan (unit -> precision) that ``quantize --mode auto`` wrote into
-    ``bundle``'s manifest; a :class:`ConfigError` when the bundle has none."""
-    from recsys_infer.runtime.bundle import read_manifest
-
-    for step in reversed(read_manifest(bundle).compression):
-        for graph in dict(step.extra.get("graphs") or {}).values():
-            if isinstance(graph, dict) and isinstance(graph.get("plan"), dict):
-                return {str(k): str(v) for k, v in graph["plan"].items()}
-    raise ConfigError(f"{bundle} holds no mixed-precision plan: make one with quantize --mode auto")
-
-
 def _kept_precisions(
     graph: Path,
     units: Sequence[Unit],
@@ -384,14 +372,11 @@ def mixed_precision_graph(
     reference: Path,
     target: float,
     keep_fp32: Sequence[str] = (),
-    plan: dict[str, str] | None = None,
     threads: int | None = None,
     progress: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
     """Search and write the mixed-precision form of ``bundle``'s request-path text ``graph``;
-    the record of the search (sensitivities, candidates, the plan, measured latency). With a
-    ``plan`` (:func:`read_plan`; for a graph distilled towards it, ``prune --int8-plan``) nothing
-    is searched: the plan is built and measured as it is."""
+    the record of the search (sensitivities, candidates, the plan, measured latency)."""
     import onnx
 
     from .fidelity import probe_queries
@@ -414,22 +399,11 @@ def mixed_precision_graph(
     probe = GraphProbe(engine, ref, groups, threads=threads)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="recsys-infer-auto-") as tmp:
-        if plan is None:
-            kept = _kept_precisions(graph, units, probe, requests, Path(tmp), progress)
-            result = search_plan(
-                graph, units, probe, target=target, workdir=Path(tmp), kept=kept["try"], progress=progress
-            )
-            built = build_mixed(graph, dst, units, result.plan)
-        else:
-            if set(plan) != {u.name for u in units}:
-                raise ConfigError(
-                    f"the plan's units {sorted(plan)} are not this graph's {sorted(u.name for u in units)}: "
-                    "a plan applies to a graph of the same architecture (and the same --keep-fp32)"
-                )
-            kept = {"try": sorted(set(plan.values()) - {INT8}), "latency": None}
-            built = build_mixed(graph, dst, units, plan)
-            record = {"target_overlap@10": target, "given_plan": True}
-            result = SearchResult(dict(plan), probe.measure(dst), record)
+        kept = _kept_precisions(graph, units, probe, requests, Path(tmp), progress)
+        result = search_plan(
+            graph, units, probe, target=target, workdir=Path(tmp), kept=kept["try"], progress=progress
+        )
+        built = build_mixed(graph, dst, units, result.plan)
         progress("measuring latency")
         latency = probe.latency({"input": graph, "mixed": dst}, texts=[q.text or "" for q in requests[:200]])
     speedup = {key: round(latency["input"][key] / latency["mixed"][key], 3) for key in latency["input"]}

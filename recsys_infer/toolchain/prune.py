@@ -74,9 +74,6 @@ class PruneConfig:
     temperature: float = 0.05
     importance_batches: int = 8
     quant_aware: bool = False
-    # With quant_aware: the units (as ``quantize --mode auto`` names them: ``ffn-in.3``, ...)
-    # computed in fake int8, the others left fp32 as a mixed-precision plan leaves them; None: all.
-    int8_units: tuple[str, ...] | None = None
     ranking_temperature: float = 0.02
     ranking_weight: float = 1.0
     # bf16 autocast for distillation; None: where the CPU computes bf16 natively (and never with
@@ -97,15 +94,6 @@ class PruneConfig:
             )
         if self.layers < 0 or self.distill_steps < 0:
             raise ConfigError("layers and distill_steps must be 0 or more")
-        if self.int8_units is not None:
-            object.__setattr__(self, "int8_units", tuple(self.int8_units))
-            if not self.quant_aware:
-                raise ConfigError("a mixed-precision plan's int8 units only mean something with quant_aware")
-            if self.layers:
-                raise ConfigError(
-                    "a mixed-precision plan names the unpruned encoder's layers: it cannot be combined "
-                    "with dropping layers"
-                )
         if self.batch_size < 2:
             raise ConfigError("batch_size must be at least 2 (the retrieval loss needs negatives)")
 
@@ -364,7 +352,7 @@ def _agreement(
     """:func:`agreement`, and with ``quant_aware`` the same measured in fake int8 (``int8_`` keys)."""
     out = agreement(student, teacher, batches, texts, catalogue)
     if config.quant_aware:
-        with fake_quantized(student.encoder, config.int8_units):
+        with fake_quantized(student.encoder):
             fq = agreement(student, teacher, batches, texts, catalogue)
         out |= {f"int8_{k}": v for k, v in fq.items()}
     return out
@@ -428,7 +416,7 @@ def distill(
     forward = _forward if catalogue is None else _embed
     # Eval mode: dropout would have the student chase a noisy copy of the teacher's vectors.
     student.eval()
-    with fake_quantized(student.encoder, config.int8_units) if config.quant_aware else nullcontext():
+    with fake_quantized(student.encoder) if config.quant_aware else nullcontext():
         for step in range(config.distill_steps):
             features, targets = batches.sample()
             with torch.no_grad():
