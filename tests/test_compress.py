@@ -20,6 +20,7 @@ from recsys_infer.errors import BundleError, DeviceUnavailableError, FidelityErr
 from recsys_infer.runtime.bundle import read_manifest, sha256_file
 from recsys_infer.runtime.schema import encode
 from recsys_infer.toolchain.compress import QuantizeConfig, optimize_bundle, probe_queries, quantize_bundle
+from recsys_infer.toolchain.fidelity import served_vectors
 
 
 def _ops(path: Path) -> Counter[str]:
@@ -86,8 +87,15 @@ def test_dynamic_int8_user_tower(tiny_bundle: Path, optimized: Path, tmp_path: P
     assert [s["step"] for s in encode(manifest)["compression"]] == ["optimize", "quantize"]
     assert 0.0 < result.fidelity["overlap@10"] <= 1.0
     assert result.fidelity["item"]["min_cosine"] > 0.9999  # the item tower was not touched
+    assert 0.0 < result.fidelity["queries"]["request"]["overlap@10_batched"] <= 1.0
     engine = Engine.load(out, device="cpu")
     assert len(engine.recommend(history=list(engine.item_ids[:3]), k=5)) == 5
+    # Why fidelity encodes one query per run: dynamic int8 scales activations over the batch, so
+    # a request's vector among others is not the one it gets alone.
+    _, requests = probe_queries(engine, limit=64)
+    alone, batched = served_vectors(engine, requests), engine.encode_users(requests)
+    assert alone.shape == batched.shape and not np.allclose(alone, batched, rtol=0, atol=1e-6)
+    assert np.allclose(alone[:1], engine.encode_users(requests[:1]))
     with pytest.raises(DeviceUnavailableError):
         Engine.load(out, device="cuda")
 
