@@ -89,13 +89,12 @@ def measure_fidelity(reference: Engine, candidate: Engine, *, item_sample: int =
         ref_users = served_vectors(reference, queries)
         new_users = served_vectors(candidate, queries)
         entry: dict[str, Any] = {"count": len(queries), **_cosines(ref_users, new_users)}
-        for k in (10, 100):
-            entry[f"overlap@{k}"] = round(
-                _overlap(_top(ref_users, ref_items, k), _top(new_users, new_items, k)), 4
-            )
+        ref_top = {k: _top(ref_users, ref_items, k) for k in (10, 100)}
+        for k, top in ref_top.items():
+            entry[f"overlap@{k}"] = round(_overlap(top, _top(new_users, new_items, k)), 4)
         # The same queries encoded 64 to a run, as a micro-batching service may run them.
         batched = _top(candidate.encode_users(queries), new_items, 10)
-        entry["overlap@10_batched"] = round(_overlap(_top(ref_users, ref_items, 10), batched), 4)
+        entry["overlap@10_batched"] = round(_overlap(ref_top[10], batched), 4)
         result["queries"][name] = entry
     texts = [i.text for i in reference.items(reference.item_ids)]
     step = max(1, len(texts) // item_sample)
