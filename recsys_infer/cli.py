@@ -525,6 +525,14 @@ def quantize(
             min=0.0, max=1.0, help="auto: the overlap@10 with the reference the mixed graph must hold."
         ),
     ] = 0.95,
+    smooth: Annotated[
+        str | None,
+        typer.Option(
+            help="dynamic/auto, --tower user: smooth the request graph's activations before int8 "
+            "(SmoothQuant): off, auto (strength chosen on the probe's requests) or a strength in "
+            "(0, 1). Default: auto for --mode auto, off otherwise.",
+        ),
+    ] = None,
     max_overlap_drop: MaxDrop = None,
     reference: Reference = None,
     overwrite: Overwrite = False,
@@ -545,6 +553,7 @@ def quantize(
         reindex=reindex,
         max_overlap_drop=max_overlap_drop,
         target_overlap=target_overlap,
+        smooth=smooth,
     )
     result = quantize_bundle(bundle, out, config, reference=reference, overwrite=overwrite)
     if mode is QuantMode.FP16:

@@ -11,7 +11,7 @@ A recipe is a TOML file in ``export/``. Its tables, each optional except where s
   is measured against.
 - ``[[steps]]``: after export, in order. ``kind = "optimize"`` or ``kind = "quantize"`` with the
   options of those commands (``mode``, ``tower``, ``keep_fp32``, ``calibration``,
-  ``calibration_size``, ``per_channel``, ``reindex``).
+  ``calibration_size``, ``per_channel``, ``reindex``, ``target_overlap``, ``smooth``).
 - ``[gate]``: ``max_overlap_drop``, applied to every step.
 
 Intermediate checkpoints and bundles go to a work folder (default ``<out>.work/``), so a failed
@@ -47,6 +47,7 @@ _STEP_KEYS = {
         "per_channel",
         "reindex",
         "target_overlap",
+        "smooth",
     },
 }
 _PRUNE_KEYS = {"ratio", "layers", "tower", "distill_steps", "batch_size", "learning_rate"}

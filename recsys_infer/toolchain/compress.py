@@ -42,6 +42,7 @@ from .fidelity import check_answers, check_gate, measure_fidelity, probe_queries
 from .graphs import (
     QuantizeConfig,
     _Feeds,
+    _matmuls_to_keep,
     fp16_graph,
     history_feeds,
     is_text_graph,
@@ -51,7 +52,7 @@ from .graphs import (
     quantize_static_graph,
     text_feeds,
 )
-from .mixed import mixed_precision_graph
+from .mixed import mixed_precision_graph, smoothed_dynamic_graph
 
 __all__ = [
     "QuantizeConfig",
@@ -301,13 +302,27 @@ def quantize_bundle(
         step.pop("per_channel")
     if config.mode is QuantMode.AUTO:
         step |= {"target_overlap@10": config.target_overlap}
+    if config.mode in (QuantMode.DYNAMIC, QuantMode.AUTO):
+        step |= {"smooth": config.smooth}
 
     def transform(a: Path, b: Path, readers: list[str]) -> dict[str, Any]:
         if config.mode is QuantMode.AUTO and is_text_graph(a):
             return mixed_precision_graph(
-                src, a, b, reference=ref_path, target=config.target_overlap,
-                keep_fp32=config.keep_fp32, progress=lambda s: logger.info("auto: %s", s),
+                src, a, b, reference=ref_path, target=config.target_overlap, keep_fp32=config.keep_fp32,
+                smooth=config.smooth_alpha, progress=lambda s: logger.info("auto: %s", s),
             )  # fmt: skip
+        if config.mode is QuantMode.DYNAMIC and config.smooth_alpha is not None and is_text_graph(a):
+            import onnx
+
+            exclude = _matmuls_to_keep(onnx.load(str(a)).graph, config.keep_fp32)
+            return {
+                "kept_fp32": exclude,
+                "op_types": ["MatMul", "Attention"],
+                **smoothed_dynamic_graph(
+                    src, a, b, reference=ref_path, smooth=config.smooth_alpha, exclude=exclude,
+                    per_channel=config.per_channel, progress=lambda s: logger.info("dynamic: %s", s),
+                ),
+            }  # fmt: skip
         if config.mode in (QuantMode.DYNAMIC, QuantMode.AUTO):  # auto: a history graph has no transformer
             return quantize_dynamic_graph(a, b, config)
         if config.mode is QuantMode.BLOCKWISE:

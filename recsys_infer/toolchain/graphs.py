@@ -41,6 +41,10 @@ class QuantizeConfig:
     reindex: bool = False
     max_overlap_drop: float | None = None
     target_overlap: float = 0.95  # auto: the request overlap@10 the mixed graph must hold
+    # Activation smoothing of the request path's text graph before int8 (toolchain.smooth):
+    # "off", "auto" (its strength searched on the probe) or a strength in (0, 1). None: the
+    # mode's default, "auto" for --mode auto and "off" for the others.
+    smooth: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", QuantMode(self.mode))
@@ -55,6 +59,33 @@ class QuantizeConfig:
             raise ConfigError(f"max_overlap_drop must lie in [0, 1], got {self.max_overlap_drop}")
         if not 0 < self.target_overlap <= 1:
             raise ConfigError(f"target_overlap must lie in (0, 1], got {self.target_overlap}")
+        if self.smooth is None:
+            object.__setattr__(self, "smooth", "auto" if self.mode is QuantMode.AUTO else "off")
+        smooth = str(self.smooth).strip().lower()
+        if smooth not in ("off", "auto"):
+            try:
+                alpha = float(smooth)
+            except ValueError:
+                alpha = -1.0
+            if not 0 < alpha < 1:
+                raise ConfigError(f"smooth must be off, auto or a strength in (0, 1), got {self.smooth!r}")
+            smooth = str(alpha)
+        object.__setattr__(self, "smooth", smooth)
+        if smooth != "off":
+            if self.mode not in (QuantMode.DYNAMIC, QuantMode.AUTO):
+                raise ConfigError(
+                    f"smoothing goes before dynamic int8 (--mode dynamic or auto), not --mode {self.mode}"
+                )
+            if self.towers is not TowerChoice.USER:
+                raise ConfigError(
+                    "smoothing is measured on the probe's requests, so it applies to the request path "
+                    "only: pass --tower user, or --smooth off"
+                )
+
+    @property
+    def smooth_alpha(self) -> float | str | None:
+        """The smoothing asked for: a strength, "auto", or None (off)."""
+        return None if self.smooth == "off" else "auto" if self.smooth == "auto" else float(str(self.smooth))
 
 
 def _is_bert(graph: Any) -> bool:

@@ -364,21 +364,12 @@ def _kept_precisions(
     return {"try": [BLOCKWISE, FP32] if faster else [FP32], "latency": latency}
 
 
-def mixed_precision_graph(
-    bundle: Path,
-    graph: Path,
-    dst: Path,
-    *,
-    reference: Path,
-    target: float,
-    keep_fp32: Sequence[str] = (),
-    threads: int | None = None,
-    progress: Callable[[str], None] = lambda _: None,
-) -> dict[str, Any]:
-    """Search and write the mixed-precision form of ``bundle``'s request-path text ``graph``;
-    the record of the search (sensitivities, candidates, the plan, measured latency)."""
-    import onnx
-
+def request_probe(
+    bundle: Path, reference: Path, *, threads: int | None = None
+) -> tuple[GraphProbe, list[Query], list[str]]:
+    """The probe for ``bundle``'s request-path text graph against ``reference``; the probe's
+    requests; and the texts the graph reads for them (for a text user tower, the users' texts
+    too), which calibrate smoothing."""
     from .fidelity import probe_queries
 
     engine = Engine.load(bundle, device=Device.CPU, exact=True, verify=False, threads=threads)
@@ -389,21 +380,113 @@ def mixed_precision_graph(
             f"no probe request could be built for {reference}: nothing to measure the search on"
         )
     groups: dict[str, Sequence[Query]] = {"request": requests}
+    texts = [q.text or "" for q in requests]
     if isinstance(engine.user_encoder, TextUserEncoder):
         groups["user"] = users
+        texts += [engine.user_text(q) for q in users]
+    return GraphProbe(engine, ref, groups, threads=threads), requests, texts
+
+
+def _smoothed(
+    graph: Path,
+    probe: GraphProbe,
+    texts: Sequence[str],
+    smooth: float | str,
+    workdir: Path,
+    *,
+    exclude: Sequence[str] = (),
+    per_channel: bool = True,
+    progress: Callable[[str], None] = lambda _: None,
+) -> tuple[Path, dict[str, Any]]:
+    """``graph`` smoothed as ``smooth`` asks (a strength, or "auto": searched in dynamic int8 on
+    the probe); the graph to quantize (``graph`` itself when no smoothing won) and its record."""
+    from .smooth import activation_ranges, smooth_graph, smooth_search
+
+    progress(f"smoothing: activation ranges over {len(texts)} probe texts")
+    ranges = activation_ranges(graph, (probe.tokenizer([t]) for t in texts))
+    record: dict[str, Any] = {"calibration_texts": len(texts)}
+    alpha: float | None
+    if smooth == "auto":
+
+        def quantize(a: Path, b: Path) -> None:
+            with _quiet_quantizer():
+                dynamic_int8(a, b, ops=["MatMul", "Attention"], exclude=exclude, per_channel=per_channel)
+
+        alpha, searched = smooth_search(graph, ranges, probe.measure, quantize, workdir, progress=progress)
+        record |= searched
+    else:
+        alpha = float(smooth)
+    if alpha is None:
+        return graph, {**record, "alpha": None}
+    out = workdir / "smoothed.onnx"
+    return out, {**record, **smooth_graph(graph, out, ranges, alpha)}
+
+
+def smoothed_dynamic_graph(
+    bundle: Path,
+    graph: Path,
+    dst: Path,
+    *,
+    reference: Path,
+    smooth: float | str,
+    exclude: Sequence[str] = (),
+    per_channel: bool = True,
+    threads: int | None = None,
+    progress: Callable[[str], None] = lambda _: None,
+) -> dict[str, Any]:
+    """``bundle``'s request-path text ``graph`` smoothed (:mod:`.smooth`), then in dynamic int8."""
+    probe, _, texts = request_probe(bundle, reference, threads=threads)
+    with tempfile.TemporaryDirectory(prefix="recsys-infer-smooth-") as tmp:
+        source, record = _smoothed(
+            graph,
+            probe,
+            texts,
+            smooth,
+            Path(tmp),
+            exclude=exclude,
+            per_channel=per_channel,
+            progress=progress,
+        )
+        with _quiet_quantizer():
+            dynamic_int8(source, dst, ops=["MatMul", "Attention"], exclude=exclude, per_channel=per_channel)
+    return {"smoothing": record}
+
+
+def mixed_precision_graph(
+    bundle: Path,
+    graph: Path,
+    dst: Path,
+    *,
+    reference: Path,
+    target: float,
+    keep_fp32: Sequence[str] = (),
+    smooth: float | str | None = None,
+    threads: int | None = None,
+    progress: Callable[[str], None] = lambda _: None,
+) -> dict[str, Any]:
+    """Search and write the mixed-precision form of ``bundle``'s request-path text ``graph``
+    (smoothed first when ``smooth`` asks); the record of the search (smoothing, sensitivities,
+    candidates, the plan, measured latency against ``graph`` as it came)."""
+    import onnx
+
+    probe, requests, texts = request_probe(bundle, reference, threads=threads)
     model = onnx.load(str(graph))
     fixed = set(_matmuls_to_keep(model.graph, keep_fp32))
     units = [u for u in graph_units(model) if not fixed & set(u.nodes)]
     if not units:
         raise ConfigError(f"{graph.name} has no matrix product left to quantize")
-    probe = GraphProbe(engine, ref, groups, threads=threads)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="recsys-infer-auto-") as tmp:
-        kept = _kept_precisions(graph, units, probe, requests, Path(tmp), progress)
+        source, smoothing = graph, None
+        if smooth is not None:
+            source, smoothing = _smoothed(
+                graph, probe, texts, smooth, Path(tmp), exclude=sorted(fixed), progress=progress
+            )
+        kept = _kept_precisions(source, units, probe, requests, Path(tmp), progress)
         result = search_plan(
-            graph, units, probe, target=target, workdir=Path(tmp), kept=kept["try"], progress=progress
+            source, units, probe, target=target, workdir=Path(tmp), kept=kept["try"], progress=progress
         )
-        built = build_mixed(graph, dst, units, result.plan)
+        built = build_mixed(source, dst, units, result.plan)
         progress("measuring latency")
         latency = probe.latency({"input": graph, "mixed": dst}, texts=[q.text or "" for q in requests[:200]])
     speedup = {key: round(latency["input"][key] / latency["mixed"][key], 3) for key in latency["input"]}
@@ -416,6 +499,7 @@ def mixed_precision_graph(
     return {
         **built,
         "kept_fp32": sorted(fixed),
+        **({"smoothing": smoothing} if smoothing is not None else {}),
         "search": {
             **result.record,
             "kept_precision": kept,
