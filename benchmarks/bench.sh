@@ -8,9 +8,9 @@
 #       defaults: ../shared/data, ../runs, benchmarks/results
 #
 # A variant folder that already exists is kept (delete it to rebuild). Building the variants
-# takes about 35 minutes on 2 cores (the int8-aware distillation's 800 steps about 25 of them, each
-# auto search 1.5); the bench itself took 7 minutes on a 2-core Emerald Rapids with AMX
-# (2026-12-06), 33 on an AVX2-only EPYC and 13 on one with VNNI (2026-12-02).
+# takes about 40 minutes on 2 cores (the int8-aware distillation's 800 steps about 25 of them, each
+# auto search about 2, the smoothed int8 under 1); the bench itself took 8 minutes on a 2-core
+# Emerald Rapids with AMX (2026-12-06), 33 on an AVX2-only EPYC and 13 on one with VNNI (2026-12-02).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:-../shared/data}/ml-latest-small
@@ -31,9 +31,14 @@ build() {  # build NAME COMMAND...: skip when the bundle exists
 }
 build opt $CLI optimize "$REF" --out "$C/opt"
 build int8 $CLI quantize "$C/opt" --out "$C/int8" --mode dynamic --tower user
-# Mixed precision searched on the probe's requests: the fastest graph holding each target.
+# The same with the request graph's activations smoothed first, the strength chosen on the probe.
+build int8-smooth $CLI quantize "$C/opt" --out "$C/int8-smooth" --mode dynamic --tower user --smooth auto
+# Mixed precision searched on the probe's requests: the fastest graph holding each target, on
+# the smoothed graph (auto's default), and at 0.95 without smoothing for comparison.
 build auto95 $CLI quantize "$C/opt" --out "$C/auto95" --mode auto --tower user --target-overlap 0.95
 build auto90 $CLI quantize "$C/opt" --out "$C/auto90" --mode auto --tower user --target-overlap 0.90
+build auto95-plain $CLI quantize "$C/opt" --out "$C/auto95-plain" --mode auto --tower user --target-overlap 0.95 \
+  --smooth off
 # The catalogue side: a dynamic int8 item tower, the index rebuilt with it (--reindex).
 build item-int8 $CLI quantize "$C/opt" --out "$C/item-int8" --mode dynamic --tower item --reindex
 # int8-aware distillation of the request tower (prune --quant-aware, --ratio 0: nothing pruned):
@@ -44,5 +49,6 @@ build req-q6 $CLI export "$C/req-q6-ckpt" --out "$C/req-q6" --reference "$REF"
 build req-q6-opt $CLI optimize "$C/req-q6" --out "$C/req-q6-opt" --tower user
 build req-q6-int8 $CLI quantize "$C/req-q6-opt" --out "$C/req-q6-int8" --mode dynamic --tower user
 
-$CLI bench "$REF" "$C/opt" "$C/int8" "$C/auto95" "$C/auto90" "$C/req-q6-int8" "$C/item-int8" --data "$DATA" \
+$CLI bench "$REF" "$C/opt" "$C/int8" "$C/int8-smooth" "$C/auto95" "$C/auto90" "$C/auto95-plain" "$C/req-q6-int8" \
+  "$C/item-int8" --data "$DATA" \
   --reference "$CKPT" --threads 2 --json "$OUT/bench.json" --md "$OUT/bench.md" --plot "$OUT/bench.png"
