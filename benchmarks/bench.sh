@@ -41,6 +41,8 @@ build auto95-plain $CLI quantize "$C/opt" --out "$C/auto95-plain" --mode auto --
   --smooth off
 # The catalogue side: a dynamic int8 item tower, the index rebuilt with it (--reindex).
 build item-int8 $CLI quantize "$C/opt" --out "$C/item-int8" --mode dynamic --tower item --reindex
+build item-int8-smooth $CLI quantize "$C/opt" --out "$C/item-int8-smooth" --mode dynamic --tower item --reindex \
+  --smooth auto
 # int8-aware distillation of the request tower (prune --quant-aware, --ratio 0: nothing pruned):
 # all six layers retrained for dynamic int8, then quantized so.
 build req-q6-ckpt $CLI prune "$CKPT" --ratio 0 --tower user --quant-aware --distill-steps 800 --batch-size 64 \
@@ -50,5 +52,5 @@ build req-q6-opt $CLI optimize "$C/req-q6" --out "$C/req-q6-opt" --tower user
 build req-q6-int8 $CLI quantize "$C/req-q6-opt" --out "$C/req-q6-int8" --mode dynamic --tower user
 
 $CLI bench "$REF" "$C/opt" "$C/int8" "$C/int8-smooth" "$C/auto95" "$C/auto90" "$C/auto95-plain" "$C/req-q6-int8" \
-  "$C/item-int8" --data "$DATA" \
+  "$C/item-int8" "$C/item-int8-smooth" --data "$DATA" \
   --reference "$CKPT" --threads 2 --json "$OUT/bench.json" --md "$OUT/bench.md" --plot "$OUT/bench.png"

@@ -528,9 +528,10 @@ def quantize(
     smooth: Annotated[
         str | None,
         typer.Option(
-            help="dynamic/auto, --tower user: smooth the request graph's activations before int8 "
-            "(SmoothQuant): off, auto (strength chosen on the probe's requests) or a strength in "
-            "(0, 1). Default: auto for --mode auto, off otherwise.",
+            help="dynamic/auto, --tower user or item: smooth the text graph's activations before "
+            "int8 (SmoothQuant): off, auto (strength chosen on the probe's requests, or on the "
+            "catalogue for the item tower) or a strength in (0, 1). Default: auto for --mode auto, "
+            "off otherwise.",
         ),
     ] = None,
     max_overlap_drop: MaxDrop = None,

@@ -186,3 +186,22 @@ def test_auto_mode_smooths_by_default(seq_optimized: Path, tmp_path: Path) -> No
 def test_smoothing_options_are_checked(options: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         QuantizeConfig(**options)  # type: ignore[arg-type]
+
+
+def test_the_item_tower_is_smoothed_on_the_catalogue(seq_optimized: Path, tmp_path: Path) -> None:
+    out = tmp_path / "item"
+    config = QuantizeConfig(mode="dynamic", towers="item", smooth="auto", reindex=True)
+    quantize_bundle(seq_optimized, out, config, progress=False)
+    manifest = read_manifest(out)
+    record = encode(manifest)["compression"][-1]
+    graph = manifest.towers["item"].file
+    assert manifest.towers["request"].file != graph, "the request path keeps its own graph"
+    smoothing = record["graphs"][graph]["smoothing"]
+    assert "catalogue texts" in smoothing["measured_on"]
+    assert [t["alpha"] for t in smoothing["tried"]] == [None, *ALPHAS]
+    assert smoothing["alpha"] == max(smoothing["tried"], key=lambda t: t["mean_cosine"])["alpha"]
+    nodes = onnx.load(str(out / graph)).graph.node
+    assert (sum(n.name.endswith(SUFFIX) for n in nodes) > 0) == (smoothing["alpha"] is not None)
+    assert any(n.op_type in ("DynamicQuantizeMatMul", "MatMulInteger") for n in nodes)
+    assert record["reindexed"] is True
+    assert Engine.load(out, device="cpu").recommend(text="something to read", k=3)

@@ -315,14 +315,17 @@ def quantize_bundle(
             import onnx
 
             exclude = _matmuls_to_keep(onnx.load(str(a)).graph, config.keep_fp32)
-            return {
-                "kept_fp32": exclude,
-                "op_types": ["MatMul", "Attention"],
-                **smoothed_dynamic_graph(
-                    src, a, b, reference=ref_path, smooth=config.smooth_alpha, exclude=exclude,
+            smooth = config.smooth_alpha
+            if readers == ["item"]:
+                smoothing = _smoothed_item_graph(
+                    src, ref_path, a, b, smooth=smooth, exclude=exclude, per_channel=config.per_channel
+                )
+            else:
+                smoothing = smoothed_dynamic_graph(
+                    src, a, b, reference=ref_path, smooth=smooth, exclude=exclude,
                     per_channel=config.per_channel, progress=lambda s: logger.info("dynamic: %s", s),
-                ),
-            }  # fmt: skip
+                )  # fmt: skip
+            return {"kept_fp32": exclude, "op_types": ["MatMul", "Attention"], "smoothing": smoothing}
         if config.mode in (QuantMode.DYNAMIC, QuantMode.AUTO):  # auto: a history graph has no transformer
             return quantize_dynamic_graph(a, b, config)
         if config.mode is QuantMode.BLOCKWISE:
@@ -354,6 +357,50 @@ def quantize_bundle(
         overwrite=overwrite,
         progress=progress,
     )
+
+
+def _smoothed_item_graph(
+    src: Path,
+    reference: Path,
+    graph: Path,
+    dst: Path,
+    *,
+    smooth: float | str,
+    exclude: list[str],
+    per_channel: bool,
+    calibration: int = 500,
+    sample: int = 1000,
+) -> dict[str, Any]:
+    """The item tower's ``graph`` smoothed, then in dynamic int8 (``toolchain.smooth``). The
+    ranges come from ``calibration`` catalogue texts; each strength is judged by the mean cosine
+    of ``sample`` other catalogue texts' vectors to the reference item tower's, encoded in batches
+    as reindexing encodes the catalogue."""
+    from recsys_infer.runtime.encoder import OnnxEncoder
+    from recsys_infer.runtime.providers import create_session
+
+    from .smooth import smoothed_int8
+
+    engine = Engine.load(src, device=Device.CPU, exact=True, verify=False)
+    ref = Engine.load(reference, device=Device.CPU, exact=True, verify=False)
+    items, target = engine.item_encoder, ref.item_encoder
+    if not isinstance(items, OnnxEncoder):
+        raise ConfigError(f"{src} has no ONNX item tower to smooth")
+    texts = [item.text for item in engine.items(engine.item_ids)]
+    every = max(1, len(texts) // (calibration + sample))
+    spread = texts[::every]
+    held, calib = spread[::2][:sample], spread[1::2][:calibration] or spread[:calibration]
+    wanted = unit_rows(target.encode(held))
+
+    def measure(path: Path) -> dict[str, float]:
+        encoder = OnnxEncoder(create_session(path, Device.CPU), items.tokenizer, dim=items.dim)
+        cos = np.sum(unit_rows(encoder.encode(held)) * wanted, axis=1)
+        return {"mean_cosine": round(float(cos.mean()), 6), "min_cosine": round(float(cos.min()), 6)}
+
+    record = smoothed_int8(
+        graph, dst, [items.tokenizer([t]) for t in calib], smooth, measure=measure, exclude=exclude,
+        per_channel=per_channel, progress=lambda s: logger.info("dynamic (item): %s", s),
+    )  # fmt: skip
+    return {**record, "measured_on": f"{len(held)} catalogue texts' item vectors"}
 
 
 def _calibration(src: Path, manifest: Manifest, readers: list[str], size: int) -> _Feeds:

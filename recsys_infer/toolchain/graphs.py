@@ -6,10 +6,12 @@ their own; nothing here changes the process's working directory.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +43,7 @@ class QuantizeConfig:
     reindex: bool = False
     max_overlap_drop: float | None = None
     target_overlap: float = 0.95  # auto: the request overlap@10 the mixed graph must hold
-    # Activation smoothing of the request path's text graph before int8 (toolchain.smooth):
+    # Activation smoothing of a text graph before dynamic int8 (toolchain.smooth):
     # "off", "auto" (its strength searched on the probe) or a strength in (0, 1). None: the
     # mode's default, "auto" for --mode auto and "off" for the others.
     smooth: str | None = None
@@ -76,10 +78,11 @@ class QuantizeConfig:
                 raise ConfigError(
                     f"smoothing goes before dynamic int8 (--mode dynamic or auto), not --mode {self.mode}"
                 )
-            if self.towers is not TowerChoice.USER:
+            if self.towers is TowerChoice.BOTH:
                 raise ConfigError(
-                    "smoothing is measured on the probe's requests, so it applies to the request path "
-                    "only: pass --tower user, or --smooth off"
+                    "smoothing is calibrated and measured per side (the probe's requests for the user "
+                    "side, the catalogue for the item side): pass --tower user or --tower item, or "
+                    "--smooth off"
                 )
 
     @property
@@ -153,6 +156,24 @@ def quantize_dynamic_graph(src: Path, dst: Path, config: QuantizeConfig) -> dict
     ops = ["MatMul", "Attention"] if _is_bert(graph) else ["MatMul"]
     dynamic_int8(src, dst, ops=ops, exclude=excluded, per_channel=config.per_channel)
     return {"kept_fp32": excluded, "op_types": ops}
+
+
+class _DropAdvice(logging.Filter):
+    """The quantizer's advice to pre-process, logged on every call: once is enough for a search
+    that quantizes the graph thirty times."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Please consider to run pre-processing")
+
+
+@contextlib.contextmanager
+def quiet_quantizer() -> Iterator[None]:
+    root, drop = logging.getLogger(), _DropAdvice()
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
 
 
 def dynamic_int8(

@@ -34,14 +34,13 @@ found, and writes nothing.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,7 +54,7 @@ from recsys_infer.runtime.engine import Engine, Query
 from recsys_infer.runtime.providers import create_session
 from recsys_infer.runtime.users import SequenceUserEncoder, TextUserEncoder
 
-from .graphs import _matmuls_to_keep, blockwise_int8, dynamic_int8
+from .graphs import _matmuls_to_keep, blockwise_int8, dynamic_int8, quiet_quantizer
 
 logger = logging.getLogger(__name__)
 
@@ -114,24 +113,6 @@ def graph_units(model: Any) -> list[Unit]:
     return units
 
 
-class _DropAdvice(logging.Filter):
-    """The quantizer's advice to pre-process, logged on every call: once is enough for a search
-    that quantizes the graph thirty times."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Please consider to run pre-processing")
-
-
-@contextlib.contextmanager
-def _quiet_quantizer() -> Iterator[None]:
-    root, drop = logging.getLogger(), _DropAdvice()
-    root.addFilter(drop)
-    try:
-        yield
-    finally:
-        root.removeFilter(drop)
-
-
 def _products(graph: Path, *, but: Sequence[str]) -> list[str]:
     """The graph's matrix products (MatMul, Gemm, Attention nodes), less ``but``."""
     import onnx
@@ -151,7 +132,7 @@ def build_mixed(src: Path, dst: Path, units: Sequence[Unit], plan: dict[str, str
     if formless:
         raise ConfigError(f"only MatMul units have a blockwise form (MatMulNBits), not {formless}")
     nodes = {p: [n for u in units if chosen[u.name] == p for n in u.nodes] for p in (INT8, BLOCKWISE)}
-    with _quiet_quantizer(), tempfile.TemporaryDirectory(prefix="recsys-infer-mixed-") as tmp:
+    with quiet_quantizer(), tempfile.TemporaryDirectory(prefix="recsys-infer-mixed-") as tmp:
         step = src
         if nodes[INT8]:  # every other product (kept units, and any outside ``units``) stays as it is
             step = dst if not nodes[BLOCKWISE] else Path(tmp) / "int8.onnx"
@@ -387,41 +368,6 @@ def request_probe(
     return GraphProbe(engine, ref, groups, threads=threads), requests, texts
 
 
-def _smoothed(
-    graph: Path,
-    probe: GraphProbe,
-    texts: Sequence[str],
-    smooth: float | str,
-    workdir: Path,
-    *,
-    exclude: Sequence[str] = (),
-    per_channel: bool = True,
-    progress: Callable[[str], None] = lambda _: None,
-) -> tuple[Path, dict[str, Any]]:
-    """``graph`` smoothed as ``smooth`` asks (a strength, or "auto": searched in dynamic int8 on
-    the probe); the graph to quantize (``graph`` itself when no smoothing won) and its record."""
-    from .smooth import activation_ranges, smooth_graph, smooth_search
-
-    progress(f"smoothing: activation ranges over {len(texts)} probe texts")
-    ranges = activation_ranges(graph, (probe.tokenizer([t]) for t in texts))
-    record: dict[str, Any] = {"calibration_texts": len(texts)}
-    alpha: float | None
-    if smooth == "auto":
-
-        def quantize(a: Path, b: Path) -> None:
-            with _quiet_quantizer():
-                dynamic_int8(a, b, ops=["MatMul", "Attention"], exclude=exclude, per_channel=per_channel)
-
-        alpha, searched = smooth_search(graph, ranges, probe.measure, quantize, workdir, progress=progress)
-        record |= searched
-    else:
-        alpha = float(smooth)
-    if alpha is None:
-        return graph, {**record, "alpha": None}
-    out = workdir / "smoothed.onnx"
-    return out, {**record, **smooth_graph(graph, out, ranges, alpha)}
-
-
 def smoothed_dynamic_graph(
     bundle: Path,
     graph: Path,
@@ -434,22 +380,15 @@ def smoothed_dynamic_graph(
     threads: int | None = None,
     progress: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
-    """``bundle``'s request-path text ``graph`` smoothed (:mod:`.smooth`), then in dynamic int8."""
+    """``bundle``'s request-path text ``graph`` smoothed (:mod:`.smooth`, calibrated and searched
+    on the probe's requests), then in dynamic int8; the smoothing's record."""
+    from .smooth import smoothed_int8
+
     probe, _, texts = request_probe(bundle, reference, threads=threads)
-    with tempfile.TemporaryDirectory(prefix="recsys-infer-smooth-") as tmp:
-        source, record = _smoothed(
-            graph,
-            probe,
-            texts,
-            smooth,
-            Path(tmp),
-            exclude=exclude,
-            per_channel=per_channel,
-            progress=progress,
-        )
-        with _quiet_quantizer():
-            dynamic_int8(source, dst, ops=["MatMul", "Attention"], exclude=exclude, per_channel=per_channel)
-    return {"smoothing": record}
+    return smoothed_int8(
+        graph, dst, [probe.tokenizer([t]) for t in texts], smooth, measure=probe.measure,
+        exclude=exclude, per_channel=per_channel, progress=progress,
+    )  # fmt: skip
 
 
 def mixed_precision_graph(
@@ -479,8 +418,17 @@ def mixed_precision_graph(
     with tempfile.TemporaryDirectory(prefix="recsys-infer-auto-") as tmp:
         source, smoothing = graph, None
         if smooth is not None:
-            source, smoothing = _smoothed(
-                graph, probe, texts, smooth, Path(tmp), exclude=sorted(fixed), progress=progress
+            from .smooth import smoothed_source
+
+            feeds = [probe.tokenizer([t]) for t in texts]
+            source, smoothing = smoothed_source(
+                graph,
+                feeds,
+                smooth,
+                Path(tmp),
+                measure=probe.measure,
+                exclude=sorted(fixed),
+                progress=progress,
             )
         kept = _kept_precisions(source, units, probe, requests, Path(tmp), progress)
         result = search_plan(

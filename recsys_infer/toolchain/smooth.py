@@ -151,7 +151,71 @@ def smooth_search(
             path.unlink(missing_ok=True)
     best = max(tried, key=lambda t: t["mean_cosine"])
     logger.info(
-        "smoothing: alpha %s, request overlap@10 %.4f in dynamic int8 (%.4f without)",
-        best["alpha"], best["overlap@10"], tried[0]["overlap@10"],
+        "smoothing: alpha %s, mean cosine to the reference %.6f in dynamic int8 (%.6f without)",
+        best["alpha"], best["mean_cosine"], tried[0]["mean_cosine"],
     )  # fmt: skip
     return best["alpha"], {"chosen_alpha": best["alpha"], "tried": tried}
+
+
+def smoothed_source(
+    graph: Path,
+    feeds: Sequence[dict[str, np.ndarray]],
+    smooth: float | str,
+    workdir: Path,
+    *,
+    measure: Callable[[Path], dict[str, float]],
+    exclude: Sequence[str] = (),
+    per_channel: bool = True,
+    progress: Callable[[str], None] = lambda _: None,
+) -> tuple[Path, dict[str, Any]]:
+    """``graph`` smoothed as ``smooth`` asks: a strength, or "auto" (:func:`smooth_search`, each
+    candidate in dynamic int8 less the ``exclude``d products, judged by ``measure``). The ranges
+    come from ``feeds`` (one text each). Returns the graph to quantize (``graph`` itself where no
+    smoothing won; else a file in ``workdir``) and the record."""
+    from .graphs import dynamic_int8, quiet_quantizer
+
+    progress(f"smoothing: activation ranges over {len(feeds)} texts")
+    ranges = activation_ranges(graph, feeds)
+    record: dict[str, Any] = {"calibration_texts": len(feeds)}
+    alpha: float | None
+    if smooth == "auto":
+
+        def quantize(a: Path, b: Path) -> None:
+            with quiet_quantizer():
+                dynamic_int8(a, b, ops=["MatMul", "Attention"], exclude=exclude, per_channel=per_channel)
+
+        alpha, searched = smooth_search(graph, ranges, measure, quantize, workdir, progress=progress)
+        record |= searched
+    else:
+        alpha = float(smooth)
+    if alpha is None:
+        return graph, {**record, "alpha": None}
+    out = workdir / "smoothed.onnx"
+    return out, {**record, **smooth_graph(graph, out, ranges, alpha)}
+
+
+def smoothed_int8(
+    graph: Path,
+    dst: Path,
+    feeds: Sequence[dict[str, np.ndarray]],
+    smooth: float | str,
+    *,
+    measure: Callable[[Path], dict[str, float]],
+    exclude: Sequence[str] = (),
+    per_channel: bool = True,
+    progress: Callable[[str], None] = lambda _: None,
+) -> dict[str, Any]:
+    """``graph`` smoothed (:func:`smoothed_source`), then in dynamic int8 at ``dst`` (the
+    ``exclude``d products in fp32); the smoothing's record."""
+    import tempfile
+
+    from .graphs import dynamic_int8, quiet_quantizer
+
+    with tempfile.TemporaryDirectory(prefix="recsys-infer-smooth-") as tmp:
+        source, record = smoothed_source(
+            graph, feeds, smooth, Path(tmp), measure=measure, exclude=exclude, per_channel=per_channel,
+            progress=progress,
+        )  # fmt: skip
+        with quiet_quantizer():
+            dynamic_int8(source, dst, ops=["MatMul", "Attention"], exclude=exclude, per_channel=per_channel)
+    return record
