@@ -16,6 +16,7 @@ from recsys_infer.evaluation.recommenders import (
     ALSParams,
     ALSRecommender,
     PopularityRecommender,
+    evaluate_requests,
     tune_als,
 )
 from recsys_infer.evaluation.run import EvalConfig, run_evaluation
@@ -143,6 +144,27 @@ def test_evaluate_pairs_the_request_path_of_bundles(tiny_bundle: Path, tmp_path:
     request_pair = pairs[("bundle (text requests)", "int8 (text requests)", "recall@10")]
     means = [m["text_requests"]["metrics"]["recall@10"]["mean"] for m in doc["models"]]
     assert request_pair["mean_difference"] == pytest.approx(means[0] - means[1])
+
+
+def test_requests_are_ranked_one_per_call(tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As a lone request is served: dynamic int8 would give a request among others another vector."""
+    from recsys_infer import Engine
+
+    ds = small_sample()
+    split = leave_one_out(ds)
+    engine = Engine.load(tiny_bundle, exact=True)
+    calls: list[int] = []
+    batch = engine.recommend_batch
+
+    def spy(queries, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(len(queries))
+        return batch(queries, **kwargs)
+
+    monkeypatch.setattr(engine, "recommend_batch", spy)
+    examples = list(split.test)[:40]
+    result = evaluate_requests(engine, "bundle", examples, ds.catalog, (10,))
+    assert len(result.user_ids) == len(calls) > 0
+    assert set(calls) == {1}
 
 
 def test_evaluate_refuses_a_bundle_of_other_data(tiny_bundle: Path, tmp_path: Path) -> None:

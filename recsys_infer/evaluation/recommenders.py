@@ -175,16 +175,18 @@ def evaluate_requests(
     whole catalogue: how well a text request finds what it describes. Alone (the default), a
     request is a new user's query; ``with_history``, it is sent together with the user's history
     (``exclude_seen`` then masks the history, as for histories alone). Users whose target has no
-    such attributes are left out, the same ones either way."""
+    such attributes are left out, the same ones either way. Each request is ranked alone."""
     kept = [(e, request_from_item(catalog.get(e.target))) for e in examples]
     kept = [(e, r) for e, r in kept if r]
     depth = min(max(max(ks), 100), len(engine))
     ranked: list[list[str]] = []
-    for start in range(0, len(kept), 256):
-        chunk = kept[start : start + 256]
-        queries = [{"text": r, **({"history": list(e.history)} if with_history else {})} for e, r in chunk]
-        recs = engine.recommend_batch(queries, k=depth, exclude_seen=with_history and exclude_seen)
-        ranked.extend([r.item_id for r in rs] for rs in recs)
+    # One request per call, as a lone request is served: a dynamic int8 graph scales each
+    # activation over the batch it runs, so a request ranked among 255 others would be scored
+    # with a vector it never gets alone.
+    for e, r in kept:
+        query = {"text": r, **({"history": list(e.history)} if with_history else {})}
+        (recs,) = engine.recommend_batch([query], k=depth, exclude_seen=with_history and exclude_seen)
+        ranked.append([rec.item_id for rec in recs])
     mode = "history + request" if with_history else "requests"
     return score_ranked(
         f"{name} ({'history + text request' if with_history else 'text requests'})",
