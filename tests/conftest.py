@@ -157,3 +157,21 @@ def seq_bundle_for_compress(tiny_encoder: Path, tmp_path_factory: pytest.TempPat
     train(small_sample(), root / "ckpt", encoder=str(tiny_encoder), config=config, progress=False)
     export_bundle(root / "ckpt", root / "bundle", progress=False)
     return root / "bundle"
+
+
+@pytest.fixture(scope="session")
+def seq_optimized(seq_bundle_for_compress: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny sequence bundle with its request graph fused (``optimize --tower user``); tests
+    only read it."""
+    from recsys_infer.toolchain.compress import optimize_bundle
+
+    out = tmp_path_factory.mktemp("seq-opt") / "bundle"
+    optimize_bundle(seq_bundle_for_compress, out, towers="user", progress=False)
+    return out
+
+
+def request_graph(bundle: Path) -> Path:
+    """The graph file a bundle's request tower reads."""
+    from recsys_infer.runtime.bundle import read_manifest
+
+    return bundle / read_manifest(bundle).towers["request"].file

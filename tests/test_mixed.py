@@ -14,23 +14,14 @@ from recsys_infer import Engine
 from recsys_infer.errors import ConfigError, FidelityError
 from recsys_infer.runtime.bundle import read_manifest
 from recsys_infer.runtime.schema import encode
-from recsys_infer.toolchain.compress import QuantizeConfig, optimize_bundle, quantize_bundle
+from recsys_infer.toolchain.compress import QuantizeConfig, quantize_bundle
 from recsys_infer.toolchain.mixed import BLOCKWISE, FP32, INT8, build_mixed, graph_units, search_plan
 
-
-@pytest.fixture(scope="module")
-def seq_optimized(seq_bundle_for_compress: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("seq-opt") / "bundle"
-    optimize_bundle(seq_bundle_for_compress, out, towers="user", progress=False)
-    return out
-
-
-def _request_graph(bundle: Path) -> Path:
-    return bundle / read_manifest(bundle).towers["request"].file
+from .conftest import request_graph
 
 
 def test_units_cover_every_layer_of_a_fused_graph(seq_optimized: Path) -> None:
-    model = onnx.load(str(_request_graph(seq_optimized)))
+    model = onnx.load(str(request_graph(seq_optimized)))
     units = graph_units(model)
     layers = sum(n.op_type == "Attention" for n in model.graph.node)
     assert layers >= 1
@@ -44,7 +35,7 @@ def test_units_cover_every_layer_of_a_fused_graph(seq_optimized: Path) -> None:
 
 
 def test_the_graph_follows_the_plan(seq_optimized: Path, tmp_path: Path) -> None:
-    graph = _request_graph(seq_optimized)
+    graph = request_graph(seq_optimized)
     units = graph_units(onnx.load(str(graph)))
     int8 = [u for u in units if u.op_type == "MatMul"][:2]
     out = tmp_path / "mixed.onnx"
@@ -57,7 +48,7 @@ def test_the_graph_follows_the_plan(seq_optimized: Path, tmp_path: Path) -> None
 
 
 def test_kept_units_can_run_in_blockwise_int8(seq_optimized: Path, tmp_path: Path) -> None:
-    graph = _request_graph(seq_optimized)
+    graph = request_graph(seq_optimized)
     units = graph_units(onnx.load(str(graph)))
     matmuls = [u for u in units if u.op_type == "MatMul"]
     plan = {matmuls[0].name: INT8, **{u.name: BLOCKWISE for u in matmuls[1:]}}
@@ -83,7 +74,7 @@ def test_kept_units_can_run_in_blockwise_int8(seq_optimized: Path, tmp_path: Pat
 
 def test_products_outside_the_units_stay_fp32(seq_optimized: Path, tmp_path: Path) -> None:
     """What --keep-fp32 takes out of the search is not quantized by the plan's int8."""
-    graph = _request_graph(seq_optimized)
+    graph = request_graph(seq_optimized)
     units = graph_units(onnx.load(str(graph)))
     kept = next(u for u in units if u.name.startswith("ffn-out."))
     rest = [u for u in units if u is not kept]
@@ -109,7 +100,7 @@ class _ScriptedProbe:
 
 
 def test_the_search_stops_at_the_last_plan_that_holds_the_target(seq_optimized: Path, tmp_path: Path) -> None:
-    graph = _request_graph(seq_optimized)
+    graph = request_graph(seq_optimized)
     units = graph_units(onnx.load(str(graph)))
     assert len(units) >= 4
     result = search_plan(graph, units, _ScriptedProbe(), target=0.95, workdir=tmp_path)  # type: ignore[arg-type]
@@ -124,7 +115,7 @@ def test_the_search_stops_at_the_last_plan_that_holds_the_target(seq_optimized: 
 
 
 def test_the_search_falls_back_to_fp32_kept_units(seq_optimized: Path, tmp_path: Path) -> None:
-    graph = _request_graph(seq_optimized)
+    graph = request_graph(seq_optimized)
     units = graph_units(onnx.load(str(graph)))
     probe = _ScriptedProbe()
     # Blockwise kept units cost 0.1: a 0.85 target holds with them, 2 units in int8.
@@ -140,7 +131,7 @@ def test_the_search_falls_back_to_fp32_kept_units(seq_optimized: Path, tmp_path:
         search_plan(graph, units, probe, target=1.01, workdir=tmp_path, kept=(BLOCKWISE, FP32))  # type: ignore[arg-type]
 
 
-def test_auto_writes_a_measured_mixed_request_graph(seq_optimized: Path, tmp_path: Path) -> None:
+def test_auto_writes_a_measured_mixedrequest_graph(seq_optimized: Path, tmp_path: Path) -> None:
     out = tmp_path / "auto"
     config = QuantizeConfig(mode="auto", towers="user", target_overlap=0.9)
     result = quantize_bundle(seq_optimized, out, config, progress=False)

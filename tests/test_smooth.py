@@ -18,20 +18,11 @@ from recsys_infer import Engine
 from recsys_infer.errors import ConfigError
 from recsys_infer.runtime.bundle import read_manifest
 from recsys_infer.runtime.schema import encode
-from recsys_infer.toolchain.compress import QuantizeConfig, optimize_bundle, quantize_bundle
+from recsys_infer.toolchain.compress import QuantizeConfig, quantize_bundle
 from recsys_infer.toolchain.mixed import graph_units
 from recsys_infer.toolchain.smooth import ALPHAS, SUFFIX, activation_ranges, smooth_graph, smooth_search
 
-
-@pytest.fixture(scope="module")
-def seq_optimized(seq_bundle_for_compress: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("seq-opt-smooth") / "bundle"
-    optimize_bundle(seq_bundle_for_compress, out, towers="user", progress=False)
-    return out
-
-
-def _request_graph(bundle: Path) -> Path:
-    return bundle / read_manifest(bundle).towers["request"].file
+from .conftest import request_graph
 
 
 def _feeds(graph: Path, lengths: list[int], seed: int = 0) -> list[dict[str, np.ndarray]]:
@@ -53,7 +44,7 @@ def _run(graph: Path, feeds: list[dict[str, np.ndarray]]) -> np.ndarray:
 
 
 def test_ranges_cover_every_smoothed_input(seq_optimized: Path) -> None:
-    graph = _request_graph(seq_optimized)
+    graph = request_graph(seq_optimized)
     model = onnx.load(str(graph))
     roles = {u.name.split(".")[0] for u in graph_units(model)}
     assert {"attention", "ffn-in", "ffn-out"} <= roles
@@ -70,7 +61,7 @@ def test_ranges_cover_every_smoothed_input(seq_optimized: Path) -> None:
 def test_smoothing_keeps_the_function_and_moves_the_range_into_the_weights(
     seq_optimized: Path, tmp_path: Path
 ) -> None:
-    graph = _request_graph(seq_optimized)
+    graph = request_graph(seq_optimized)
     feeds = _feeds(graph, [4, 7, 11])
     ranges = activation_ranges(graph, feeds)
     out = tmp_path / "smoothed.onnx"
@@ -98,7 +89,7 @@ def test_smoothing_keeps_the_function_and_moves_the_range_into_the_weights(
 
 
 def test_the_search_keeps_the_strength_closest_to_the_reference(seq_optimized: Path, tmp_path: Path) -> None:
-    graph = _request_graph(seq_optimized)
+    graph = request_graph(seq_optimized)
     ranges = activation_ranges(graph, _feeds(graph, [4, 6]))
     sources: list[Path] = []
 
