@@ -183,6 +183,46 @@ def test_encode_shapes_and_unit_norm(tiny_bundle: Path) -> None:
     assert engine.device is Device.CPU and len(engine) == len(engine.item_ids) == 300
 
 
+def test_batches_group_texts_of_similar_token_counts(
+    tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from recsys_infer.runtime import tokenizer as tokenization
+
+    tok = tokenization.TextTokenizer.from_file(
+        tiny_bundle / "tokenizer.json", max_length=16, pad_token="[PAD]"
+    )
+    words = ["tent", "kettle", "lamp", "rope", "stove", "chair", "table", "tarp", "boots", "map"]
+    # Character counts that disagree with token counts: one long word against several short ones.
+    texts = [" ".join(words[: 1 + i % 7]) if i % 3 else "x" * (30 + i) for i in range(23)]
+    batches = list(tok.batches(texts, 4))
+    rows = [r for idx, _ in batches for r in idx]
+    assert sorted(rows) == list(range(len(texts))), "every text once"
+    longest = [int(f["attention_mask"].sum(axis=1).max()) for _, f in batches]
+    assert longest == sorted(longest), "batches come in order of token count"
+    for idx, features in batches:
+        alone = tok([texts[i] for i in idx])  # what tokenising the batch by itself gives
+        assert features.keys() == alone.keys()
+        for name in alone:
+            np.testing.assert_array_equal(features[name], alone[name])
+    # Across windows too: the positions map back to the caller's texts.
+    monkeypatch.setattr(tokenization, "WINDOW", 5)
+    seen = []
+    for idx, features in tokenization.length_batches(tok, texts, 3):
+        np.testing.assert_array_equal(features["input_ids"], tok([texts[i] for i in idx])["input_ids"])
+        seen += idx
+    assert sorted(seen) == list(range(len(texts)))
+    with pytest.raises(ConfigError, match="positive"):
+        next(tok.batches(texts, 0))
+
+
+def test_encode_restores_the_callers_order(tiny_bundle: Path) -> None:
+    engine = Engine.load(tiny_bundle, device="cpu")
+    texts = [*[i.text for i in engine.items(engine.item_ids[:70])][::-1], "x", "a long " * 20]
+    together = engine.encode_items(texts)
+    alone = np.concatenate([engine.encode_items([t]) for t in texts])
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+
+
 # -- devices ------------------------------------------------------------------------------------------
 
 

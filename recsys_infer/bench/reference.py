@@ -28,7 +28,7 @@ from recsys_infer.runtime.index import ExactIndex
 from recsys_infer.runtime.manifest import FusionSpec
 from recsys_infer.runtime.providers import parse_device, session_options
 from recsys_infer.runtime.store import LocalItems
-from recsys_infer.runtime.tokenizer import TextTokenizer
+from recsys_infer.runtime.tokenizer import TextTokenizer, length_batches
 from recsys_infer.runtime.users import SequenceUserEncoder, TextUserEncoder, UserEncoder
 from recsys_infer.toolchain.checkpoint import CHECKPOINT_FILE, Checkpoint
 from recsys_infer.toolchain.compress import add_offsets
@@ -73,10 +73,8 @@ class TorchTextEncoder:
 
     def encode(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
         out = np.empty((len(texts), self._dim), dtype=np.float32)
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
-            out[idx] = self.run(self.tokenizer([texts[i] for i in idx]))
+        for idx, features in length_batches(self.tokenizer, texts, self.batch_size):  # as bundles batch
+            out[idx] = self.run(features)
         return out
 
 

@@ -4,7 +4,7 @@ transparent proxies that split a recommendation's time between its parts."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -72,8 +72,9 @@ class Stopwatch:
 
 
 class TimedCallable:
-    """Wraps a callable (a tokenizer) and adds each call's wall time to a stopwatch; every other
-    attribute is the wrapped object's."""
+    """Wraps a callable (a tokenizer) and adds each call's wall time to a stopwatch, and that of
+    its ``batches`` (a tokenizer's batching, run to its end here); every other attribute is the
+    wrapped object's."""
 
     def __init__(self, wrapped: Any, watch: Stopwatch) -> None:
         self._wrapped = wrapped
@@ -85,6 +86,14 @@ class TimedCallable:
             return self._wrapped(*args, **kwargs)
         finally:
             self._watch.ms += (time.perf_counter_ns() - t) / 1e6
+
+    def batches(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        t = time.perf_counter_ns()
+        try:
+            made = list(self._wrapped.batches(*args, **kwargs))
+        finally:
+            self._watch.ms += (time.perf_counter_ns() - t) / 1e6
+        return iter(made)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._wrapped, name)

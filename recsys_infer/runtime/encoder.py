@@ -15,7 +15,7 @@ import numpy as np
 from recsys_infer.errors import BundleError, ConfigError
 
 from .providers import run_graph
-from .tokenizer import TextTokenizer
+from .tokenizer import TextTokenizer, length_batches
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -35,7 +35,8 @@ class Encoder(Protocol):
 class OnnxEncoder:
     """One tower: a tokenizer plus an ONNX Runtime session.
 
-    ``encode`` sorts texts by length before batching (less padding), then restores their order.
+    ``encode`` batches texts of similar token counts (:func:`length_batches`: less padding),
+    then restores their order.
     ONNX Runtime sessions may be run from many threads at once, so this class is thread-safe.
     """
 
@@ -86,15 +87,13 @@ class OnnxEncoder:
         out = np.empty((n, self._dim), dtype=np.float32)
         if n == 0:
             return out
-        order = sorted(range(n), key=lambda i: len(texts[i]))
         bar = None
         if progress:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=n, desc="encoding", unit="text")
-        for start in range(0, n, self.batch_size):
-            idx = order[start : start + self.batch_size]
-            vectors = self.run(self.tokenizer([texts[i] for i in idx]))
+        for idx, features in length_batches(self.tokenizer, texts, self.batch_size):
+            vectors = self.run(features)
             if vectors.shape != (len(idx), self._dim):
                 raise BundleError(
                     f"the tower graph returned shape {vectors.shape}, expected ({len(idx)}, {self._dim})"

