@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -52,7 +53,7 @@ from .graphs import (
     quantize_static_graph,
     text_feeds,
 )
-from .mixed import mixed_precision_graph, smoothed_dynamic_graph
+from .mixed import mixed_precision_graph, smoothed_request_graph
 
 __all__ = [
     "QuantizeConfig",
@@ -315,17 +316,18 @@ def quantize_bundle(
             import onnx
 
             exclude = _matmuls_to_keep(onnx.load(str(a)).graph, config.keep_fp32)
-            smooth = config.smooth_alpha
-            if readers == ["item"]:
-                smoothing = _smoothed_item_graph(
-                    src, ref_path, a, b, smooth=smooth, exclude=exclude, per_channel=config.per_channel
-                )
-            else:
-                smoothing = smoothed_dynamic_graph(
-                    src, a, b, reference=ref_path, smooth=smooth, exclude=exclude,
-                    per_channel=config.per_channel, progress=lambda s: logger.info("dynamic: %s", s),
-                )  # fmt: skip
-            return {"kept_fp32": exclude, "op_types": ["MatMul", "Attention"], "smoothing": smoothing}
+            with tempfile.TemporaryDirectory(prefix="recsys-infer-smooth-") as tmp:
+                if readers == ["item"]:
+                    source, smoothing = _smoothed_item_graph(
+                        src, ref_path, a, Path(tmp), smooth=config.smooth_alpha, exclude=exclude,
+                        per_channel=config.per_channel,
+                    )  # fmt: skip
+                else:
+                    source, smoothing = smoothed_request_graph(
+                        src, a, Path(tmp), reference=ref_path, smooth=config.smooth_alpha, exclude=exclude,
+                        per_channel=config.per_channel, progress=lambda s: logger.info("dynamic: %s", s),
+                    )  # fmt: skip
+                return {**quantize_dynamic_graph(source, b, config), "smoothing": smoothing}
         if config.mode in (QuantMode.DYNAMIC, QuantMode.AUTO):  # auto: a history graph has no transformer
             return quantize_dynamic_graph(a, b, config)
         if config.mode is QuantMode.BLOCKWISE:
@@ -363,22 +365,22 @@ def _smoothed_item_graph(
     src: Path,
     reference: Path,
     graph: Path,
-    dst: Path,
+    workdir: Path,
     *,
     smooth: float | str,
     exclude: list[str],
     per_channel: bool,
     calibration: int = 500,
     sample: int = 1000,
-) -> dict[str, Any]:
-    """The item tower's ``graph`` smoothed, then in dynamic int8 (``toolchain.smooth``). The
-    ranges come from ``calibration`` catalogue texts; each strength is judged by the mean cosine
-    of ``sample`` other catalogue texts' vectors to the reference item tower's, encoded in batches
-    as reindexing encodes the catalogue."""
+) -> tuple[Path, dict[str, Any]]:
+    """The item tower's ``graph`` smoothed (``toolchain.smooth.smoothed_source``): the graph to
+    quantize and the record. The ranges come from ``calibration`` catalogue texts; each strength
+    is judged in dynamic int8 by the mean cosine of ``sample`` other catalogue texts' vectors to
+    the reference item tower's, encoded in batches as reindexing encodes the catalogue."""
     from recsys_infer.runtime.encoder import OnnxEncoder
     from recsys_infer.runtime.providers import create_session
 
-    from .smooth import smoothed_int8
+    from .smooth import smoothed_source
 
     engine = Engine.load(src, device=Device.CPU, exact=True, verify=False)
     ref = Engine.load(reference, device=Device.CPU, exact=True, verify=False)
@@ -396,11 +398,11 @@ def _smoothed_item_graph(
         cos = np.sum(unit_rows(encoder.encode(held)) * wanted, axis=1)
         return {"mean_cosine": round(float(cos.mean()), 6), "min_cosine": round(float(cos.min()), 6)}
 
-    record = smoothed_int8(
-        graph, dst, [items.tokenizer([t]) for t in calib], smooth, measure=measure, exclude=exclude,
+    source, record = smoothed_source(
+        graph, [items.tokenizer([t]) for t in calib], smooth, workdir, measure=measure, exclude=exclude,
         per_channel=per_channel, progress=lambda s: logger.info("dynamic (item): %s", s),
     )  # fmt: skip
-    return {**record, "measured_on": f"{len(held)} catalogue texts' item vectors"}
+    return source, {**record, "measured_on": f"{len(held)} catalogue texts' item vectors"}
 
 
 def _calibration(src: Path, manifest: Manifest, readers: list[str], size: int) -> _Feeds:

@@ -347,10 +347,10 @@ def _kept_precisions(
 
 def request_probe(
     bundle: Path, reference: Path, *, threads: int | None = None
-) -> tuple[GraphProbe, list[Query], list[str]]:
+) -> tuple[GraphProbe, list[Query], list[dict[str, np.ndarray]]]:
     """The probe for ``bundle``'s request-path text graph against ``reference``; the probe's
-    requests; and the texts the graph reads for them (for a text user tower, the users' texts
-    too), which calibrate smoothing."""
+    requests; and, tokenised one by one, the texts the graph reads for them (for a text user
+    tower, the users' texts too), which calibrate smoothing."""
     from .fidelity import probe_queries
 
     engine = Engine.load(bundle, device=Device.CPU, exact=True, verify=False, threads=threads)
@@ -365,13 +365,14 @@ def request_probe(
     if isinstance(engine.user_encoder, TextUserEncoder):
         groups["user"] = users
         texts += [engine.user_text(q) for q in users]
-    return GraphProbe(engine, ref, groups, threads=threads), requests, texts
+    probe = GraphProbe(engine, ref, groups, threads=threads)
+    return probe, requests, [probe.tokenizer([t]) for t in texts]
 
 
-def smoothed_dynamic_graph(
+def smoothed_request_graph(
     bundle: Path,
     graph: Path,
-    dst: Path,
+    workdir: Path,
     *,
     reference: Path,
     smooth: float | str,
@@ -379,15 +380,15 @@ def smoothed_dynamic_graph(
     per_channel: bool = True,
     threads: int | None = None,
     progress: Callable[[str], None] = lambda _: None,
-) -> dict[str, Any]:
-    """``bundle``'s request-path text ``graph`` smoothed (:mod:`.smooth`, calibrated and searched
-    on the probe's requests), then in dynamic int8; the smoothing's record."""
-    from .smooth import smoothed_int8
+) -> tuple[Path, dict[str, Any]]:
+    """``bundle``'s request-path text ``graph`` smoothed (:func:`.smooth.smoothed_source`,
+    calibrated and searched on the probe's requests): the graph to quantize and the record."""
+    from .smooth import smoothed_source
 
-    probe, _, texts = request_probe(bundle, reference, threads=threads)
-    return smoothed_int8(
-        graph, dst, [probe.tokenizer([t]) for t in texts], smooth, measure=probe.measure,
-        exclude=exclude, per_channel=per_channel, progress=progress,
+    probe, _, feeds = request_probe(bundle, reference, threads=threads)
+    return smoothed_source(
+        graph, feeds, smooth, workdir, measure=probe.measure, exclude=exclude, per_channel=per_channel,
+        progress=progress,
     )  # fmt: skip
 
 
@@ -408,7 +409,7 @@ def mixed_precision_graph(
     candidates, the plan, measured latency against ``graph`` as it came)."""
     import onnx
 
-    probe, requests, texts = request_probe(bundle, reference, threads=threads)
+    probe, requests, feeds = request_probe(bundle, reference, threads=threads)
     model = onnx.load(str(graph))
     fixed = set(_matmuls_to_keep(model.graph, keep_fp32))
     units = [u for u in graph_units(model) if not fixed & set(u.nodes)]
@@ -420,7 +421,6 @@ def mixed_precision_graph(
         if smooth is not None:
             from .smooth import smoothed_source
 
-            feeds = [probe.tokenizer([t]) for t in texts]
             source, smoothing = smoothed_source(
                 graph,
                 feeds,

@@ -192,30 +192,3 @@ def smoothed_source(
         return graph, {**record, "alpha": None}
     out = workdir / "smoothed.onnx"
     return out, {**record, **smooth_graph(graph, out, ranges, alpha)}
-
-
-def smoothed_int8(
-    graph: Path,
-    dst: Path,
-    feeds: Sequence[dict[str, np.ndarray]],
-    smooth: float | str,
-    *,
-    measure: Callable[[Path], dict[str, float]],
-    exclude: Sequence[str] = (),
-    per_channel: bool = True,
-    progress: Callable[[str], None] = lambda _: None,
-) -> dict[str, Any]:
-    """``graph`` smoothed (:func:`smoothed_source`), then in dynamic int8 at ``dst`` (the
-    ``exclude``d products in fp32); the smoothing's record."""
-    import tempfile
-
-    from .graphs import dynamic_int8, quiet_quantizer
-
-    with tempfile.TemporaryDirectory(prefix="recsys-infer-smooth-") as tmp:
-        source, record = smoothed_source(
-            graph, feeds, smooth, Path(tmp), measure=measure, exclude=exclude, per_channel=per_channel,
-            progress=progress,
-        )  # fmt: skip
-        with quiet_quantizer():
-            dynamic_int8(source, dst, ops=["MatMul", "Attention"], exclude=exclude, per_channel=per_channel)
-    return record
