@@ -92,7 +92,13 @@ class OnnxEncoder:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=n, desc="encoding", unit="text")
-        for idx, features in length_batches(self.tokenizer, texts, self.batch_size):
+        # One text (a served request) needs no sorting into batches.
+        batches = (
+            length_batches(self.tokenizer, texts, self.batch_size)
+            if n > 1
+            else [([0], self.tokenizer(texts))]
+        )
+        for idx, features in batches:
             vectors = self.run(features)
             if vectors.shape != (len(idx), self._dim):
                 raise BundleError(

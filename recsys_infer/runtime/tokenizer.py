@@ -39,6 +39,11 @@ class TextTokenizer:
 
     def __call__(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         """Token ids, attention mask and (all-zero) token type ids, each ``(n, longest)``."""
+        if len(texts) == 1:
+            # A lone request: ``encode`` gives the same ids without ``encode_batch``'s thread
+            # pool and padding pass (about 25 µs against 60 on a request, benchmarks/README.md).
+            ids = np.asarray([self._tokenizer.encode(texts[0]).ids], dtype=np.int64)
+            return {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": 0 * ids}
         encodings = self._tokenizer.encode_batch(list(texts))
         ids = np.asarray([e.ids for e in encodings], dtype=np.int64)
         mask = np.asarray([e.attention_mask for e in encodings], dtype=np.int64)
