@@ -15,7 +15,15 @@ from recsys_infer.errors import ConfigError, FidelityError
 from recsys_infer.runtime.bundle import read_manifest
 from recsys_infer.runtime.schema import encode
 from recsys_infer.toolchain.compress import QuantizeConfig, quantize_bundle
-from recsys_infer.toolchain.mixed import BLOCKWISE, FP32, INT8, build_mixed, graph_units, search_plan
+from recsys_infer.toolchain.mixed import (
+    BLOCKWISE,
+    FP32,
+    INT8,
+    KEPT_FORMS,
+    build_mixed,
+    graph_units,
+    search_plan,
+)
 
 from .conftest import request_graph
 
@@ -68,7 +76,7 @@ def test_kept_units_can_run_in_blockwise_int8(seq_optimized: Path, tmp_path: Pat
     feeds = {i.name: np.ones((1, 5), dtype=np.int64) for i in session.get_inputs()}
     assert np.isfinite(session.run(None, feeds)[0]).all()
     attention = next(u for u in units if u.op_type == "Attention")
-    with pytest.raises(ConfigError, match="blockwise form"):
+    with pytest.raises(ConfigError, match="blockwise and outlier forms"):
         build_mixed(graph, tmp_path / "x.onnx", units, {attention.name: BLOCKWISE})
 
 
@@ -144,11 +152,13 @@ def test_auto_writes_a_measured_mixedrequest_graph(seq_optimized: Path, tmp_path
     assert search["chosen"]["overlap@10"] >= 0.9
     assert set(search["sensitivity"]) == set(graph["plan"])
     kept = search["kept_precision"]
-    assert kept["try"] in ([BLOCKWISE, FP32], [FP32]) and search["kept"] in kept["try"]
-    faster = all(
-        kept["latency"][BLOCKWISE][key] < kept["latency"][FP32][key] for key in kept["latency"][FP32]
-    )
-    assert (kept["try"][0] == BLOCKWISE) == faster, "blockwise is tried first only where it was faster"
+    assert kept["try"][-1] == FP32 and search["kept"] in kept["try"]
+    latency = kept["latency"]
+    for form in KEPT_FORMS:
+        faster = all(latency[form][key] < latency[FP32][key] for key in latency[FP32])
+        assert (form in kept["try"]) == faster, f"{form} is tried only where it was faster than fp32"
+    relative = [sum(latency[f][k] / latency[FP32][k] for k in latency[FP32]) for f in kept["try"][:-1]]
+    assert relative == sorted(relative), "the faster form first"
     assert graph["latency"]["mixed"]["p50_ms_real"] > 0 and graph["latency"]["speedup_vs_input"]
     # The written bundle's own measurement (the gate's) agrees with the target too.
     assert result.fidelity["queries"]["request"]["overlap@10"] >= 0.9

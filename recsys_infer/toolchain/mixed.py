@@ -10,20 +10,25 @@ and keeps the others in a more faithful precision:
 1. **Units.** The graph's matrix products, grouped as a transformer layer has them: the fused
    attention (Q, K and V), the attention output, the FFN input and output of every layer, and the
    trained head.
-2. **The kept precision, measured.** A kept matrix product runs in blockwise int8
-   (``MatMulNBits``: int8 products with a scale per block of 128 weights and of 128 activations,
-   so an outlier spoils only its block) where that is faster than fp32 on this CPU at both 64
-   tokens and the probe's real request lengths, else in fp32. On a CPU with VNNI it is (1.5x to
-   2x faster than fp32); on an AVX2-only CPU it is slower than fp32 at 64 tokens. A fused
-   attention has no blockwise form, so a kept attention stays fp32.
+2. **The kept precision, measured.** A kept matrix product runs in the fastest of these forms
+   that is faster than fp32 on this CPU at both 64 tokens and the probe's real request lengths
+   (every kept unit in it, measured interleaved), else in fp32:
+
+   - *int8 with outliers* (:mod:`.outliers`): dynamic int8 with the input channels of largest
+     calibrated range in a small fp32 side product, so they no longer set the int8 scale;
+   - *blockwise int8* (``MatMulNBits``: int8 products with a scale per block of 128 weights and
+     of 128 activations, so an outlier spoils only its block). On a CPU with VNNI it is 1.5x to
+     2x faster than fp32; on an AVX2-only CPU it is slower than fp32 at 64 tokens.
+
+   A fused attention has neither form, so a kept attention stays fp32.
 3. **Sensitivity.** Each unit alone in dynamic int8 (the rest fp32): the mean cosine distance of
    the probe's request vectors to the reference's. The probe holds validation data, never the
    test split.
 4. **Greedy choice.** Units ordered by sensitivity per weight (the cheapest error per byte of
    weights moved to int8 first); a binary search finds the most units that can run in dynamic
    int8 while the measured request overlap@10 holds the target; the others keep their kept
-   precision. Where even the most faithful plan with blockwise kept units misses the target,
-   the search runs again with fp32 kept units.
+   precision. Where even the most faithful plan in one kept form misses the target, the search
+   runs again with the next form, and last with fp32 kept units.
 5. **Measured, not assumed.** Every candidate's overlap is measured on the probe's requests; the
    chosen graph's batch-1 latency is measured against fp32 and all-int8, interleaved, and the
    whole search is written into the manifest's compression record.
@@ -58,8 +63,12 @@ from .graphs import _matmuls_to_keep, blockwise_int8, dynamic_int8, quiet_quanti
 
 logger = logging.getLogger(__name__)
 
-#: What a unit can run in: dynamic int8, blockwise int8 (MatMulNBits, matrix products only), fp32.
-INT8, BLOCKWISE, FP32 = "int8", "int8-blockwise", "fp32"
+#: What a unit can run in: dynamic int8; dynamic int8 with its input's outlier channels in an fp32
+#: side product (:mod:`.outliers`); blockwise int8 (MatMulNBits); fp32. The middle two are forms
+#: of matrix products only.
+INT8, OUTLIERS, BLOCKWISE, FP32 = "int8", "int8-outliers", "int8-blockwise", "fp32"
+#: The kept precisions a search may try before fp32, each where it runs faster than fp32.
+KEPT_FORMS = (OUTLIERS, BLOCKWISE)
 #: Block size of blockwise kept units: on the ml-latest-small request graph (VNNI CPU), 128 ran
 #: 1.24x faster than 64 at 64 tokens for the same overlap@10 (0.946 against 0.948).
 KEPT_BLOCK = 128
@@ -122,17 +131,37 @@ def _products(graph: Path, *, but: Sequence[str]) -> list[str]:
     return [n.name for n in nodes if n.op_type in ("MatMul", "Gemm", "Attention") and n.name not in keep]
 
 
-def build_mixed(src: Path, dst: Path, units: Sequence[Unit], plan: dict[str, str]) -> dict[str, Any]:
-    """Write ``src`` with each unit in the precision ``plan`` gives it (fp32 where it gives none)."""
-    unknown = set(plan.values()) - {INT8, BLOCKWISE, FP32}
+def build_mixed(
+    src: Path,
+    dst: Path,
+    units: Sequence[Unit],
+    plan: dict[str, str],
+    *,
+    outliers: dict[str, np.ndarray] | None = None,
+) -> dict[str, Any]:
+    """Write ``src`` with each unit in the precision ``plan`` gives it (fp32 where it gives none).
+    Units in :data:`OUTLIERS` take their channels from ``outliers`` (by node name)."""
+    from .outliers import split_outliers
+
+    unknown = set(plan.values()) - {INT8, OUTLIERS, BLOCKWISE, FP32}
     if unknown:
         raise ConfigError(f"unknown precisions {sorted(unknown)}")
     chosen = {u.name: plan.get(u.name, FP32) for u in units}
-    formless = [u.name for u in units if u.op_type != "MatMul" and chosen[u.name] == BLOCKWISE]
+    formless = [u.name for u in units if u.op_type != "MatMul" and chosen[u.name] in (BLOCKWISE, OUTLIERS)]
     if formless:
-        raise ConfigError(f"only MatMul units have a blockwise form (MatMulNBits), not {formless}")
-    nodes = {p: [n for u in units if chosen[u.name] == p for n in u.nodes] for p in (INT8, BLOCKWISE)}
+        raise ConfigError(f"only MatMul units have blockwise and outlier forms, not {formless}")
+    nodes = {
+        p: [n for u in units if chosen[u.name] == p for n in u.nodes] for p in (INT8, OUTLIERS, BLOCKWISE)
+    }
+    outliers = outliers or {}
+    unpicked = [n for n in nodes[OUTLIERS] if n not in outliers]
+    if unpicked:
+        raise ConfigError(f"no outlier channels were calibrated for {unpicked}")
     with quiet_quantizer(), tempfile.TemporaryDirectory(prefix="recsys-infer-mixed-") as tmp:
+        if nodes[OUTLIERS]:  # split first; the int8 halves then go with the int8 units
+            split = Path(tmp) / "split.onnx"
+            split_outliers(src, split, {n: outliers[n] for n in nodes[OUTLIERS]})
+            src, nodes[INT8] = split, nodes[INT8] + nodes[OUTLIERS]
         step = src
         if nodes[INT8]:  # every other product (kept units, and any outside ``units``) stays as it is
             step = dst if not nodes[BLOCKWISE] else Path(tmp) / "int8.onnx"
@@ -144,6 +173,7 @@ def build_mixed(src: Path, dst: Path, units: Sequence[Unit], plan: dict[str, str
     return {
         "plan": chosen,
         "int8_units": len([p for p in chosen.values() if p == INT8]),
+        **({"outlier_units": len([p for p in chosen.values() if p == OUTLIERS])} if nodes[OUTLIERS] else {}),
         "blockwise_units": len([p for p in chosen.values() if p == BLOCKWISE]),
         "units": len(chosen),
     }
@@ -273,14 +303,16 @@ def search_plan(
     target: float,
     workdir: Path,
     kept: Sequence[str] = (FP32,),
+    outliers: dict[str, np.ndarray] | None = None,
     progress: Callable[[str], None] = lambda _: None,
 ) -> SearchResult:
     """The plan with the most units in dynamic int8 whose request overlap@10 holds ``target``,
-    the others in the first of the ``kept`` precisions that lets some plan hold it."""
+    the others in the first of the ``kept`` precisions that lets some plan hold it (``outliers``:
+    the calibrated channels, for :data:`OUTLIERS`)."""
 
     def trial(name: str, plan: dict[str, str]) -> dict[str, float]:
         path = workdir / f"{name}.onnx"
-        build_mixed(src, path, units, plan)
+        build_mixed(src, path, units, plan, outliers=outliers)
         measured = probe.measure(path)
         path.unlink()
         return measured
@@ -333,16 +365,24 @@ def _kept_precisions(
     requests: Sequence[Query],
     workdir: Path,
     progress: Callable[[str], None],
+    *,
+    outliers: dict[str, np.ndarray] | None = None,
+    forms: Sequence[str] = KEPT_FORMS,
 ) -> dict[str, Any]:
-    """Blockwise int8 before fp32 for kept units where it is the faster of the two on this CPU
-    at both 64 tokens and real request lengths (measured, interleaved); fp32 alone elsewhere."""
-    progress("timing blockwise int8 against fp32 for the kept units")
-    blockwise = workdir / "kept-blockwise.onnx"
-    build_mixed(graph, blockwise, units, _kept(units, BLOCKWISE))
-    latency = probe.latency({FP32: graph, BLOCKWISE: blockwise}, texts=[q.text or "" for q in requests[:200]])
-    blockwise.unlink()
-    faster = all(latency[BLOCKWISE][key] < latency[FP32][key] for key in latency[FP32])
-    return {"try": [BLOCKWISE, FP32] if faster else [FP32], "latency": latency}
+    """The kept precisions to try, fastest first: each of ``forms`` that is faster than fp32 on
+    this CPU at both 64 tokens and real request lengths (every kept unit in it, measured
+    interleaved), then fp32."""
+    progress(f"timing {', '.join(forms)} against fp32 for the kept units")
+    graphs = {FP32: graph}
+    for form in forms:
+        graphs[form] = workdir / f"kept-{form}.onnx"
+        build_mixed(graph, graphs[form], units, _kept(units, form), outliers=outliers)
+    latency = probe.latency(graphs, texts=[q.text or "" for q in requests[:200]])
+    for form in forms:
+        graphs[form].unlink()
+    faster = [f for f in forms if all(latency[f][key] < latency[FP32][key] for key in latency[FP32])]
+    faster.sort(key=lambda f: sum(latency[f][key] / latency[FP32][key] for key in latency[FP32]))
+    return {"try": [*faster, FP32], "latency": latency}
 
 
 def request_probe(
@@ -430,11 +470,28 @@ def mixed_precision_graph(
                 exclude=sorted(fixed),
                 progress=progress,
             )
-        kept = _kept_precisions(source, units, probe, requests, Path(tmp), progress)
+        from .outliers import CHANNELS, outlier_channels
+
+        progress("outlier channels")
+        products = [n for u in units if u.op_type == "MatMul" for n in u.nodes]
+        outliers = outlier_channels(source, feeds, products) if products else {}
+        kept = _kept_precisions(source, units, probe, requests, Path(tmp), progress, outliers=outliers)
         result = search_plan(
-            source, units, probe, target=target, workdir=Path(tmp), kept=kept["try"], progress=progress
-        )
-        built = build_mixed(source, dst, units, result.plan)
+            source, units, probe, target=target, workdir=Path(tmp), kept=kept["try"], outliers=outliers,
+            progress=progress,
+        )  # fmt: skip
+        built = build_mixed(source, dst, units, result.plan, outliers=outliers)
+        if OUTLIERS in result.plan.values():
+            built["outliers"] = {
+                "channels_per_product": CHANNELS,
+                "calibration_texts": len(feeds),
+                "channels": {
+                    n: [int(c) for c in outliers[n]]
+                    for u in units
+                    if result.plan[u.name] == OUTLIERS
+                    for n in u.nodes
+                },
+            }
         progress("measuring latency")
         latency = probe.latency({"input": graph, "mixed": dst}, texts=[q.text or "" for q in requests[:200]])
     speedup = {key: round(latency["input"][key] / latency["mixed"][key], 3) for key in latency["input"]}

@@ -67,14 +67,16 @@ def _targets(model: Any) -> list[Any]:
     ]
 
 
-def activation_ranges(graph: Path, feeds: Iterable[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """The largest absolute value of every channel of each smoothed product's input, over
-    ``feeds`` (run one by one, unpadded)."""
+def activation_ranges(
+    graph: Path, feeds: Iterable[dict[str, np.ndarray]], tensors: Sequence[str] | None = None
+) -> dict[str, np.ndarray]:
+    """The largest absolute value of every channel (last axis) of each of ``tensors`` (default:
+    each smoothed product's input), over ``feeds`` (run one by one, unpadded)."""
     import onnx
     import onnxruntime as ort
 
     model = onnx.load(str(graph))
-    names = sorted({n.input[0] for n in _targets(model)})
+    names = sorted(set(tensors) if tensors is not None else {n.input[0] for n in _targets(model)})
     if not names:
         return {}
     for name in names:
