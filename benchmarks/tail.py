@@ -1,6 +1,6 @@
 """Where recommend's tail comes from: one engine in a plain loop, then two engines interleaved
 in blocks the way `recsys-infer bench` times its subjects, with ONNX Runtime's threads spinning
-between runs or sleeping.
+(between runs too, or only while a run lasts) or sleeping.
 
     python benchmarks/tail.py BUNDLE OTHER_BUNDLE [--calls 2000] [--threads 2] [--json FILE]
 
@@ -83,12 +83,18 @@ def main() -> None:
         f"plain, {args.threads} threads sleeping": lambda: plain(
             load(args.bundle, spin=False), histories, args.calls
         ),
+        f"plain, {args.threads} threads spinning during runs only": lambda: plain(
+            load(args.bundle, spin="run"), histories, args.calls
+        ),
         "plain, 1 thread": lambda: plain(load(args.bundle, threads=1), histories, args.calls),
         "interleaved with the other engine, spinning": lambda: interleaved(
             load(args.bundle), load(args.other), histories, rounds
         ),
         "interleaved with the other engine, sleeping": lambda: interleaved(
             load(args.bundle, spin=False), load(args.other, spin=False), histories, rounds
+        ),
+        "interleaved with the other engine, spinning during runs only": lambda: interleaved(
+            load(args.bundle, spin="run"), load(args.other, spin="run"), histories, rounds
         ),
         "interleaved with itself, spinning": lambda: (lambda e: interleaved(e, e, histories, rounds))(
             load(args.bundle)
@@ -98,7 +104,7 @@ def main() -> None:
         results[name] = run()
         r = results[name]
         print(
-            f"{name:46s} p50 {r['p50_ms']:7.3f}  p99 {r['p99_ms']:7.3f}  ratio {r['p99_over_p50']:5.2f}",
+            f"{name:62s} p50 {r['p50_ms']:7.3f}  p99 {r['p99_ms']:7.3f}  ratio {r['p99_over_p50']:5.2f}",
             flush=True,
         )
     if args.json:

@@ -1,13 +1,16 @@
 """Batch-1 latency of each bundle's user-side text graph, variants interleaved.
 
-    python benchmarks/tower_latency.py BUNDLE [BUNDLE ...] [--threads 2] [--rounds 5] [--json FILE]
+    python benchmarks/tower_latency.py BUNDLE [BUNDLE ...] [--threads 2] [--spin always]
+        [--rounds 5] [--json FILE]
 
 The user-side text graph is what a request runs: the user tower of a text bundle, the request
-tower of a sequence bundle. For every bundle it times one text at fixed token lengths (32, 64,
-128, padding-free) and the probe set's real request texts at their natural lengths, with ONNX
-Runtime pinned to ``--threads`` intra-op threads. Rounds interleave the bundles, so that the
-machine's drift hits every variant alike; each figure is the median over rounds of the round's
-p50 (and p95). Sizes are the graph files' bytes. The full harness is ``recsys-infer bench``.
+tower of a sequence bundle. For every bundle it times the graph alone (no tokenizer) on one text
+at fixed token lengths (32, 64, 128, padding-free) and on the probe set's real request texts at
+their natural lengths, with ONNX Runtime pinned to ``--threads`` intra-op threads that spin as
+``--spin`` says (``always``, ONNX Runtime's default; ``run``, only while a run lasts; ``never``).
+Rounds interleave the bundles, so that the machine's drift hits every variant alike; each figure
+is the median over rounds of the round's p50 (and p95). Sizes are the graph files' bytes. The
+full harness is ``recsys-infer bench``.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
-from recsys_infer.enums import Device
+from recsys_infer.enums import Device, Spin
 from recsys_infer.runtime.bundle import read_manifest
 from recsys_infer.runtime.providers import create_session
 
@@ -71,6 +74,7 @@ def main() -> None:
     )
     parser.add_argument("bundles", nargs="+", type=Path)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--spin", choices=[s.value for s in Spin], default=Spin.ALWAYS.value)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--calls", type=int, default=60, help="timed calls per length per round")
     parser.add_argument("--json", type=Path)
@@ -84,7 +88,7 @@ def main() -> None:
         manifest = read_manifest(b)
         spec = manifest.towers[_side(b)]
         runs[b] = {
-            "session": create_session(b / spec.file, Device.CPU, threads=args.threads),
+            "session": create_session(b / spec.file, Device.CPU, threads=args.threads, spin=args.spin),
             "feeds": _feeds(b, texts),
             "graph": spec.file,
             "graph_mb": round((b / spec.file).stat().st_size / 1e6, 1),
@@ -100,6 +104,7 @@ def main() -> None:
                 samples[b].setdefault(key, []).append((p50, p95))
     report: dict[str, Any] = {
         "threads": args.threads,
+        "spin": args.spin,
         "rounds": args.rounds,
         "real_lengths": {
             "count": len(lengths),
@@ -120,7 +125,8 @@ def main() -> None:
         row["speedup_seq64"] = round(base["seq64_p50_ms"] / row["seq64_p50_ms"], 2)
         row["speedup_real"] = round(base["real_p50_ms"] / row["real_p50_ms"], 2)
         report["bundles"].append(row)
-    print(f"real request lengths: {report['real_lengths']}; threads {args.threads}; ratios vs {first}")
+    lengths = report["real_lengths"]
+    print(f"real request lengths: {lengths}; threads {args.threads}, spin {args.spin}; ratios vs {first}")
     print("| bundle | graph MB | p50 ms seq 32 / 64 / 128 | p50 ms real | speed-up seq 64 / real |")
     print("|---|---|---|---|---|")
     for row in report["bundles"]:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 
 from . import __version__
-from .enums import Calibration, Pooling, QuantMode, TowerChoice, UserTowerKind
+from .enums import Calibration, Pooling, QuantMode, Spin, TowerChoice, UserTowerKind
 from .errors import FidelityError, RecsysError
 
 if TYPE_CHECKING:
@@ -1004,13 +1004,13 @@ def bench(
         bool, typer.Option("--peers/--no-peers", help="Include the sentence-transformers peers.")
     ] = True,
     spin: Annotated[
-        bool,
+        Spin,
         typer.Option(
-            "--spin/--no-spin",
-            help="ONNX Runtime threads busy-wait between runs. Off by default: subjects share the "
-            "cores, and one's idle spinning threads slow the next.",
+            help="When ONNX Runtime's threads busy-wait: always (its default; between runs too), "
+            "run (only while a run lasts) or never. run by default: subjects share the cores, "
+            "and one's idle spinning threads would slow the next.",
         ),
-    ] = False,
+    ] = Spin.RUN,
     quick: Annotated[
         bool, typer.Option("--quick", help="A smoke test: few users, rounds and calls.")
     ] = False,

@@ -35,6 +35,31 @@ class Device(StrEnum):
     TENSORRT = "tensorrt"
 
 
+class Spin(StrEnum):
+    """When ONNX Runtime's intra-op threads busy-wait for work instead of sleeping.
+
+    ``ALWAYS`` (ONNX Runtime's default): between a run's operators and for a while after each
+    run, so an idle session keeps taking CPU. ``RUN``: between a run's operators only; the
+    threads stop when the run returns (ONNX Runtime's ``session.force_spinning_stop``). ``NEVER``:
+    they sleep whenever they wait, and each operator that splits its work wakes them again (a
+    few microseconds each, which a 7-token request pays a hundred times). ``True`` and
+    ``False`` stand for ``ALWAYS`` and ``NEVER``."""
+
+    ALWAYS = "always"
+    RUN = "run"
+    NEVER = "never"
+
+    @classmethod
+    def of(cls, value: bool | str) -> Spin:
+        if isinstance(value, bool):
+            return cls.ALWAYS if value else cls.NEVER
+        try:
+            return cls(value)
+        except ValueError:
+            choices = ", ".join(s.value for s in cls)
+            raise ValueError(f"spin must be one of {choices} (or a bool), got {value!r}") from None
+
+
 class Space(StrEnum):
     """The similarity an index ranks by. Towers emit unit vectors, so inner product is cosine."""
 

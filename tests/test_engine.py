@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,7 +12,7 @@ import onnxruntime as ort
 import pytest
 
 from recsys_infer import Engine, Query
-from recsys_infer.enums import Device, Precision
+from recsys_infer.enums import Device, Precision, Spin
 from recsys_infer.errors import (
     ConfigError,
     DeviceUnavailableError,
@@ -375,10 +376,27 @@ def test_io_binding_gives_the_same_vectors(tiny_bundle: Path) -> None:
     np.testing.assert_array_equal(engine.encode_items(texts), plain)
 
 
-def test_sleeping_threads_give_the_same_answers(tiny_bundle: Path) -> None:
-    """spin=False only changes how ONNX Runtime's idle threads wait, never a result."""
+def test_how_threads_wait_never_changes_an_answer(tiny_bundle: Path) -> None:
+    """spin only changes how ONNX Runtime's idle threads wait, never a result."""
     spinning = Engine.load(tiny_bundle, device="cpu", threads=2)
-    sleeping = Engine.load(tiny_bundle, device="cpu", threads=2, spin=False)
     texts = ["a lamp for the desk", "garden chairs"]
-    assert np.array_equal(spinning.encode_items(texts), sleeping.encode_items(texts))
-    assert spinning.recommend(text="lamp", k=3) == sleeping.recommend(text="lamp", k=3)
+    for spin in (False, "run", Spin.NEVER):
+        other = Engine.load(tiny_bundle, device="cpu", threads=2, spin=spin)
+        assert np.array_equal(spinning.encode_items(texts), other.encode_items(texts))
+        assert spinning.recommend(text="lamp", k=3) == other.recommend(text="lamp", k=3)
+    with pytest.raises(ConfigError, match="always, run, never"):
+        Engine.load(tiny_bundle, device="cpu", spin="sometimes")
+
+
+def test_spin_modes_set_onnx_runtime_options() -> None:
+    def entries(spin: bool | str) -> dict[str, str]:
+        options = providers.session_options(threads=2, spin=spin)
+        found = {}
+        for key in ("session.intra_op.allow_spinning", "session.force_spinning_stop"):
+            with contextlib.suppress(RuntimeError):  # not set: ONNX Runtime's default
+                found[key] = options.get_session_config_entry(key)
+        return found
+
+    assert entries(True) == entries("always") == {}
+    assert entries("run") == {"session.force_spinning_stop": "1"}
+    assert entries(False) == entries("never") == {"session.intra_op.allow_spinning": "0"}

@@ -264,7 +264,7 @@ def peer_subjects(
     max_length: int,
     checkpoint: Checkpoint,
     device: str = "cpu",
-    spin: bool = True,
+    spin: bool | str = True,
 ) -> list[Subject]:
     """sentence-transformers with its ONNX backend, plain and with its own dynamic int8 export,
     on the checkpoint's encoder (pooling and normalisation as ours, no head). On a GPU the plain

@@ -26,7 +26,7 @@ import numpy as np
 
 from recsys_infer.data import Dataset, leave_one_out, load_dataset
 from recsys_infer.data.probe import request_from_item
-from recsys_infer.enums import Device
+from recsys_infer.enums import Device, Spin
 from recsys_infer.errors import ConfigError, DataError
 from recsys_infer.evaluation.metrics import (
     EvalResult,
@@ -70,13 +70,19 @@ class BenchConfig:
     quick: bool = False
     # Where every subject runs: the bundles, the PyTorch reference and the peers alike.
     device: str = "cpu"
-    # ONNX Runtime threads busy-waiting between runs. Off by default here: the subjects share one
-    # process and two cores, and the idle threads of the subject timed last stole the cores of
-    # the next, which put recommend's p99 at 3x its p50 (benchmarks/README.md, "The tail").
-    spin: bool = False
+    # When ONNX Runtime's threads busy-wait (a Spin). The subjects share one process and two
+    # cores: spinning after each run (``always``), the idle threads of the subject timed last
+    # stole the cores of the next, which put recommend's p99 at 3x its p50 (benchmarks/README.md,
+    # "The tail"). ``run`` stops them when a run returns, and keeps what spinning buys a lone
+    # engine within each run; ``never`` makes every operator that splits its work wake them.
+    spin: Spin = Spin.RUN
     warmup: int = 5  # untimed calls before each subject's block of calls
 
     def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "spin", Spin.of(self.spin))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         if self.threads < 1 or self.rounds < 1 or self.calls < 1 or self.batch_calls < 1:
             raise ConfigError("threads, rounds, calls and batch_calls must be positive")
         if parse_device(self.device)[0] is Device.AUTO:
@@ -636,7 +642,7 @@ def _run(
             "blas_threads": 1,
             "timer": "time.perf_counter_ns, warm-up first",
             "warmup_calls_per_block": config.warmup,
-            "onnxruntime_spinning": config.spin,
+            "onnxruntime_spinning": str(config.spin),
         },
         "data": {
             "path": loaded.dataset.name if isinstance(data, Dataset) else str(data),

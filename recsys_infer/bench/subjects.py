@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from recsys_infer.enums import Spin
 from recsys_infer.errors import BundleError
 from recsys_infer.runtime.bundle import MANIFEST, read_manifest, sha256_file
 from recsys_infer.runtime.encoder import Encoder
@@ -74,7 +75,7 @@ def _describe(manifest: Any) -> str:
 
 
 def bundle_subject(
-    path: Path, *, threads: int, name: str | None = None, device: str = "cpu", spin: bool = True
+    path: Path, *, threads: int, name: str | None = None, device: str = "cpu", spin: bool | str = True
 ) -> Subject:
     path = Path(path)
     t0 = time.perf_counter()
@@ -118,7 +119,7 @@ def status(key):
 from recsys_infer import Engine
 base = status("VmRSS:")
 t0 = time.perf_counter()
-engine = Engine.load(sys.argv[1], device=sys.argv[4], threads=int(sys.argv[2]), spin=sys.argv[5] == "1")
+engine = Engine.load(sys.argv[1], device=sys.argv[4], threads=int(sys.argv[2]), spin=sys.argv[5])
 load_s = time.perf_counter() - t0
 loaded = status("VmRSS:")
 queries = json.loads(sys.argv[3])
@@ -130,7 +131,7 @@ print(json.dumps({"load_s": load_s, "rss_before_mb": base / 1e6, "rss_loaded_mb"
 
 
 def measure_memory(
-    path: Path, threads: int, queries: list[dict[str, Any]], device: str = "cpu", spin: bool = True
+    path: Path, threads: int, queries: list[dict[str, Any]], device: str = "cpu", spin: bool | str = True
 ) -> dict[str, float] | None:
     """Resident memory of a freshly loaded engine serving ``queries`` (host memory, also on a
     GPU); None where /proc is absent."""
@@ -145,7 +146,7 @@ def measure_memory(
             str(threads),
             json.dumps(queries),
             device,
-            str(int(spin)),
+            str(Spin.of(spin)),
         ],
         capture_output=True,
         text=True,

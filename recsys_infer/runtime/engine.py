@@ -236,7 +236,7 @@ class Engine:
         milvus_uri: str | None = None,
         provider_options: Mapping[str, Any] | None = None,
         request_cache: int = 0,
-        spin: bool = True,
+        spin: bool | str = True,
     ) -> Engine:
         """Load a bundle directory.
 
@@ -249,8 +249,9 @@ class Engine:
         ...). ``request_cache``: keep up to this many request vectors (0: off), so that a text
         seen again skips the transformer (:mod:`~recsys_infer.runtime.cache`). ``threads``: ONNX
         Runtime intra-op threads (default: ONNX Runtime's choice, the physical cores). ``spin``:
-        let those threads busy-wait between runs (ONNX Runtime's default); ``False`` makes
-        them sleep, for machines whose cores other work shares (see :func:`create_session`).
+        when those threads busy-wait, a :class:`~recsys_infer.enums.Spin` (``True``: ``always``,
+        ONNX Runtime's default; ``"run"``: only while a run lasts; ``False``: ``never``, for
+        machines whose cores other busy work shares; see :func:`create_session`).
         ``exact``: rank by exact search over the stored item vectors instead of the HNSW index.
         ``verify``: check every file's sha256 (sizes are always checked). ``milvus_uri``: for a
         bundle whose index is a Milvus collection, the server to connect to instead of the one
@@ -304,7 +305,7 @@ class Engine:
         requested: Device | str,
         threads: int | None,
         provider_options: Mapping[str, Any] | None,
-        spin: bool = True,
+        spin: bool | str = True,
     ) -> tuple[dict[str, Any], Placement]:
         """ONNX Runtime sessions for the bundle's graphs, and where they run."""
         placement = plan_placement(
@@ -321,7 +322,7 @@ class Engine:
 
     @staticmethod
     def _sessions(
-        bundle: Path, manifest: Manifest, placement: Placement, threads: int | None, spin: bool = True
+        bundle: Path, manifest: Manifest, placement: Placement, threads: int | None, spin: bool | str = True
     ) -> dict[str, Any]:
         # Towers that share one graph file (shared weights) share one session.
         files = sorted({spec.file for spec in manifest.towers.values()})

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from recsys_infer.enums import Device, Precision
+from recsys_infer.enums import Device, Precision, Spin
 from recsys_infer.errors import ConfigError, DeviceUnavailableError, MissingDependencyError
 
 if TYPE_CHECKING:
@@ -208,11 +208,13 @@ def plan_device(requested: Device | str, precisions: Iterable[Precision]) -> Dev
 CPU_DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
 
 
-def session_options(*, threads: int | None = None, spin: bool = True, cpu: bool = True) -> ort.SessionOptions:
+def session_options(
+    *, threads: int | None = None, spin: bool | str = True, cpu: bool = True
+) -> ort.SessionOptions:
     """The session options every graph here runs with: all graph optimisations (on the ``cpu``,
     less :data:`CPU_DISABLED_OPTIMIZERS`), one inter-op thread, ``threads`` intra-op threads
-    (None: ONNX Runtime's choice), and whether those threads busy-wait between runs (``spin``,
-    see :func:`create_session`)."""
+    (None: ONNX Runtime's choice), and when those threads busy-wait (``spin``: a :class:`Spin`
+    or a bool, see :func:`create_session`)."""
     ort = onnxruntime()
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -225,22 +227,30 @@ def session_options(*, threads: int | None = None, spin: bool = True, cpu: bool 
         if threads < 1:
             raise ConfigError(f"threads must be a positive integer, got {threads}")
         options.intra_op_num_threads = threads
-    if not spin:
+    try:
+        mode = Spin.of(spin)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if mode is Spin.NEVER:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    elif mode is Spin.RUN:
+        options.add_session_config_entry("session.force_spinning_stop", "1")
     return options
 
 
 def create_session(
-    path: Path, placement: Placement | Device, *, threads: int | None = None, spin: bool = True
+    path: Path, placement: Placement | Device, *, threads: int | None = None, spin: bool | str = True
 ) -> ort.InferenceSession:
     """An inference session for one graph at ``placement`` (already planned; a bare
     :class:`Device` means its first GPU, or the CPU).
 
-    ``spin``: ONNX Runtime's intra-op threads busy-wait for the next piece of work after each
-    run (its default). Off, they sleep: a little slower to wake, but an idle session no longer
-    takes CPU from other sessions and processes sharing the cores (benchmarks/README.md,
-    "The tail").
+    ``spin`` (a :class:`Spin`; ``True`` is ``always``, ``False`` ``never``): ``always``, ONNX
+    Runtime's default, lets the intra-op threads busy-wait for the next piece of work, also for
+    a while after each run, so an idle session takes CPU from other sessions and processes
+    sharing the cores (benchmarks/README.md, "The tail"). ``run`` lets them spin only while a
+    run lasts, and ``never`` makes them sleep, which costs a short request a wake-up per
+    operator that splits its work.
 
     ONNX Runtime quietly drops a provider it cannot initialise; that is checked here and turned
     into a :class:`DeviceUnavailableError`.
