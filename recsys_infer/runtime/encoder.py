@@ -80,10 +80,17 @@ class OnnxEncoder:
         out = run_graph(self._session, self._output, feed, io_binding=self.io_binding)
         return np.asarray(out, dtype=np.float32)
 
+    def _checked(self, vectors: np.ndarray, n: int) -> np.ndarray:
+        if vectors.shape != (n, self._dim):
+            raise BundleError(f"the tower graph returned shape {vectors.shape}, expected ({n}, {self._dim})")
+        return vectors
+
     def encode(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
         if isinstance(texts, str):
             raise TypeError("encode takes a sequence of texts, not a single string")
         n = len(texts)
+        if n == 1:  # a served request: no batching, no copy into a result matrix
+            return self._checked(self.run(self.tokenizer(texts)), 1)
         out = np.empty((n, self._dim), dtype=np.float32)
         if n == 0:
             return out
@@ -92,19 +99,8 @@ class OnnxEncoder:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=n, desc="encoding", unit="text")
-        # One text (a served request) needs no sorting into batches.
-        batches = (
-            length_batches(self.tokenizer, texts, self.batch_size)
-            if n > 1
-            else [([0], self.tokenizer(texts))]
-        )
-        for idx, features in batches:
-            vectors = self.run(features)
-            if vectors.shape != (len(idx), self._dim):
-                raise BundleError(
-                    f"the tower graph returned shape {vectors.shape}, expected ({len(idx)}, {self._dim})"
-                )
-            out[idx] = vectors
+        for idx, features in length_batches(self.tokenizer, texts, self.batch_size):
+            out[idx] = self._checked(self.run(features), len(idx))
             if bar is not None:
                 bar.update(len(idx))
         if bar is not None:
