@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from recsys_infer.data import Dataset, sample_dataset
@@ -175,3 +176,19 @@ def request_graph(bundle: Path) -> Path:
     from recsys_infer.runtime.bundle import read_manifest
 
     return bundle / read_manifest(bundle).towers["request"].file
+
+
+def text_feeds(graph: Path, lengths: list[int], seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """One unpadded feed per length, random ids from ``graph``'s vocabulary, as a text graph's
+    calibration reads them."""
+    import onnx
+    from onnx import numpy_helper
+
+    rng = np.random.default_rng(seed)
+    words = next(t for t in onnx.load(str(graph)).graph.initializer if "word_embeddings" in t.name)
+    vocab = numpy_helper.to_array(words).shape[0]
+    feeds = []
+    for n in lengths:
+        ids = rng.integers(1, vocab, size=(1, n), dtype=np.int64)
+        feeds.append({"input_ids": ids, "attention_mask": np.ones_like(ids)})
+    return feeds

@@ -17,20 +17,9 @@ from recsys_infer.toolchain.mixed import INT8, OUTLIERS, build_mixed, graph_unit
 from recsys_infer.toolchain.outliers import SUFFIX, outlier_channels, split_outliers
 from recsys_infer.toolchain.smooth import activation_ranges, smooth_graph
 
-from .conftest import request_graph
+from .conftest import request_graph, text_feeds
 
 PLANTED = (3, 17)
-
-
-def _feeds(graph: Path, lengths: list[int], seed: int = 0) -> list[dict[str, np.ndarray]]:
-    rng = np.random.default_rng(seed)
-    words = next(t for t in onnx.load(str(graph)).graph.initializer if "word_embeddings" in t.name)
-    vocab = numpy_helper.to_array(words).shape[0]
-    out = []
-    for n in lengths:
-        ids = rng.integers(1, vocab, size=(1, n), dtype=np.int64)
-        out.append({"input_ids": ids, "attention_mask": np.ones_like(ids)})
-    return out
 
 
 def _run(graph: Path, feeds: list[dict[str, np.ndarray]]) -> np.ndarray:
@@ -67,18 +56,18 @@ def planted(seq_optimized: Path, tmp_path: Path) -> Path:
 
 def test_calibration_finds_the_outlier_channels(planted: Path) -> None:
     node = _ffn_in(planted)
-    picked = outlier_channels(planted, _feeds(planted, [4, 9]), [node], k=2)
+    picked = outlier_channels(planted, text_feeds(planted, [4, 9]), [node], k=2)
     assert picked[node].tolist() == list(PLANTED)
     with pytest.raises(ConfigError, match="no node"):
-        outlier_channels(planted, _feeds(planted, [4]), ["nope"])
+        outlier_channels(planted, text_feeds(planted, [4]), ["nope"])
     with pytest.raises(ConfigError, match="positive"):
-        outlier_channels(planted, _feeds(planted, [4]), [node], k=0)
+        outlier_channels(planted, text_feeds(planted, [4]), [node], k=0)
 
 
 def test_the_split_keeps_the_function_in_fp32(planted: Path, tmp_path: Path) -> None:
     units = [u for u in graph_units(onnx.load(str(planted))) if u.op_type == "MatMul"]
     nodes = [n for u in units for n in u.nodes]
-    feeds = _feeds(planted, [4, 7, 11])
+    feeds = text_feeds(planted, [4, 7, 11])
     channels = outlier_channels(planted, feeds, nodes, k=3)
     out = tmp_path / "split.onnx"
     record = split_outliers(planted, out, channels)
@@ -89,12 +78,12 @@ def test_the_split_keeps_the_function_in_fp32(planted: Path, tmp_path: Path) -> 
     weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     for node in (n for n in model.graph.node if n.name in channels):
         assert not weights[node.input[1]][channels[node.name]].any(), "the int8 half drops the channels"
-    unseen = _feeds(planted, [5, 9], seed=3)
+    unseen = text_feeds(planted, [5, 9], seed=3)
     np.testing.assert_allclose(_run(out, unseen), _run(planted, unseen), atol=2e-5)
 
 
 def test_a_smoothed_product_folds_the_mask_into_its_scale(planted: Path, tmp_path: Path) -> None:
-    feeds = _feeds(planted, [4, 7])
+    feeds = text_feeds(planted, [4, 7])
     smoothed = tmp_path / "smoothed.onnx"
     smooth_graph(planted, smoothed, activation_ranges(planted, feeds), 0.7)
     node = _ffn_in(smoothed)
@@ -104,21 +93,21 @@ def test_a_smoothed_product_folds_the_mask_into_its_scale(planted: Path, tmp_pat
     model = onnx.load(str(out))
     added = [n.op_type for n in model.graph.node if SUFFIX in n.name]
     assert sorted(added) == ["Add", "Gather", "MatMul"], "no mask Mul: the smoothing Mul zeroes the channels"
-    unseen = _feeds(planted, [6, 10], seed=4)
+    unseen = text_feeds(planted, [6, 10], seed=4)
     np.testing.assert_allclose(_run(out, unseen), _run(planted, unseen), atol=2e-5)
 
 
 def test_outlier_units_in_int8_stay_closer_to_fp32(planted: Path, tmp_path: Path) -> None:
     units = graph_units(onnx.load(str(planted)))
     ffn = next(u for u in units if u.name == "ffn-in.0")
-    channels = outlier_channels(planted, _feeds(planted, [4, 9, 12]), list(ffn.nodes), k=2)
+    channels = outlier_channels(planted, text_feeds(planted, [4, 9, 12]), list(ffn.nodes), k=2)
     plain, split = tmp_path / "plain.onnx", tmp_path / "split.onnx"
     build_mixed(planted, plain, units, {ffn.name: INT8})
     built = build_mixed(planted, split, units, {ffn.name: OUTLIERS}, outliers=channels)
     assert built["outlier_units"] == 1 and built["plan"][ffn.name] == OUTLIERS
     ops = Counter(n.op_type for n in onnx.load(str(split)).graph.node)
     assert ops["DynamicQuantizeMatMul"] + ops["MatMulInteger"] == len(ffn.nodes)
-    unseen = _feeds(planted, [5, 8, 13], seed=5)
+    unseen = text_feeds(planted, [5, 8, 13], seed=5)
     reference = _run(planted, unseen)
     error = {p.stem: float(np.abs(_run(p, unseen) - reference).max()) for p in (plain, split)}
     assert error["split"] < error["plain"] / 3, error

@@ -22,19 +22,7 @@ from recsys_infer.toolchain.compress import QuantizeConfig, quantize_bundle
 from recsys_infer.toolchain.mixed import graph_units
 from recsys_infer.toolchain.smooth import ALPHAS, SUFFIX, activation_ranges, smooth_graph, smooth_search
 
-from .conftest import request_graph
-
-
-def _feeds(graph: Path, lengths: list[int], seed: int = 0) -> list[dict[str, np.ndarray]]:
-    rng = np.random.default_rng(seed)
-    model = onnx.load(str(graph))
-    words = next(t for t in model.graph.initializer if "word_embeddings" in t.name)
-    vocab = numpy_helper.to_array(words).shape[0]
-    feeds = []
-    for n in lengths:
-        ids = rng.integers(1, vocab, size=(1, n), dtype=np.int64)
-        feeds.append({"input_ids": ids, "attention_mask": np.ones_like(ids)})
-    return feeds
+from .conftest import request_graph, text_feeds
 
 
 def _run(graph: Path, feeds: list[dict[str, np.ndarray]]) -> np.ndarray:
@@ -48,8 +36,8 @@ def test_ranges_cover_every_smoothed_input(seq_optimized: Path) -> None:
     model = onnx.load(str(graph))
     roles = {u.name.split(".")[0] for u in graph_units(model)}
     assert {"attention", "ffn-in", "ffn-out"} <= roles
-    few = activation_ranges(graph, _feeds(graph, [3, 5]))
-    more = activation_ranges(graph, _feeds(graph, [3, 5]) + _feeds(graph, [9, 4], seed=1))
+    few = activation_ranges(graph, text_feeds(graph, [3, 5]))
+    more = activation_ranges(graph, text_feeds(graph, [3, 5]) + text_feeds(graph, [9, 4], seed=1))
     assert set(few) == set(more) and len(few) >= 3
     for name, top in few.items():
         assert top.ndim == 1 and (top > 0).all(), name
@@ -62,7 +50,7 @@ def test_smoothing_keeps_the_function_and_moves_the_range_into_the_weights(
     seq_optimized: Path, tmp_path: Path
 ) -> None:
     graph = request_graph(seq_optimized)
-    feeds = _feeds(graph, [4, 7, 11])
+    feeds = text_feeds(graph, [4, 7, 11])
     ranges = activation_ranges(graph, feeds)
     out = tmp_path / "smoothed.onnx"
     record = smooth_graph(graph, out, ranges, 0.7)
@@ -82,7 +70,7 @@ def test_smoothing_keeps_the_function_and_moves_the_range_into_the_weights(
         np.testing.assert_allclose(1 / inverse, s, rtol=1e-5)
         np.testing.assert_allclose(new, old * s[:, None], rtol=1e-5)
     # The graph still computes the same vectors in fp32, on texts the ranges never saw.
-    unseen = _feeds(graph, [5, 9], seed=3)
+    unseen = text_feeds(graph, [5, 9], seed=3)
     np.testing.assert_allclose(_run(out, unseen), _run(graph, unseen), atol=2e-5)
     with pytest.raises(ConfigError, match=r"\(0, 1\)"):
         smooth_graph(graph, tmp_path / "x.onnx", ranges, 1.0)
@@ -90,7 +78,7 @@ def test_smoothing_keeps_the_function_and_moves_the_range_into_the_weights(
 
 def test_the_search_keeps_the_strength_closest_to_the_reference(seq_optimized: Path, tmp_path: Path) -> None:
     graph = request_graph(seq_optimized)
-    ranges = activation_ranges(graph, _feeds(graph, [4, 6]))
+    ranges = activation_ranges(graph, text_feeds(graph, [4, 6]))
     sources: list[Path] = []
 
     def quantize(src: Path, dst: Path) -> None:
