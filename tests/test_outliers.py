@@ -13,7 +13,7 @@ import pytest
 from onnx import numpy_helper
 
 from recsys_infer.errors import ConfigError
-from recsys_infer.toolchain.mixed import INT8, OUTLIERS, build_mixed, graph_units
+from recsys_infer.toolchain.mixed import FP32, INT8, OUTLIERS, build_mixed, graph_units, search_plan
 from recsys_infer.toolchain.outliers import SUFFIX, outlier_channels, split_outliers
 from recsys_infer.toolchain.smooth import activation_ranges, smooth_graph
 
@@ -71,7 +71,8 @@ def test_the_split_keeps_the_function_in_fp32(planted: Path, tmp_path: Path) -> 
     channels = outlier_channels(planted, feeds, nodes, k=3)
     out = tmp_path / "split.onnx"
     record = split_outliers(planted, out, channels)
-    assert record["split"] == sorted(nodes)
+    assert sorted(record["channels"]) == sorted(nodes)
+    assert all(record["channels"][n] == channels[n].tolist() for n in nodes)
     model = onnx.load(str(out))
     ops = Counter(n.op_type for n in model.graph.node if n.name.endswith(SUFFIX) or SUFFIX + "_" in n.name)
     assert ops["Gather"] == ops["Add"] == len(nodes) and ops["MatMul"] == len(nodes)
@@ -105,6 +106,7 @@ def test_outlier_units_in_int8_stay_closer_to_fp32(planted: Path, tmp_path: Path
     build_mixed(planted, plain, units, {ffn.name: INT8})
     built = build_mixed(planted, split, units, {ffn.name: OUTLIERS}, outliers=channels)
     assert built["outlier_units"] == 1 and built["plan"][ffn.name] == OUTLIERS
+    assert built["outliers"]["channels"] == {n: channels[n].tolist() for n in ffn.nodes}
     ops = Counter(n.op_type for n in onnx.load(str(split)).graph.node)
     assert ops["DynamicQuantizeMatMul"] + ops["MatMulInteger"] == len(ffn.nodes)
     unseen = text_feeds(planted, [5, 8, 13], seed=5)
@@ -116,3 +118,36 @@ def test_outlier_units_in_int8_stay_closer_to_fp32(planted: Path, tmp_path: Path
     attention = next(u for u in units if u.op_type == "Attention")
     with pytest.raises(ConfigError, match="outlier forms"):
         build_mixed(planted, tmp_path / "x.onnx", units, {attention.name: OUTLIERS}, outliers=channels)
+
+
+class _ByUnits:
+    """Overlap falls by 0.02 per unit in plain int8 (the search names candidates ``k<units>``)."""
+
+    def measure(self, graph: Path) -> dict[str, float]:
+        k = int(graph.stem[1:]) if graph.stem[1:].isdigit() else 0
+        return {"overlap@10": 1.0 - 0.02 * k, "mean_cosine": 1.0 - 0.001 * k, "min_cosine": 1.0}
+
+
+def test_the_search_keeps_units_as_int8_with_outliers(planted: Path, tmp_path: Path) -> None:
+    units = graph_units(onnx.load(str(planted)))
+    products = [n for u in units if u.op_type == "MatMul" for n in u.nodes]
+    channels = outlier_channels(planted, text_feeds(planted, [4, 9]), products)
+    result = search_plan(
+        planted,
+        units,
+        _ByUnits(),  # type: ignore[arg-type]
+        target=0.95,
+        workdir=tmp_path,
+        kept=(OUTLIERS, FP32),
+        outliers=channels,
+    )
+    assert result.record["kept"] == OUTLIERS
+    assert sum(p == INT8 for p in result.plan.values()) == 2
+    kept = {u.name: result.plan[u.name] for u in units if result.plan[u.name] != INT8}
+    assert kept and all(
+        p == (OUTLIERS if u.op_type == "MatMul" else FP32) for u in units if (p := kept.get(u.name))
+    )
+    out = tmp_path / "chosen.onnx"
+    build_mixed(planted, out, units, result.plan, outliers=channels)
+    sides = [n for n in onnx.load(str(out)).graph.node if n.op_type == "MatMul" and n.name.endswith(SUFFIX)]
+    assert len(sides) == sum(len(u.nodes) for u in units if result.plan[u.name] == OUTLIERS)

@@ -158,9 +158,10 @@ def build_mixed(
     if unpicked:
         raise ConfigError(f"no outlier channels were calibrated for {unpicked}")
     with quiet_quantizer(), tempfile.TemporaryDirectory(prefix="recsys-infer-mixed-") as tmp:
+        split_record = None
         if nodes[OUTLIERS]:  # split first; the int8 halves then go with the int8 units
             split = Path(tmp) / "split.onnx"
-            split_outliers(src, split, {n: outliers[n] for n in nodes[OUTLIERS]})
+            split_record = split_outliers(src, split, {n: outliers[n] for n in nodes[OUTLIERS]})
             src, nodes[INT8] = split, nodes[INT8] + nodes[OUTLIERS]
         step = src
         if nodes[INT8]:  # every other product (kept units, and any outside ``units``) stays as it is
@@ -173,7 +174,11 @@ def build_mixed(
     return {
         "plan": chosen,
         "int8_units": len([p for p in chosen.values() if p == INT8]),
-        **({"outlier_units": len([p for p in chosen.values() if p == OUTLIERS])} if nodes[OUTLIERS] else {}),
+        **(
+            {"outlier_units": len([p for p in chosen.values() if p == OUTLIERS]), "outliers": split_record}
+            if split_record
+            else {}
+        ),
         "blockwise_units": len([p for p in chosen.values() if p == BLOCKWISE]),
         "units": len(chosen),
     }
@@ -470,7 +475,7 @@ def mixed_precision_graph(
                 exclude=sorted(fixed),
                 progress=progress,
             )
-        from .outliers import CHANNELS, outlier_channels
+        from .outliers import outlier_channels
 
         progress("outlier channels")
         products = [n for u in units if u.op_type == "MatMul" for n in u.nodes]
@@ -481,17 +486,6 @@ def mixed_precision_graph(
             progress=progress,
         )  # fmt: skip
         built = build_mixed(source, dst, units, result.plan, outliers=outliers)
-        if OUTLIERS in result.plan.values():
-            built["outliers"] = {
-                "channels_per_product": CHANNELS,
-                "calibration_texts": len(feeds),
-                "channels": {
-                    n: [int(c) for c in outliers[n]]
-                    for u in units
-                    if result.plan[u.name] == OUTLIERS
-                    for n in u.nodes
-                },
-            }
         progress("measuring latency")
         latency = probe.latency({"input": graph, "mixed": dst}, texts=[q.text or "" for q in requests[:200]])
     speedup = {key: round(latency["input"][key] / latency["mixed"][key], 3) for key in latency["input"]}

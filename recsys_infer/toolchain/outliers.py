@@ -177,4 +177,4 @@ def split_outliers(src: Path, dst: Path, channels: dict[str, np.ndarray]) -> dic
             raise ConfigError(f"the weight of {name!r} is shared with other nodes; it cannot be split")
         _split_one(g, node, np.asarray(picked, dtype=np.int64))
     g.save(dst)
-    return {"split": sorted(channels), "channels": {n: [int(c) for c in v] for n, v in channels.items()}}
+    return {"channels": {n: [int(c) for c in v] for n, v in sorted(channels.items())}}
