@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from .errors import ConfigError
+
 
 class Pooling(StrEnum):
     """How token vectors become one text vector."""
@@ -57,7 +59,7 @@ class Spin(StrEnum):
             return cls(value)
         except ValueError:
             choices = ", ".join(s.value for s in cls)
-            raise ValueError(f"spin must be one of {choices} (or a bool), got {value!r}") from None
+            raise ConfigError(f"spin must be one of {choices} (or a bool), got {value!r}") from None
 
 
 class Space(StrEnum):

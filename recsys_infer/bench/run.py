@@ -79,10 +79,7 @@ class BenchConfig:
     warmup: int = 5  # untimed calls before each subject's block of calls
 
     def __post_init__(self) -> None:
-        try:
-            object.__setattr__(self, "spin", Spin.of(self.spin))
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
+        object.__setattr__(self, "spin", Spin.of(self.spin))
         if self.threads < 1 or self.rounds < 1 or self.calls < 1 or self.batch_calls < 1:
             raise ConfigError("threads, rounds, calls and batch_calls must be positive")
         if parse_device(self.device)[0] is Device.AUTO:

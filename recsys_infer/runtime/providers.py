@@ -227,10 +227,7 @@ def session_options(
         if threads < 1:
             raise ConfigError(f"threads must be a positive integer, got {threads}")
         options.intra_op_num_threads = threads
-    try:
-        mode = Spin.of(spin)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    mode = Spin.of(spin)
     if mode is Spin.NEVER:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
