@@ -1268,7 +1268,9 @@ def index(
             "or a folder of such shards. Default: the bundle's own live catalogue."
         ),
     ] = None,
-    threads: Annotated[int | None, typer.Option(min=1, help="ONNX Runtime threads per worker.")] = None,
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="Cores per worker, each running one batch at a time.")
+    ] = None,
     workers: Annotated[int, typer.Option(min=1, help="Item-tower sessions encoding shards at once.")] = 1,
     ray: Annotated[
         str | None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Sequence
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -214,6 +215,55 @@ def test_batches_group_texts_of_similar_token_counts(
     assert sorted(seen) == list(range(len(texts)))
     with pytest.raises(ConfigError, match="positive"):
         next(tok.batches(texts, 0))
+
+
+def test_batches_keep_to_a_token_budget(tiny_bundle: Path) -> None:
+    from recsys_infer.runtime.tokenizer import TextTokenizer
+
+    tok = TextTokenizer.from_file(tiny_bundle / "tokenizer.json", max_length=16, pad_token="[PAD]")
+    texts = [" ".join(["tent"] * (i % 13)) or "x" for i in range(40)]
+    lengths = dict(enumerate(tok.count_tokens(texts)))
+    batches = list(tok.batches(texts, 64, tokens=24))
+    assert sorted(r for idx, _ in batches for r in idx) == list(range(len(texts))), "every text once"
+    for idx, features in batches:
+        longest = max(lengths[i] for i in idx)
+        assert features["input_ids"].shape == (len(idx), longest)
+        # Within the budget, padding included; a text longer than the budget goes alone.
+        assert len(idx) * longest <= 24 or len(idx) == 1
+        np.testing.assert_array_equal(features["input_ids"], tok([texts[i] for i in idx])["input_ids"])
+    # Each batch takes as many texts as fit: the next batch's first would have broken the budget.
+    for (idx, _), (after, _) in pairwise(batches):
+        assert (len(idx) + 1) * lengths[after[0]] > 24
+    assert len(batches) > 40 * 3 // 24, "the budget, not the 64 texts, set the batches"
+    with pytest.raises(ConfigError, match="positive"):
+        next(tok.batches(texts, 4, tokens=0))
+
+
+def test_catalogue_batches_run_side_by_side_in_the_callers_order(tiny_bundle: Path) -> None:
+    from recsys_infer.runtime.encoder import OnnxEncoder
+
+    engine = Engine.load(tiny_bundle, device="cpu", threads=2)
+    items = engine.item_encoder
+    assert isinstance(items, OnnxEncoder)
+    # The item graph is its own (no other tower runs it): one thread per run, two runs at once.
+    assert items.workers == 2 and items.batch_tokens is not None
+    assert items._session.get_session_options().intra_op_num_threads == 1
+    texts = [*(i.text for i in engine.items(engine.item_ids[:70])), "x", "a long " * 20]
+    one_by_one = OnnxEncoder(items._session, items.tokenizer, dim=items.dim, batch_size=5)
+    side_by_side = OnnxEncoder(items._session, items.tokenizer, dim=items.dim, batch_tokens=40, workers=3)
+    np.testing.assert_allclose(side_by_side.encode(texts), one_by_one.encode(texts), atol=1e-5)
+    with pytest.raises(ConfigError, match="positive"):
+        OnnxEncoder(items._session, items.tokenizer, dim=items.dim, workers=0)
+
+
+def test_an_item_graph_that_serves_requests_keeps_its_threads(seq_bundle_for_compress: Path) -> None:
+    from recsys_infer.runtime.bundle import read_manifest
+
+    towers = read_manifest(seq_bundle_for_compress).towers
+    assert towers["request"].file == towers["item"].file  # the sequence kind reads requests with it
+    engine = Engine.load(seq_bundle_for_compress, device="cpu", threads=2)
+    assert engine.item_encoder.workers == 1  # type: ignore[attr-defined]
+    assert engine.item_encoder._session.get_session_options().intra_op_num_threads == 2  # type: ignore[attr-defined]
 
 
 def test_encode_restores_the_callers_order(tiny_bundle: Path) -> None:

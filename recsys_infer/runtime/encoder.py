@@ -7,7 +7,9 @@ inside the graph) after the tower's own tokenizer.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -22,6 +24,12 @@ if TYPE_CHECKING:
 
 _KNOWN_INPUTS = frozenset({"input_ids", "attention_mask", "token_type_ids"})
 
+#: Tokens per batch, padding included, when a text tower encodes many texts on the CPU. Batches
+#: of 64 short item texts (about 1,200 tokens) ran 15% slower than batches of 512 tokens, whose
+#: activations stay in the cores' caches; texts of 64 tokens lost nothing (benchmarks/README.md,
+#: "Catalogue encoding").
+CPU_BATCH_TOKENS = 512
+
 
 class Encoder(Protocol):
     """Anything that maps texts to unit vectors of a fixed dimension."""
@@ -35,8 +43,12 @@ class Encoder(Protocol):
 class OnnxEncoder:
     """One tower: a tokenizer plus an ONNX Runtime session.
 
-    ``encode`` batches texts of similar token counts (:func:`length_batches`: less padding),
-    then restores their order.
+    ``encode`` batches texts of similar token counts (:func:`length_batches`: less padding), of
+    up to ``batch_size`` texts and, with ``batch_tokens``, that many tokens padding included,
+    then restores their order. ``workers`` > 1 runs that many batches at once, each in its own
+    thread: give it a session of one intra-op thread, so that each batch keeps to one core (a
+    catalogue's batches then run side by side instead of each split over all the cores, whose
+    threads wait for each other on every operator; benchmarks/README.md, "Catalogue encoding").
     ONNX Runtime sessions may be run from many threads at once, so this class is thread-safe.
     """
 
@@ -47,6 +59,8 @@ class OnnxEncoder:
         *,
         dim: int,
         batch_size: int = 64,
+        batch_tokens: int | None = None,
+        workers: int = 1,
         io_binding: bool = False,
     ) -> None:
         inputs = [i.name for i in session.get_inputs()]
@@ -56,13 +70,18 @@ class OnnxEncoder:
                 f"the tower graph has inputs {inputs}; expected input_ids, attention_mask and "
                 "optionally token_type_ids. Re-export it with `recsys-infer export`."
             )
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be positive, got {batch_size}")
+        if batch_size < 1 or workers < 1 or (batch_tokens is not None and batch_tokens < 1):
+            raise ConfigError(
+                f"batch_size, batch_tokens and workers must be positive, got {batch_size}, "
+                f"{batch_tokens} and {workers}"
+            )
         self._session = session
         self._inputs = inputs
         self._output = session.get_outputs()[0].name
         self.tokenizer = tokenizer
         self.batch_size = batch_size
+        self.batch_tokens = batch_tokens
+        self.workers = workers
         self.io_binding = io_binding  # on for CUDA sessions (see providers.run_graph)
         self._dim = dim
 
@@ -99,10 +118,31 @@ class OnnxEncoder:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=n, desc="encoding", unit="text")
-        for idx, features in length_batches(self.tokenizer, texts, self.batch_size):
-            out[idx] = self._checked(self.run(features), len(idx))
+        batches = length_batches(self.tokenizer, texts, self.batch_size, self.batch_tokens)
+        for idx, vectors in self._run_all(batches):
+            out[idx] = self._checked(vectors, len(idx))
             if bar is not None:
                 bar.update(len(idx))
         if bar is not None:
             bar.close()
         return out
+
+    def _run_all(
+        self, batches: Iterator[tuple[list[int], dict[str, np.ndarray]]]
+    ) -> Iterator[tuple[list[int], np.ndarray]]:
+        """Each batch's positions and vectors, in order; with ``workers`` > 1 that many run at
+        once, and batches are tokenised only a few ahead of the runs (bounded memory)."""
+        if self.workers == 1:
+            for idx, features in batches:
+                yield idx, self.run(features)
+            return
+        pending: deque[tuple[list[int], Future[np.ndarray]]] = deque()
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="encode") as pool:
+            for idx, features in batches:
+                pending.append((idx, pool.submit(self.run, features)))
+                if len(pending) >= 2 * self.workers:
+                    idx, done = pending.popleft()
+                    yield idx, done.result()
+            while pending:
+                idx, done = pending.popleft()
+                yield idx, done.result()

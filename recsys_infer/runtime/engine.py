@@ -6,6 +6,7 @@ Torch-free by construction: it needs numpy, onnxruntime, tokenizers and hnswlib 
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -22,7 +23,7 @@ from recsys_infer.errors import BundleError, DeviceUnavailableError, QueryError,
 from .bundle import Manifest, read_item_ids, read_manifest, verify_files, write_catalogue_bundle
 from .cache import CachedEncoder, CacheStats
 from .catalog import Catalog, Item
-from .encoder import Encoder, OnnxEncoder
+from .encoder import CPU_BATCH_TOKENS, Encoder, OnnxEncoder
 from .index import ExactIndex, HnswIndex, HnswParams, Index
 from .manifest import CatalogueEdit
 from .options import (
@@ -126,23 +127,44 @@ def tower_encoder(
     tokenizer_json: str,
     *,
     io_binding: bool = False,
+    workers: int = 1,
 ) -> OnnxEncoder:
-    """One text tower of a bundle (``item``, ``user`` or ``request``) over its running session."""
+    """One text tower of a bundle (``item``, ``user`` or ``request``) over its running session;
+    ``io_binding`` for a GPU's session, ``workers``: batches run at once (:class:`OnnxEncoder`)."""
     spec = manifest.towers[name]
     tokenizer = TextTokenizer(
         Tokenizer.from_str(tokenizer_json), max_length=spec.max_length, pad_token=manifest.tokenizer.pad_token
     )
-    return OnnxEncoder(sessions[spec.file], tokenizer, dim=spec.dim, io_binding=io_binding)
+    return OnnxEncoder(
+        sessions[spec.file],
+        tokenizer,
+        dim=spec.dim,
+        batch_tokens=None if io_binding else CPU_BATCH_TOKENS,  # a GPU wants its batches whole
+        workers=workers,
+        io_binding=io_binding,
+    )
+
+
+def cpu_workers(threads: int | None) -> int:
+    """Batches a catalogue encoder runs at once on the CPU: ``threads``, else the cores this
+    process may use."""
+    return threads or len(os.sched_getaffinity(0))
 
 
 def load_item_tower(bundle: Path, *, threads: int | None = None) -> OnnxEncoder:
-    """A bundle's item tower alone, on the CPU (catalogue encoding workers load only this)."""
+    """A bundle's item tower alone, on the CPU, its batches run ``threads`` at once (default:
+    every core), each on one core (catalogue encoding workers load only this)."""
     manifest = read_manifest(bundle)
     verify_files(bundle, manifest)
     spec = manifest.item
-    sessions = {spec.file: create_session(bundle / spec.file, Device.CPU, threads=threads)}
+    sessions = {spec.file: create_session(bundle / spec.file, Device.CPU, threads=1)}
     tokenizer_json = (bundle / manifest.tokenizer.file).read_text(encoding="utf-8")
-    return tower_encoder(manifest, "item", sessions, tokenizer_json)
+    return tower_encoder(manifest, "item", sessions, tokenizer_json, workers=cpu_workers(threads))
+
+
+def _item_graph_alone(manifest: Manifest) -> bool:
+    """Whether no other tower runs the item tower's graph file (shared weights share a session)."""
+    return all(spec.file != manifest.item.file for name, spec in manifest.towers.items() if name != "item")
 
 
 def _open_store(bundle: Path, manifest: Manifest, *, exact: bool, milvus_uri: str | None) -> ItemStore:
@@ -261,11 +283,12 @@ class Engine:
         manifest = read_manifest(bundle)
         verify_files(bundle, manifest, checksums=verify)
         sessions, placement = cls._start(bundle, manifest, device, threads, provider_options, spin)
+        streamed = placement.device is Device.CPU and _item_graph_alone(manifest)
         tokenizer_json = (bundle / manifest.tokenizer.file).read_text(encoding="utf-8")
         cuda = placement.device is not Device.CPU  # bind inputs and outputs on the GPU (run_graph)
 
-        def text_encoder(name: str) -> OnnxEncoder:
-            return tower_encoder(manifest, name, sessions, tokenizer_json, io_binding=cuda)
+        def text_encoder(name: str, workers: int = 1) -> OnnxEncoder:
+            return tower_encoder(manifest, name, sessions, tokenizer_json, io_binding=cuda, workers=workers)
 
         def request_encoder(name: str) -> Encoder:
             encoder = text_encoder(name)
@@ -288,7 +311,7 @@ class Engine:
             user_encoder = TextUserEncoder(request_encoder("user"), store, manifest.user_input)
         engine = cls(
             user_encoder=user_encoder,
-            item_encoder=text_encoder("item"),
+            item_encoder=text_encoder("item", cpu_workers(threads) if streamed else 1),
             store=store,
             device=placement,
             manifest=manifest,
@@ -324,9 +347,14 @@ class Engine:
     def _sessions(
         bundle: Path, manifest: Manifest, placement: Placement, threads: int | None, spin: bool | str = True
     ) -> dict[str, Any]:
-        # Towers that share one graph file (shared weights) share one session.
+        # Towers that share one graph file (shared weights) share one session. On the CPU, an
+        # item graph of its own gets one thread: its encoder runs a batch per core instead.
         files = sorted({spec.file for spec in manifest.towers.values()})
-        return {f: create_session(bundle / f, placement, threads=threads, spin=spin) for f in files}
+        alone = manifest.item.file if placement.device is Device.CPU and _item_graph_alone(manifest) else None
+        return {
+            f: create_session(bundle / f, placement, threads=1 if f == alone else threads, spin=spin)
+            for f in files
+        }
 
     # -- properties -----------------------------------------------------------------------------
 

@@ -63,7 +63,7 @@ class MilvusTarget:
 
 @dataclass(frozen=True)
 class EncodingSettings:
-    """How the catalogue is encoded: ``workers`` ONNX sessions of ``threads`` each, in this
+    """How the catalogue is encoded: ``workers`` ONNX sessions of ``threads`` cores each, in this
     process or on Ray (``use_ray``; ``ray_address`` None starts a local cluster)."""
 
     workers: int = 1

@@ -53,19 +53,28 @@ class TextTokenizer:
         """Number of tokens each text has after truncation (special tokens included)."""
         return [sum(e.attention_mask) for e in self._tokenizer.encode_batch(list(texts))]
 
-    def batches(self, texts: Sequence[str], size: int) -> Iterator[tuple[list[int], dict[str, np.ndarray]]]:
+    def batches(
+        self, texts: Sequence[str], size: int, tokens: int | None = None
+    ) -> Iterator[tuple[list[int], dict[str, np.ndarray]]]:
         """``texts`` tokenised in one call, then cut into batches of up to ``size`` texts of
-        similar token counts, so that each batch pads as little as it can. Yields each batch's
-        positions in ``texts`` with its features, which are exactly what ``self(batch)`` gives."""
-        if size < 1:
-            raise ConfigError(f"size must be positive, got {size}")
+        similar token counts, so that each batch pads as little as it can; with ``tokens``, also
+        of at most that many tokens padding included (a batch always takes one text). Yields each
+        batch's positions in ``texts`` with its features, exactly what ``self(batch)`` gives."""
+        if size < 1 or (tokens is not None and tokens < 1):
+            raise ConfigError(f"size and tokens must be positive, got {size} and {tokens}")
         if not texts:
             return
         features = self(texts)  # padded to the longest of all; each batch is cut back below
         lengths = features["attention_mask"].sum(axis=1)
         order = np.argsort(lengths, kind="stable")
-        for start in range(0, len(order), size):
-            rows = order[start : start + size]
+        start = 0
+        while start < len(order):
+            stop = min(start + size, len(order))
+            if tokens is not None:  # lengths ascend, so a batch's last text sets its padding
+                padded = np.arange(1, stop - start + 1) * lengths[order[start:stop]]
+                stop = start + max(1, int((padded <= tokens).sum()))
+            rows = order[start:stop]
+            start = stop
             longest = int(lengths[rows].max())
             yield rows.tolist(), {name: value[rows, :longest] for name, value in features.items()}
 
@@ -76,14 +85,15 @@ WINDOW = 4096
 
 
 def length_batches(
-    tokenizer: TextTokenizer, texts: Sequence[str], size: int
+    tokenizer: TextTokenizer, texts: Sequence[str], size: int, tokens: int | None = None
 ) -> Iterator[tuple[list[int], dict[str, np.ndarray]]]:
-    """``texts`` in batches of up to ``size`` with similar token counts, each with its texts'
-    positions in ``texts``. Texts are sorted by characters (cheap, all of them), then tokenised
-    :data:`WINDOW` at a time and sorted by tokens within the window. Sorting by characters alone
-    left 36% of a batch of 64 padding on ml-latest-small's catalogue, by tokens 14%."""
+    """``texts`` in batches of up to ``size`` (and ``tokens``, see :meth:`TextTokenizer.batches`)
+    with similar token counts, each with its texts' positions in ``texts``. Texts are sorted by
+    characters (cheap, all of them), then tokenised :data:`WINDOW` at a time and sorted by tokens
+    within the window. Sorting by characters alone left 36% of a batch of 64 padding on
+    ml-latest-small's catalogue, by tokens 14%."""
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     for start in range(0, len(order), WINDOW):
         window = order[start : start + WINDOW]
-        for rows, features in tokenizer.batches([texts[i] for i in window], size):
+        for rows, features in tokenizer.batches([texts[i] for i in window], size, tokens):
             yield [window[r] for r in rows], features

@@ -136,7 +136,8 @@ def encode_catalogue(
 
     ``work``: the folder for the shards (kept until the caller removes it, so a failed run
     resumes). ``use_ray``: encode on Ray (``ray_address``: an existing cluster; None starts a
-    local one). ``threads``: ONNX Runtime threads per worker (default: the cores shared out).
+    local one). ``threads``: cores per worker (default: the cores shared out), each running one
+    batch at a time on one ONNX Runtime thread (:func:`~recsys_infer.runtime.engine.load_item_tower`).
     ``on_shard``: called with each shard number once its file is written."""
     if shard_size < 1 or workers < 1:
         raise ConfigError(f"shard_size and workers must be positive, got {shard_size} and {workers}")
@@ -166,7 +167,8 @@ def encode_catalogue(
         elif use_ray:
             _encode_on_ray(bundle, texts, plan, todo, workers, per_worker, ray_address, finished)
         else:
-            encoder = load_item_tower(bundle, threads=per_worker)
+            # One session here: its runs take every worker's cores, a batch on each.
+            encoder = load_item_tower(bundle, threads=per_worker * workers)
             for shard in todo:
                 start, stop = plan.rows(shard)
                 finished(shard, encoder.encode(list(texts[start:stop])))
