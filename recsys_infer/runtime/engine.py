@@ -270,7 +270,9 @@ class Engine:
         TensorRT: ``trt_fp16_enable``, ``trt_engine_cache_enable``, ``trt_engine_cache_path``,
         ...). ``request_cache``: keep up to this many request vectors (0: off), so that a text
         seen again skips the transformer (:mod:`~recsys_infer.runtime.cache`). ``threads``: ONNX
-        Runtime intra-op threads (default: ONNX Runtime's choice, the physical cores). ``spin``:
+        Runtime intra-op threads (default: ONNX Runtime's choice, the physical cores); on the
+        CPU, an item graph that no other tower runs gets one thread instead, and encodes many
+        texts ``threads`` batches at a time (default: the cores this process may use). ``spin``:
         when those threads busy-wait, a :class:`~recsys_infer.enums.Spin` (``True``: ``always``,
         ONNX Runtime's default; ``"run"``: only while a run lasts; ``False``: ``never``, for
         machines whose cores other busy work shares; see :func:`create_session`).
