@@ -596,6 +596,14 @@ def prune(
             "so the int8 graph keeps the fidelity (with --ratio 0: retrain for int8 only).",
         ),
     ] = False,
+    teacher: Annotated[
+        Path | None,
+        typer.Option(
+            help="Distil towards this checkpoint instead of CHECKPOINT itself: to distil a pruned "
+            "checkpoint further from the one it was pruned from (with --ratio 0).",
+            file_okay=False,
+        ),
+    ] = None,
     overwrite: Overwrite = False,
     json_out: JsonOut = None,
 ) -> None:
@@ -611,7 +619,7 @@ def prune(
         learning_rate=lr,
         quant_aware=quant_aware,
     )
-    result = prune_checkpoint(checkpoint, out, config, data=data, overwrite=overwrite)
+    result = prune_checkpoint(checkpoint, out, config, data=data, teacher=teacher, overwrite=overwrite)
     for t in result.towers:
         agree = t.agreement_after_distill or t.agreement_before_distill
         typer.echo(

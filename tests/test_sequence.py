@@ -455,6 +455,41 @@ def test_quant_aware_request_distillation(seq_checkpoint: Path, tmp_path: Path) 
         assert torch.equal(old, new), name  # the head is frozen: requests are distilled before it
 
 
+def test_a_pruned_request_tower_distils_further_from_its_teacher(
+    seq_checkpoint: Path, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """prune --teacher: a checkpoint whose request tower lost a layer goes on distilling that
+    tower (not a fresh copy of the item tower) towards the checkpoint it came from."""
+    from recsys_infer.errors import CheckpointError
+    from recsys_infer.toolchain.checkpoint import load_checkpoint
+    from recsys_infer.toolchain.prune import PruneConfig, prune_checkpoint
+
+    def config(layers: int) -> PruneConfig:
+        return PruneConfig(ratio=0.0, layers=layers, towers="user", distill_steps=2, batch_size=8)  # type: ignore[arg-type]
+
+    first = tmp_path / "first"
+    (dropped,) = prune_checkpoint(seq_checkpoint, first, config(1), data="sample", progress=False).towers
+    second = tmp_path / "second"
+    result = prune_checkpoint(first, second, config(0), data="sample", teacher=seq_checkpoint, progress=False)
+    (further,) = result.towers
+    assert further.layers_before == further.layers_after == dropped.layers_after == 1
+    model = load_checkpoint(second).model
+    assert model.request is not None and len(model.request.encoder.encoder.layer) == 1
+    assert len(model.item.encoder.encoder.layer) == 2  # the items' tower stays whole
+    # Measured against the same teacher on the same held-out requests, where the first run ended.
+    for key in ("overlap@10", "mean_cosine"):
+        assert further.agreement_before_distill[key] == pytest.approx(
+            dropped.agreement_after_distill[key], abs=1e-4
+        )
+    meta = json.loads((second / "recsys_checkpoint.json").read_text())["pruning"]
+    assert meta["teacher"] == str(seq_checkpoint.resolve())
+    with pytest.raises(CheckpointError, match="another user tower kind"):
+        prune_checkpoint(
+            first, tmp_path / "x", config(0), data="sample", teacher=tiny_checkpoint, progress=False
+        )
+    assert not (tmp_path / "x").exists()
+
+
 def test_negative_sampler_draws_allowed_items_by_frequency_to_the_075() -> None:
     from recsys_infer.toolchain.sequence_train import NegativeSampler
 

@@ -517,10 +517,15 @@ def prune_checkpoint(
     config: PruneConfig,
     *,
     data: str | None = None,
+    teacher: Path | None = None,
     overwrite: bool = False,
     progress: bool = True,
 ) -> PruneResult:
-    """Prune ``checkpoint``'s encoders and write the result as a new checkpoint at ``out``."""
+    """Prune ``checkpoint``'s encoders and write the result as a new checkpoint at ``out``.
+
+    ``teacher``: distil towards that checkpoint's towers instead of ``checkpoint``'s own, so
+    that a pruned checkpoint can be distilled further from the model it was pruned from (with
+    ``ratio`` 0 and no ``layers``; a request tower it has stays the one distilled)."""
     import copy
 
     started = time.perf_counter()
@@ -535,12 +540,12 @@ def prune_checkpoint(
     for encoder in {
         id(t.encoder): t.encoder for t in (model.item, model.user, model.request) if isinstance(t, TextTower)
     }.values():
-        if encoder.config.pruned_heads:
+        if encoder.config.pruned_heads and config.ratio > 0:
             raise CheckpointError(
                 f"{checkpoint} was pruned already; prune the original checkpoint with the ratio you want"
             )
-    teacher = copy.deepcopy(model)
-    teacher.eval()
+    teacher_model = copy.deepcopy(model) if teacher is None else _teacher(Path(teacher), ckpt)
+    teacher_model.eval()
     bytes_before = _weights_bytes(Path(checkpoint))
 
     def tokenizer(max_length: int) -> TextTokenizer:
@@ -554,12 +559,13 @@ def prune_checkpoint(
         # The user side of a sequence model is its (small) history tower and the free-text
         # requests its item tower reads. A copy of the item tower becomes a request tower of
         # its own and is pruned alone: items, their index and history users stay as they were.
-        model.request = copy.deepcopy(model.item)
+        if model.request is None or teacher is None:
+            model.request = copy.deepcopy(model.item)
         plan.append(
             (
                 "request",
                 model.request,
-                teacher.item,
+                teacher_model.item,
                 _request_inputs(ckpt, data),
                 tokenizer(mc.user_max_length),
             )
@@ -568,13 +574,13 @@ def prune_checkpoint(
         item_inputs = _item_inputs(ckpt, with_requests=sequence)
         length = mc.item_max_length if not mc.shared_towers else mc.user_max_length
         name = "item" if not mc.shared_towers else "shared"
-        plan.append((name, model.item, teacher.item, item_inputs, tokenizer(length)))
+        plan.append((name, model.item, teacher_model.item, item_inputs, tokenizer(length)))
     if not sequence and not mc.shared_towers and config.towers is not TowerChoice.ITEM:
         plan.append(
             (
                 "user",
                 model.user,
-                teacher.user,
+                teacher_model.user,
                 _user_pairs(ckpt, data, config.seed),
                 tokenizer(mc.user_max_length),
             )
@@ -588,14 +594,18 @@ def prune_checkpoint(
         else:
             held = rng.sample(inputs.texts, min(256, len(inputs.texts)))
         batches = _Batches(
-            inputs, tok, teacher.item if inputs.targets is not None else None, config.batch_size, config.seed
+            inputs,
+            tok,
+            teacher_model.item if inputs.targets is not None else None,
+            config.batch_size,
+            config.seed,
         )
         catalogue = None
         if name == "request":  # requests are distilled towards the teacher's catalogue ranking
             from .sequence_train import embed_items
 
             catalogue = embed_items(
-                teacher.item, tokenizer(mc.item_max_length), ckpt.catalog.texts, progress=progress
+                teacher_model.item, tokenizer(mc.item_max_length), ckpt.catalog.texts, progress=progress
             )
         logger.info("pruning the %s tower: ratio %.2f, %d layers", name, config.ratio, config.layers)
         report = prune_tower(tower, reference, batches, config, name)
@@ -612,6 +622,7 @@ def prune_checkpoint(
         "from": str(Path(checkpoint).resolve()),
         "config": {**asdict(config), "towers": str(config.towers)},
         "data": data,
+        "teacher": str(Path(teacher).resolve()) if teacher is not None else None,
         "towers": [asdict(r) for r in reports],
     }
     save_checkpoint(
@@ -621,6 +632,23 @@ def prune_checkpoint(
     return PruneResult(
         Path(out), reports, bytes_before, _weights_bytes(Path(out)), time.perf_counter() - started
     )
+
+
+def _teacher(path: Path, student: Checkpoint) -> Any:
+    """``path``'s model, to distil ``student`` towards: refused unless both read the same texts
+    the same way (kind, tokenizer, catalogue)."""
+    ckpt = load_checkpoint(path, attn_implementation="eager")
+    for what, mine, theirs in (
+        ("user tower kind", student.config.user_tower, ckpt.config.user_tower),
+        ("tokenizer", student.tokenizer_json, ckpt.tokenizer_json),
+        ("catalogue", list(student.catalog.ids), list(ckpt.catalog.ids)),
+    ):
+        if mine != theirs:
+            raise CheckpointError(
+                f"the teacher {path} has another {what} than the checkpoint; pass the checkpoint "
+                "this one was pruned from"
+            )
+    return ckpt.model
 
 
 def _weights_bytes(path: Path) -> int:
