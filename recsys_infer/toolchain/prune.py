@@ -540,7 +540,7 @@ def prune_checkpoint(
     for encoder in {
         id(t.encoder): t.encoder for t in (model.item, model.user, model.request) if isinstance(t, TextTower)
     }.values():
-        if encoder.config.pruned_heads and config.ratio > 0:
+        if encoder.config.pruned_heads:
             raise CheckpointError(
                 f"{checkpoint} was pruned already; prune the original checkpoint with the ratio you want"
             )
