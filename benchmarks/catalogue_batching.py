@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -32,6 +31,7 @@ from typing import Any
 from recsys_infer import Engine
 from recsys_infer.runtime.bundle import read_manifest
 from recsys_infer.runtime.encoder import CPU_BATCH_TOKENS, OnnxEncoder
+from recsys_infer.runtime.engine import cpu_workers
 from recsys_infer.runtime.providers import create_session
 
 
@@ -44,19 +44,22 @@ def _texts(engine: Engine, count: int = 512) -> dict[str, list[str]]:
     }
 
 
-def _arms(bundle: Path, engine: Engine, checkpoint: Path | None) -> dict[str, Any]:
+Encode = Callable[[Sequence[str]], Any]
+
+
+def _arms(bundle: Path, engine: Engine, checkpoint: Path | None) -> dict[str, Encode]:
     items = engine.item_encoder
     if not isinstance(items, OnnxEncoder):
         raise SystemExit(f"{bundle}: its item tower is not an ONNX graph on this machine")
-    cores = len(os.sched_getaffinity(0))
+    cores = cpu_workers(None)
     spec = read_manifest(bundle).item
     shared = create_session(bundle / spec.file, engine.device, threads=cores, spin="run")
-    arms: dict[str, Any] = {
-        "64 texts, cores share each batch": OnnxEncoder(shared, items.tokenizer, dim=items.dim),
+    arms: dict[str, Encode] = {
+        "64 texts, cores share each batch": OnnxEncoder(shared, items.tokenizer, dim=items.dim).encode,
         f"{CPU_BATCH_TOKENS} tokens, cores share each batch": OnnxEncoder(
             shared, items.tokenizer, dim=items.dim, batch_tokens=CPU_BATCH_TOKENS
-        ),
-        f"{CPU_BATCH_TOKENS} tokens, a batch per core (the engine's)": items,
+        ).encode,
+        f"{CPU_BATCH_TOKENS} tokens, a batch per core (the engine's)": items.encode,
     }
     if checkpoint is not None:
         from recsys_infer.bench.reference import reference_subject
@@ -70,7 +73,7 @@ def _arms(bundle: Path, engine: Engine, checkpoint: Path | None) -> dict[str, An
     return arms
 
 
-def _with_batch(encoder: Any, size: int) -> Callable[[Sequence[str]], Any]:
+def _with_batch(encoder: Any, size: int) -> Encode:
     def encode(texts: Sequence[str]) -> Any:
         encoder.batch_size = size
         return encoder.encode(texts)
@@ -78,7 +81,7 @@ def _with_batch(encoder: Any, size: int) -> Callable[[Sequence[str]], Any]:
     return encode
 
 
-def _seconds(encode: Callable[[Sequence[str]], Any], texts: Sequence[str]) -> float:
+def _seconds(encode: Encode, texts: Sequence[str]) -> float:
     t = time.perf_counter()
     encode(texts)
     return time.perf_counter() - t
@@ -98,13 +101,13 @@ def main() -> None:
     sets = _texts(engine)
     samples: dict[str, dict[str, list[float]]] = {s: {a: [] for a in arms} for s in sets}
     for name, texts in sets.items():
-        for arm in arms.values():  # warm-up: first runs, allocator arenas
-            getattr(arm, "encode", arm)(texts)
+        for encode in arms.values():  # warm-up: first runs, allocator arenas
+            encode(texts)
         for _ in range(args.rounds):
-            for label, arm in arms.items():
-                samples[name][label].append(_seconds(getattr(arm, "encode", arm), texts))
+            for label, encode in arms.items():
+                samples[name][label].append(_seconds(encode, texts))
     counts = engine.item_encoder.tokenizer.count_tokens  # type: ignore[attr-defined]
-    result: dict[str, Any] = {"bundle": str(args.bundle), "cores": len(os.sched_getaffinity(0)), "sets": {}}
+    result: dict[str, Any] = {"bundle": str(args.bundle), "cores": cpu_workers(None), "sets": {}}
     for name, texts in sets.items():
         tokens = counts(texts)
         rates = {a: round(len(texts) / statistics.median(s), 1) for a, s in samples[name].items()}

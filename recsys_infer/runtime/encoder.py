@@ -131,7 +131,8 @@ class OnnxEncoder:
         self, batches: Iterator[tuple[list[int], dict[str, np.ndarray]]]
     ) -> Iterator[tuple[list[int], np.ndarray]]:
         """Each batch's positions and vectors, in order; with ``workers`` > 1 that many run at
-        once, and batches are tokenised only a few ahead of the runs (bounded memory)."""
+        once, and at most twice that many batches wait for a run (the features in memory stay
+        bounded, beside the tokenizer's window of :data:`~.tokenizer.WINDOW` texts)."""
         if self.workers == 1:
             for idx, features in batches:
                 yield idx, self.run(features)

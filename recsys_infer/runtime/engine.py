@@ -162,9 +162,12 @@ def load_item_tower(bundle: Path, *, threads: int | None = None) -> OnnxEncoder:
     return tower_encoder(manifest, "item", sessions, tokenizer_json, workers=cpu_workers(threads))
 
 
-def _item_graph_alone(manifest: Manifest) -> bool:
-    """Whether no other tower runs the item tower's graph file (shared weights share a session)."""
-    return all(spec.file != manifest.item.file for name, spec in manifest.towers.items() if name != "item")
+def _item_streamed(manifest: Manifest, placement: Placement) -> bool:
+    """Whether the item graph runs a batch per core: on the CPU, where no other tower runs its
+    graph file (towers that share weights share a session, whose threads the others need)."""
+    return placement.device is Device.CPU and all(
+        spec.file != manifest.item.file for name, spec in manifest.towers.items() if name != "item"
+    )
 
 
 def _open_store(bundle: Path, manifest: Manifest, *, exact: bool, milvus_uri: str | None) -> ItemStore:
@@ -285,7 +288,7 @@ class Engine:
         manifest = read_manifest(bundle)
         verify_files(bundle, manifest, checksums=verify)
         sessions, placement = cls._start(bundle, manifest, device, threads, provider_options, spin)
-        streamed = placement.device is Device.CPU and _item_graph_alone(manifest)
+        streamed = _item_streamed(manifest, placement)
         tokenizer_json = (bundle / manifest.tokenizer.file).read_text(encoding="utf-8")
         cuda = placement.device is not Device.CPU  # bind inputs and outputs on the GPU (run_graph)
 
@@ -352,7 +355,7 @@ class Engine:
         # Towers that share one graph file (shared weights) share one session. On the CPU, an
         # item graph of its own gets one thread: its encoder runs a batch per core instead.
         files = sorted({spec.file for spec in manifest.towers.values()})
-        alone = manifest.item.file if placement.device is Device.CPU and _item_graph_alone(manifest) else None
+        alone = manifest.item.file if _item_streamed(manifest, placement) else None
         return {
             f: create_session(bundle / f, placement, threads=1 if f == alone else threads, spin=spin)
             for f in files
