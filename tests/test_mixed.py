@@ -7,6 +7,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 
@@ -19,6 +20,7 @@ from recsys_infer.toolchain.mixed import (
     BLOCKWISE,
     FP32,
     INT8,
+    INT8_TENSOR,
     KEPT_FORMS,
     build_mixed,
     graph_units,
@@ -53,6 +55,32 @@ def test_the_graph_follows_the_plan(seq_optimized: Path, tmp_path: Path) -> None
     quantized = ops["DynamicQuantizeMatMul"] + ops["MatMulInteger"]
     assert quantized == sum(len(u.nodes) for u in int8), ops
     assert ops["Attention"] == sum(u.op_type == "Attention" for u in units), "fp32 attention must stay"
+
+
+def _weight_zero_points(graph: Path) -> dict[str, int]:
+    """Each int8 product's number of weight zero points: 1 per tensor, one per column else."""
+    model = onnx.load(str(graph))
+    sizes = {t.name: int(np.prod(t.dims)) for t in model.graph.initializer}
+    slot = {"MatMulInteger": 3, "QAttention": 7, "DynamicQuantizeMatMul": 3}
+    return {n.name: sizes[n.input[slot[n.op_type]]] for n in model.graph.node if n.op_type in slot}
+
+
+def test_units_get_one_weight_scale_per_tensor_or_per_column(seq_optimized: Path, tmp_path: Path) -> None:
+    graph = request_graph(seq_optimized)
+    units = graph_units(onnx.load(str(graph)))
+    attention, ffn = (
+        next(u for u in units if u.op_type == "Attention"),
+        next(u for u in units if u.name.startswith("ffn-in.")),
+    )
+    out = tmp_path / "mixed.onnx"
+    built = build_mixed(graph, out, units, {attention.name: INT8_TENSOR, ffn.name: INT8})
+    assert built["int8_units"] == 2 and built["per_tensor_units"] == 1
+    points = _weight_zero_points(out)
+    assert sorted(points.values())[0] == 1 and len(points) == 2, points
+    assert max(points.values()) > 1, "the per-column product keeps a zero point per column"
+    per_tensor = next(n for n in onnx.load(str(out)).graph.node if n.name in points and points[n.name] == 1)
+    assert per_tensor.op_type == "QAttention", "the attention is the one per tensor"
+    assert "per_tensor_units" not in build_mixed(graph, tmp_path / "b.onnx", units, {ffn.name: INT8})
 
 
 def test_kept_units_can_run_in_blockwise_int8(seq_optimized: Path, tmp_path: Path) -> None:
@@ -139,6 +167,37 @@ def test_the_search_falls_back_to_fp32_kept_units(seq_optimized: Path, tmp_path:
         search_plan(graph, units, probe, target=1.01, workdir=tmp_path, kept=(BLOCKWISE, FP32))  # type: ignore[arg-type]
 
 
+class _PerTensorProbe:
+    """Overlap falls by 0.02 per int8 product and by 0.007 more per product with one weight
+    scale: at a 0.95 target the first stage takes 2 units (0.96), and one of them can then go
+    per tensor (0.953), not both (0.946)."""
+
+    def measure(self, graph: Path) -> dict[str, float]:
+        points = _weight_zero_points(graph)
+        tensor = sum(v == 1 for v in points.values())
+        overlap = 1.0 - 0.02 * len(points) - 0.007 * tensor
+        return {"overlap@10": overlap, "mean_cosine": overlap, "min_cosine": overlap}
+
+
+def test_the_search_moves_int8_units_per_tensor_while_the_target_holds(
+    seq_optimized: Path, tmp_path: Path
+) -> None:
+    graph = request_graph(seq_optimized)
+    units = [u for u in graph_units(onnx.load(str(graph))) if len(u.nodes) == 1]
+    probe = _PerTensorProbe()
+    result = search_plan(graph, units, probe, target=0.95, workdir=tmp_path, per_tensor=True)  # type: ignore[arg-type]
+    assert Counter(result.plan.values()) == Counter({INT8: 1, INT8_TENSOR: 1, FP32: len(units) - 2})
+    assert result.fidelity["overlap@10"] == pytest.approx(0.953)
+    record = result.record["per_tensor"]
+    assert record["units"] == 1 and len(record["sensitivity"]) == 2
+    assert {t["per_tensor_units"]: round(t["overlap@10"], 3) for t in record["tried"]} == {1: 0.953, 2: 0.946}
+    moved = next(n for n, p in result.plan.items() if p == INT8_TENSOR)
+    assert moved == record["order"][0]
+    # Without per_tensor (a CPU where it is not faster) the first stage's plan stands.
+    plain = search_plan(graph, units, probe, target=0.95, workdir=tmp_path)  # type: ignore[arg-type]
+    assert Counter(plain.plan.values())[INT8] == 2 and "per_tensor" not in plain.record
+
+
 def test_auto_writes_a_measured_mixedrequest_graph(seq_optimized: Path, tmp_path: Path) -> None:
     out = tmp_path / "auto"
     config = QuantizeConfig(mode="auto", towers="user", target_overlap=0.9)
@@ -159,6 +218,10 @@ def test_auto_writes_a_measured_mixedrequest_graph(seq_optimized: Path, tmp_path
         assert (form in kept["try"]) == faster, f"{form} is tried only where it was faster than fp32"
     relative = [sum(latency[f][k] / latency[FP32][k] for k in latency[FP32]) for f in kept["try"][:-1]]
     assert relative == sorted(relative), "the faster form first"
+    timing = search["per_tensor_timing"]["latency"]
+    faster = all(timing[INT8_TENSOR][key] < timing[INT8][key] for key in timing[INT8])
+    assert search["per_tensor_timing"]["faster"] == faster
+    assert ("per_tensor" in search) == faster, "units go per tensor only where that was faster"
     assert graph["latency"]["mixed"]["p50_ms_real"] > 0 and graph["latency"]["speedup_vs_input"]
     # The written bundle's own measurement (the gate's) agrees with the target too.
     assert result.fidelity["queries"]["request"]["overlap@10"] >= 0.9

@@ -29,7 +29,11 @@ and keeps the others in a more faithful precision:
    int8 while the measured request overlap@10 holds the target; the others keep their kept
    precision. Where even the most faithful plan in one kept form misses the target, the search
    runs again with the next form, and last with fp32 kept units.
-5. **Measured, not assumed.** Every candidate's overlap is measured on the probe's requests; the
+5. **Per tensor where it holds.** Where one weight scale per matrix (:data:`INT8_TENSOR`) runs
+   faster than one per output column on this CPU (every unit each way, measured interleaved),
+   the chosen plan's int8 units are moved to it alone in turn, ordered by the mean cosine each
+   costs per weight, and a second binary search finds how many can go while the target holds.
+6. **Measured, not assumed.** Every candidate's overlap is measured on the probe's requests; the
    chosen graph's batch-1 latency is measured against fp32 and all-int8, interleaved, and the
    whole search is written into the manifest's compression record.
 
@@ -67,6 +71,10 @@ logger = logging.getLogger(__name__)
 #: side product (:mod:`.outliers`); blockwise int8 (MatMulNBits); fp32. The middle two are forms
 #: of matrix products only.
 INT8, OUTLIERS, BLOCKWISE, FP32 = "int8", "int8-outliers", "int8-blockwise", "fp32"
+#: Dynamic int8 with one weight scale for the whole matrix instead of one per output column. Less
+#: faithful, and on a short request faster: ONNX Runtime's int8 product applies per-column scales
+#: in a slower pass (a 384x1536 product of 7 rows: 12 µs against 16 on two AMX cores).
+INT8_TENSOR = "int8-tensor"
 #: The kept precisions a search may try before fp32, each where it runs faster than fp32.
 KEPT_FORMS = (OUTLIERS, BLOCKWISE)
 #: Block size of blockwise kept units: on the ml-latest-small request graph (VNNI CPU), 128 ran
@@ -143,7 +151,7 @@ def build_mixed(
     Units in :data:`OUTLIERS` take their channels from ``outliers`` (by node name)."""
     from .outliers import split_outliers
 
-    unknown = set(plan.values()) - {INT8, OUTLIERS, BLOCKWISE, FP32}
+    unknown = set(plan.values()) - {INT8, INT8_TENSOR, OUTLIERS, BLOCKWISE, FP32}
     if unknown:
         raise ConfigError(f"unknown precisions {sorted(unknown)}")
     chosen = {u.name: plan.get(u.name, FP32) for u in units}
@@ -151,7 +159,8 @@ def build_mixed(
     if formless:
         raise ConfigError(f"only MatMul units have blockwise and outlier forms, not {formless}")
     nodes = {
-        p: [n for u in units if chosen[u.name] == p for n in u.nodes] for p in (INT8, OUTLIERS, BLOCKWISE)
+        p: [n for u in units if chosen[u.name] == p for n in u.nodes]
+        for p in (INT8, INT8_TENSOR, OUTLIERS, BLOCKWISE)
     }
     outliers = outliers or {}
     unpicked = [n for n in nodes[OUTLIERS] if n not in outliers]
@@ -163,6 +172,13 @@ def build_mixed(
             split = Path(tmp) / "split.onnx"
             split_record = split_outliers(src, split, {n: outliers[n] for n in nodes[OUTLIERS]})
             src, nodes[INT8] = split, nodes[INT8] + nodes[OUTLIERS]
+        if nodes[INT8_TENSOR]:  # each pass leaves every product but its own as it is
+            tensor = Path(tmp) / "int8-tensor.onnx"
+            dynamic_int8(
+                src, tensor, ops=["MatMul", "Attention"], exclude=_products(src, but=nodes[INT8_TENSOR]),
+                per_channel=False,
+            )  # fmt: skip
+            src = tensor
         step = src
         if nodes[INT8]:  # every other product (kept units, and any outside ``units``) stays as it is
             step = dst if not nodes[BLOCKWISE] else Path(tmp) / "int8.onnx"
@@ -173,7 +189,10 @@ def build_mixed(
             shutil.copyfile(src, dst)
     return {
         "plan": chosen,
-        "int8_units": len([p for p in chosen.values() if p == INT8]),
+        "int8_units": len([p for p in chosen.values() if p in (INT8, INT8_TENSOR)]),
+        **(
+            {"per_tensor_units": sum(p == INT8_TENSOR for p in chosen.values())} if nodes[INT8_TENSOR] else {}
+        ),
         **(
             {"outlier_units": len([p for p in chosen.values() if p == OUTLIERS]), "outliers": split_record}
             if split_record
@@ -309,11 +328,13 @@ def search_plan(
     workdir: Path,
     kept: Sequence[str] = (FP32,),
     outliers: dict[str, np.ndarray] | None = None,
+    per_tensor: bool = False,
     progress: Callable[[str], None] = lambda _: None,
 ) -> SearchResult:
     """The plan with the most units in dynamic int8 whose request overlap@10 holds ``target``,
     the others in the first of the ``kept`` precisions that lets some plan hold it (``outliers``:
-    the calibrated channels, for :data:`OUTLIERS`)."""
+    the calibrated channels, for :data:`OUTLIERS`). With ``per_tensor``, as many of its int8
+    units then move to :data:`INT8_TENSOR` as the target allows (:func:`_per_tensor_stage`)."""
 
     def trial(name: str, plan: dict[str, str]) -> dict[str, float]:
         path = workdir / f"{name}.onnx"
@@ -354,13 +375,62 @@ def search_plan(
             continue
         record["kept"] = precision
         record["tried"].sort(key=lambda t: (t["kept"] != precision, t["int8_units"]))
-        return SearchResult(plan(precision, best), results[best], record)
+        chosen, fidelity = plan(precision, best), results[best]
+        if per_tensor:
+            chosen, fidelity, record["per_tensor"] = _per_tensor_stage(
+                chosen, fidelity, units, trial, target=target, progress=progress
+            )
+        return SearchResult(chosen, fidelity, record)
     raise FidelityError(
         f"no mixed-precision graph holds request overlap@10 {target}: the most faithful candidate "
         f"(no unit in dynamic int8, the rest {best_seen[1]}) reaches {best_seen[0]:.4f}. With fp32 "
         "that is the input graph as it is: the input bundle itself is below the target (pruned?). "
         "Lower --target-overlap or start from a less compressed bundle."
     )
+
+
+def _per_tensor_stage(
+    chosen: dict[str, str],
+    fidelity: dict[str, float],
+    units: Sequence[Unit],
+    trial: Callable[[str, dict[str, str]], dict[str, float]],
+    *,
+    target: float,
+    progress: Callable[[str], None],
+) -> tuple[dict[str, str], dict[str, float], dict[str, Any]]:
+    """``chosen`` (which holds ``target`` at ``fidelity``) with as many of its int8 units in
+    :data:`INT8_TENSOR` as still hold it: each int8 unit alone moved, its cost the mean cosine
+    it loses; the cheapest per weight first; a bisection for how many. The plan, its fidelity and
+    the record."""
+    movable = [u for u in units if chosen[u.name] == INT8]
+    sensitivity: dict[str, float] = {}
+    for i, unit in enumerate(movable):
+        progress(f"per-tensor sensitivity {i + 1}/{len(movable)}: {unit.name}")
+        measured = trial(f"tensor-{i}", {**chosen, unit.name: INT8_TENSOR})
+        sensitivity[unit.name] = round(max(0.0, fidelity["mean_cosine"] - measured["mean_cosine"]), 8)
+    order = sorted(movable, key=lambda u: sensitivity[u.name] / max(u.weights, 1))
+    tried: list[dict[str, Any]] = []
+
+    def plan(k: int) -> dict[str, str]:
+        return {**chosen, **{u.name: INT8_TENSOR for u in order[:k]}}
+
+    def measure(k: int) -> dict[str, float]:
+        if k == 0:  # the plan as it came, measured already
+            return fidelity
+        progress(f"candidate: {k} of {len(movable)} int8 units per tensor")
+        measured = trial(f"t{k}", plan(k))
+        tried.append({"per_tensor_units": k, **measured})
+        return measured
+
+    results = _most_passing(measure, len(movable), target)
+    best = max(k for k, r in results.items() if r["overlap@10"] >= target)
+    record = {
+        "sensitivity": sensitivity,
+        "order": [u.name for u in order],
+        "tried": sorted(tried, key=lambda t: t["per_tensor_units"]),
+        "units": best,
+    }
+    return plan(best), results[best], record
 
 
 def _kept_precisions(
@@ -388,6 +458,28 @@ def _kept_precisions(
     faster = [f for f in forms if all(latency[f][key] < latency[FP32][key] for key in latency[FP32])]
     faster.sort(key=lambda f: sum(latency[f][key] / latency[FP32][key] for key in latency[FP32]))
     return {"try": [*faster, FP32], "latency": latency}
+
+
+def _per_tensor_timing(
+    graph: Path,
+    units: Sequence[Unit],
+    probe: GraphProbe,
+    requests: Sequence[Query],
+    workdir: Path,
+    progress: Callable[[str], None],
+) -> dict[str, Any]:
+    """Whether :data:`INT8_TENSOR` is faster than :data:`INT8` on this CPU at both 64 tokens and
+    real request lengths (every unit in it, measured interleaved); where it is not, the search
+    never trades fidelity for it."""
+    progress(f"timing {INT8_TENSOR} against {INT8}")
+    graphs = {p: workdir / f"all-{p}.onnx" for p in (INT8, INT8_TENSOR)}
+    for precision, path in graphs.items():
+        build_mixed(graph, path, units, {u.name: precision for u in units})
+    latency = probe.latency(graphs, texts=[q.text or "" for q in requests[:200]])
+    for path in graphs.values():
+        path.unlink()
+    faster = all(latency[INT8_TENSOR][key] < latency[INT8][key] for key in latency[INT8])
+    return {"faster": faster, "latency": latency}
 
 
 def request_probe(
@@ -481,9 +573,10 @@ def mixed_precision_graph(
         products = [n for u in units if u.op_type == "MatMul" for n in u.nodes]
         outliers = outlier_channels(source, feeds, products) if products else {}
         kept = _kept_precisions(source, units, probe, requests, Path(tmp), progress, outliers=outliers)
+        per_tensor = _per_tensor_timing(source, units, probe, requests, Path(tmp), progress)
         result = search_plan(
             source, units, probe, target=target, workdir=Path(tmp), kept=kept["try"], outliers=outliers,
-            progress=progress,
+            per_tensor=per_tensor["faster"], progress=progress,
         )  # fmt: skip
         built = build_mixed(source, dst, units, result.plan, outliers=outliers)
         progress("measuring latency")
@@ -502,6 +595,7 @@ def mixed_precision_graph(
         "search": {
             **result.record,
             "kept_precision": kept,
+            "per_tensor_timing": per_tensor,
             "chosen": result.fidelity,
             "seconds": round(time.perf_counter() - started, 1),
         },
