@@ -604,6 +604,14 @@ def prune(
             file_okay=False,
         ),
     ] = None,
+    request_variants: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="A request tower also distils on this many requests per item made of a random "
+            "choice of its genres and tags (never those of a held-out request).",
+        ),
+    ] = 0,
     overwrite: Overwrite = False,
     json_out: JsonOut = None,
 ) -> None:
@@ -618,6 +626,7 @@ def prune(
         batch_size=batch_size,
         learning_rate=lr,
         quant_aware=quant_aware,
+        request_variants=request_variants,
     )
     result = prune_checkpoint(checkpoint, out, config, data=data, teacher=teacher, overwrite=overwrite)
     for t in result.towers:

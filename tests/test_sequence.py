@@ -600,3 +600,31 @@ def test_two_space_export_widens_the_search_until_every_query_kind_finds_its_nei
     assert ef >= 64 and (min(by_kind.values()) >= EF_TARGET_RECALL or ef * 2 > EF_MAX)
     index = Engine.load(seq_bundle, device="cpu").store.index  # what serving searches with
     assert isinstance(index, HnswIndex) and index.params.ef_search == ef
+
+
+def test_request_variants_add_requests_but_never_a_held_out_one() -> None:
+    """prune --request-variants: more requests per item, each a choice of its attributes in
+    their order; none with the attributes of a request fidelity is measured on, in any order."""
+    from types import SimpleNamespace
+
+    from recsys_infer.runtime.catalog import Catalog, Item
+    from recsys_infer.toolchain.prune import _catalogue_requests
+
+    items = [
+        Item("held", "a held-out target", {"genres": ["Comedy", "Drama"]}),
+        Item("other", "another film", {"genres": ["Drama", "Comedy", "Horror"], "tags": ["dark"]}),
+        Item("plain", "a film with no attributes"),
+    ]
+    ckpt = SimpleNamespace(catalog=Catalog(items), probe={"requests": ["Comedy, Drama"], "targets": ["held"]})
+    base = _catalogue_requests(ckpt)  # type: ignore[arg-type]
+    assert base == ["Drama, Comedy, Horror, dark", "a film with no"]
+    varied = _catalogue_requests(ckpt, variants=40, seed=0)  # type: ignore[arg-type]
+    assert set(base) < set(varied) and varied == _catalogue_requests(ckpt, variants=40, seed=0)  # type: ignore[arg-type]
+    new = set(varied) - set(base)
+    parts = ["Drama", "Comedy", "Horror", "dark"]
+    for request in new:  # the other film's attributes, in their order
+        picked = request.split(", ")
+        assert [p for p in parts if p in picked] == picked, request
+    assert {"Drama", "Horror", "Drama, Horror, dark"} <= new
+    # Its Drama and Comedy are the held-out request's attributes, in another order.
+    assert "Drama, Comedy" not in varied and "Comedy, Drama" not in varied

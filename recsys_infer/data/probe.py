@@ -37,16 +37,24 @@ def request_from_text(item: Item) -> str | None:
     return title or None
 
 
-def request_from_item(item: Item) -> str | None:
-    """A short free-text request for an item: its descriptive attributes (genres, category,
-    tags, brand) when it has any, else made from its text (:func:`request_from_text`)."""
+def request_parts(item: Item, per_field: int | None = 3) -> list[str]:
+    """An item's descriptive attributes in field order (genres, category, tags, brand): the
+    first ``per_field`` values of each list (all of them with None), and each single value."""
     parts: list[str] = []
     for name in _REQUEST_FIELDS:
         value = item.attributes.get(name)
         if isinstance(value, list):
-            parts.extend(str(v) for v in value[:3])
+            parts.extend(str(v) for v in value[:per_field])
         elif value:
             parts.append(str(value))
+    return parts
+
+
+def request_from_item(item: Item) -> str | None:
+    """A short free-text request for an item: its descriptive attributes (genres, category,
+    tags, brand; :func:`request_parts`) when it has any, else made from its text
+    (:func:`request_from_text`)."""
+    parts = request_parts(item)
     return ", ".join(parts) if parts else request_from_text(item)
 
 

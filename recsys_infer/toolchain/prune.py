@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 from torch import nn
 
-from recsys_infer.data.probe import request_from_item
+from recsys_infer.data.probe import request_from_item, request_parts
 from recsys_infer.enums import TowerChoice, UserTowerKind
 from recsys_infer.errors import CheckpointError, ConfigError
 from recsys_infer.runtime.tokenizer import TextTokenizer
@@ -80,6 +80,9 @@ class PruneConfig:
     # quant_aware, whose int8 rounding bf16's coarser one would drown). Emulated bf16 on an
     # AVX2-only CPU made a distillation step 8.6 s instead of about 0.5 s.
     bf16: bool | None = None
+    # Requests per item made of a random choice of its attributes, beside the one the probe's
+    # form gives it, for distilling a request tower (:func:`_catalogue_requests`).
+    request_variants: int = 0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -92,8 +95,8 @@ class PruneConfig:
             raise ConfigError(
                 f"ratio must be in [0, 1): the fraction of heads and neurons removed, got {self.ratio}"
             )
-        if self.layers < 0 or self.distill_steps < 0:
-            raise ConfigError("layers and distill_steps must be 0 or more")
+        if self.layers < 0 or self.distill_steps < 0 or self.request_variants < 0:
+            raise ConfigError("layers, distill_steps and request_variants must be 0 or more")
         if self.batch_size < 2:
             raise ConfigError("batch_size must be at least 2 (the retrieval loss needs negatives)")
 
@@ -475,11 +478,19 @@ def _user_pairs(ckpt: Checkpoint, data: str | None, seed: int) -> _Inputs:
     return _Inputs(texts, targets)
 
 
-def _catalogue_requests(ckpt: Checkpoint, data: str | None = None) -> list[str]:
+def _catalogue_requests(
+    ckpt: Checkpoint, data: str | None = None, *, variants: int = 0, seed: int = 0
+) -> list[str]:
     """Requests made of the catalogue's attributes, less every request of the probe set and, with
     ``data``, every request of its validation and test targets: fidelity is measured on those
-    (the probe's by export and quantize, the test's by ``bench``), so distillation never sees them."""
+    (the probe's by export and quantize, the test's by ``bench``), so distillation never sees them.
+
+    ``variants``: also that many requests per item made of a random choice of its attributes,
+    all of its genres and tags to draw from, in their order (one to six of them; the served
+    request takes the first three of each). A variant whose attributes are those of a held-out
+    request, in any order, is dropped."""
     held_out = set((ckpt.probe or {}).get("requests", []))
+    held_items = [t for t in (ckpt.probe or {}).get("targets", []) if t in ckpt.catalog]
     if data:
         from recsys_infer.data import leave_one_out, load_dataset
 
@@ -487,7 +498,18 @@ def _catalogue_requests(ckpt: Checkpoint, data: str | None = None) -> list[str]:
         for example in (*split.validation, *split.test):
             if example.target in ckpt.catalog:
                 held_out.add(request_from_item(ckpt.catalog.get(example.target)))
-    requests = {r for r in (request_from_item(item) for item in ckpt.catalog) if r}
+                held_items.append(example.target)
+    requests = {r for r in (request_from_item(item) for item in ckpt.catalog) if r} - held_out
+    if variants:
+        held_sets = {frozenset(request_parts(ckpt.catalog.get(t))) for t in held_items}
+        rng = random.Random(seed)
+        for item in ckpt.catalog:
+            parts = request_parts(item, per_field=None)
+            for _ in range(variants if parts else 0):
+                chosen = sorted(rng.sample(range(len(parts)), rng.randint(1, min(6, len(parts)))))
+                picked = [parts[i] for i in chosen]
+                if frozenset(picked) not in held_sets:
+                    requests.add(", ".join(picked))
     return sorted(requests - held_out)
 
 
@@ -498,10 +520,11 @@ def _item_inputs(ckpt: Checkpoint, with_requests: bool) -> _Inputs:
     return _Inputs(texts)
 
 
-def _request_inputs(ckpt: Checkpoint, data: str | None) -> _Inputs:
-    """What a request tower reads: requests, weighted to half of the texts, and item texts, so
-    that free text unlike the catalogue's attributes keeps its place too."""
-    requests = _catalogue_requests(ckpt, data)
+def _request_inputs(ckpt: Checkpoint, data: str | None, *, variants: int = 0, seed: int = 0) -> _Inputs:
+    """What a request tower reads: requests (``variants``: :func:`_catalogue_requests`), weighted
+    to half of the texts, and item texts, so that free text unlike the catalogue's attributes
+    keeps its place too."""
+    requests = _catalogue_requests(ckpt, data, variants=variants, seed=seed)
     if not requests:
         raise CheckpointError(
             "pruning a request tower needs requests: the catalogue's items have no genres, category, "
@@ -566,7 +589,7 @@ def prune_checkpoint(
                 "request",
                 model.request,
                 teacher_model.item,
-                _request_inputs(ckpt, data),
+                _request_inputs(ckpt, data, variants=config.request_variants, seed=config.seed),
                 tokenizer(mc.user_max_length),
             )
         )
