@@ -434,6 +434,30 @@ def _per_tensor_stage(
     return plan(best), results[best], record
 
 
+def _timed(
+    graph: Path,
+    units: Sequence[Unit],
+    plans: dict[str, dict[str, str] | None],
+    probe: GraphProbe,
+    requests: Sequence[Query],
+    workdir: Path,
+    *,
+    outliers: dict[str, np.ndarray] | None = None,
+) -> dict[str, dict[str, float]]:
+    """Batch-1 latency of ``graph`` built with each of ``plans`` (None: as it is), the graphs
+    interleaved on the first 200 of ``requests`` and at 64 tokens (:meth:`GraphProbe.latency`)."""
+    graphs = {name: graph if plan is None else workdir / f"timed-{name}.onnx" for name, plan in plans.items()}
+    try:
+        for name, plan in plans.items():
+            if plan is not None:
+                build_mixed(graph, graphs[name], units, plan, outliers=outliers)
+        return probe.latency(graphs, texts=[q.text or "" for q in requests[:200]])
+    finally:
+        for name, plan in plans.items():
+            if plan is not None:
+                graphs[name].unlink(missing_ok=True)
+
+
 def _kept_precisions(
     graph: Path,
     units: Sequence[Unit],
@@ -449,36 +473,21 @@ def _kept_precisions(
     this CPU at both 64 tokens and real request lengths (every kept unit in it, measured
     interleaved), then fp32."""
     progress(f"timing {', '.join(forms)} against fp32 for the kept units")
-    graphs = {FP32: graph}
-    for form in forms:
-        graphs[form] = workdir / f"kept-{form}.onnx"
-        build_mixed(graph, graphs[form], units, _kept(units, form), outliers=outliers)
-    latency = probe.latency(graphs, texts=[q.text or "" for q in requests[:200]])
-    for form in forms:
-        graphs[form].unlink()
+    plans = {FP32: None, **{form: _kept(units, form) for form in forms}}
+    latency = _timed(graph, units, plans, probe, requests, workdir, outliers=outliers)
     faster = [f for f in forms if all(latency[f][key] < latency[FP32][key] for key in latency[FP32])]
     faster.sort(key=lambda f: sum(latency[f][key] / latency[FP32][key] for key in latency[FP32]))
     return {"try": [*faster, FP32], "latency": latency}
 
 
 def _per_tensor_timing(
-    graph: Path,
-    units: Sequence[Unit],
-    probe: GraphProbe,
-    requests: Sequence[Query],
-    workdir: Path,
-    progress: Callable[[str], None],
+    graph: Path, units: Sequence[Unit], probe: GraphProbe, requests: Sequence[Query], workdir: Path
 ) -> dict[str, Any]:
     """Whether :data:`INT8_TENSOR` is faster than :data:`INT8` on this CPU at both 64 tokens and
     real request lengths (every unit in it, measured interleaved); where it is not, the search
     never trades fidelity for it."""
-    progress(f"timing {INT8_TENSOR} against {INT8}")
-    graphs = {p: workdir / f"all-{p}.onnx" for p in (INT8, INT8_TENSOR)}
-    for precision, path in graphs.items():
-        build_mixed(graph, path, units, {u.name: precision for u in units})
-    latency = probe.latency(graphs, texts=[q.text or "" for q in requests[:200]])
-    for path in graphs.values():
-        path.unlink()
+    plans: dict[str, dict[str, str] | None] = {p: {u.name: p for u in units} for p in (INT8, INT8_TENSOR)}
+    latency = _timed(graph, units, plans, probe, requests, workdir)
     faster = all(latency[INT8_TENSOR][key] < latency[INT8][key] for key in latency[INT8])
     return {"faster": faster, "latency": latency}
 
@@ -574,7 +583,8 @@ def mixed_precision_graph(
         products = [n for u in units if u.op_type == "MatMul" for n in u.nodes]
         outliers = outlier_channels(source, feeds, products) if products else {}
         kept = _kept_precisions(source, units, probe, requests, Path(tmp), progress, outliers=outliers)
-        per_tensor = _per_tensor_timing(source, units, probe, requests, Path(tmp), progress)
+        progress(f"timing {INT8_TENSOR} against {INT8}")
+        per_tensor = _per_tensor_timing(source, units, probe, requests, Path(tmp))
         result = search_plan(
             source, units, probe, target=target, workdir=Path(tmp), kept=kept["try"], outliers=outliers,
             per_tensor=per_tensor["faster"], progress=progress,
