@@ -499,7 +499,7 @@ def _catalogue_requests(
             if example.target in ckpt.catalog:
                 held_out.add(request_from_item(ckpt.catalog.get(example.target)))
                 held_items.append(example.target)
-    requests = {r for r in (request_from_item(item) for item in ckpt.catalog) if r} - held_out
+    requests = {r for r in (request_from_item(item) for item in ckpt.catalog) if r}
     if variants:
         held_sets = {frozenset(request_parts(ckpt.catalog.get(t))) for t in held_items}
         rng = random.Random(seed)
