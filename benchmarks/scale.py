@@ -90,7 +90,8 @@ def _catalogue_texts(bundle: Path, n: int) -> list[str]:
 
 
 def encode(bundle: Path, items: int) -> None:
-    from recsys_infer.scale.encoding import encode_catalogue, start_ray
+    from recsys_infer.indexing.shards import InProcess, encode_catalogue
+    from recsys_infer.scale.encoding import RayRunner, start_ray
 
     texts = _catalogue_texts(bundle, items)
     runs = [("in-process", 1, 1), ("in-process", 1, 2), ("ray", 1, 2), ("ray", 2, 1)]
@@ -106,7 +107,7 @@ def encode(bundle: Path, items: int) -> None:
                 shard_size=512,
                 workers=workers,
                 threads=threads,
-                use_ray=backend == "ray",
+                runner=RayRunner() if backend == "ray" else InProcess(),
                 progress=False,
             )
         if reference is None:

@@ -15,8 +15,7 @@ import logging
 from . import errors
 from .enums import Device, Pooling, Precision, Space
 from .runtime import Catalog, Engine, Item, MicroBatcher, Query, Reason, Recommendation, RecommendOptions
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "Catalog",

@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from . import __version__
 from .enums import Calibration, Pooling, QuantMode, Spin, TowerChoice, UserTowerKind
 from .errors import FidelityError, RecsysError
+from .version import __version__
 
 if TYPE_CHECKING:
-    from .runtime.engine import Recommendation
     from .runtime.manifest import FusionSpec
+    from .runtime.types import Recommendation
 
 app = typer.Typer(
     name="recsys-infer",
@@ -1315,16 +1315,15 @@ def index(
 
     Shards of encoded items wait beside OUT until the bundle is written: run the same command
     again after an interruption and only the missing shards are encoded."""
+    from .indexing import EncodingSettings, MilvusTarget, reindex_bundle
     from .runtime.milvus import is_lite, lite_uri
-    from .runtime.reindex import EncodingSettings, MilvusTarget, reindex_bundle
 
-    encoding = EncodingSettings(
-        workers=workers,
-        threads=threads,
-        use_ray=ray is not None,
-        ray_address=None if ray in (None, "local") else ray,
-        shard_size=shard_size,
-    )
+    runner = None
+    if ray is not None:
+        from .scale.encoding import RayRunner
+
+        runner = RayRunner(None if ray == "local" else ray)
+    encoding = EncodingSettings(workers=workers, threads=threads, runner=runner, shard_size=shard_size)
     target = None
     if milvus is not None:
         target = MilvusTarget(lite_uri(milvus) if is_lite(milvus) else milvus, collection)

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from .data import leave_one_out, load_dataset
-from .runtime.engine import Engine, Recommendation
+from .runtime.engine import Engine
+from .runtime.types import Recommendation
 
 SAMPLE_REQUEST = "cozy mystery novel set in Scotland"
 

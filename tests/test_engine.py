@@ -21,9 +21,10 @@ from recsys_infer.errors import (
     QueryError,
     UnknownItemError,
 )
+from recsys_infer.ranking import recall_at_k
 from recsys_infer.runtime import providers
 from recsys_infer.runtime.catalog import Catalog, Item
-from recsys_infer.runtime.index import ExactIndex, recall_at_k
+from recsys_infer.runtime.index import ExactIndex
 from recsys_infer.runtime.store import LocalItems
 from recsys_infer.runtime.userinput import UserInputFormat
 from recsys_infer.runtime.users import TextUserEncoder

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from recsys_infer.enums import Space
-from recsys_infer.runtime.index import ExactIndex, HnswIndex, HnswParams, grow_capacity, recall_at_k
+from recsys_infer.ranking import recall_at_k
+from recsys_infer.runtime.index import ExactIndex, HnswIndex, HnswParams, grow_capacity
 
 
 def unit(rows: np.ndarray) -> np.ndarray:

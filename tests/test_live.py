@@ -23,7 +23,7 @@ def engine(request: pytest.FixtureRequest, bundle_copy: Path, tmp_path: Path) ->
     if request.param == "hnsw":
         return Engine.load(bundle_copy, device="cpu", threads=1)
     pytest.importorskip("pymilvus")
-    from recsys_infer.runtime.reindex import MilvusTarget, reindex_bundle
+    from recsys_infer.indexing.reindex import MilvusTarget, reindex_bundle
 
     out = tmp_path / "milvus-bundle"
     target = MilvusTarget(str(tmp_path / "milvus.db"), "items")

@@ -31,8 +31,8 @@ from recsys_infer.runtime.options import Where
 pytest.importorskip("pymilvus")
 pytest.importorskip("milvus_lite")
 
+from recsys_infer.indexing.reindex import MilvusTarget, reindex_bundle
 from recsys_infer.runtime.milvus import MilvusIndex, ids_expression, where_expression
-from recsys_infer.runtime.reindex import MilvusTarget, reindex_bundle
 
 from .loopback import milvus_lite_server
 

@@ -16,6 +16,7 @@ from recsys_infer.errors import ConfigError, FidelityError
 from recsys_infer.runtime.bundle import read_manifest
 from recsys_infer.runtime.schema import encode
 from recsys_infer.toolchain.compress import QuantizeConfig, quantize_bundle
+from recsys_infer.toolchain.graphs import graph_units
 from recsys_infer.toolchain.mixed import (
     BLOCKWISE,
     FP32,
@@ -23,7 +24,6 @@ from recsys_infer.toolchain.mixed import (
     INT8_TENSOR,
     KEPT_FORMS,
     build_mixed,
-    graph_units,
     search_plan,
 )
 

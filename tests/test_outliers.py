@@ -13,7 +13,8 @@ import pytest
 from onnx import numpy_helper
 
 from recsys_infer.errors import ConfigError
-from recsys_infer.toolchain.mixed import FP32, INT8, OUTLIERS, build_mixed, graph_units, search_plan
+from recsys_infer.toolchain.graphs import graph_units
+from recsys_infer.toolchain.mixed import FP32, INT8, OUTLIERS, build_mixed, search_plan
 from recsys_infer.toolchain.outliers import SUFFIX, outlier_channels, split_outliers
 from recsys_infer.toolchain.smooth import activation_ranges, smooth_graph
 

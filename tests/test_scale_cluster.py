@@ -15,8 +15,9 @@ pytest.importorskip("ray")
 pytest.importorskip("milvus_lite")
 httpx = pytest.importorskip("httpx")
 
-from recsys_infer.runtime.reindex import MilvusTarget, reindex_bundle  # noqa: E402
-from recsys_infer.scale.encoding import encode_catalogue  # noqa: E402
+from recsys_infer.indexing.reindex import MilvusTarget, reindex_bundle  # noqa: E402
+from recsys_infer.indexing.shards import encode_catalogue  # noqa: E402
+from recsys_infer.scale.encoding import RayRunner  # noqa: E402
 
 from .loopback import free_port, milvus_lite_server  # noqa: E402
 
@@ -50,10 +51,10 @@ def test_ray_data_encodes_the_same_vectors_and_resumes(
 
     with pytest.raises(KeyboardInterrupt):
         encode_catalogue(tiny_bundle, texts, tmp_path / "ray", items_sha256="x", shard_size=50, workers=2,
-                         use_ray=True, on_shard=die_after_three)  # fmt: skip
+                         runner=RayRunner(), on_shard=die_after_three)  # fmt: skip
     redone: list[int] = []
     on_ray, report = encode_catalogue(tiny_bundle, texts, tmp_path / "ray", items_sha256="x", shard_size=50,
-                                      workers=2, use_ray=True, on_shard=redone.append)  # fmt: skip
+                                      workers=2, runner=RayRunner(), on_shard=redone.append)  # fmt: skip
     assert float(np.abs(on_ray - local).max()) < 1e-5
     assert report.backend == "ray" and report.reused_shards == 3 and sorted(redone + done) == list(range(6))
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from recsys_infer import Engine
-from recsys_infer.scale.encoding import encode_catalogue
+from recsys_infer.indexing.shards import encode_catalogue
 
 
 def _texts(bundle: Path) -> list[str]:
@@ -58,16 +58,15 @@ def test_an_unreachable_ray_address_is_a_clear_error_at_once(tiny_bundle: Path, 
 
     pytest.importorskip("ray")
     from recsys_infer.errors import BackendUnavailableError, ConfigError
+    from recsys_infer.scale.encoding import RayRunner
 
     started = time.monotonic()
     with pytest.raises(BackendUnavailableError, match=r"nothing answers at the Ray address '127\.0\.0\.1:1'"):
-        encode_catalogue(tiny_bundle, ["a", "b"], tmp_path / "w", items_sha256="x", use_ray=True,
-                         ray_address="127.0.0.1:1")  # fmt: skip
+        encode_catalogue(tiny_bundle, ["a", "b"], tmp_path / "w", items_sha256="x",
+                         runner=RayRunner("127.0.0.1:1"))  # fmt: skip
     assert time.monotonic() - started < 20
     with pytest.raises(ConfigError, match="HOST:PORT"):
-        encode_catalogue(
-            tiny_bundle, ["a"], tmp_path / "w", items_sha256="x", use_ray=True, ray_address="nowhere"
-        )
+        encode_catalogue(tiny_bundle, ["a"], tmp_path / "w", items_sha256="x", runner=RayRunner("nowhere"))
 
 
 def test_index_killed_mid_encoding_resumes_from_its_shards(tiny_bundle: Path, tmp_path: Path) -> None:

@@ -340,8 +340,8 @@ def test_cold_start_evaluation_fits_baselines_without_the_held_out_items(seq_bun
 def test_item_offsets_train_export_and_stay_zero_for_cold_items(
     tiny_encoder: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
+    from recsys_infer.runtime.users import add_offsets
     from recsys_infer.toolchain.checkpoint import load_checkpoint
-    from recsys_infer.toolchain.compress import add_offsets
     from recsys_infer.toolchain.export import export_bundle
 
     root = tmp_path_factory.mktemp("offsets")

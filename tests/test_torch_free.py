@@ -74,7 +74,7 @@ import json, sys
 from typer.testing import CliRunner
 from fastapi.testclient import TestClient
 from recsys_infer.cli import app
-from recsys_infer.runtime.reindex import reindex_bundle
+from recsys_infer.indexing.reindex import reindex_bundle
 from recsys_infer.serve import create_app
 out = {str(tmp_path / "new")!r}
 a = CliRunner().invoke(app, ["index", {str(tiny_bundle)!r}, "--items", {str(items)!r}, "--out", out])

@@ -36,8 +36,9 @@ from recsys_infer.evaluation.metrics import (
     sample_examples,
 )
 from recsys_infer.evaluation.recommenders import EngineRecommender
+from recsys_infer.ranking import overlap, recall_at_k, top_k
 from recsys_infer.runtime.engine import Engine
-from recsys_infer.runtime.index import HnswIndex, HnswParams, recall_at_k
+from recsys_infer.runtime.index import HnswIndex, HnswParams
 from recsys_infer.runtime.providers import parse_device
 
 from .subjects import Subject, bundle_subject, item_vectors, measure_memory, text_side
@@ -241,18 +242,11 @@ def _top_ids(engine: Engine, queries: list[dict[str, Any]], k: int, *, batch: in
     return out
 
 
-def _overlap(a: list[list[str]], b: list[list[str]], k: int) -> float:
-    return float(np.mean([len(set(x[:k]) & set(y[:k])) / k for x, y in zip(a, b, strict=True)]))
-
-
 def neighbour_overlap(
     ref: np.ndarray, new: np.ndarray, ref_items: np.ndarray, new_items: np.ndarray
 ) -> float:
     """Overlap@10 of each query's nearest items, exact search on both sides."""
-    k = min(10, ref_items.shape[0])
-    a = np.argsort(-(ref @ ref_items.T), axis=1)[:, :k]
-    b = np.argsort(-(new @ new_items.T), axis=1)[:, :k]
-    return float(np.mean([len(set(x) & set(y)) / k for x, y in zip(a, b, strict=True)]))
+    return overlap(top_k(ref, ref_items, 10), top_k(new, new_items, 10))
 
 
 def hnsw_sweep(engine: Engine, inputs: Inputs, config: BenchConfig) -> dict[str, Any]:
@@ -506,9 +500,9 @@ def _quality(loaded: _Loaded, config: BenchConfig, say: Callable[[str], None]) -
             for group, qs in queries.items():
                 mine = _top_ids(s.engine, qs, 100)
                 for k in (10, 100):
-                    quality[f"{group}_overlap@{k}"] = round(_overlap(ref[group], mine, k), 4)
+                    quality[f"{group}_overlap@{k}"] = round(overlap(mine, ref[group], k), 4)
                 batched = _top_ids(s.engine, qs, 10, batch=64)  # as a micro-batching service runs them
-                quality[f"{group}_overlap@10_batched"] = round(_overlap(ref[group], batched, 10), 4)
+                quality[f"{group}_overlap@10_batched"] = round(overlap(batched, ref[group], 10), 4)
         if s.name in evals:
             summary = evals[s.name].summary()
             quality.update({m: summary[m] for m in ("recall@10", "ndcg@10")})

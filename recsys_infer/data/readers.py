@@ -25,11 +25,10 @@ from recsys_infer.errors import DataError
 from recsys_infer.runtime.catalog import Catalog, Item
 
 from .dataset import Dataset
+from .text import TEXT_FIELDS, compose_text
 
 logger = logging.getLogger(__name__)
 
-#: Columns joined into an item's text when it has no ``text`` column, in this order.
-TEXT_FIELDS = ("title", "category", "brand", "genres", "tags", "description")
 _TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl")
 _MAX_TAGS = 5
 _ML100K_GENRES = (
@@ -183,30 +182,6 @@ def _sequences(events: Mapping[str, list[tuple[float, str]]]) -> dict[str, tuple
 
 
 # -- item text ----------------------------------------------------------------------------------
-
-
-def _as_list(value: Any) -> list[str]:
-    if isinstance(value, list):
-        return [str(v).strip() for v in value if str(v).strip()]
-    return [p.strip() for p in str(value).split("|") if p.strip()]
-
-
-def compose_text(fields: Mapping[str, Any]) -> str:
-    """An item's text from its columns: ``Title. Category: …. Brand: …. Genres: a, b. …``."""
-    parts = []
-    for name in TEXT_FIELDS:
-        value = fields.get(name)
-        if value is None or value == "" or value == []:
-            continue
-        if name == "title" or name == "description":
-            parts.append(str(value).strip())
-        elif name in ("genres", "tags"):
-            values = _as_list(value)
-            if values:
-                parts.append(f"{name.capitalize()}: {', '.join(values)}")
-        else:
-            parts.append(f"{name.capitalize()}: {str(value).strip()}")
-    return ". ".join(p.rstrip(".") for p in parts if p) + ("." if parts else "")
 
 
 # -- generic folders ---------------------------------------------------------------------------

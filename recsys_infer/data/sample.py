@@ -18,7 +18,7 @@ import numpy as np
 from recsys_infer.runtime.catalog import Catalog, Item
 
 from .dataset import Dataset
-from .readers import compose_text
+from .text import compose_text
 
 SAMPLE_VERSION = 1
 

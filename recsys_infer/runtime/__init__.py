@@ -7,9 +7,10 @@ from .batcher import MicroBatcher
 from .bundle import SCHEMA_VERSION, Manifest, read_manifest
 from .catalog import Catalog, Item
 from .encoder import Encoder, OnnxEncoder
-from .engine import Engine, Query, Reason, Recommendation
+from .engine import Engine
 from .index import ExactIndex, HnswIndex, HnswParams, Index
 from .options import RecommendOptions, Where
+from .types import Query, Reason, Recommendation
 from .userinput import UserInputFormat
 
 __all__ = [

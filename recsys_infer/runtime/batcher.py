@@ -28,8 +28,9 @@ from typing import Any
 
 from recsys_infer.errors import ConfigError, OverloadedError, QueryError
 
-from .engine import Engine, Query, Recommendation
+from .engine import Engine
 from .options import RecommendOptions
+from .types import Query, Recommendation
 from .users import SequenceUserEncoder
 
 logger = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ class MicroBatcher:
     ) -> _Pending:
         if self._closed:
             raise BatcherClosedError("the micro-batcher is closed")
-        query = Query(history=() if history is None else history, text=text)  # type: ignore[arg-type]
+        query = Query(history, text)
         self.engine.validate(query, options)  # unknown items and a too-large k fail here, alone
         return _Pending(query, options)
 

@@ -9,7 +9,7 @@ import logging
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -38,80 +38,13 @@ from .providers import Placement, create_session, parse_device, plan_placement
 from .rwlock import RWLock
 from .store import EditMode, ItemStore, LocalItems, refuse_taken
 from .tokenizer import TextTokenizer
+from .types import Query, Reason, Recommendation
 from .users import SequenceUserEncoder, TextUserEncoder, UserEncoder
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Reason:
-    """Why an item was recommended: a history item (``kind="history"``, ``source`` its id) or a
-    word of the request (``kind="request"``) close to it, with their cosine ``similarity``."""
-
-    kind: str
-    source: str
-    similarity: float
-
-    def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "source": self.source, "similarity": self.similarity}
-
-
-@dataclass(frozen=True)
-class Recommendation:
-    """One recommended item, best first. ``score`` is the cosine between user and item;
-    ``because`` is filled when the caller asked for explanations."""
-
-    item_id: str
-    score: float
-    text: str
-    attributes: Mapping[str, Any]
-    because: tuple[Reason, ...] = ()
-
-    def to_json(self) -> dict[str, Any]:
-        out = {
-            "item_id": self.item_id,
-            "score": self.score,
-            "text": self.text,
-            "attributes": dict(self.attributes),
-        }
-        if self.because:
-            out["because"] = [r.to_json() for r in self.because]
-        return out
-
-
 _WORD = re.compile(r"[^\W_][\w'-]*", re.UNICODE)
-
-
-@dataclass(frozen=True)
-class Query:
-    """What is known about a user: recent history (item ids, oldest first) and/or a request."""
-
-    history: tuple[str, ...] = ()
-    text: str | None = None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "history", id_list(self.history, "history"))
-        text = None if self.text is None else check_text(self.text, "text", empty_ok=True).strip()
-        object.__setattr__(self, "text", text or None)
-        if not self.history and not text:
-            raise QueryError("a query needs a history, a text request, or both; both were empty")
-
-    @classmethod
-    def coerce(cls, value: Query | Mapping[str, Any]) -> Query:
-        """Accept a :class:`Query` or a mapping with ``history`` and/or ``text``."""
-        if isinstance(value, Query):
-            return value
-        if isinstance(value, Mapping):
-            unknown = set(value) - {"history", "text"}
-            if unknown:
-                raise QueryError(
-                    f"unknown request field(s) {sorted(unknown)}; a request has 'history' and/or 'text'"
-                )
-            history = value.get("history")
-            return cls(history=() if history is None else history, text=value.get("text"))
-        raise QueryError(
-            f"a request must be a Query or a mapping with 'history'/'text', got {type(value).__name__}"
-        )
 
 
 def _request_list(requests: object, what: str) -> list[Any]:
@@ -496,7 +429,7 @@ class Engine:
     ) -> list[Recommendation]:
         """Top-``k`` items for one user. ``options`` (a :class:`RecommendOptions`) and/or its
         fields by name (``k=5, exclude=[...]``); see :meth:`recommend_batch`."""
-        query = Query(history=() if history is None else history, text=text)  # type: ignore[arg-type]
+        query = Query(history, text)
         return self.recommend_batch([query], options=RecommendOptions.of(options, **overrides))[0]
 
     def recommend_batch(
@@ -540,7 +473,7 @@ class Engine:
         self, history: Sequence[str] | None = None, text: str | None = None, *, item_ids: Sequence[str]
     ) -> dict[str, tuple[Reason, ...]]:
         """Why each of ``item_ids`` suits this user: the closest history items or request words."""
-        query = Query(history=history if history is not None else (), text=text)  # type: ignore[arg-type]
+        query = Query(history, text)
         with self._lock.read():
             query = self._checked(query)
             self._refuse_unknown(item_ids, "item")

@@ -269,11 +269,3 @@ class HnswIndex:
             raise FilterTooNarrowError(str(e)) from e
         # hnswlib's inner-product "distance" is 1 - <q, x>.
         return labels.astype(np.int64), (1.0 - distances).astype(np.float32)
-
-
-def recall_at_k(approx: np.ndarray, exact: np.ndarray) -> float:
-    """Mean fraction of each row of ``exact`` labels found in the same row of ``approx``."""
-    if approx.shape[0] != exact.shape[0] or exact.size == 0:
-        raise ValueError("recall needs two label matrices with the same, non-zero number of rows")
-    hits = sum(len(set(a.tolist()) & set(e.tolist())) for a, e in zip(approx, exact, strict=True))
-    return hits / exact.size

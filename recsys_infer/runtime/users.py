@@ -29,7 +29,7 @@ from .userinput import UserInputFormat
 if TYPE_CHECKING:
     import onnxruntime as ort
 
-    from .engine import Query
+    from .types import Query
 
 
 class ItemLookup(Protocol):
@@ -49,6 +49,11 @@ def unit_rows(vectors: np.ndarray) -> np.ndarray:
     """Each row scaled to unit length (an all-zero row stays zero), as float32."""
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     return np.asarray(vectors / np.maximum(norms, 1e-12), dtype=np.float32)
+
+
+def add_offsets(vectors: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Text vectors plus learned per-item offsets, re-normalised to unit length."""
+    return unit_rows(vectors + offsets)
 
 
 class TextUserEncoder:

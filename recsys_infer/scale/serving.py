@@ -30,8 +30,10 @@ from typing import Any
 
 from recsys_infer.errors import ConfigError, MissingDependencyError
 from recsys_infer.runtime.bundle import read_manifest
-from recsys_infer.runtime.engine import Engine, Query, Recommendation
+from recsys_infer.runtime.engine import Engine
 from recsys_infer.runtime.options import RecommendOptions
+from recsys_infer.runtime.types import Query, Recommendation
+from recsys_infer.serve.app import Replica, create_app
 from recsys_infer.serve.settings import API_KEY_ENV, ServeSettings
 
 try:
@@ -44,8 +46,6 @@ logger = logging.getLogger(__name__)
 #: The Ray Serve application's name and its deployment's.
 APP_NAME = "recsys-infer"
 DEPLOYMENT = "Recommender"
-#: The response header naming the replica that answered.
-REPLICA_HEADER = "x-recsys-replica"
 
 
 class ServeBatcher:
@@ -71,7 +71,7 @@ class ServeBatcher:
     async def arecommend(
         self, history: Sequence[str] | None = None, text: str | None = None, *, options: RecommendOptions
     ) -> list[Recommendation]:
-        query = Query(history=() if history is None else history, text=text)  # type: ignore[arg-type]
+        query = Query(history, text)
         self.engine.validate(query, options)  # a bad request fails alone, before batching
         result = await self._batch((query, options))
         if isinstance(result, BaseException):
@@ -111,6 +111,20 @@ class ServeBatcher:
         """Nothing to stop: Ray Serve owns the batching loop."""
 
 
+def this_replica() -> Replica:
+    """What the service needs to know of the Ray Serve replica it runs in."""
+    return Replica(
+        name=replica_id(),
+        batcher=lambda engine, settings, on_batch: ServeBatcher(
+            engine, max_batch=settings.max_batch, max_wait_us=settings.max_wait_us, on_batch=on_batch
+        ),
+        swap_refusal=(
+            "under Ray Serve a swap would change one replica only; roll the new bundle out to "
+            "every replica by deploying it: recsys-infer serve NEW_BUNDLE --ray ADDRESS --detach"
+        ),
+    )
+
+
 def replica_id() -> str:
     """This replica's id (``"local"`` outside Ray Serve)."""
     try:
@@ -130,9 +144,7 @@ class Recommender:
         self.threads = threads
 
     def __serve_build_asgi_app__(self) -> Any:
-        from recsys_infer.serve.app import create_app
-
-        return create_app(self.bundle, threads=self.threads, settings=self.settings, ray_serve=True)
+        return create_app(self.bundle, threads=self.threads, settings=self.settings, replica=this_replica)
 
 
 def build(args: dict[str, Any]) -> Any:

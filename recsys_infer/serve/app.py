@@ -12,10 +12,10 @@ import json
 import logging
 import os
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 import orjson
 from fastapi import Depends, FastAPI, Request, Security
@@ -37,7 +37,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from starlette.exceptions import HTTPException
 
-from recsys_infer import __version__
 from recsys_infer.errors import (
     BackendUnavailableError,
     OverloadedError,
@@ -46,9 +45,11 @@ from recsys_infer.errors import (
     UnknownItemError,
 )
 from recsys_infer.runtime.batcher import MicroBatcher
-from recsys_infer.runtime.engine import Engine, Recommendation
+from recsys_infer.runtime.engine import Engine
 from recsys_infer.runtime.options import EXPLAIN_COST, RecommendOptions, excerpt
 from recsys_infer.runtime.schema import encode
+from recsys_infer.runtime.types import Recommendation
+from recsys_infer.version import __version__
 
 from .guard import Guard, error_response
 from .models import (
@@ -67,6 +68,49 @@ from .models import (
 from .settings import API_KEY_ENV, ServeSettings
 
 logger = logging.getLogger(__name__)
+
+
+#: The response header naming the replica that answered, when the app is one of several.
+REPLICA_HEADER = "x-recsys-replica"
+
+
+class Batcher(Protocol):
+    """What the service asks of its batcher: the in-process :class:`MicroBatcher`, or one a
+    replicated deployment brings (:class:`Replica`)."""
+
+    engine: Engine
+
+    async def arecommend(
+        self, history: Sequence[str] | None = None, text: str | None = None, *, options: RecommendOptions
+    ) -> list[Recommendation]: ...
+
+    def close(self) -> None: ...
+
+
+#: Builds a batcher over an engine, with the service's settings and a callback per batch run.
+BatcherFactory = Callable[[Engine, ServeSettings, Callable[[int], None]], Batcher]
+
+
+def micro_batcher(engine: Engine, settings: ServeSettings, on_batch: Callable[[int], None]) -> Batcher:
+    """The single-process service's batcher: requests gathered in this process."""
+    return MicroBatcher(
+        engine,
+        max_batch=settings.max_batch,
+        max_wait_us=settings.max_wait_us,
+        max_queue=settings.max_pending,
+        on_batch=on_batch,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Replica:
+    """What a replicated deployment hands the service, which itself knows nothing of it:
+    the replica's ``name`` (sent in :data:`REPLICA_HEADER` and ``/info``), its ``batcher``, and
+    why ``POST /admin/swap`` is refused (a swap would change this replica alone)."""
+
+    name: str
+    batcher: BatcherFactory
+    swap_refusal: str
 
 
 class OverLimitError(QueryError):
@@ -164,33 +208,15 @@ class Service:
         *,
         threads: int | None,
         metrics: Metrics,
-        ray_serve: bool = False,
+        replica: Replica | None = None,
     ) -> None:
         self.bundle = Path(bundle)
         self.settings = settings
         self.threads = threads
-        self.ray_serve = ray_serve
+        self.replica = replica
         self.engine = self._load(self.bundle)
-        self.batcher: Any
-        if ray_serve:
-            from recsys_infer.scale.serving import ServeBatcher, replica_id
-
-            self.replica: str | None = replica_id()
-            self.batcher = ServeBatcher(
-                self.engine,
-                max_batch=settings.max_batch,
-                max_wait_us=settings.max_wait_us,
-                on_batch=metrics.batch_sizes.observe,
-            )
-        else:
-            self.replica = None
-            self.batcher = MicroBatcher(
-                self.engine,
-                max_batch=settings.max_batch,
-                max_wait_us=settings.max_wait_us,
-                max_queue=settings.max_pending,
-                on_batch=metrics.batch_sizes.observe,
-            )
+        make_batcher = replica.batcher if replica is not None else micro_batcher
+        self.batcher: Batcher = make_batcher(self.engine, settings, metrics.batch_sizes.observe)
         self.metrics = metrics
         self.dirty = False
         self.edit_lock = threading.Lock()
@@ -263,11 +289,8 @@ class Service:
     def swap(self, bundle: Path) -> None:
         """Load ``bundle`` and serve from it; requests in flight finish on the old engine."""
         with self.edit_lock:
-            if self.ray_serve:
-                raise QueryError(
-                    "under Ray Serve a swap would change one replica only; roll the new bundle out to "
-                    "every replica by deploying it: recsys-infer serve NEW_BUNDLE --ray ADDRESS --detach"
-                )
+            if self.replica is not None:
+                raise QueryError(self.replica.swap_refusal)
             if self.dirty:
                 raise QueryError("there are unsaved catalogue edits; POST /admin/save first, then swap")
             fresh = self._load(bundle)
@@ -301,7 +324,7 @@ class Service:
             "index": encode(engine.manifest.index) if engine.manifest else None,
             "limits": self.settings.to_json(),
             "request_cache": dataclasses.asdict(cache) if (cache := engine.request_cache()) else None,
-            "replica": self.replica,
+            "replica": self.replica.name if self.replica else None,
             "editing": bool(os.environ.get(API_KEY_ENV)),
             "unsaved_edits": self.dirty,
         }
@@ -314,11 +337,12 @@ def create_app(
     settings: ServeSettings | None = None,
     max_batch: int | None = None,
     max_wait_us: int | None = None,
-    ray_serve: bool = False,
+    replica: Callable[[], Replica] | None = None,
 ) -> FastAPI:
     """The ASGI app serving ``bundle`` (loaded when the app starts). ``settings`` default to
     :meth:`ServeSettings.from_env`; ``max_batch`` and ``max_wait_us`` override theirs.
-    ``ray_serve``: the app is a Ray Serve replica (see :mod:`recsys_infer.scale.serving`)."""
+    ``replica``: called once the app starts, when it is one replica of several (Ray Serve's,
+    :mod:`recsys_infer.scale.serving`): what that deployment hands the service."""
     settings = settings or ServeSettings.from_env()
     if max_batch is not None:
         settings = dataclasses.replace(settings, max_batch=max_batch)
@@ -330,7 +354,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         holder["service"] = Service(
-            Path(bundle), settings, threads=threads, metrics=metrics, ray_serve=ray_serve
+            Path(bundle), settings, threads=threads, metrics=metrics, replica=replica() if replica else None
         )
         try:
             yield
@@ -348,7 +372,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.add_middleware(Guard, max_body=settings.max_body_bytes, observe=metrics.observe)
-    if ray_serve:
+    if replica is not None:
         _name_the_replica(app, holder)
     _install_error_handlers(app, settings)
     deps = _Dependencies(holder, settings)
@@ -360,14 +384,12 @@ def create_app(
 
 
 def _name_the_replica(app: FastAPI, holder: dict[str, Service]) -> None:
-    from recsys_infer.scale.serving import REPLICA_HEADER
-
     @app.middleware("http")
     async def replica_header(request: Request, call_next: Any) -> Any:
         response = await call_next(request)
         service = holder.get("service")
-        if service is not None and service.replica:
-            response.headers[REPLICA_HEADER] = service.replica
+        if service is not None and service.replica is not None:
+            response.headers[REPLICA_HEADER] = service.replica.name
         return response
 
 

@@ -32,21 +32,21 @@ from tqdm.auto import tqdm
 
 from recsys_infer.enums import Device, Precision, QuantMode, TowerChoice
 from recsys_infer.errors import BundleError, ConfigError
+from recsys_infer.indexing.reindex import reindex_bundle
 from recsys_infer.runtime.bundle import MANIFEST, atomic_directory, read_manifest, sha256_file, write_manifest
 from recsys_infer.runtime.engine import Engine
 from recsys_infer.runtime.manifest import CompressionStep, Manifest, ReferenceSpec, TowerSpec
-from recsys_infer.runtime.reindex import reindex_bundle
 from recsys_infer.runtime.schema import encode
 from recsys_infer.runtime.users import trained_block, unit_rows
 
-from .fidelity import check_answers, check_gate, measure_fidelity, probe_queries
+from .fidelity import check_answers, check_gate, measure_fidelity, probe_queries, reference_of
 from .graphs import (
     QuantizeConfig,
     _Feeds,
-    _matmuls_to_keep,
     fp16_graph,
     history_feeds,
     is_text_graph,
+    matmuls_to_keep,
     optimize_graph,
     quantize_blockwise_graph,
     quantize_dynamic_graph,
@@ -58,7 +58,6 @@ from .mixed import mixed_precision_graph, smoothed_request_graph
 __all__ = [
     "QuantizeConfig",
     "StepResult",
-    "add_offsets",
     "check_gate",
     "derive_bundle",
     "measure_fidelity",
@@ -102,25 +101,6 @@ def _chosen(towers: dict[str, Any], choice: TowerChoice) -> list[str]:
         return list(towers)
     wanted = _USER_SIDE if choice is TowerChoice.USER else ("item",)
     return [t for t in towers if t in wanted]
-
-
-def reference_of(src: Path, manifest: Manifest, override: Path | None) -> Path:
-    """The uncompressed bundle a chain started from: ``override``, the one ``src`` records, or
-    ``src`` itself when it has not been compressed."""
-    if override is not None:
-        path = Path(override)
-    elif manifest.reference is not None:
-        path = Path(manifest.reference.bundle)
-        if not (path / MANIFEST).is_file():
-            raise BundleError(
-                f"{src} was compressed from the reference bundle {path}, which is no longer there; "
-                "pass --reference with the uncompressed bundle this chain started from"
-            )
-    else:
-        path = src
-    if read_manifest(path).compression:
-        raise BundleError(f"the reference {path} is itself compressed; pass the uncompressed bundle")
-    return path
 
 
 def derive_bundle(
@@ -246,11 +226,6 @@ def _transform_graphs(
     return spec, graphs
 
 
-def add_offsets(vectors: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Text vectors plus learned per-item offsets, re-normalised to unit length."""
-    return unit_rows(vectors + offsets)
-
-
 def optimize_bundle(
     src: Path, out: Path, *, towers: TowerChoice = TowerChoice.BOTH, **kwargs: Any
 ) -> StepResult:
@@ -315,7 +290,7 @@ def quantize_bundle(
         if config.mode is QuantMode.DYNAMIC and config.smooth_alpha is not None and is_text_graph(a):
             import onnx
 
-            exclude = _matmuls_to_keep(onnx.load(str(a)).graph, config.keep_fp32)
+            exclude = matmuls_to_keep(onnx.load(str(a)).graph, config.keep_fp32)
             with tempfile.TemporaryDirectory(prefix="recsys-infer-smooth-") as tmp:
                 if readers == ["item"]:
                     source, smoothing = _smoothed_item_graph(

@@ -22,14 +22,14 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from recsys_infer import __version__
 from recsys_infer.enums import Device, Space, UserTowerKind
 from recsys_infer.errors import ConfigError, ExportError, ParityError
+from recsys_infer.ranking import cosines, recall_at_k
 from recsys_infer.runtime.bundle import atomic_directory, sha256_file, write_manifest
 from recsys_infer.runtime.catalog import Catalog
 from recsys_infer.runtime.encoder import OnnxEncoder
 from recsys_infer.runtime.engine import Engine
-from recsys_infer.runtime.index import ExactIndex, HnswIndex, HnswParams, recall_at_k
+from recsys_infer.runtime.index import ExactIndex, HnswIndex, HnswParams
 from recsys_infer.runtime.manifest import (
     CATALOG,
     ITEM_IDS,
@@ -58,11 +58,11 @@ from recsys_infer.runtime.manifest import (
 )
 from recsys_infer.runtime.providers import create_session
 from recsys_infer.runtime.tokenizer import TextTokenizer
-from recsys_infer.runtime.users import SequenceUserEncoder, trained_block
+from recsys_infer.runtime.users import SequenceUserEncoder, add_offsets, trained_block
+from recsys_infer.version import __version__
 
 from .checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint
-from .compress import add_offsets
-from .fidelity import check_answers
+from .fidelity import check_answers, check_gate, measure_fidelity, reference_of
 from .fusion import ProbeQueries, choose_fusion
 from .model import JoinedHead, SequenceTower, TextTower
 
@@ -217,14 +217,7 @@ def _torch_encode(
 
 
 def _compare(reference: np.ndarray, other: np.ndarray) -> dict[str, float]:
-    cos = np.sum(reference * other, axis=1) / (
-        np.linalg.norm(reference, axis=1) * np.linalg.norm(other, axis=1) + 1e-12
-    )
-    return {
-        "max_abs_diff": float(np.max(np.abs(reference - other))),
-        "min_cosine": float(np.min(cos)),
-        "mean_cosine": float(np.mean(cos)),
-    }
+    return {"max_abs_diff": float(np.max(np.abs(reference - other))), **cosines(reference, other)}
 
 
 def check_parity(tower: TextTower, encoder: OnnxEncoder, texts: list[str]) -> dict[str, Any]:
@@ -565,7 +558,7 @@ def _query_kinds(
     ckpt: Checkpoint, users: SequenceUserEncoder, history_queries: np.ndarray
 ) -> dict[str, np.ndarray]:
     """Up to 200 probe queries of each kind a two-space bundle answers."""
-    from recsys_infer.runtime.engine import Query
+    from recsys_infer.runtime.types import Query
 
     mixed = [Query(tuple(h), r) for h, _, r in _probe_examples(ckpt) if r][:200]
     kinds = {"history": history_queries}
@@ -709,8 +702,6 @@ def _measure_against(
 ) -> dict[str, Any]:
     """Fidelity of the fresh bundle against ``reference``, gated, recorded in its manifest."""
     from recsys_infer.runtime.bundle import read_manifest
-
-    from .compress import check_gate, measure_fidelity, reference_of
 
     ref = reference_of(reference, read_manifest(reference), None).resolve()
     fidelity = measure_fidelity(

@@ -15,23 +15,14 @@ import numpy as np
 from recsys_infer.data.probe import request_from_item
 from recsys_infer.enums import Device
 from recsys_infer.errors import BundleError, ExportError, FidelityError
-from recsys_infer.runtime.engine import Engine, Query
-
-
-def _top(users: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:
-    k = min(k, items.shape[0])
-    scores = users @ items.T
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    return np.take_along_axis(part, np.argsort(-np.take_along_axis(scores, part, 1), axis=1), 1)
-
-
-def _overlap(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.mean([len(set(x) & set(y)) / a.shape[1] for x, y in zip(a, b, strict=True)]))
+from recsys_infer.ranking import cosines, overlap, top_k
+from recsys_infer.runtime.bundle import MANIFEST, Manifest, read_manifest
+from recsys_infer.runtime.engine import Engine
+from recsys_infer.runtime.types import Query
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
-    cos = np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
-    return {"mean_cosine": round(float(cos.mean()), 6), "min_cosine": round(float(cos.min()), 6)}
+    return {name: round(value, 6) for name, value in cosines(a, b).items()}
 
 
 def probe_queries(engine: Engine, limit: int = 500) -> tuple[list[Query], list[Query]]:
@@ -69,7 +60,7 @@ def served_vectors(engine: Engine, queries: Sequence[Query]) -> np.ndarray:
     return np.concatenate([engine.encode_users([q]) for q in queries])
 
 
-def _stored_vectors(engine: Engine) -> np.ndarray:
+def stored_vectors(engine: Engine) -> np.ndarray:
     if engine.manifest is None or engine.path is None:
         raise BundleError("fidelity needs a bundle loaded from disk")
     return np.load(engine.path / engine.manifest.index.vectors_file, allow_pickle=False)
@@ -82,19 +73,19 @@ def measure_fidelity(reference: Engine, candidate: Engine, *, item_sample: int =
         raise FidelityError(
             f"no probe request could be built for {reference.path}: the request tower is unmeasured"
         )
-    ref_items, new_items = _stored_vectors(reference), _stored_vectors(candidate)
+    ref_items, new_items = stored_vectors(reference), stored_vectors(candidate)
     result: dict[str, Any] = {"reference": str(reference.path), "queries": {}}
     groups = {"user": users, "request": requests}
     for name, queries in groups.items():
         ref_users = served_vectors(reference, queries)
         new_users = served_vectors(candidate, queries)
         entry: dict[str, Any] = {"count": len(queries), **_cosines(ref_users, new_users)}
-        ref_top = {k: _top(ref_users, ref_items, k) for k in (10, 100)}
+        ref_top = {k: top_k(ref_users, ref_items, k) for k in (10, 100)}
         for k, top in ref_top.items():
-            entry[f"overlap@{k}"] = round(_overlap(top, _top(new_users, new_items, k)), 4)
+            entry[f"overlap@{k}"] = round(overlap(top, top_k(new_users, new_items, k)), 4)
         # The same queries encoded 64 to a run, as a micro-batching service may run them.
-        batched = _top(candidate.encode_users(queries), new_items, 10)
-        entry["overlap@10_batched"] = round(_overlap(ref_top[10], batched), 4)
+        batched = top_k(candidate.encode_users(queries), new_items, 10)
+        entry["overlap@10_batched"] = round(overlap(ref_top[10], batched), 4)
         result["queries"][name] = entry
     texts = [i.text for i in reference.items(reference.item_ids)]
     step = max(1, len(texts) // item_sample)
@@ -121,6 +112,25 @@ def check_gate(fidelity: dict[str, Any], max_drop: float | None, what: str, advi
             f"{what} the {name} overlap@10 with the reference to {lowest:.4f}, below the allowed "
             f"{1 - max_drop:.4f} (--max-overlap-drop {max_drop}). No bundle was written. {advice}"
         )
+
+
+def reference_of(src: Path, manifest: Manifest, override: Path | None) -> Path:
+    """The uncompressed bundle a chain started from: ``override``, the one ``src`` records, or
+    ``src`` itself when it has not been compressed."""
+    if override is not None:
+        path = Path(override)
+    elif manifest.reference is not None:
+        path = Path(manifest.reference.bundle)
+        if not (path / MANIFEST).is_file():
+            raise BundleError(
+                f"{src} was compressed from the reference bundle {path}, which is no longer there; "
+                "pass --reference with the uncompressed bundle this chain started from"
+            )
+    else:
+        path = src
+    if read_manifest(path).compression:
+        raise BundleError(f"the reference {path} is itself compressed; pass the uncompressed bundle")
+    return path
 
 
 def check_answers(bundle: Path, what: str) -> None:

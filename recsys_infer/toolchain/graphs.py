@@ -31,6 +31,51 @@ KEEP_FP32_GROUPS: dict[str, str] = {
 }
 
 
+_LAYER = re.compile(r"/layer\.(\d+)/")
+#: A product's role, by the same name patterns a step keeps in fp32 (unambiguous, so unordered).
+_ROLES = tuple((role, re.compile(pattern)) for role, pattern in KEEP_FP32_GROUPS.items())
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A group of matrix products that get one precision together."""
+
+    name: str
+    nodes: tuple[str, ...]
+    weights: int  # parameters in its weight matrices
+    op_type: str  # "Attention" (fused Q/K/V), "Gemm" (any of its products is one) or "MatMul"
+
+
+def graph_units(model: Any) -> list[Unit]:
+    """The quantizable units of a (fused or plain) BERT-style graph, in graph order."""
+    sizes = {t.name: int(np.prod(t.dims)) for t in model.graph.initializer}
+    groups: dict[str, list[Any]] = {}
+    for node in model.graph.node:
+        if node.op_type == "Attention":
+            key = f"attention.{node.name.rsplit('_', 1)[-1]}"
+        elif node.op_type in ("MatMul", "Gemm") and any(i in sizes for i in node.input[1:2]):
+            role = next((r for r, p in _ROLES if p.search(node.name)), None)
+            layer = _LAYER.search(node.name)
+            if role == "head":
+                key = "head"
+            elif role is not None and layer is not None:
+                key = f"{role}.{layer.group(1)}"
+            elif layer is not None:  # unfused Q, K, V projections
+                key = f"attention.{layer.group(1)}"
+            else:
+                key = f"other.{node.name}"
+        else:
+            continue
+        groups.setdefault(key, []).append(node)
+    units = []
+    for key, nodes in groups.items():
+        weights = sum(sizes.get(i, 0) for n in nodes for i in n.input[1:2])
+        kinds = {n.op_type for n in nodes}
+        kind = next(k for k in ("Attention", "Gemm", "MatMul") if k in kinds)
+        units.append(Unit(key, tuple(n.name for n in nodes), weights, kind))
+    return units
+
+
 @dataclass(frozen=True)
 class QuantizeConfig:
     mode: QuantMode = QuantMode.DYNAMIC
@@ -142,7 +187,7 @@ def optimize_graph(src: Path, dst: Path) -> dict[str, Any]:
     }
 
 
-def _matmuls_to_keep(graph: Any, keep: Sequence[str]) -> list[str]:
+def matmuls_to_keep(graph: Any, keep: Sequence[str]) -> list[str]:
     patterns = [re.compile(KEEP_FP32_GROUPS.get(k, k)) for k in keep]
     names = [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm")]
     return [n for n in names if any(p.search(n) for p in patterns)]
@@ -152,7 +197,7 @@ def quantize_dynamic_graph(src: Path, dst: Path, config: QuantizeConfig) -> dict
     import onnx
 
     graph = onnx.load(str(src)).graph
-    excluded = _matmuls_to_keep(graph, config.keep_fp32)
+    excluded = matmuls_to_keep(graph, config.keep_fp32)
     ops = ["MatMul", "Attention"] if _is_bert(graph) else ["MatMul"]
     dynamic_int8(src, dst, ops=ops, exclude=excluded, per_channel=config.per_channel)
     return {"kept_fp32": excluded, "op_types": ops}
@@ -205,7 +250,7 @@ def quantize_blockwise_graph(src: Path, dst: Path, config: QuantizeConfig) -> di
     blockwise form and stay fp32."""
     import onnx
 
-    excluded = _matmuls_to_keep(onnx.load(str(src)).graph, config.keep_fp32)
+    excluded = matmuls_to_keep(onnx.load(str(src)).graph, config.keep_fp32)
     blockwise_int8(src, dst, block_size=config.block_size, exclude=excluded)
     quantized = sum(n.op_type == "MatMulNBits" for n in onnx.load(str(dst)).graph.node)
     return {
@@ -311,7 +356,7 @@ def quantize_static_graph(src: Path, dst: Path, reader: Any, config: QuantizeCon
         Calibration.PERCENTILE: CalibrationMethod.Percentile,
         Calibration.ENTROPY: CalibrationMethod.Entropy,
     }
-    excluded = _matmuls_to_keep(onnx.load(str(src)).graph, config.keep_fp32)
+    excluded = matmuls_to_keep(onnx.load(str(src)).graph, config.keep_fp32)
     with tempfile.TemporaryDirectory(prefix="recsys-infer-q-") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(src), str(prepared), auto_merge=True, skip_optimization=False)

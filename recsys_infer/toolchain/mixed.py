@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import re
 import shutil
 import tempfile
 import time
@@ -58,12 +57,17 @@ import numpy as np
 
 from recsys_infer.enums import Device
 from recsys_infer.errors import ConfigError, FidelityError
+from recsys_infer.ranking import overlap, top_k
 from recsys_infer.runtime.encoder import OnnxEncoder
-from recsys_infer.runtime.engine import Engine, Query
+from recsys_infer.runtime.engine import Engine
 from recsys_infer.runtime.providers import create_session
+from recsys_infer.runtime.types import Query
 from recsys_infer.runtime.users import SequenceUserEncoder, TextUserEncoder
 
-from .graphs import _matmuls_to_keep, blockwise_int8, dynamic_int8, quiet_quantizer
+from .fidelity import probe_queries, served_vectors, stored_vectors
+from .graphs import Unit, blockwise_int8, dynamic_int8, graph_units, matmuls_to_keep, quiet_quantizer
+from .outliers import outlier_channels, split_outliers
+from .smooth import smoothed_source
 
 logger = logging.getLogger(__name__)
 
@@ -81,54 +85,6 @@ KEPT_FORMS = (OUTLIERS, BLOCKWISE)
 #: Block size of blockwise kept units: on the ml-latest-small request graph (VNNI CPU), 128 ran
 #: 1.24x faster than 64 at 64 tokens for the same overlap@10 (0.946 against 0.948).
 KEPT_BLOCK = 128
-
-_LAYER = re.compile(r"/layer\.(\d+)/")
-_ROLES = (
-    ("attention-out", re.compile(r"/attention/output/dense/")),
-    ("ffn-in", re.compile(r"/intermediate/dense/")),
-    ("ffn-out", re.compile(r"/output/dense/")),
-    ("head", re.compile(r"^/head/")),
-)
-
-
-@dataclass(frozen=True)
-class Unit:
-    """A group of matrix products that get one precision together."""
-
-    name: str
-    nodes: tuple[str, ...]
-    weights: int  # parameters in its weight matrices
-    op_type: str  # "Attention" (fused Q/K/V), "Gemm" (any of its products is one) or "MatMul"
-
-
-def graph_units(model: Any) -> list[Unit]:
-    """The quantizable units of a (fused or plain) BERT-style graph, in graph order."""
-    sizes = {t.name: int(np.prod(t.dims)) for t in model.graph.initializer}
-    groups: dict[str, list[Any]] = {}
-    for node in model.graph.node:
-        if node.op_type == "Attention":
-            key = f"attention.{node.name.rsplit('_', 1)[-1]}"
-        elif node.op_type in ("MatMul", "Gemm") and any(i in sizes for i in node.input[1:2]):
-            role = next((r for r, p in _ROLES if p.search(node.name)), None)
-            layer = _LAYER.search(node.name)
-            if role == "head":
-                key = "head"
-            elif role is not None and layer is not None:
-                key = f"{role}.{layer.group(1)}"
-            elif layer is not None:  # unfused Q, K, V projections
-                key = f"attention.{layer.group(1)}"
-            else:
-                key = f"other.{node.name}"
-        else:
-            continue
-        groups.setdefault(key, []).append(node)
-    units = []
-    for key, nodes in groups.items():
-        weights = sum(sizes.get(i, 0) for n in nodes for i in n.input[1:2])
-        kinds = {n.op_type for n in nodes}
-        kind = next(k for k in ("Attention", "Gemm", "MatMul") if k in kinds)
-        units.append(Unit(key, tuple(n.name for n in nodes), weights, kind))
-    return units
 
 
 def _products(graph: Path, *, but: Sequence[str]) -> list[str]:
@@ -150,7 +106,6 @@ def build_mixed(
 ) -> dict[str, Any]:
     """Write ``src`` with each unit in the precision ``plan`` gives it (fp32 where it gives none).
     Units in :data:`OUTLIERS` take their channels from ``outliers`` (by node name)."""
-    from .outliers import split_outliers
 
     unknown = set(plan.values()) - {INT8, INT8_TENSOR, OUTLIERS, BLOCKWISE, FP32}
     if unknown:
@@ -218,7 +173,6 @@ class GraphProbe:
     def __init__(
         self, engine: Engine, reference: Engine, groups: dict[str, Sequence[Query]], *, threads: int | None
     ) -> None:
-        from .fidelity import _stored_vectors, _top, served_vectors
 
         encoder = engine.request_encoder
         if not isinstance(encoder, OnnxEncoder):
@@ -228,10 +182,10 @@ class GraphProbe:
         self.tokenizer = encoder.tokenizer
         self.dim = encoder.dim
         self._threads = threads
-        self._items = _stored_vectors(reference)
+        self._items = stored_vectors(reference)
         self._groups = {name: list(q) for name, q in groups.items() if q}
         self._ref = {name: served_vectors(reference, q) for name, q in self._groups.items()}
-        self._ref_top = {name: _top(v, self._items, 10) for name, v in self._ref.items()}
+        self._ref_top = {name: top_k(v, self._items, 10) for name, v in self._ref.items()}
 
     def encoder(self, graph: Path) -> OnnxEncoder:
         session = create_session(graph, Device.CPU, threads=self._threads)
@@ -245,7 +199,6 @@ class GraphProbe:
             users.encoder = encoder
 
     def measure(self, graph: Path) -> dict[str, float]:
-        from .fidelity import _overlap, _top, served_vectors
 
         self._swap(self.encoder(graph))
         try:
@@ -253,7 +206,7 @@ class GraphProbe:
         finally:
             self._swap(self._original)
         overlaps = {
-            name: _overlap(self._ref_top[name], _top(v, self._items, 10)) for name, v in vectors.items()
+            name: overlap(self._ref_top[name], top_k(v, self._items, 10)) for name, v in vectors.items()
         }
         cos = np.concatenate([np.sum(v * self._ref[name], axis=1) for name, v in vectors.items()])
         return {
@@ -498,7 +451,6 @@ def request_probe(
     """The probe for ``bundle``'s request-path text graph against ``reference``; the probe's
     requests; and, tokenised one by one, the texts the graph reads for them (for a text user
     tower, the users' texts too), which calibrate smoothing."""
-    from .fidelity import probe_queries
 
     engine = Engine.load(bundle, device=Device.CPU, exact=True, verify=False, threads=threads)
     ref = Engine.load(reference, device=Device.CPU, exact=True, verify=False, threads=threads)
@@ -530,7 +482,6 @@ def smoothed_request_graph(
 ) -> tuple[Path, dict[str, Any]]:
     """``bundle``'s request-path text ``graph`` smoothed (:func:`.smooth.smoothed_source`,
     calibrated and searched on the probe's requests): the graph to quantize and the record."""
-    from .smooth import smoothed_source
 
     probe, _, feeds = request_probe(bundle, reference, threads=threads)
     return smoothed_source(
@@ -558,7 +509,7 @@ def mixed_precision_graph(
 
     probe, requests, feeds = request_probe(bundle, reference, threads=threads)
     model = onnx.load(str(graph))
-    fixed = set(_matmuls_to_keep(model.graph, keep_fp32))
+    fixed = set(matmuls_to_keep(model.graph, keep_fp32))
     units = [u for u in graph_units(model) if not fixed & set(u.nodes)]
     if not units:
         raise ConfigError(f"{graph.name} has no matrix product left to quantize")
@@ -566,8 +517,6 @@ def mixed_precision_graph(
     with tempfile.TemporaryDirectory(prefix="recsys-infer-auto-") as tmp:
         source, smoothing = graph, None
         if smooth is not None:
-            from .smooth import smoothed_source
-
             source, smoothing = smoothed_source(
                 graph,
                 feeds,
@@ -577,7 +526,6 @@ def mixed_precision_graph(
                 exclude=sorted(fixed),
                 progress=progress,
             )
-        from .outliers import outlier_channels
 
         progress("outlier channels")
         products = [n for u in units if u.op_type == "MatMul" for n in u.nodes]

@@ -337,10 +337,10 @@ def agreement(
     cos = F.cosine_similarity(s, t)
     out = {"mean_cosine": round(float(cos.mean()), 6), "min_cosine": round(float(cos.min()), 6)}
     if catalogue is not None:
-        from .fidelity import _overlap, _top
+        from recsys_infer.ranking import overlap, top_k
 
         items = catalogue.numpy()
-        out["overlap@10"] = round(_overlap(_top(s.numpy(), items, 10), _top(t.numpy(), items, 10)), 4)
+        out["overlap@10"] = round(overlap(top_k(s.numpy(), items, 10), top_k(t.numpy(), items, 10)), 4)
     return out
 
 

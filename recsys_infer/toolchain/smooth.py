@@ -33,9 +33,11 @@ import numpy as np
 
 from recsys_infer.errors import ConfigError
 
+from .graphs import dynamic_int8, graph_units, quiet_quantizer
+
 logger = logging.getLogger(__name__)
 
-#: The unit roles (see :func:`recsys_infer.toolchain.mixed.graph_units`) whose inputs get smoothed.
+#: The unit roles (see :func:`recsys_infer.toolchain.graphs.graph_units`) whose inputs get smoothed.
 SMOOTHED_ROLES = ("attention", "ffn-in", "ffn-out")
 #: The strengths :func:`smooth_search` tries. On the ml-latest-small request graph in all-int8,
 #: 0.7 held request overlap@10 0.939 on the probe (0.893 unsmoothed) and 0.5 only 0.870; between
@@ -48,7 +50,6 @@ SUFFIX = "_smooth"
 def _targets(model: Any) -> list[Any]:
     """The nodes whose first input gets smoothed: the products of :data:`SMOOTHED_ROLES` with a
     2-D weight initializer of their own (MatMul ``[K, N]``, fused Attention ``[K, 3K]``)."""
-    from .mixed import graph_units
 
     names = {n for u in graph_units(model) if u.name.split(".")[0] in SMOOTHED_ROLES for n in u.nodes}
     weights = {t.name: t for t in model.graph.initializer}
@@ -174,7 +175,6 @@ def smoothed_source(
     candidate in dynamic int8 less the ``exclude``d products, judged by ``measure``). The ranges
     come from ``feeds`` (one text each). Returns the graph to quantize (``graph`` itself where no
     smoothing won; else a file in ``workdir``) and the record."""
-    from .graphs import dynamic_int8, quiet_quantizer
 
     progress(f"smoothing: activation ranges over {len(feeds)} texts")
     ranges = activation_ranges(graph, feeds)

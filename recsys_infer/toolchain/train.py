@@ -574,6 +574,6 @@ def _train_sequence(run: _Run) -> tuple[dict[str, Any], dict[str, Any]]:
 def _versions() -> dict[str, str]:
     import transformers
 
-    from recsys_infer import __version__
+    from recsys_infer.version import __version__
 
     return {"recsys_infer": __version__, "torch": torch.__version__, "transformers": transformers.__version__}

@@ -23,15 +23,15 @@ import numpy as np
 from recsys_infer.data.readers import read_items
 from recsys_infer.enums import Device
 from recsys_infer.errors import ConfigError
-from recsys_infer.scale.encoding import DEFAULT_SHARD_SIZE, encode_catalogue
+from recsys_infer.runtime.bundle import read_item_ids, read_manifest, write_catalogue_bundle
+from recsys_infer.runtime.catalog import Catalog
+from recsys_infer.runtime.engine import Engine
+from recsys_infer.runtime.index import HnswIndex, HnswParams
+from recsys_infer.runtime.manifest import ITEM_INDEX, IndexSpec, Manifest
+from recsys_infer.runtime.milvus import MilvusIndex
+from recsys_infer.runtime.users import add_offsets
 
-from .bundle import read_item_ids, read_manifest, write_catalogue_bundle
-from .catalog import Catalog
-from .engine import Engine
-from .index import HnswIndex, HnswParams
-from .manifest import ITEM_INDEX, IndexSpec, Manifest
-from .milvus import MilvusIndex
-from .users import unit_rows
+from .shards import DEFAULT_SHARD_SIZE, ShardRunner, encode_catalogue
 
 
 def carried_offsets(src: Path, manifest: Manifest, catalog: Catalog) -> np.ndarray | None:
@@ -63,13 +63,12 @@ class MilvusTarget:
 
 @dataclass(frozen=True)
 class EncodingSettings:
-    """How the catalogue is encoded: ``workers`` ONNX sessions of ``threads`` cores each, in this
-    process or on Ray (``use_ray``; ``ray_address`` None starts a local cluster)."""
+    """How the catalogue is encoded: ``workers`` ONNX sessions of ``threads`` cores each, by
+    ``runner`` (None: in this process; :class:`recsys_infer.scale.encoding.RayRunner` for Ray)."""
 
     workers: int = 1
     threads: int | None = None
-    use_ray: bool = False
-    ray_address: str | None = None
+    runner: ShardRunner | None = None
     shard_size: int = DEFAULT_SHARD_SIZE
 
 
@@ -116,12 +115,11 @@ def reindex_bundle(
     work = out.parent / f".{out.name}.encoding"
     vectors, report = encode_catalogue(
         src, catalog.texts, work, items_sha256=items_sha, shard_size=encoding.shard_size,
-        workers=encoding.workers, threads=encoding.threads, use_ray=encoding.use_ray,
-        ray_address=encoding.ray_address, progress=progress,
+        workers=encoding.workers, threads=encoding.threads, runner=encoding.runner, progress=progress,
     )  # fmt: skip
     offsets = carried_offsets(src, manifest, catalog)
     if offsets is not None:
-        vectors = unit_rows(vectors + offsets)
+        vectors = add_offsets(vectors, offsets)
     t0 = time.perf_counter()
     spec = manifest.index
     params = HnswParams(spec.M, spec.ef_construction, spec.ef_search)
