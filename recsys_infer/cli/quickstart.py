@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .data import leave_one_out, load_dataset
-from .runtime.engine import Engine
-from .runtime.types import Recommendation
+from recsys_infer.data import leave_one_out, load_dataset
+from recsys_infer.runtime.engine import Engine
+from recsys_infer.runtime.types import Recommendation
 
 SAMPLE_REQUEST = "cozy mystery novel set in Scotland"
 
@@ -83,8 +83,8 @@ def run_quickstart(
     best validation epoch reached by then), or exactly ``steps`` steps when given (a smoke
     test). Re-running replaces the checkpoint and bundle inside ``out`` (each is replaced whole).
     """
-    from .toolchain.export import ExportConfig, export_bundle
-    from .toolchain.train import TrainConfig, train
+    from recsys_infer.toolchain.export import ExportConfig, export_bundle
+    from recsys_infer.toolchain.train import TrainConfig, train
 
     out = Path(out)
     report = QuickstartReport(out=out, checkpoint=out / "checkpoint", bundle=out / "bundle")

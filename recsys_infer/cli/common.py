@@ -1,0 +1,156 @@
+"""What the commands share: option types, error handling, reports and the console.
+
+Every option spelled the same way in several commands is defined here once.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Callable
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+import typer
+
+from recsys_infer.errors import FidelityError, RecsysError
+
+if TYPE_CHECKING:
+    from recsys_infer.runtime.manifest import FusionSpec
+    from recsys_infer.runtime.types import Recommendation
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEVICE_HELP = "auto, cpu, cuda, cuda:N (the N-th GPU), tensorrt or tensorrt:N."
+JsonOut = Annotated[
+    Path | None,
+    typer.Option("--json", help="Also write a machine-readable report to this file.", dir_okay=False),
+]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace --out if it already exists.")]
+EncoderOpt = Annotated[
+    str | None, typer.Option("--encoder", help="Encoder id or local path; default all-MiniLM-L6-v2.")
+]
+
+
+class OutputFormat(StrEnum):
+    TABLE = "table"
+    JSON = "json"
+
+
+#: Exit status of a command refused by a quality gate (a fidelity budget), apart from errors (1).
+GATE_FAILED = 3
+
+
+def friendly_errors(func: F) -> F:
+    """Turn the library's errors into one clear line and exit status 1, or GATE_FAILED when a
+    fidelity budget refused the result (tracebacks with RECSYS_INFER_DEBUG=1)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except RecsysError as e:
+            if os.environ.get("RECSYS_INFER_DEBUG"):
+                raise
+            typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(GATE_FAILED if isinstance(e, FidelityError) else 1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def write_json(path: Path | None, payload: dict[str, Any]) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    typer.echo(f"report written to {path}")
+
+
+def parity_line(parity: dict[str, Any], recall: float) -> str:
+    return (
+        f"parity vs PyTorch: user max|Δ| {parity['user']['max_abs_diff']:.1e}, item max|Δ| "
+        f"{parity['item']['max_abs_diff']:.1e}; HNSW recall@10 vs exact {recall:.3f}"
+    )
+
+
+def clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def make_console() -> Any:
+    from rich.console import Console
+
+    return Console(soft_wrap=True)  # long lines are not broken when output is piped
+
+
+def recs_table(title: str, recs: list[Recommendation]) -> Any:
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", expand=True)
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("item", no_wrap=True)
+    table.add_column("score", justify="right", no_wrap=True)
+    table.add_column("text", overflow="ellipsis", no_wrap=True, ratio=1)
+    for rank, r in enumerate(recs, start=1):
+        table.add_row(str(rank), r.item_id, f"{r.score:.3f}", r.text)
+    return table
+
+
+def fidelity_lines(fidelity: dict[str, Any]) -> None:
+    for name, q in fidelity["queries"].items():
+        typer.echo(
+            f"{name} vs reference: overlap@10 {q['overlap@10']:.4f}, overlap@100 {q['overlap@100']:.4f}, "
+            f"cosine mean {q['mean_cosine']:.4f} min {q['min_cosine']:.4f} ({q['count']} probe queries)"
+        )
+
+
+MaxDrop = Annotated[
+    float | None,
+    typer.Option(
+        min=0.0,
+        max=1.0,
+        help="Fail, writing nothing, if overlap@10 with the reference (users or requests) falls below 1 - X.",
+    ),
+]
+Reference = Annotated[
+    Path | None,
+    typer.Option(help="The uncompressed bundle to measure against (default: the one the input records)."),
+]
+
+
+def step_summary(result: Any) -> None:
+    fidelity_lines(result.fidelity)
+    onnx_mb = sum(v for k, v in result.files.items() if k.endswith(".onnx")) / 1e6
+    typer.echo(f"bundle: {result.bundle} (graphs {onnx_mb:.1f} MB, {result.seconds:.0f} s)")
+
+
+def fusion_lines(fusion: FusionSpec) -> list[str]:
+    """How a two-space bundle weighs its spaces, and the validation scores it chose them on."""
+    record = fusion.chosen_on
+    trained, text = fusion.dims
+    lines = [
+        f"two spaces: trained {trained}-d + pretrained text {text}-d; weights chosen on "
+        f"{record.get('users', '?')} {record.get('split', '?')} users, NDCG@10:"
+    ]
+
+    def scored(part: str, keys: tuple[str, ...]) -> str:
+        entry = record.get(part)
+        if not isinstance(entry, dict):
+            return ""
+        chosen = entry["chosen"]["ndcg@10"]
+        others = ", ".join(f"{k.replace('_', ' ')} {entry[k]:.4f}" for k in keys)
+        return f" -> {chosen:.4f} ({others})"
+
+    lines += [
+        f"  history: user vector x{fusion.history[0]:g} + text view x{fusion.history[1]:g}, recency "
+        f"decay {fusion.decay:g}" + scored("history", ("trained_only", "text_only")),
+        f"  request: trained x{fusion.request[0]:g} + text x{fusion.request[1]:g}"
+        + scored("request", ("text_only",)),
+        f"  history + request: {fusion.mix:g} history, {1 - fusion.mix:g} request"
+        + scored("mixed", ("history_alone", "request_alone")),
+    ]
+    return lines

@@ -1,0 +1,201 @@
+"""``recsys-infer serve``: one process under uvicorn, or replicas on Ray Serve."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from .app import app
+from .common import (
+    DEVICE_HELP,
+    friendly_errors,
+)
+
+
+def _limit(help_text: str, env: str) -> Any:
+    return typer.Option(min=1, help=f"{help_text} (env RECSYS_INFER_{env})", rich_help_panel="Limits")
+
+
+def _ray(help_text: str, **kwargs: Any) -> Any:
+    return typer.Option(help=help_text, rich_help_panel="Ray Serve", **kwargs)
+
+
+_Limit = int | None
+BundleArg = Annotated[Path, typer.Argument(help="The bundle to serve.", exists=True, file_okay=False)]
+Host = Annotated[str, typer.Option(envvar="RECSYS_INFER_HOST", help="Interface to listen on.")]
+Port = Annotated[int, typer.Option(min=1, max=65535, envvar="RECSYS_INFER_PORT")]
+AccessLog = Annotated[
+    bool,
+    typer.Option(
+        "--access-log/--no-access-log",
+        envvar="RECSYS_INFER_ACCESS_LOG",
+        help="A log line per request (off: writing it took an eighth of the event loop's time "
+        "under load; /metrics counts every request by route and status).",
+    ),
+]
+Threads = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        envvar="RECSYS_INFER_THREADS",
+        help="ONNX Runtime intra-op threads (default: the physical cores).",
+    ),
+]
+DeviceOpt = Annotated[
+    str | None, typer.Option(help=DEVICE_HELP + " (env RECSYS_INFER_DEVICE)", show_default="auto")
+]
+ProviderOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        help="KEY=VALUE for the GPU provider, e.g. enable_cuda_graph=1 or trt_fp16_enable=1 "
+        "(repeatable; env RECSYS_INFER_PROVIDER_OPTIONS=k=v,k=v).",
+    ),
+]
+MaxWait = Annotated[
+    int | None,
+    typer.Option(
+        min=0, help="How long the micro-batcher waits to fill a batch, in µs. (env RECSYS_INFER_MAX_WAIT_US)"
+    ),
+]
+RequestCache = Annotated[
+    int | None,
+    typer.Option(
+        min=0,
+        help="Keep this many request vectors, so a text seen again skips the transformer (default 0: "
+        "off). (env RECSYS_INFER_REQUEST_CACHE)",
+    ),
+]
+SpinOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--spin/--no-spin",
+        help="Let ONNX Runtime's threads busy-wait between runs (on). --no-spin lets them sleep: "
+        "a shorter tail and free cores when other work shares the machine. (env RECSYS_INFER_SPIN)",
+    ),
+]
+AuthReads = Annotated[
+    bool | None,
+    typer.Option(
+        "--auth-reads/--no-auth-reads",
+        help="Require the API key for /recommend, /info and "
+        "/metrics too (off). (env RECSYS_INFER_AUTH_READS)",
+        rich_help_panel="Limits",
+    ),
+]
+Ray = Annotated[
+    str | None,
+    _ray(
+        "Serve replicas on Ray Serve: 'local' starts a local cluster, HOST:PORT joins one. The bundle's "
+        "index should be in Milvus (see `index --milvus`). Needs the 'scale' extra.",
+        envvar="RECSYS_INFER_RAY",
+    ),
+]
+Replicas = Annotated[int, _ray("Replicas on Ray Serve.", min=1, envvar="RECSYS_INFER_REPLICAS")]
+Detach = Annotated[bool, _ray("Deploy (or roll out a new bundle) and return, leaving the replicas running.")]
+AllowLocalIndex = Annotated[
+    bool, _ray("Let Ray Serve replicas each hold a copy of an embedded index (read-only serving).")
+]
+
+
+@app.command(rich_help_panel="Serve")
+@friendly_errors
+def serve(
+    bundle: BundleArg,
+    host: Host = "127.0.0.1",
+    port: Port = 8000,
+    access_log: AccessLog = False,
+    threads: Threads = None,
+    device: DeviceOpt = None,
+    provider_option: ProviderOption = None,
+    max_batch: Annotated[_Limit, _limit("Most requests the micro-batcher runs at once.", "MAX_BATCH")] = None,
+    max_wait_us: MaxWait = None,
+    max_body_bytes: Annotated[
+        _Limit, _limit("Largest request body; larger gets 413.", "MAX_BODY_BYTES")
+    ] = None,
+    max_cost: Annotated[
+        _Limit,
+        _limit("Result rows one body may ask for (k summed, explained x8); more gets 422.", "MAX_COST"),
+    ] = None,
+    max_pending: Annotated[
+        _Limit, _limit("Recommendations waiting at once; more get 429 with Retry-After.", "MAX_PENDING")
+    ] = None,
+    max_k: Annotated[_Limit, _limit("Largest k.", "MAX_K")] = None,
+    max_batch_requests: Annotated[_Limit, _limit("Requests in one batch body.", "MAX_BATCH_REQUESTS")] = None,
+    max_history: Annotated[_Limit, _limit("History items in one request.", "MAX_HISTORY")] = None,
+    max_text_chars: Annotated[
+        _Limit, _limit("Characters of a request or item text.", "MAX_TEXT_CHARS")
+    ] = None,
+    max_ids_per_filter: Annotated[_Limit, _limit("Ids in exclude or allow.", "MAX_IDS_PER_FILTER")] = None,
+    max_items_per_edit: Annotated[_Limit, _limit("Items in one POST /items.", "MAX_ITEMS_PER_EDIT")] = None,
+    request_cache: RequestCache = None,
+    spin: SpinOpt = None,
+    auth_reads: AuthReads = None,
+    ray: Ray = None,
+    replicas: Replicas = 2,
+    detach: Detach = False,
+    allow_local_index: AllowLocalIndex = False,
+) -> None:
+    """Serve a bundle over HTTP: /recommend, /embed, /items, /healthz, /info, /metrics (serve extra).
+
+    Limits come from the flags, else RECSYS_INFER_* variables, else the defaults; GET /info shows
+    those in force. With --ray, N replicas run on Ray Serve behind its proxy on HOST:PORT."""
+    given = dict(locals())  # every option named after a ServeSettings field sets it
+    try:
+        import uvicorn
+
+        from recsys_infer.serve import API_KEY_ENV, ServeSettings, create_app
+        from recsys_infer.serve.settings import parse_provider_options
+    except ImportError as e:
+        raise typer.BadParameter(
+            f"serving needs the serve extra ({e}): pip install 'recsys-infer[serve]'"
+        ) from e
+    fields = {f.name for f in dataclasses.fields(ServeSettings)}
+    given["provider_options"] = parse_provider_options(provider_option) if provider_option else None
+    settings = ServeSettings.from_env(**{k: v for k, v in given.items() if k in fields})
+    if not os.environ.get(API_KEY_ENV):
+        typer.echo(f"catalogue editing routes are off: set {API_KEY_ENV} to enable them", err=True)
+        if settings.auth_reads:
+            raise typer.BadParameter(f"--auth-reads needs {API_KEY_ENV} set to the key clients will send")
+    if ray is not None:
+        _serve_on_ray(bundle, settings, ray, replicas, threads, host, port, detach, allow_local_index)
+        return
+    app = create_app(bundle, threads=threads, settings=settings)
+    uvicorn.run(app, host=host, port=port, log_level="info", access_log=access_log)
+
+
+def _serve_on_ray(
+    bundle: Path,
+    settings: Any,
+    ray: str,
+    replicas: int,
+    threads: int | None,
+    host: str,
+    port: int,
+    detach: bool,
+    allow_local_index: bool,
+) -> None:
+    if detach and ray == "local":
+        raise typer.BadParameter(
+            "--detach leaves replicas on a running cluster, but --ray local starts one that ends with this "
+            "command; start a cluster (`ray start --head`) and pass --ray HOST:PORT"
+        )
+    from recsys_infer.scale import serving
+
+    url = serving.deploy(
+        bundle, replicas=replicas, threads=threads, settings=settings, host=host, port=port,
+        address=None if ray == "local" else ray, allow_local_index=allow_local_index,
+    )  # fmt: skip
+    typer.echo(f"{replicas} replica(s) of {bundle} serving at {url}")
+    if detach:
+        return
+    typer.echo("Ctrl-C stops them")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        serving.shutdown()
