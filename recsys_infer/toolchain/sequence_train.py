@@ -25,7 +25,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -271,148 +271,210 @@ def trainable_state(model: TwoTower) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items() if not k.startswith("item.encoder.")}
 
 
+@dataclass(frozen=True)
+class LoopSettings:
+    """The loop's settings, named as :class:`~recsys_infer.toolchain.train.TrainConfig` names
+    them (:meth:`of` reads them from it), every kind default filled in."""
+
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    weight_decay: float
+    temperature: float
+    seed: int
+    bf16: bool
+    eval_every: int
+    patience: int
+    unseen_negatives: bool = True
+    softmax: str = "auto"
+    negatives: int = 4096
+    max_steps: int | None = None
+
+    @classmethod
+    def of(cls, config: Any) -> LoopSettings:
+        """The loop's share of a resolved training configuration."""
+        values = {f.name: getattr(config, f.name) for f in fields(cls)}
+        missing = [name for name, value in values.items() if value is None and name != "max_steps"]
+        if missing:
+            raise TrainingError(f"the sequence loop needs {missing} set (a kind default was not filled in)")
+        return cls(**values)
+
+
+#: Called after each validation with the run so far, the optimizer and the best state.
+OnEval = Callable[[SequenceRun, torch.optim.Optimizer, dict[str, torch.Tensor]], None]
+
+
 def train_sequence_loop(
     model: TwoTower,
     embeddings: torch.Tensor,
     split: Split,
     catalog: Catalog,
+    settings: LoopSettings,
     *,
-    epochs: int,
-    batch_size: int,
-    learning_rate: float,
-    weight_decay: float,
-    temperature: float,
-    seed: int,
-    bf16: bool,
-    eval_every: int,
-    patience: int,
     deadline: float | None,
     progress: bool,
-    unseen_negatives: bool = True,
-    softmax: str = "auto",
-    negatives: int = 4096,
-    max_steps: int | None = None,
     resume: Any = None,
-    on_eval: Callable[[SequenceRun, torch.optim.Optimizer, dict[str, torch.Tensor]], None] | None = None,
+    on_eval: OnEval | None = None,
 ) -> tuple[SequenceRun, dict[str, torch.Tensor]]:
     """Train head and sequence tower; returns the run and the best (validation) state dict.
 
-    It stops at ``epochs``, on early stopping, at the ``deadline`` or after ``max_steps`` steps
-    (a smoke test's budget), whichever comes first; a partial epoch is validated before the
-    best state is chosen."""
-    user: SequenceTower = model.user
-    head = model.item.head
-    if head is None:
-        raise TrainingError("the sequence model's item tower has no head to train")
-    position = {item_id: i for i, item_id in enumerate(catalog.ids)}
-    windows = history_windows(dict(split.train), position, user.max_history)
-    # Items the training part never shows (held-out cold items, items whose only interactions
-    # are validation or test targets) are, to this model, items that do not exist yet. As
-    # negatives in every step they would teach the head to push their kind of text away.
-    excluded = None if unseen_negatives else ~seen_in_training(split, position)
-    if not windows:
-        raise TrainingError("no training windows: users need at least two training interactions")
-    validation = [Example(e.user_id, e.history[-user.max_history :], e.target) for e in split.validation]
-    if len(validation) > VALIDATION_USERS:
-        validation = random.Random(seed).sample(validation, VALIDATION_USERS)
-    sampler = None
-    if use_sampled_softmax(softmax, len(position)):
-        counts = training_counts(split, position)
-        sampler = NegativeSampler(
-            counts if excluded is not None else counts + 1,
-            negatives,
-            allowed=None if excluded is None else ~excluded,
-        )
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=learning_rate, weight_decay=weight_decay)
-    run = SequenceRun(softmax="sampled" if sampler is not None else "full")
-    best_state = trainable_state(model)
+    It stops at ``settings.epochs``, on early stopping, at the ``deadline`` or after
+    ``settings.max_steps`` steps (a smoke test's budget), whichever comes first; a partial epoch
+    is validated before the best state is chosen."""
+    loop = _Loop(model, embeddings, split, catalog, settings, deadline=deadline, on_eval=on_eval)
     if resume is not None:
-        from .state import restore_optimizer, restore_rng
-
-        model.load_state_dict(resume.group("model"), strict=False)
-        best_state = resume.group("best")
-        restore_optimizer(optimizer, resume)
-        restore_rng(resume)
-        p = resume.meta["progress"]
-        run = SequenceRun(
-            p["epochs"], p["steps"], p["losses"], p["validation"], p["best_epoch"], p["best_ndcg"],
-            softmax=run.softmax, epoch_seconds=p.get("epoch_seconds", []),
-        )  # fmt: skip
+        loop.resume(resume)
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=epochs, initial=run.epochs, desc="training (epochs)", unit="epoch")
+        bar = tqdm(total=settings.epochs, initial=loop.run.epochs, desc="training (epochs)", unit="epoch")
     model.train()
-    evals_without_gain = sum(1 for v in run.validation if v["epoch"] > run.best_epoch)
     try:
-        while run.epochs < epochs:
-            order = list(range(len(windows)))
-            random.Random(seed * 1_000_003 + run.epochs).shuffle(order)
-            if sampler is not None:  # per epoch, so that a resumed run draws what it would have
-                sampler.reseed(seed * 1_000_003 + run.epochs)
-            epoch_losses = []
-            started = time.perf_counter()
-            for start in range(0, len(order), batch_size):
-                if deadline is not None and time.monotonic() > deadline:
-                    run.out_of_time = True
-                    break
-                if max_steps is not None and run.steps >= max_steps:
-                    run.out_of_steps = True
-                    break
-                rows, targets, mask = _window_batch(
-                    [windows[j] for j in order[start : start + batch_size]], user.max_history
-                )
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                    if sampler is not None:
-                        logits, labels = sampled_softmax_logits(
-                            model, embeddings, rows, targets, mask, sampler, temperature
-                        )
-                    else:
-                        logits, labels = _full_softmax_logits(
-                            model, embeddings, rows, targets, mask, temperature, excluded
-                        )
-                loss = F.cross_entropy(logits, labels)
-                guarded_step(loss, optimizer, trainable, f"in epoch {run.epochs + 1}")
-                run.steps += 1
-                epoch_losses.append(float(loss.item()))
-            run.step_seconds += time.perf_counter() - started
-            if run.out_of_time or run.out_of_steps:
-                break
-            run.epochs += 1
-            run.epoch_seconds.append(round(time.perf_counter() - started, 3))
-            run.losses.append(float(np.mean(epoch_losses)))
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{run.losses[-1]:.3f}", best=f"{max(run.best_ndcg, 0):.4f}")
-            if run.epochs % eval_every == 0 or run.epochs == epochs:
-                scores = validation_ndcg(model, embeddings, validation, position)
-                run.validation.append({"epoch": run.epochs, **scores})
-                logger.info("epoch %d: loss %.4f, validation %s", run.epochs, run.losses[-1], scores)
-                if scores["ndcg@10"] > run.best_ndcg:
-                    run.best_ndcg, run.best_epoch = scores["ndcg@10"], run.epochs
-                    best_state = trainable_state(model)
-                    evals_without_gain = 0
-                else:
-                    evals_without_gain += 1
-                if bar is not None:
-                    bar.set_postfix(loss=f"{run.losses[-1]:.3f}", best=f"{run.best_ndcg:.4f}")
-                if on_eval is not None:
-                    on_eval(run, optimizer, best_state)
-                if evals_without_gain >= patience:
-                    run.stopped_early = True
-                    break
+        while loop.run.epochs < settings.epochs and loop.epoch(bar):
+            pass
     finally:
         if bar is not None:
             bar.close()
+    run = loop.run
     if not run.validation or run.out_of_time or run.out_of_steps:
-        # Stopped mid-way (or no evaluation yet): measure where we are before choosing.
-        scores = validation_ndcg(model, embeddings, validation, position)
+        loop.validate()  # stopped mid-way (or no evaluation yet): measure where we are first
+    model.load_state_dict(loop.best_state, strict=False)
+    model.eval()
+    return run, loop.best_state
+
+
+class _Loop:
+    """One sequence training run's state: its batches, optimizer, counters and best state."""
+
+    def __init__(
+        self,
+        model: TwoTower,
+        embeddings: torch.Tensor,
+        split: Split,
+        catalog: Catalog,
+        settings: LoopSettings,
+        *,
+        deadline: float | None,
+        on_eval: OnEval | None,
+    ) -> None:
+        self.model, self.embeddings, self.settings = model, embeddings, settings
+        self.deadline, self.on_eval = deadline, on_eval
+        self.user: SequenceTower = model.user
+        if model.item.head is None:
+            raise TrainingError("the sequence model's item tower has no head to train")
+        self.position = {item_id: i for i, item_id in enumerate(catalog.ids)}
+        self.windows = history_windows(dict(split.train), self.position, self.user.max_history)
+        # Items the training part never shows (held-out cold items, items whose only interactions
+        # are validation or test targets) are, to this model, items that do not exist yet. As
+        # negatives in every step they would teach the head to push their kind of text away.
+        self.excluded = None if settings.unseen_negatives else ~seen_in_training(split, self.position)
+        if not self.windows:
+            raise TrainingError("no training windows: users need at least two training interactions")
+        validation = [
+            Example(e.user_id, e.history[-self.user.max_history :], e.target) for e in split.validation
+        ]
+        if len(validation) > VALIDATION_USERS:
+            validation = random.Random(settings.seed).sample(validation, VALIDATION_USERS)
+        self.validation = validation
+        self.sampler = self._sampler(split)
+        self.trainable = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            self.trainable, lr=settings.learning_rate, weight_decay=settings.weight_decay
+        )
+        self.run = SequenceRun(softmax="sampled" if self.sampler is not None else "full")
+        self.best_state = trainable_state(model)
+        self.evals_without_gain = 0
+
+    def _sampler(self, split: Split) -> NegativeSampler | None:
+        s = self.settings
+        if not use_sampled_softmax(s.softmax, len(self.position)):
+            return None
+        counts = training_counts(split, self.position)
+        allowed = None if self.excluded is None else ~self.excluded
+        return NegativeSampler(counts if allowed is not None else counts + 1, s.negatives, allowed=allowed)
+
+    def resume(self, saved: Any) -> None:
+        from .state import restore_optimizer, restore_rng
+
+        self.model.load_state_dict(saved.group("model"), strict=False)
+        self.best_state = saved.group("best")
+        restore_optimizer(self.optimizer, saved)
+        restore_rng(saved)
+        p = saved.meta["progress"]
+        self.run = SequenceRun(
+            p["epochs"], p["steps"], p["losses"], p["validation"], p["best_epoch"], p["best_ndcg"],
+            softmax=self.run.softmax, epoch_seconds=p.get("epoch_seconds", []),
+        )  # fmt: skip
+        self.evals_without_gain = sum(1 for v in self.run.validation if v["epoch"] > self.run.best_epoch)
+
+    def epoch(self, bar: Any) -> bool:
+        """Train one epoch, validating when due; False when the run is to stop."""
+        run, s = self.run, self.settings
+        order = list(range(len(self.windows)))
+        random.Random(s.seed * 1_000_003 + run.epochs).shuffle(order)
+        if self.sampler is not None:  # per epoch, so that a resumed run draws what it would have
+            self.sampler.reseed(s.seed * 1_000_003 + run.epochs)
+        started = time.perf_counter()
+        losses = self._steps(order)
+        run.step_seconds += time.perf_counter() - started
+        if run.out_of_time or run.out_of_steps:
+            return False
+        run.epochs += 1
+        run.epoch_seconds.append(round(time.perf_counter() - started, 3))
+        run.losses.append(float(np.mean(losses)))
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{run.losses[-1]:.3f}", best=f"{max(run.best_ndcg, 0):.4f}")
+        if run.epochs % s.eval_every and run.epochs != s.epochs:
+            return True
+        self.validate()
+        if bar is not None:
+            bar.set_postfix(loss=f"{run.losses[-1]:.3f}", best=f"{run.best_ndcg:.4f}")
+        if self.on_eval is not None:
+            self.on_eval(run, self.optimizer, self.best_state)
+        if self.evals_without_gain >= s.patience:
+            run.stopped_early = True
+            return False
+        return True
+
+    def _steps(self, order: list[int]) -> list[float]:
+        """The epoch's steps over the windows in ``order``, until the deadline or the step budget."""
+        run, s = self.run, self.settings
+        losses = []
+        for start in range(0, len(order), s.batch_size):
+            if self.deadline is not None and time.monotonic() > self.deadline:
+                run.out_of_time = True
+                break
+            if s.max_steps is not None and run.steps >= s.max_steps:
+                run.out_of_steps = True
+                break
+            batch = [self.windows[j] for j in order[start : start + s.batch_size]]
+            rows, targets, mask = _window_batch(batch, self.user.max_history)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=s.bf16):
+                if self.sampler is not None:
+                    logits, labels = sampled_softmax_logits(
+                        self.model, self.embeddings, rows, targets, mask, self.sampler, s.temperature
+                    )
+                else:
+                    logits, labels = _full_softmax_logits(
+                        self.model, self.embeddings, rows, targets, mask, s.temperature, self.excluded
+                    )
+            loss = F.cross_entropy(logits, labels)
+            guarded_step(loss, self.optimizer, self.trainable, f"in epoch {run.epochs + 1}")
+            run.steps += 1
+            losses.append(float(loss.item()))
+        return losses
+
+    def validate(self) -> None:
+        """Score validation NDCG@10 now; keep the state when it is the best so far."""
+        run = self.run
+        scores = validation_ndcg(self.model, self.embeddings, self.validation, self.position)
         run.validation.append({"epoch": run.epochs, **scores})
+        logger.info("epoch %d: loss %s, validation %s", run.epochs, run.losses[-1:] or "-", scores)
         if scores["ndcg@10"] > run.best_ndcg:
             run.best_ndcg, run.best_epoch = scores["ndcg@10"], run.epochs
-            best_state = trainable_state(model)
-    model.load_state_dict(best_state, strict=False)
-    model.eval()
-    return run, best_state
+            self.best_state = trainable_state(self.model)
+            self.evals_without_gain = 0
+        else:
+            self.evals_without_gain += 1

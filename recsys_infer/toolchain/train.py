@@ -495,7 +495,7 @@ def _train_text(run: _Run) -> tuple[dict[str, Any], dict[str, Any]]:
 def _train_sequence(run: _Run) -> tuple[dict[str, Any], dict[str, Any]]:
     from tokenizers import Tokenizer
 
-    from .sequence_train import SequenceRun, embed_items, train_sequence_loop
+    from .sequence_train import LoopSettings, SequenceRun, embed_items, train_sequence_loop
 
     model, config = run.model, run.config
     tokenizer = TextTokenizer(
@@ -527,28 +527,9 @@ def _train_sequence(run: _Run) -> tuple[dict[str, Any], dict[str, Any]]:
         )
 
     done, _ = train_sequence_loop(
-        model,
-        embeddings,
-        run.split,
-        run.dataset.catalog,
-        epochs=int(_given(config.epochs)),
-        batch_size=int(_given(config.batch_size)),
-        learning_rate=float(_given(config.learning_rate)),
-        weight_decay=config.weight_decay,
-        temperature=float(_given(config.temperature)),
-        seed=config.seed,
-        bf16=bool(_given(config.bf16)),
-        eval_every=config.eval_every,
-        patience=config.patience,
-        unseen_negatives=config.unseen_negatives,
-        softmax=config.softmax,
-        negatives=config.negatives,
-        max_steps=config.max_steps,
-        deadline=run.deadline,
-        progress=run.progress,
-        resume=run.saved,
-        on_eval=checkpoint_state,
-    )
+        model, embeddings, run.split, run.dataset.catalog, LoopSettings.of(config),
+        deadline=run.deadline, progress=run.progress, resume=run.saved, on_eval=checkpoint_state,
+    )  # fmt: skip
     stopped_by = (
         "max_minutes" if done.out_of_time
         else "max_steps" if done.out_of_steps
