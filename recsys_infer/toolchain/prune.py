@@ -558,88 +558,12 @@ def prune_checkpoint(
             "set is kept for measuring fidelity"
         )
     torch.manual_seed(config.seed)
-    ckpt = load_checkpoint(Path(checkpoint), attn_implementation="eager")
-    model, mc = ckpt.model, ckpt.config
-    for encoder in {
-        id(t.encoder): t.encoder for t in (model.item, model.user, model.request) if isinstance(t, TextTower)
-    }.values():
-        if encoder.config.pruned_heads:
-            raise CheckpointError(
-                f"{checkpoint} was pruned already; prune the original checkpoint with the ratio you want"
-            )
-    teacher_model = copy.deepcopy(model) if teacher is None else _teacher(Path(teacher), ckpt)
+    ckpt = _unpruned(Path(checkpoint))
+    teacher_model = copy.deepcopy(ckpt.model) if teacher is None else _teacher(Path(teacher), ckpt)
     teacher_model.eval()
     bytes_before = _weights_bytes(Path(checkpoint))
-
-    def tokenizer(max_length: int) -> TextTokenizer:
-        return TextTokenizer(
-            Tokenizer.from_str(ckpt.tokenizer_json), max_length=max_length, pad_token=mc.pad_token
-        )
-
-    sequence = mc.user_tower is UserTowerKind.SEQUENCE
-    plan: list[tuple[str, TextTower, TextTower, _Inputs, TextTokenizer]] = []
-    if sequence and config.towers is TowerChoice.USER:
-        # The user side of a sequence model is its (small) history tower and the free-text
-        # requests its item tower reads. A copy of the item tower becomes a request tower of
-        # its own and is pruned alone: items, their index and history users stay as they were.
-        if model.request is None or teacher is None:
-            model.request = copy.deepcopy(model.item)
-        plan.append(
-            (
-                "request",
-                model.request,
-                teacher_model.item,
-                _request_inputs(ckpt, data, variants=config.request_variants, seed=config.seed),
-                tokenizer(mc.user_max_length),
-            )
-        )
-    elif sequence or mc.shared_towers or config.towers is not TowerChoice.USER:
-        item_inputs = _item_inputs(ckpt, with_requests=sequence)
-        length = mc.item_max_length if not mc.shared_towers else mc.user_max_length
-        name = "item" if not mc.shared_towers else "shared"
-        plan.append((name, model.item, teacher_model.item, item_inputs, tokenizer(length)))
-    if not sequence and not mc.shared_towers and config.towers is not TowerChoice.ITEM:
-        plan.append(
-            (
-                "user",
-                model.user,
-                teacher_model.user,
-                _user_pairs(ckpt, data, config.seed),
-                tokenizer(mc.user_max_length),
-            )
-        )
-    reports = []
-    for name, tower, reference, inputs, tok in plan:
-        rng = random.Random(config.seed)
-        probe_requests = list((ckpt.probe or {}).get("requests", []))
-        if name == "request" and probe_requests:  # held out of distillation (above)
-            held = rng.sample(probe_requests, min(256, len(probe_requests)))
-        else:
-            held = rng.sample(inputs.texts, min(256, len(inputs.texts)))
-        batches = _Batches(
-            inputs,
-            tok,
-            teacher_model.item if inputs.targets is not None else None,
-            config.batch_size,
-            config.seed,
-        )
-        catalogue = None
-        if name == "request":  # requests are distilled towards the teacher's catalogue ranking
-            from .sequence_train import embed_items
-
-            catalogue = embed_items(
-                teacher_model.item, tokenizer(mc.item_max_length), ckpt.catalog.texts, progress=progress
-            )
-        logger.info("pruning the %s tower: ratio %.2f, %d layers", name, config.ratio, config.layers)
-        report = prune_tower(tower, reference, batches, config, name)
-        report.agreement_before_distill = _agreement(tower, reference, batches, held, catalogue, config)
-        if config.distill_steps:
-            report.distill_losses = distill(
-                tower, reference, batches, config, progress, train_head=name == "request",
-                catalogue=catalogue,
-            )  # fmt: skip
-            report.agreement_after_distill = _agreement(tower, reference, batches, held, catalogue, config)
-        reports.append(report)
+    plan = _plan(ckpt, teacher_model, config, data, own_request=teacher is not None)
+    reports = [_prune_tower(step, ckpt, teacher_model, config, progress) for step in plan]
     meta = dict(ckpt.meta)
     meta["pruning"] = {
         "from": str(Path(checkpoint).resolve()),
@@ -649,12 +573,105 @@ def prune_checkpoint(
         "towers": [asdict(r) for r in reports],
     }
     save_checkpoint(
-        Path(out), model, tokenizer_json=ckpt.tokenizer_json, catalog=ckpt.catalog, probe=ckpt.probe,
+        Path(out), ckpt.model, tokenizer_json=ckpt.tokenizer_json, catalog=ckpt.catalog, probe=ckpt.probe,
         meta=meta, overwrite=overwrite,
     )  # fmt: skip
     return PruneResult(
         Path(out), reports, bytes_before, _weights_bytes(Path(out)), time.perf_counter() - started
     )
+
+
+def _unpruned(checkpoint: Path) -> Checkpoint:
+    """``checkpoint`` loaded for pruning; refused when its heads were pruned already."""
+    ckpt = load_checkpoint(checkpoint, attn_implementation="eager")
+    model = ckpt.model
+    towers = (model.item, model.user, model.request)
+    for encoder in {id(t.encoder): t.encoder for t in towers if isinstance(t, TextTower)}.values():
+        if encoder.config.pruned_heads:
+            raise CheckpointError(
+                f"{checkpoint} was pruned already; prune the original checkpoint with the ratio you want"
+            )
+    return ckpt
+
+
+@dataclass
+class _Step:
+    """One tower to prune: its name, the tower, its teacher, its inputs and their tokenizer."""
+
+    name: str
+    tower: TextTower
+    reference: TextTower
+    inputs: _Inputs
+    tokenizer: TextTokenizer
+
+
+def _tokenizer(ckpt: Checkpoint, max_length: int) -> TextTokenizer:
+    return TextTokenizer(
+        Tokenizer.from_str(ckpt.tokenizer_json), max_length=max_length, pad_token=ckpt.config.pad_token
+    )
+
+
+def _plan(
+    ckpt: Checkpoint, teacher_model: Any, config: PruneConfig, data: str | None, *, own_request: bool
+) -> list[_Step]:
+    """Which towers ``config.towers`` prunes in this kind of model, each with its inputs."""
+    import copy
+
+    model, mc = ckpt.model, ckpt.config
+    sequence = mc.user_tower is UserTowerKind.SEQUENCE
+    plan: list[_Step] = []
+    if sequence and config.towers is TowerChoice.USER:
+        # The user side of a sequence model is its (small) history tower and the free-text
+        # requests its item tower reads. A copy of the item tower becomes a request tower of
+        # its own and is pruned alone: items, their index and history users stay as they were.
+        if model.request is None or not own_request:
+            model.request = copy.deepcopy(model.item)
+        inputs = _request_inputs(ckpt, data, variants=config.request_variants, seed=config.seed)
+        plan.append(
+            _Step("request", model.request, teacher_model.item, inputs, _tokenizer(ckpt, mc.user_max_length))
+        )
+    elif sequence or mc.shared_towers or config.towers is not TowerChoice.USER:
+        item_inputs = _item_inputs(ckpt, with_requests=sequence)
+        length = mc.item_max_length if not mc.shared_towers else mc.user_max_length
+        name = "item" if not mc.shared_towers else "shared"
+        plan.append(_Step(name, model.item, teacher_model.item, item_inputs, _tokenizer(ckpt, length)))
+    if not sequence and not mc.shared_towers and config.towers is not TowerChoice.ITEM:
+        pairs = _user_pairs(ckpt, data, config.seed)
+        plan.append(
+            _Step("user", model.user, teacher_model.user, pairs, _tokenizer(ckpt, mc.user_max_length))
+        )
+    return plan
+
+
+def _prune_tower(
+    step: _Step, ckpt: Checkpoint, teacher_model: Any, config: PruneConfig, progress: bool
+) -> TowerReport:
+    """Prune one tower, measure its agreement with the teacher, distil, measure again."""
+    rng = random.Random(config.seed)
+    probe_requests = list((ckpt.probe or {}).get("requests", []))
+    if step.name == "request" and probe_requests:  # held out of distillation (above)
+        held = rng.sample(probe_requests, min(256, len(probe_requests)))
+    else:
+        held = rng.sample(step.inputs.texts, min(256, len(step.inputs.texts)))
+    teacher_items = teacher_model.item if step.inputs.targets is not None else None
+    batches = _Batches(step.inputs, step.tokenizer, teacher_items, config.batch_size, config.seed)
+    catalogue = None
+    if step.name == "request":  # requests are distilled towards the teacher's catalogue ranking
+        from .sequence_train import embed_items
+
+        tok = _tokenizer(ckpt, ckpt.config.item_max_length)
+        catalogue = embed_items(teacher_model.item, tok, ckpt.catalog.texts, progress=progress)
+    logger.info("pruning the %s tower: ratio %.2f, %d layers", step.name, config.ratio, config.layers)
+    tower, reference = step.tower, step.reference
+    report = prune_tower(tower, reference, batches, config, step.name)
+    report.agreement_before_distill = _agreement(tower, reference, batches, held, catalogue, config)
+    if config.distill_steps:
+        report.distill_losses = distill(
+            tower, reference, batches, config, progress, train_head=step.name == "request",
+            catalogue=catalogue,
+        )  # fmt: skip
+        report.agreement_after_distill = _agreement(tower, reference, batches, held, catalogue, config)
+    return report
 
 
 def _teacher(path: Path, student: Checkpoint) -> Any:
