@@ -292,27 +292,7 @@ def train(
     saved = load_state(out, fingerprint=fingerprint) if resume else None
     logger.info("encoder %s from %s", source.name, source.location)
     max_history = int(_given(config.max_history))
-    first, tokenizer_json, pad_token = _load_encoder(source.location)
-    pooling = choose_pooling(source, config.pooling)
-    model_config = ModelConfig(
-        encoder=source.name,
-        encoder_license=source.license,
-        encoder_revision=source.revision,
-        pooling=pooling,
-        user_tower=config.user_tower,
-        shared_towers=config.shared_towers,
-        user_max_length=config.user_max_length,
-        item_max_length=config.item_max_length,
-        temperature=float(_given(config.temperature)),
-        pad_token=pad_token,
-        user_input=UserInputFormat(max_history=max_history),
-        sequence=config.sequence_config() if config.user_tower is UserTowerKind.SEQUENCE else None,
-    )
-    if config.user_tower is UserTowerKind.SEQUENCE:
-        model = TwoTower(None, first, model_config, n_items=len(dataset.catalog))
-    else:
-        second = None if config.shared_towers else _load_encoder(source.location)[0]
-        model = TwoTower(first, second, model_config)
+    model, tokenizer_json, pad_token = _build_model(source, config, n_items=len(dataset.catalog))
     # Time already spent by an interrupted run counts, towards the budget too.
     before = float(saved.meta["progress"].get("seconds", 0.0)) if saved else 0.0
     started = time.monotonic()
@@ -340,34 +320,58 @@ def train(
     meta = {
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "training": {**result.to_json(), "config": asdict(config), "losses": losses},
-        "data": {
-            "name": dataset.name,
-            "source": dataset.source,
-            "fingerprint": dataset.fingerprint,
-            "files": dict(dataset.files),
-            "items": len(dataset.catalog),
-            "users": len(dataset.sequences),
-            "interactions": dataset.num_interactions,
-            "train_examples": split.num_train_examples(),
-            "validation_users": len(split.validation),
-            "test_users": len(split.test),
-            "cold_items": cold,
-        },
+        "data": _data_record(dataset, split, cold),
         "versions": _versions(),
     }
-    probe_history = model_config.sequence.max_history if model_config.sequence else max_history
+    sequence = model.config.sequence
+    probe_history = sequence.max_history if sequence else max_history
     probe = build_probe(split, dataset.catalog, max_history=probe_history, seed=config.seed)
     save_checkpoint(
-        out,
-        model,
-        tokenizer_json=tokenizer_json,
-        catalog=dataset.catalog,
-        probe=probe,
-        meta=meta,
+        out, model, tokenizer_json=tokenizer_json, catalog=dataset.catalog, probe=probe, meta=meta,
         overwrite=overwrite,
-    )
+    )  # fmt: skip
     remove_state(out)
     return result
+
+
+def _build_model(source: Any, config: TrainConfig, *, n_items: int) -> tuple[TwoTower, str, str]:
+    """The untrained two-tower model on ``source``'s encoder, its tokenizer and pad token."""
+    first, tokenizer_json, pad_token = _load_encoder(source.location)
+    model_config = ModelConfig(
+        encoder=source.name,
+        encoder_license=source.license,
+        encoder_revision=source.revision,
+        pooling=choose_pooling(source, config.pooling),
+        user_tower=config.user_tower,
+        shared_towers=config.shared_towers,
+        user_max_length=config.user_max_length,
+        item_max_length=config.item_max_length,
+        temperature=float(_given(config.temperature)),
+        pad_token=pad_token,
+        user_input=UserInputFormat(max_history=int(_given(config.max_history))),
+        sequence=config.sequence_config() if config.user_tower is UserTowerKind.SEQUENCE else None,
+    )
+    if config.user_tower is UserTowerKind.SEQUENCE:
+        return TwoTower(None, first, model_config, n_items=n_items), tokenizer_json, pad_token
+    second = None if config.shared_towers else _load_encoder(source.location)[0]
+    return TwoTower(first, second, model_config), tokenizer_json, pad_token
+
+
+def _data_record(dataset: Dataset, split: Split, cold: Any) -> dict[str, Any]:
+    """What the checkpoint records of the data it was trained on."""
+    return {
+        "name": dataset.name,
+        "source": dataset.source,
+        "fingerprint": dataset.fingerprint,
+        "files": dict(dataset.files),
+        "items": len(dataset.catalog),
+        "users": len(dataset.sequences),
+        "interactions": dataset.num_interactions,
+        "train_examples": split.num_train_examples(),
+        "validation_users": len(split.validation),
+        "test_users": len(split.test),
+        "cold_items": cold,
+    }
 
 
 @dataclass
@@ -401,11 +405,9 @@ def _train_text(run: _Run) -> tuple[dict[str, Any], dict[str, Any]]:
         )
     catalog = dataset.catalog
     batch_size, epochs = int(_given(config.batch_size)), int(_given(config.epochs))
-    user_tok = TextTokenizer(
-        Tokenizer.from_str(run.tokenizer_json), max_length=config.user_max_length, pad_token=run.pad_token
-    )
-    item_tok = TextTokenizer(
-        Tokenizer.from_str(run.tokenizer_json), max_length=config.item_max_length, pad_token=run.pad_token
+    tokenizers = tuple(
+        TextTokenizer(Tokenizer.from_str(run.tokenizer_json), max_length=n, pad_token=run.pad_token)
+        for n in (config.user_max_length, config.item_max_length)
     )
     steps_per_epoch = math.ceil(len(examples) / batch_size) if examples else 0
     total = steps_per_epoch * epochs
@@ -418,22 +420,10 @@ def _train_text(run: _Run) -> tuple[dict[str, Any], dict[str, Any]]:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _lr_lambda(total, max(1, int(total * config.warmup_ratio)))
     )
-    fmt = model.config.user_input
-    temperature = float(_given(config.temperature))
-
-    def features(texts: list[str], tok: TextTokenizer) -> dict[str, torch.Tensor]:
-        return {k: torch.from_numpy(v) for k, v in tok(texts).items() if k != "token_type_ids"}
-
     losses: list[float] = []
     step = 0
     if run.saved is not None:
-        from .state import restore_optimizer, restore_rng
-
-        model.load_state_dict(run.saved.group("model"))
-        restore_optimizer(optimizer, run.saved)
-        scheduler.load_state_dict(run.saved.meta["scheduler"])
-        restore_rng(run.saved)
-        step, losses = run.saved.meta["progress"]["step"], run.saved.meta["progress"]["losses"]
+        step, losses = _resume_text(run, optimizer, scheduler)
     out_of_time = False
     bar = None
     if run.progress and total:
@@ -456,14 +446,7 @@ def _train_text(run: _Run) -> tuple[dict[str, Any], dict[str, Any]]:
                 if len(batch) < 2:
                     step += 1  # a lone example has no in-batch negative; count the step, skip it
                     continue
-                user_texts = [fmt.render([catalog.get(h).text for h in ex.history]) for ex in batch]
-                item_texts = [catalog.get(ex.target).text for ex in batch]
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(_given(config.bf16))):
-                    users = model.user(**features(user_texts, user_tok))
-                    items = model.item(**features(item_texts, item_tok))
-                loss = in_batch_softmax_loss(
-                    users.float(), items.float(), [ex.target for ex in batch], temperature
-                )
+                loss = _text_loss(model, batch, catalog, config, tokenizers)
                 guarded_step(loss, optimizer, trainable, f"at step {step + 1}")
                 scheduler.step()
                 losses.append(float(loss.item()))
@@ -483,13 +466,49 @@ def _train_text(run: _Run) -> tuple[dict[str, Any], dict[str, Any]]:
     finally:
         if bar is not None:
             bar.close()
-    if out_of_time:
-        stopped_by = "max_minutes"
-    elif config.max_steps is not None and step >= config.max_steps:
-        stopped_by = "max_steps"
-    else:
-        stopped_by = "epochs"
+    stopped_by = (
+        "max_minutes" if out_of_time
+        else "max_steps" if config.max_steps is not None and step >= config.max_steps
+        else "epochs"
+    )  # fmt: skip
     return {"steps": step, "examples_seen": step * batch_size, "stopped_by": stopped_by, "losses": losses}, {}
+
+
+def _resume_text(run: _Run, optimizer: Any, scheduler: Any) -> tuple[int, list[float]]:
+    """Restore an interrupted text-kind run; its step count and losses so far."""
+    from .state import restore_optimizer, restore_rng
+
+    saved = run.saved
+    if saved is None:  # pragma: no cover - called for a resumed run only
+        raise TypeError("nothing to resume")
+    run.model.load_state_dict(saved.group("model"))
+    restore_optimizer(optimizer, saved)
+    scheduler.load_state_dict(saved.meta["scheduler"])
+    restore_rng(saved)
+    return saved.meta["progress"]["step"], saved.meta["progress"]["losses"]
+
+
+def _text_loss(
+    model: TwoTower,
+    batch: list[Example],
+    catalog: Any,
+    config: TrainConfig,
+    tokenizers: tuple[TextTokenizer, ...],
+) -> torch.Tensor:
+    """In-batch softmax loss of one batch: histories written as text against their targets."""
+
+    def features(texts: list[str], tok: TextTokenizer) -> dict[str, torch.Tensor]:
+        return {k: torch.from_numpy(v) for k, v in tok(texts).items() if k != "token_type_ids"}
+
+    user_tok, item_tok = tokenizers
+    fmt = model.config.user_input
+    user_texts = [fmt.render([catalog.get(h).text for h in ex.history]) for ex in batch]
+    item_texts = [catalog.get(ex.target).text for ex in batch]
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(_given(config.bf16))):
+        users = model.user(**features(user_texts, user_tok))
+        items = model.item(**features(item_texts, item_tok))
+    targets = [ex.target for ex in batch]
+    return in_batch_softmax_loss(users.float(), items.float(), targets, float(_given(config.temperature)))
 
 
 def _train_sequence(run: _Run) -> tuple[dict[str, Any], dict[str, Any]]:
