@@ -154,31 +154,11 @@ def derive_bundle(
                            built_with="the compressed item tower of this bundle (--reindex)")  # fmt: skip
             draft = read_manifest(tmp)
             stages.update()
-        fidelity = measure_fidelity(
-            Engine.load(ref_path, device=Device.CPU, exact=True, verify=False),
-            Engine.load(tmp, device=Device.CPU, exact=True, verify=False),
-        )
-        fidelity["reference"] = str(ref_path)
+        fidelity = _gated_fidelity(ref_path, tmp, max_overlap_drop, step["step"])
         stages.update()
         stages.set_description(f"{step['step']}: checking the written bundle")
-        check_gate(
-            fidelity,
-            max_overlap_drop,
-            f"{step['step']} lowered",
-            "Compress less (another mode such as blockwise, --keep-fp32 ffn-out, a lower ratio) "
-            "or allow a larger drop.",
-        )
-        record = CompressionStep(
-            step=step["step"],
-            fidelity=fidelity,
-            extra={
-                **{k: v for k, v in step.items() if k != "step"},
-                "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                "input": {"bundle": str(src.resolve()), "manifest_sha256": sha256_file(src / MANIFEST)},
-                "graphs": graphs,
-                "reindexed": bool(reindex and "item" in chosen),
-            },
-        )
+        reindexed = bool(reindex and "item" in chosen)
+        record = _step_record(step, fidelity, src, graphs, reindexed)
         final = replace(
             draft,
             compression=(*draft.compression, record),
@@ -190,6 +170,40 @@ def derive_bundle(
         stages.update()
         files = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
     return StepResult(out, encode(record), fidelity, files, time.perf_counter() - started)
+
+
+def _gated_fidelity(ref_path: Path, bundle: Path, max_drop: float | None, step: str) -> dict[str, Any]:
+    """``bundle``'s fidelity to the reference, refused past ``max_drop``."""
+    fidelity = measure_fidelity(
+        Engine.load(ref_path, device=Device.CPU, exact=True, verify=False),
+        Engine.load(bundle, device=Device.CPU, exact=True, verify=False),
+    )
+    fidelity["reference"] = str(ref_path)
+    check_gate(
+        fidelity,
+        max_drop,
+        f"{step} lowered",
+        "Compress less (another mode such as blockwise, --keep-fp32 ffn-out, a lower ratio) "
+        "or allow a larger drop.",
+    )
+    return fidelity
+
+
+def _step_record(
+    step: dict[str, Any], fidelity: dict[str, Any], src: Path, graphs: dict[str, Any], reindexed: bool
+) -> CompressionStep:
+    """The manifest's entry for this step: its settings, input, graphs and measured fidelity."""
+    return CompressionStep(
+        step=step["step"],
+        fidelity=fidelity,
+        extra={
+            **{k: v for k, v in step.items() if k != "step"},
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "input": {"bundle": str(src.resolve()), "manifest_sha256": sha256_file(src / MANIFEST)},
+            "graphs": graphs,
+            "reindexed": reindexed,
+        },
+    )
 
 
 def _transform_graphs(
@@ -241,6 +255,16 @@ def optimize_bundle(
     )
 
 
+#: The file-name suffix of each mode's graphs.
+_SUFFIX = {
+    QuantMode.DYNAMIC: "int8",
+    QuantMode.STATIC: "qdq",
+    QuantMode.BLOCKWISE: "b8",
+    QuantMode.FP16: "fp16",
+    QuantMode.AUTO: "mixed",
+}
+
+
 def quantize_bundle(
     src: Path,
     out: Path,
@@ -264,6 +288,17 @@ def quantize_bundle(
             )
         # The target is a floor for every kind of query the new graphs serve, not for requests alone.
         max_drop = 1 - config.target_overlap if max_drop is None else max_drop
+    return derive_bundle(
+        src, out, step=_quantize_record(config), transform=_quantizer(src, manifest, ref_path, config),
+        suffix=_SUFFIX[config.mode], towers=config.towers,
+        precision=Precision.FP16 if config.mode is QuantMode.FP16 else Precision.INT8,
+        reindex=config.reindex, max_overlap_drop=max_drop, reference=reference, overwrite=overwrite,
+        progress=progress,
+    )  # fmt: skip
+
+
+def _quantize_record(config: QuantizeConfig) -> dict[str, Any]:
+    """The manifest's record of a quantize step: the settings its mode reads."""
     step = {
         "step": "quantize",
         "mode": str(config.mode),
@@ -280,6 +315,11 @@ def quantize_bundle(
         step |= {"target_overlap@10": config.target_overlap}
     if config.mode in (QuantMode.DYNAMIC, QuantMode.AUTO):
         step |= {"smooth": config.smooth}
+    return step
+
+
+def _quantizer(src: Path, manifest: Manifest, ref_path: Path, config: QuantizeConfig) -> Transform:
+    """The graph transform of ``config.mode``, for the graphs of ``src``."""
 
     def transform(a: Path, b: Path, readers: list[str]) -> dict[str, Any]:
         if config.mode is QuantMode.AUTO and is_text_graph(a):
@@ -288,21 +328,7 @@ def quantize_bundle(
                 smooth=config.smooth_alpha, progress=lambda s: logger.info("auto: %s", s),
             )  # fmt: skip
         if config.mode is QuantMode.DYNAMIC and config.smooth_alpha is not None and is_text_graph(a):
-            import onnx
-
-            exclude = matmuls_to_keep(onnx.load(str(a)).graph, config.keep_fp32)
-            with tempfile.TemporaryDirectory(prefix="recsys-infer-smooth-") as tmp:
-                if readers == ["item"]:
-                    source, smoothing = _smoothed_item_graph(
-                        src, ref_path, a, Path(tmp), smooth=config.smooth_alpha, exclude=exclude,
-                        per_channel=config.per_channel,
-                    )  # fmt: skip
-                else:
-                    source, smoothing = smoothed_request_graph(
-                        src, a, Path(tmp), reference=ref_path, smooth=config.smooth_alpha, exclude=exclude,
-                        per_channel=config.per_channel, progress=lambda s: logger.info("dynamic: %s", s),
-                    )  # fmt: skip
-                return {**quantize_dynamic_graph(source, b, config), "smoothing": smoothing}
+            return _smoothed_dynamic(src, ref_path, a, b, readers, config)
         if config.mode in (QuantMode.DYNAMIC, QuantMode.AUTO):  # auto: a history graph has no transformer
             return quantize_dynamic_graph(a, b, config)
         if config.mode is QuantMode.BLOCKWISE:
@@ -312,28 +338,31 @@ def quantize_bundle(
         feeds = _calibration(src, manifest, readers, config.calibration_size)
         return quantize_static_graph(a, b, feeds, config)
 
-    precision = Precision.FP16 if config.mode is QuantMode.FP16 else Precision.INT8
-    suffix = {
-        QuantMode.DYNAMIC: "int8",
-        QuantMode.STATIC: "qdq",
-        QuantMode.BLOCKWISE: "b8",
-        QuantMode.FP16: "fp16",
-        QuantMode.AUTO: "mixed",
-    }[config.mode]
-    return derive_bundle(
-        src,
-        out,
-        step=step,
-        transform=transform,
-        suffix=suffix,
-        towers=config.towers,
-        precision=precision,
-        reindex=config.reindex,
-        max_overlap_drop=max_drop,
-        reference=reference,
-        overwrite=overwrite,
-        progress=progress,
-    )
+    return transform
+
+
+def _smoothed_dynamic(
+    src: Path, ref_path: Path, a: Path, b: Path, readers: list[str], config: QuantizeConfig
+) -> dict[str, Any]:
+    """Dynamic int8 of text graph ``a`` after smoothing, the strength chosen on the item side's
+    catalogue or the request side's probe requests."""
+    import onnx
+
+    exclude = matmuls_to_keep(onnx.load(str(a)).graph, config.keep_fp32)
+    alpha = config.smooth_alpha
+    if alpha is None:  # pragma: no cover - the caller checks
+        raise ConfigError("smoothing needs a strength")
+    with tempfile.TemporaryDirectory(prefix="recsys-infer-smooth-") as tmp:
+        if readers == ["item"]:
+            source, smoothing = _smoothed_item_graph(
+                src, ref_path, a, Path(tmp), smooth=alpha, exclude=exclude, per_channel=config.per_channel,
+            )  # fmt: skip
+        else:
+            source, smoothing = smoothed_request_graph(
+                src, a, Path(tmp), reference=ref_path, smooth=alpha, exclude=exclude,
+                per_channel=config.per_channel, progress=lambda s: logger.info("dynamic: %s", s),
+            )  # fmt: skip
+        return {**quantize_dynamic_graph(source, b, config), "smoothing": smoothing}
 
 
 def _smoothed_item_graph(
