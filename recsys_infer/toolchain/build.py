@@ -103,65 +103,16 @@ def build(
     gate = recipe.get("gate", {}).get("max_overlap_drop")
 
     if checkpoint is None:
-        if not data:
-            raise ExportError("build needs --data to train on, or --checkpoint with a trained model")
-        from recsys_infer.data import load_dataset
-
-        from .train import TrainConfig, train
-
-        checkpoint = work / "checkpoint"
-        config = TrainConfig(**recipe.get("train", {}))
-        trained = train(
-            load_dataset(data),
-            checkpoint,
-            encoder=recipe.get("encoder", {}).get("name"),
-            revision=recipe.get("encoder", {}).get("revision"),
-            config=config,
-            overwrite=True,
-        )
-        result.stages.append({"stage": "train", "checkpoint": str(checkpoint), "seconds": trained.seconds})
-
+        checkpoint = _train(recipe, data, work / "checkpoint", result)
     export_config = export_config_from_recipe(recipe, source=source)
     current = work / "bundle-0-export"
     export_bundle(checkpoint, current, config=export_config, overwrite=True)
     result.stages.append({"stage": "export", "bundle": str(current)})
-
     if "prune" in recipe:
-        from .prune import PruneConfig, prune_checkpoint
-
-        spec = dict(recipe["prune"])
-        prune_config = PruneConfig(
-            ratio=float(spec["ratio"]),
-            layers=int(spec.get("layers", 0)),
-            towers=spec.get("tower", "both"),
-            distill_steps=int(spec.get("distill_steps", 0)),
-            batch_size=int(spec.get("batch_size", 32)),
-            learning_rate=float(spec.get("learning_rate", 1e-4)),
-        )
-        pruned_ckpt = work / "checkpoint-pruned"
-        prune_checkpoint(checkpoint, pruned_ckpt, prune_config, data=data, overwrite=True)
-        reference, current = current, work / "bundle-1-pruned"
-        exported = export_bundle(
-            pruned_ckpt,
-            current,
-            config=export_config,
-            overwrite=True,
-            reference=reference,
-            max_overlap_drop=gate,
-        )
-        result.stages.append({"stage": "prune", "bundle": str(current), "fidelity": exported.fidelity})
-
+        current = _prune(recipe, checkpoint, current, work, data, gate, export_config, result)
     for i, step in enumerate(recipe.get("steps", []), 2):
-        options = {k: v for k, v in step.items() if k != "kind"}
         target = work / f"bundle-{i}-{step['kind']}"
-        tower = options.pop("tower", "both")
-        if step["kind"] == "optimize":
-            done = optimize_bundle(current, target, towers=tower, max_overlap_drop=gate, overwrite=True)
-        else:
-            if "keep_fp32" in options:
-                options["keep_fp32"] = tuple(options["keep_fp32"])
-            quant = QuantizeConfig(towers=tower, max_overlap_drop=gate, **options)
-            done = quantize_bundle(current, target, quant, overwrite=True)
+        done = _compress(step, current, target, gate)
         result.stages.append({"stage": step["kind"], "bundle": str(target), "fidelity": done.fidelity})
         current = target
 
@@ -171,3 +122,68 @@ def build(
     shutil.copytree(current, out.parent / f".{out.name}.tmp")
     os.replace(out.parent / f".{out.name}.tmp", out)
     return result
+
+
+def _train(recipe: dict[str, Any], data: str | None, checkpoint: Path, result: BuildResult) -> Path:
+    """The recipe's ``[train]`` stage, on ``data``."""
+    if not data:
+        raise ExportError("build needs --data to train on, or --checkpoint with a trained model")
+    from recsys_infer.data import load_dataset
+
+    from .train import TrainConfig, train
+
+    trained = train(
+        load_dataset(data),
+        checkpoint,
+        encoder=recipe.get("encoder", {}).get("name"),
+        revision=recipe.get("encoder", {}).get("revision"),
+        config=TrainConfig(**recipe.get("train", {})),
+        overwrite=True,
+    )
+    result.stages.append({"stage": "train", "checkpoint": str(checkpoint), "seconds": trained.seconds})
+    return checkpoint
+
+
+def _prune(
+    recipe: dict[str, Any],
+    checkpoint: Path,
+    reference: Path,
+    work: Path,
+    data: str | None,
+    gate: float | None,
+    export_config: Any,
+    result: BuildResult,
+) -> Path:
+    """The recipe's ``[prune]`` stage: the pruned checkpoint, exported against ``reference``."""
+    from .prune import PruneConfig, prune_checkpoint
+
+    spec = dict(recipe["prune"])
+    prune_config = PruneConfig(
+        ratio=float(spec["ratio"]),
+        layers=int(spec.get("layers", 0)),
+        towers=spec.get("tower", "both"),
+        distill_steps=int(spec.get("distill_steps", 0)),
+        batch_size=int(spec.get("batch_size", 32)),
+        learning_rate=float(spec.get("learning_rate", 1e-4)),
+    )
+    pruned_ckpt = work / "checkpoint-pruned"
+    prune_checkpoint(checkpoint, pruned_ckpt, prune_config, data=data, overwrite=True)
+    bundle = work / "bundle-1-pruned"
+    exported = export_bundle(
+        pruned_ckpt, bundle, config=export_config, overwrite=True, reference=reference, max_overlap_drop=gate
+    )
+    result.stages.append({"stage": "prune", "bundle": str(bundle), "fidelity": exported.fidelity})
+    return bundle
+
+
+def _compress(step: dict[str, Any], current: Path, target: Path, gate: float | None) -> Any:
+    """One ``[[steps]]`` entry: ``optimize`` or ``quantize`` from ``current`` into ``target``."""
+    options = {k: v for k, v in step.items() if k != "kind"}
+    tower = options.pop("tower", "both")
+    if step["kind"] == "optimize":
+        return optimize_bundle(current, target, towers=tower, max_overlap_drop=gate, overwrite=True)
+    if "keep_fp32" in options:
+        options["keep_fp32"] = tuple(options["keep_fp32"])
+    return quantize_bundle(
+        current, target, QuantizeConfig(towers=tower, max_overlap_drop=gate, **options), overwrite=True
+    )
