@@ -113,9 +113,34 @@ def choose_fusion(
     trained_items, text_items = item_vectors[:, :d] * scale, item_vectors[:, d:] * scale
     targets = np.asarray(queries.targets)
     histories = queries.histories
-    s_user = users @ trained_items.T
-
     record: dict[str, Any] = {"split": "validation", "metric": METRIC, "users": len(targets)}
+    record["history"], h_weight, h_decay, h_scores = _choose_history(
+        users @ trained_items.T, histories, text_items, targets, max_history
+    )
+    history_weights = (0.0, 1.0) if math.isinf(h_weight) else (1.0, h_weight)
+    fusion = FusionSpec(dims=(d, item_vectors.shape[1] - d), history=history_weights, decay=h_decay)
+
+    with_request = [i for i, r in enumerate(queries.requests) if r]
+    record["requests"] = len(with_request)
+    if not with_request:
+        logger.info("no probe request could be built from the catalogue: requests keep the text space")
+        record["request"] = "not measured: the probe has no requests (requests read the text space alone)"
+        record["mixed"] = "not measured"
+        return FusionSpec(**{**_fields(fusion), "chosen_on": record})
+    rows = np.asarray(with_request)
+    r_trained = unit_rows(request_vectors[:, :d]) @ trained_items.T
+    r_text = unit_rows(request_vectors[:, d:]) @ text_items.T
+    record["request"], r_weight, r_scores = _choose_request(r_trained, r_text, targets[rows])
+    picked = [histories[i] for i in with_request]
+    record["mixed"], mix = _choose_mix(h_scores[rows], r_scores, picked, targets[rows])
+    return FusionSpec(**{**_fields(fusion), "request": (r_weight, 1.0), "mix": mix, "chosen_on": record})
+
+
+def _choose_history(
+    s_user: np.ndarray, histories: Any, text_items: np.ndarray, targets: np.ndarray, max_history: int
+) -> tuple[dict[str, Any], float, float, np.ndarray]:
+    """The history's text-view weight and recency decay: the record, the weight, the decay, and
+    the chosen scores."""
     best: tuple[float, float, float, np.ndarray] = (
         -1.0,
         0.0,
@@ -133,60 +158,57 @@ def choose_fusion(
             candidates.append({"text_weight": weight, "decay": decay, METRIC: round(value, 5)})
             if value > best[0] + 1e-9:
                 best = (value, weight, decay, scores)
-    h_value, h_weight, h_decay, h_scores = best
-    record["history"] = {
+    value, weight, decay, scores = best
+    record = {
         "trained_only": next(c[METRIC] for c in candidates if c["text_weight"] == 0.0),
         "text_only": max(c[METRIC] for c in candidates if math.isinf(c["text_weight"])),
-        "chosen": {"text_weight": h_weight, "decay": h_decay, METRIC: round(h_value, 5)},
+        "chosen": {"text_weight": weight, "decay": decay, METRIC: round(value, 5)},
         "candidates": [{**c, "text_weight": str(c["text_weight"])} for c in candidates],
     }
-    history_weights = (0.0, 1.0) if math.isinf(h_weight) else (1.0, h_weight)
-    fusion = FusionSpec(dims=(d, item_vectors.shape[1] - d), history=history_weights, decay=h_decay)
+    return record, weight, decay, scores
 
-    with_request = [i for i, r in enumerate(queries.requests) if r]
-    record["requests"] = len(with_request)
-    if not with_request:
-        logger.info("no probe request could be built from the catalogue: requests keep the text space")
-        record["request"] = "not measured: the probe has no requests (requests read the text space alone)"
-        record["mixed"] = "not measured"
-        return FusionSpec(**{**_fields(fusion), "chosen_on": record})
-    rows = np.asarray(with_request)
-    r_trained = unit_rows(request_vectors[:, :d]) @ trained_items.T
-    r_text = unit_rows(request_vectors[:, d:]) @ text_items.T
-    r_targets = targets[rows]
-    r_candidates = []
-    r_value, r_weight, r_scores = -1.0, 0.0, r_text
+
+def _choose_request(
+    r_trained: np.ndarray, r_text: np.ndarray, targets: np.ndarray
+) -> tuple[dict[str, Any], float, np.ndarray]:
+    """The trained space's weight for requests: the record, the weight and the chosen scores."""
+    candidates = []
+    best_value, best_weight, best_scores = -1.0, 0.0, r_text
     for weight in REQUEST_TRAINED_WEIGHTS:
         scores = _request_score(r_trained, r_text, weight)
-        value = _ndcg(scores, r_targets)
-        r_candidates.append({"trained_weight": weight, METRIC: round(value, 5)})
-        if value > r_value + 1e-9:
-            r_value, r_weight, r_scores = value, weight, scores
-    record["request"] = {
-        "text_only": r_candidates[0][METRIC],
-        "chosen": {"trained_weight": r_weight, METRIC: round(r_value, 5)},
-        "candidates": r_candidates,
+        value = _ndcg(scores, targets)
+        candidates.append({"trained_weight": weight, METRIC: round(value, 5)})
+        if value > best_value + 1e-9:
+            best_value, best_weight, best_scores = value, weight, scores
+    record = {
+        "text_only": candidates[0][METRIC],
+        "chosen": {"trained_weight": best_weight, METRIC: round(best_value, 5)},
+        "candidates": candidates,
     }
-    picked = [histories[i] for i in with_request]
-    # Both score matrices are those of unit queries (times one common factor), as the engine
-    # mixes them: mix * unit(history query) + (1 - mix) * unit(request query).
-    m_candidates = []
-    m_best = (-1.0, 0.5)
+    return record, best_weight, best_scores
+
+
+def _choose_mix(
+    h_scores: np.ndarray, r_scores: np.ndarray, histories: Any, targets: np.ndarray
+) -> tuple[dict[str, Any], float]:
+    """How a history sent with a request weighs the two. Both score matrices are those of unit
+    queries (times one common factor), as the engine mixes them: mix * unit(history query) +
+    (1 - mix) * unit(request query)."""
+    candidates = []
+    best = (-1.0, 0.5)
     for mix in MIXES:
-        scores = mix * h_scores[rows] + (1 - mix) * r_scores
-        value = _ndcg(_masked(scores, picked), r_targets)
-        m_candidates.append({"mix": mix, METRIC: round(value, 5)})
-        if value > m_best[0] + 1e-9:
-            m_best = (value, mix)
-    record["mixed"] = {
-        "history_alone": round(_ndcg(_masked(h_scores[rows], picked), r_targets), 5),
-        "request_alone": round(_ndcg(_masked(r_scores, picked), r_targets), 5),
-        "chosen": {"mix": m_best[1], METRIC: round(m_best[0], 5)},
-        "candidates": m_candidates,
+        scores = mix * h_scores + (1 - mix) * r_scores
+        value = _ndcg(_masked(scores, histories), targets)
+        candidates.append({"mix": mix, METRIC: round(value, 5)})
+        if value > best[0] + 1e-9:
+            best = (value, mix)
+    record = {
+        "history_alone": round(_ndcg(_masked(h_scores, histories), targets), 5),
+        "request_alone": round(_ndcg(_masked(r_scores, histories), targets), 5),
+        "chosen": {"mix": best[1], METRIC: round(best[0], 5)},
+        "candidates": candidates,
     }
-    return FusionSpec(
-        **{**_fields(fusion), "request": (r_weight, 1.0), "mix": m_best[1], "chosen_on": record}
-    )
+    return record, best[1]
 
 
 def _fields(spec: FusionSpec) -> dict[str, Any]:
