@@ -201,61 +201,100 @@ def run_evaluation(
         train = {u: tuple(i for i in seq if i not in cold) for u, seq in split.train.items()}
         split = Split(train=train, validation=split.validation, test=split.test)
 
-    models: list[ModelReport] = []
     ks = tuple(sorted(set(config.ks)))
-
-    def add(name: str, kind: str, recommender: Any, engine: Engine | None, source: dict[str, Any]) -> None:
-        result = evaluate(recommender, examples, ks=ks, exclude_seen=config.exclude_seen, progress=progress)
-        result.name = name
-        report = ModelReport(name, kind, result, source=source)
-        if cold_mask is not None and cold_mask.any():
-            report.cold = result.subset(cold_mask, f"{name} (cold-start targets)")
-        if config.requests and engine is not None:
-            report.requests = evaluate_requests(engine, name, examples, dataset.catalog, ks)
-            mask = config.exclude_seen
-            report.mixed = evaluate_requests(
-                engine, name, examples, dataset.catalog, ks, with_history=True, exclude_seen=mask
-            )
-        models.append(report)
-
+    run = _Evaluation(dataset, examples, ks, config, cold_mask, progress)
     for name, engine, bundle in zip(names, engines, bundles, strict=True):
         source = {
             "bundle": str(bundle),
             "manifest_sha256": _manifest_sha(bundle),
             "held_out_items": len(_held_out(engine)),
         }
-        add(name, "bundle", EngineRecommender(engine, name), engine, source)
-
+        run.add(name, "bundle", EngineRecommender(engine, name), engine, source)
     tuning: list[dict[str, Any]] = []
     for baseline in baselines:
-        if baseline == "popularity":
-            add("popularity", "baseline", PopularityRecommender(split.train, dataset.catalog), None, {})
-        elif baseline == "als":
-            params = ALSParams()
-            if config.tune_als:
-                validation = sample_examples(eval_examples(split, "validation"), config.users, config.seed)
-                params, tuning = tune_als(
-                    split, dataset.catalog, validation, exclude_seen=config.exclude_seen, seed=config.seed
-                )
-            add(
-                "als",
-                "baseline",
-                ALSRecommender(split.train, dataset.catalog, params, seed=config.seed),
-                None,
-                {"params": asdict(params), "tuned_on": "validation" if config.tune_als else None},
-            )
-        elif baseline == "zero-shot":
+        if baseline == "zero-shot":
             with tempfile.TemporaryDirectory(prefix="recsys-zero-shot-") as tmp:
                 path = _zero_shot_bundle(dataset, engines[0] if engines else None, Path(tmp))
                 engine = Engine.load(path, device="cpu", exact=config.exact)
-                add(
+                encoder = dict(engine.manifest.provenance.encoder) if engine.manifest else None
+                run.add(
                     "zero-shot",
                     "baseline",
                     EngineRecommender(engine, "zero-shot"),
                     engine,
-                    {"encoder": dict(engine.manifest.provenance.encoder) if engine.manifest else None},
+                    {"encoder": encoder},
                 )
+        else:
+            tuning = _fitted_baseline(run, baseline, split) or tuning
+    paired = _pairs(run.models, examples, dataset, ks)
+    data_source = dataset.source if isinstance(data, Dataset) else str(data)
+    return EvalReport(config, dataset, data_source, run.models, paired, tuning, sorted(cold))
 
+
+class _Evaluation:
+    """The users every model is scored on, and the reports gathered so far."""
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        examples: list[Example],
+        ks: tuple[int, ...],
+        config: EvalConfig,
+        cold_mask: np.ndarray | None,
+        progress: bool,
+    ) -> None:
+        self.dataset, self.examples, self.ks, self.config = dataset, examples, ks, config
+        self.cold_mask, self.progress = cold_mask, progress
+        self.models: list[ModelReport] = []
+
+    def add(
+        self, name: str, kind: str, recommender: Any, engine: Engine | None, source: dict[str, Any]
+    ) -> None:
+        """Score ``recommender`` on the users (and, for an engine, on their text requests)."""
+        config, examples, ks = self.config, self.examples, self.ks
+        result = evaluate(
+            recommender, examples, ks=ks, exclude_seen=config.exclude_seen, progress=self.progress
+        )
+        result.name = name
+        report = ModelReport(name, kind, result, source=source)
+        if self.cold_mask is not None and self.cold_mask.any():
+            report.cold = result.subset(self.cold_mask, f"{name} (cold-start targets)")
+        if config.requests and engine is not None:
+            catalog = self.dataset.catalog
+            report.requests = evaluate_requests(engine, name, examples, catalog, ks)
+            report.mixed = evaluate_requests(
+                engine, name, examples, catalog, ks, with_history=True, exclude_seen=config.exclude_seen
+            )
+        self.models.append(report)
+
+
+def _fitted_baseline(run: _Evaluation, baseline: str, split: Split) -> list[dict[str, Any]] | None:
+    """Fit and score a baseline that learns from the training split; ALS's tuning record."""
+    config, catalog = run.config, run.dataset.catalog
+    if baseline == "popularity":
+        run.add("popularity", "baseline", PopularityRecommender(split.train, catalog), None, {})
+        return None
+    params, tuning = ALSParams(), None
+    if config.tune_als:
+        validation = sample_examples(eval_examples(split, "validation"), config.users, config.seed)
+        params, tuning = tune_als(
+            split, catalog, validation, exclude_seen=config.exclude_seen, seed=config.seed
+        )
+    als = ALSRecommender(split.train, catalog, params, seed=config.seed)
+    run.add(
+        "als",
+        "baseline",
+        als,
+        None,
+        {"params": asdict(params), "tuned_on": "validation" if config.tune_als else None},
+    )
+    return tuning
+
+
+def _pairs(
+    models: list[ModelReport], examples: list[Example], dataset: Dataset, ks: tuple[int, ...]
+) -> list[PairedDifference]:
+    """Every model against the first on the same users: histories, requests and both together."""
     paired = [
         paired_difference(models[0].result, other.result, metric)
         for other in models[1:]
@@ -271,8 +310,7 @@ def run_evaluation(
             for metric in metric_names(ks)
         ]
         paired += [p for m in models for p in _mixed_against_parts(m, examples, dataset, ks)]
-    data_source = dataset.source if isinstance(data, Dataset) else str(data)
-    return EvalReport(config, dataset, data_source, models, paired, tuning, sorted(cold))
+    return paired
 
 
 def _mixed_against_parts(
