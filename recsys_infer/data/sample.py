@@ -197,7 +197,15 @@ def _title(rng: random.Random, category: _Category, brand: str, product: str) ->
 def _build(
     num_items: int, num_users: int, seed: int
 ) -> tuple[tuple[Item, ...], tuple[tuple[str, tuple[str, ...]], ...]]:
-    rng = random.Random(seed)
+    rng = random.Random(seed)  # one stream, drawn from in this order: catalogue, then shoppers
+    items, by_category, by_brand = _catalogue(rng, num_items)
+    return tuple(items), _shoppers(rng, items, by_category, by_brand, num_users)
+
+
+def _catalogue(
+    rng: random.Random, num_items: int
+) -> tuple[list[Item], dict[str, list[int]], dict[tuple[str, str], list[int]]]:
+    """The products, and their positions by category and by (category, brand)."""
     items: list[Item] = []
     by_category: dict[str, list[int]] = {}
     by_brand: dict[tuple[str, str], list[int]] = {}
@@ -229,7 +237,18 @@ def _build(
             by_category.setdefault(category.name, []).append(len(items))
             by_brand.setdefault((category.name, brand), []).append(len(items))
             items.append(Item(item_id, text, attributes))
+    return items, by_category, by_brand
 
+
+def _shoppers(
+    rng: random.Random,
+    items: list[Item],
+    by_category: dict[str, list[int]],
+    by_brand: dict[tuple[str, str], list[int]],
+    num_users: int,
+) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """Shoppers with a favourite category (and maybe a sibling and a brand), each history drawn
+    by item popularity within what they like."""
     # Popularity: a Zipf-like weight for each item, in a random order.
     ranks = list(range(len(items)))
     rng.shuffle(ranks)
@@ -282,7 +301,7 @@ def _build(
             taken.add(choice)
             history.append(items[choice].item_id)
         users.append((f"U{u + 1:04d}", tuple(history)))
-    return tuple(items), tuple(users)
+    return tuple(users)
 
 
 def sample_dataset(num_items: int = 3000, num_users: int = 1000, seed: int = 7) -> Dataset:
