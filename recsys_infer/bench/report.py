@@ -40,6 +40,7 @@ def _paired(row: dict[str, Any], metric: str) -> str:
 
 
 def markdown(report: dict[str, Any]) -> str:
+    """The report as Markdown: the subjects' table, where their time goes, and the HNSW sweeps."""
     env = report["environment"]
     s = report["settings"]
     ref = report["reference"]["name"]
@@ -56,29 +57,7 @@ def markdown(report: dict[str, Any]) -> str:
         "| overlap@10 user / request | Recall@10 | NDCG@10 |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for row in report["subjects"]:
-        mem = row.get("memory_mb") or {}
-        fixed = " / ".join(_p50(row, f"text@{n}") for n in (32, 64, 128))
-        tput = next(iter(row["throughput"].values()))
-        rec = "–"
-        if "recommend@history" in row["latency_ms"]:
-            h, r = row["latency_ms"]["recommend@history"], row["latency_ms"]["recommend@request"]
-            rec = f"{_f(h['p50'])} / {_f(h['p99'])} · {_f(r['p50'])} / {_f(r['p99'])}"
-        q = row["quality"]
-        if "user_overlap@10" in q:
-            overlap = f"{_f(q['user_overlap@10'], 3)} / {_f(q['request_overlap@10'], 3)}"
-        elif "request_overlap@10_vs_own_fp32" in q:
-            overlap = f"– / {_f(q['request_overlap@10_vs_own_fp32'], 3)}†"
-        else:
-            overlap = "–"
-        lines.append(
-            f"| {row['name']} | {row['description']} | {_f(row['size_mb'], 1)} | "
-            f"{_f(mem.get('peak_mb'), 0) if mem else '–'} | {fixed} | {_p50(row, 'text@real')} | "
-            f"{_speedup(row, 'text@64')} / {_speedup(row, 'text@real')} | {_f(tput, 0)} | {rec} | "
-            f"{overlap} | "
-            f"{_quality(row, 'recall@10')}{_paired(row, 'recall@10')} | "
-            f"{_quality(row, 'ndcg@10')}{_paired(row, 'ndcg@10')} |"
-        )
+    lines += [_subject_row(row) for row in report["subjects"]]
     lengths = report["inputs"]
     lines += [
         "",
@@ -96,33 +75,63 @@ def markdown(report: dict[str, Any]) -> str:
         "catalogue items/s | load s |",
         "|---|---|---|---|---|",
     ]
-    for row in report["subjects"]:
-        b = row.get("breakdown") or {}
-
-        def shares(key: str, b: dict[str, Any] = b) -> str:
-            v = b.get(key)
-            return (
-                " / ".join(f"{v[p] * 100:.0f}%" for p in ("tokenize", "graph", "search", "other"))
-                if v
-                else "–"
-            )
-
-        lines.append(
-            f"| {row['name']} | {shares('recommend@history')} | {shares('recommend@request')} | "
-            f"{_f(row['throughput']['catalogue_items_per_s'], 0)} | {_f(row['load_s'])} |"
-        )
+    lines += [_breakdown_row(row) for row in report["subjects"]]
     for name, h in report["hnsw"].items():
-        lines += [
-            "",
-            f"HNSW of `{name}`: {h['items']} items × {h['dim']}, M={h['M']}, ef_construction="
-            f"{h['ef_construction']}, built in {h['build_s']:.2f} s on {h['build_threads']} threads; "
-            f"recall@10 against exact search over {h['queries']} user vectors, one query at a time.",
-            "",
-            "| ef | recall@10 | queries/s |",
-            "|---|---|---|",
-        ]
-        lines += [f"| {p['ef']} | {p['recall@10']:.4f} | {p['qps']:.0f} |" for p in h["sweep"]]
+        lines += _hnsw_lines(name, h)
     return "\n".join(lines) + "\n"
+
+
+def _subject_row(row: dict[str, Any]) -> str:
+    mem = row.get("memory_mb") or {}
+    fixed = " / ".join(_p50(row, f"text@{n}") for n in (32, 64, 128))
+    tput = next(iter(row["throughput"].values()))
+    rec = "–"
+    if "recommend@history" in row["latency_ms"]:
+        h, r = row["latency_ms"]["recommend@history"], row["latency_ms"]["recommend@request"]
+        rec = f"{_f(h['p50'])} / {_f(h['p99'])} · {_f(r['p50'])} / {_f(r['p99'])}"
+    q = row["quality"]
+    if "user_overlap@10" in q:
+        overlap = f"{_f(q['user_overlap@10'], 3)} / {_f(q['request_overlap@10'], 3)}"
+    elif "request_overlap@10_vs_own_fp32" in q:
+        overlap = f"– / {_f(q['request_overlap@10_vs_own_fp32'], 3)}†"
+    else:
+        overlap = "–"
+    return (
+        f"| {row['name']} | {row['description']} | {_f(row['size_mb'], 1)} | "
+        f"{_f(mem.get('peak_mb'), 0) if mem else '–'} | {fixed} | {_p50(row, 'text@real')} | "
+        f"{_speedup(row, 'text@64')} / {_speedup(row, 'text@real')} | {_f(tput, 0)} | {rec} | "
+        f"{overlap} | "
+        f"{_quality(row, 'recall@10')}{_paired(row, 'recall@10')} | "
+        f"{_quality(row, 'ndcg@10')}{_paired(row, 'ndcg@10')} |"
+    )
+
+
+def _breakdown_row(row: dict[str, Any]) -> str:
+    b = row.get("breakdown") or {}
+
+    def shares(key: str) -> str:
+        v = b.get(key)
+        return (
+            " / ".join(f"{v[p] * 100:.0f}%" for p in ("tokenize", "graph", "search", "other")) if v else "–"
+        )
+
+    return (
+        f"| {row['name']} | {shares('recommend@history')} | {shares('recommend@request')} | "
+        f"{_f(row['throughput']['catalogue_items_per_s'], 0)} | {_f(row['load_s'])} |"
+    )
+
+
+def _hnsw_lines(name: str, h: dict[str, Any]) -> list[str]:
+    lines = [
+        "",
+        f"HNSW of `{name}`: {h['items']} items × {h['dim']}, M={h['M']}, ef_construction="
+        f"{h['ef_construction']}, built in {h['build_s']:.2f} s on {h['build_threads']} threads; "
+        f"recall@10 against exact search over {h['queries']} user vectors, one query at a time.",
+        "",
+        "| ef | recall@10 | queries/s |",
+        "|---|---|---|",
+    ]
+    return lines + [f"| {p['ef']} | {p['recall@10']:.4f} | {p['qps']:.0f} |" for p in h["sweep"]]
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
