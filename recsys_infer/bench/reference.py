@@ -147,30 +147,12 @@ def reference_subject(
     config = ckpt.config
     dim = int(model.item.encoder.config.hidden_size)
 
-    def tokenizer(max_length: int) -> TextTokenizer:
-        return TextTokenizer(
-            Tokenizer.from_str(ckpt.tokenizer_json), max_length=max_length, pad_token=config.pad_token
-        )
-
-    item_tower, request_tower = model.item, model.request_tower
-    width = dim
-    if fusion is not None:
-        item_tower, request_tower, width = item_tower.joined(), request_tower.joined(), fusion.width
-    items = TorchTextEncoder(item_tower, tokenizer(config.item_max_length), dim=width, dtype=dtype, device=on)
-    text: Encoder
-    users: UserEncoder
-    if config.user_tower is UserTowerKind.SEQUENCE:
-        text = TorchTextEncoder(
-            request_tower, tokenizer(config.user_max_length), dim=width, dtype=dtype, device=on
-        )
-    else:
-        text = TorchTextEncoder(
-            model.user, tokenizer(config.user_max_length), dim=dim, dtype=dtype, device=on
-        )
+    items, text = _torch_encoders(ckpt, model, fusion, dtype, on)
     t0 = time.perf_counter()
     vectors = _catalogue_vectors(ckpt, items, model)
     encode_s = time.perf_counter() - t0
     ids = list(ckpt.catalog.ids)
+    users: UserEncoder
     if config.user_tower is UserTowerKind.SEQUENCE:
         label = {item_id: i for i, item_id in enumerate(ids)}
         users = SequenceUserEncoder(
@@ -205,6 +187,33 @@ def reference_subject(
             "size_is": "weights in memory" if bf16 else "checkpoint",
         },
     )
+
+
+def _torch_encoders(
+    ckpt: Checkpoint, model: Any, fusion: FusionSpec | None, dtype: Any, on: Any
+) -> tuple[TorchTextEncoder, TorchTextEncoder]:
+    """The reference's item encoder and the text encoder its requests (or text users) read."""
+    config = ckpt.config
+    dim = int(model.item.encoder.config.hidden_size)
+
+    def tokenizer(max_length: int) -> TextTokenizer:
+        return TextTokenizer(
+            Tokenizer.from_str(ckpt.tokenizer_json), max_length=max_length, pad_token=config.pad_token
+        )
+
+    item_tower, request_tower, width = model.item, model.request_tower, dim
+    if fusion is not None:
+        item_tower, request_tower, width = item_tower.joined(), request_tower.joined(), fusion.width
+    items = TorchTextEncoder(item_tower, tokenizer(config.item_max_length), dim=width, dtype=dtype, device=on)
+    if config.user_tower is UserTowerKind.SEQUENCE:
+        text = TorchTextEncoder(
+            request_tower, tokenizer(config.user_max_length), dim=width, dtype=dtype, device=on
+        )
+    else:
+        text = TorchTextEncoder(
+            model.user, tokenizer(config.user_max_length), dim=dim, dtype=dtype, device=on
+        )
+    return items, text
 
 
 # -- the peers ----------------------------------------------------------------------------------
@@ -269,8 +278,8 @@ def peer_subjects(
     on the checkpoint's encoder (pooling and normalisation as ours, no head). On a GPU the plain
     one runs on the CUDA provider, and the int8 one, which has no CUDA kernels, is left out."""
     try:
+        import sentence_transformers
         from sentence_transformers import SentenceTransformer
-        from sentence_transformers.backend import export_dynamic_quantized_onnx_model
     except ImportError as e:
         raise ImportError(
             f"the sentence-transformers peers need the bench extra ({e}); install it with "
@@ -290,54 +299,61 @@ def peer_subjects(
     plain = SentenceTransformer(str(folder), backend="onnx", device=str(on), model_kwargs=kwargs)
     plain.save_pretrained(str(folder))  # keeps the exported onnx/model.onnx beside the weights
     plain_s = time.perf_counter() - t0
-    import sentence_transformers
-
     # (model, name, file, load seconds, what): the int8 export has no CUDA kernels, so on a
     # GPU the plain one runs alone.
     peers = [
         (plain, "st-onnx", "onnx/model.onnx", plain_s, "ONNX backend, fp32" + (f", {on}" if gpu else ""))
     ]
     if not gpu:
-        target = _quantization_target()
-        t0 = time.perf_counter()
-        export_dynamic_quantized_onnx_model(plain, target, str(folder))
-        # Its file name says the weight type the preset chose: qint8 for avx512(_vnni) and arm64,
-        # quint8 for avx2 (the AMD EPYC machines), so take the file it wrote rather than guess.
-        written = sorted((folder / "onnx").glob(f"model_*int8_{target}.onnx"))
-        if len(written) != 1:
-            raise RuntimeError(
-                f"expected one dynamic int8 export for {target} in {folder / 'onnx'}, found {written}"
-            )
-        quant_file = f"onnx/{written[0].name}"
-        int8 = SentenceTransformer(
-            str(folder), backend="onnx", device="cpu", model_kwargs={**kwargs, "file_name": quant_file}
-        )
-        peers.append(
-            (int8, "st-onnx-int8", quant_file, time.perf_counter() - t0,
-             f"ONNX backend, its dynamic int8 export ({target})")
-        )  # fmt: skip
+        peers.append(_int8_peer(plain, folder, kwargs))
 
-    out = []
-    for model, name, file, secs, what in peers:
-        model.max_seq_length = max_length  # the same truncation as the bundles' text graph
-        encoder = SentenceTransformerEncoder(model, dim)
-        out.append(
-            Subject(
-                name=name,
-                kind="peer",
-                description=f"sentence-transformers {sentence_transformers.__version__} {what}",
-                text_encoder=encoder,
-                item_encoder=encoder,
-                engine=None,
-                size_bytes=(folder / file).stat().st_size,
-                load_s=secs,
-                path=str(folder / file),
-                text_max_length=max_length,
-                precision="int8" if "int8" in name else "fp32",
-                extra={"load_includes": "ONNX export" + (" and quantization" if "int8" in name else "")},
-            )
+    version = sentence_transformers.__version__
+    return [_peer(peer, folder, dim, max_length, version) for peer in peers]
+
+
+def _int8_peer(plain: Any, folder: Path, kwargs: dict[str, Any]) -> tuple[Any, str, str, float, str]:
+    """sentence-transformers' own dynamic int8 export of ``plain``, loaded like it."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.backend import export_dynamic_quantized_onnx_model
+
+    target = _quantization_target()
+    t0 = time.perf_counter()
+    export_dynamic_quantized_onnx_model(plain, target, str(folder))
+    # Its file name says the weight type the preset chose: qint8 for avx512(_vnni) and arm64,
+    # quint8 for avx2 (the AMD EPYC machines), so take the file it wrote rather than guess.
+    written = sorted((folder / "onnx").glob(f"model_*int8_{target}.onnx"))
+    if len(written) != 1:
+        raise RuntimeError(
+            f"expected one dynamic int8 export for {target} in {folder / 'onnx'}, found {written}"
         )
-    return out
+    quant_file = f"onnx/{written[0].name}"
+    int8 = SentenceTransformer(
+        str(folder), backend="onnx", device="cpu", model_kwargs={**kwargs, "file_name": quant_file}
+    )
+    what = f"ONNX backend, its dynamic int8 export ({target})"
+    return int8, "st-onnx-int8", quant_file, time.perf_counter() - t0, what
+
+
+def _peer(
+    peer: tuple[Any, str, str, float, str], folder: Path, dim: int, max_length: int, version: str
+) -> Subject:
+    model, name, file, secs, what = peer
+    model.max_seq_length = max_length  # the same truncation as the bundles' text graph
+    encoder = SentenceTransformerEncoder(model, dim)
+    return Subject(
+        name=name,
+        kind="peer",
+        description=f"sentence-transformers {version} {what}",
+        text_encoder=encoder,
+        item_encoder=encoder,
+        engine=None,
+        size_bytes=(folder / file).stat().st_size,
+        load_s=secs,
+        path=str(folder / file),
+        text_max_length=max_length,
+        precision="int8" if "int8" in name else "fp32",
+        extra={"load_includes": "ONNX export" + (" and quantization" if "int8" in name else "")},
+    )
 
 
 def encoder_only(checkpoint: Checkpoint, *, threads: int, device: str = "cpu") -> Encoder:
