@@ -28,9 +28,19 @@ class Bodies:
     embed: type[BaseModel]
 
 
+_STRICT = ConfigDict(extra="forbid", strict=True)
+Id = Annotated[str, Field(min_length=1, max_length=200)]
+
+
 def make_bodies(s: ServeSettings) -> Bodies:
-    strict = ConfigDict(extra="forbid", strict=True)
-    Id = Annotated[str, Field(min_length=1, max_length=200)]
+    """The request bodies, their limits taken from ``s``."""
+    recommend, batch = _recommend_bodies(s)
+    items, swap = _edit_bodies(s)
+    return Bodies(recommend, batch, items, swap, _embed_body(s))
+
+
+def _recommend_bodies(s: ServeSettings) -> tuple[type[BaseModel], type[BaseModel]]:
+    strict = _STRICT
 
     class RecommendBody(BaseModel):
         model_config = strict
@@ -68,6 +78,12 @@ def make_bodies(s: ServeSettings) -> Bodies:
 
         requests: list[RecommendBody] = Field(min_length=1, max_length=s.max_batch_requests)
 
+    return RecommendBody, BatchBody
+
+
+def _edit_bodies(s: ServeSettings) -> tuple[type[BaseModel], type[BaseModel]]:
+    strict = _STRICT
+
     class ItemBody(BaseModel):
         model_config = strict
 
@@ -85,6 +101,12 @@ def make_bodies(s: ServeSettings) -> Bodies:
         model_config = strict
 
         bundle: str = Field(min_length=1, max_length=4096)
+
+    return ItemsBody, SwapBody
+
+
+def _embed_body(s: ServeSettings) -> type[BaseModel]:
+    strict = _STRICT
 
     class UserBody(BaseModel):
         model_config = strict
@@ -108,7 +130,7 @@ def make_bodies(s: ServeSettings) -> Bodies:
                 raise ValueError("give exactly one of 'items' (a list of item texts) or 'users'")
             return self
 
-    return Bodies(RecommendBody, BatchBody, ItemsBody, SwapBody, EmbedBody)
+    return EmbedBody
 
 
 # -- responses: typed for the OpenAPI schema; the hot routes build the same JSON directly ------------
