@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _glance(quality: str) -> list[tuple[str, str, str, str]]:
-    section = quality.split("## Results at a glance", 1)[1].split("\n## ", 1)[0]
+    section = quality.split("## Paired differences at a glance", 1)[1].split("\n## ", 1)[0]
     rows = re.findall(r"^\| (ml-[\w-]+) \| ([\w-]+) \| (.+?) \| (.+?) \|$", section, re.M)
     assert rows, "the table at a glance has no rows"
     return rows
@@ -48,3 +48,39 @@ def test_quality_glance_matches_the_paired_tables_and_readme() -> None:
     assert set(beats_all) == {"ml-100k", "ml-latest-small"}
     claim = "beats every baseline on both ml-100k and ml-latest-small" in readme
     assert claim == all(beats_all.values()), (beats_all, "README.md's summary disagrees with QUALITY.md")
+
+
+def _model_rows(quality: str, data: str, table: str) -> dict[str, tuple[str, str]]:
+    """Recall@10 and NDCG@10 of each model in the evaluate table ``table`` for ``data``."""
+    section = quality.split(f"#### {data}: {table}\n", 1)[1].split("\n####", 1)[0]
+    pattern = r"^\| ([^|]+?) \| \d+ \| (\S+ \[\S+, \S+\]) \| (\S+ \[\S+, \S+\]) \|"
+    return {m[0]: (m[1], m[2]) for m in re.findall(pattern, section, re.M)}
+
+
+def test_quality_absolute_glance_matches_the_evaluate_tables() -> None:
+    quality = (ROOT / "benchmarks" / "QUALITY.md").read_text(encoding="utf-8")
+    section = quality.split("## Results at a glance", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| (ml-[\w-]+) \| ([^|]+?) \| [^|]+ \| (.+?) \| (.+?) \|$", section, re.M)
+    assert len(rows) >= 10, "the absolute glance lost its rows"
+    for data, model, recall, ndcg in rows:
+        table = "evaluate-default-als" if model == "als" else "evaluate-default"
+        assert _model_rows(quality, data, table)[model] == (recall, ndcg), (data, model)
+
+
+def test_readme_results_are_the_result_pages_numbers() -> None:
+    """The README's headline tables restate numbers from the result pages, never their own."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    results = readme.split("\n## Results\n", 1)[1].split("\n## ", 1)[0]
+    sources = (ROOT / "benchmarks" / "README.md").read_text(encoding="utf-8") + (
+        ROOT / "benchmarks" / "QUALITY.md"
+    ).read_text(encoding="utf-8")
+    numbers = set(re.findall(r"\d+\.\d+", results))
+    assert len(numbers) >= 20, "the README's results lost their tables"
+    assert sorted(n for n in numbers if n not in sources) == []
+
+
+def test_readme_is_a_front_door() -> None:
+    lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    assert len(lines) <= 300
+    assert any("from recsys_infer import Engine" in line for line in lines[:150])
+    assert len((ROOT / "benchmarks" / "README.md").read_text(encoding="utf-8").splitlines()) <= 400

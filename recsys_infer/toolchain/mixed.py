@@ -78,7 +78,7 @@ INT8, OUTLIERS, BLOCKWISE, FP32 = "int8", "int8-outliers", "int8-blockwise", "fp
 #: Dynamic int8 with one weight scale for the whole matrix instead of one per output column. Less
 #: faithful, and on a short request faster: ONNX Runtime's int8 product applies per-column scales
 #: in a slower pass (a 384x1536 product of 7 rows, its weights streamed from memory: 17 µs against
-#: 22 on two AMX cores; benchmarks/int8_scales.py).
+#: 22 on two AMX cores; benchmarks/studies/int8_scales.py).
 INT8_TENSOR = "int8-tensor"
 #: The kept precisions a search may try before fp32, each where it runs faster than fp32.
 KEPT_FORMS = (OUTLIERS, BLOCKWISE)

@@ -2,7 +2,7 @@
 in blocks the way `recsys-infer bench` times its subjects, with ONNX Runtime's threads spinning
 (between runs too, or only while a run lasts) or sleeping.
 
-    python benchmarks/tail.py BUNDLE OTHER_BUNDLE [--calls 2000] [--threads 2] [--json FILE]
+    python benchmarks/studies/tail.py BUNDLE OTHER_BUNDLE [--calls 2000] [--threads 2] [--json FILE]
 
 Each case times ``Engine.recommend(history=..., k=10)`` over the bundle's probe histories, one
 call at a time, and reports p50, p99, their ratio and the mean (milliseconds). The interleaved

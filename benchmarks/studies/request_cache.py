@@ -1,6 +1,6 @@
 """The request cache on a Zipf-distributed request stream (the usual shape of search logs).
 
-    python benchmarks/request_cache.py BUNDLE [--data DATA] [--distinct 5000] [--stream 6000]
+    python benchmarks/studies/request_cache.py BUNDLE [--data DATA] [--distinct 5000] [--stream 6000]
         [--zipf 1.1] [--cache 0 2000] [--threads 1] [--json FILE]
 
 The request pool holds, per catalogue item, the request `evaluate --requests` makes of it (its

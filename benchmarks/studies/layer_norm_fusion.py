@@ -1,6 +1,6 @@
 """What ONNX Runtime's layer-norm fusions cost a request graph on the CPU, interleaved.
 
-    python benchmarks/layer_norm_fusion.py BUNDLE [--threads 2] [--rounds 5] [--json FILE]
+    python benchmarks/studies/layer_norm_fusion.py BUNDLE [--threads 2] [--rounds 5] [--json FILE]
 
 BUNDLE is an fp32 bundle (as `export` writes it). Its user-side text graph is built twice, then
 quantized to dynamic int8 both times:

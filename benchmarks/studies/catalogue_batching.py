@@ -1,7 +1,7 @@
 """Catalogue encoding on the CPU: how a bundle's item tower cuts and runs its batches, against
 PyTorch bf16 at the batch sizes it does best with.
 
-    python benchmarks/catalogue_batching.py BUNDLE [--checkpoint CKPT] [--rounds 5] [--json FILE]
+    python benchmarks/studies/catalogue_batching.py BUNDLE [--checkpoint CKPT] [--rounds 5] [--json FILE]
 
 Two sets of texts: 512 of the bundle's catalogue texts, sampled as ``recsys-infer bench``
 samples them (every n-th), and 256 longer ones, each five catalogue texts joined (about 64

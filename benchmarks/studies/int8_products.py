@@ -1,7 +1,7 @@
 """What one matrix product of a MiniLM layer costs in each kernel ONNX Runtime offers on the CPU,
 at request lengths and at 64 tokens, on 1 and 2 threads.
 
-    python benchmarks/int8_products.py [--tokens 7 64] [--json FILE]
+    python benchmarks/studies/int8_products.py [--tokens 7 64] [--json FILE]
 
 A graph of ten FFN pairs (384 -> 1536 -> 384, random weights: speed does not depend on their
 values) in fp32, in dynamic int8 (``quantize_dynamic``, per-channel, as ``quantize --mode

@@ -1,6 +1,6 @@
 """Batch-1 latency of each bundle's user-side text graph, variants interleaved.
 
-    python benchmarks/tower_latency.py BUNDLE [BUNDLE ...] [--threads 2] [--spin always]
+    python benchmarks/studies/tower_latency.py BUNDLE [BUNDLE ...] [--threads 2] [--spin always]
         [--rounds 5] [--json FILE]
 
 The user-side text graph is what a request runs: the user tower of a text bundle, the request

@@ -1,6 +1,6 @@
 """One weight scale per matrix against one per output column, in ONNX Runtime's dynamic int8.
 
-    python benchmarks/int8_scales.py [--threads 2] [--rounds 5] [--json FILE]
+    python benchmarks/studies/int8_scales.py [--threads 2] [--rounds 5] [--json FILE]
 
 Builds graphs of 12 independent MatMuls of all-MiniLM-L6-v2's shapes (384x1536 FFN input,
 1536x384 FFN output, 384x384 attention output), each with weights of its own so that they

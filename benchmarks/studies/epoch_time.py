@@ -1,6 +1,6 @@
 """Training time per epoch of the default (sequence) model as the catalogue grows.
 
-    .venv/bin/python benchmarks/epoch_time.py [--sizes 3000 30000 300000] [--threads 2]
+    .venv/bin/python benchmarks/studies/epoch_time.py [--sizes 3000 30000 300000] [--threads 2]
         [--json benchmarks/results/epoch_time.json]
 
 For each catalogue size it generates product-like shopping data in code (2 shoppers for every 5
