@@ -1,130 +1,61 @@
-"""Shared fixtures: a tiny random BERT encoder, and a checkpoint and bundle built from it.
+"""Shared fixtures: a tiny random BERT encoder, and the checkpoints and bundles built from it
+(:mod:`tests.fixtures` builds them).
 
-Everything is offline and seeded. The tiny encoder (2 layers, hidden size 32) has a WordPiece
-vocabulary built in memory from the sample catalogue's words, so tokenisation is realistic.
+Where ``RECSYS_INFER_TEST_BUNDLES`` names a folder that ``python -m tests.fixtures`` wrote, the
+bundle fixtures read it instead of building: that is how the runtime and service tests run in
+an environment without torch. A test that needs the toolchain skips there.
 """
 
 from __future__ import annotations
 
-import re
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from recsys_infer.data import Dataset, sample_dataset
+from .fixtures import BUNDLES, small_sample, write_pooling_modules
+
+__all__ = ["SHARED_DATA", "request_graph", "small_sample", "text_feeds", "write_pooling_modules"]
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+#: A folder of prebuilt bundles (``python -m tests.fixtures DIR``), for torch-free runs.
+PREBUILT = os.environ.get("RECSYS_INFER_TEST_BUNDLES")
 
 
-def small_sample() -> Dataset:
-    """A small slice of the built-in catalogue: fast to train and export on."""
-    return sample_dataset(num_items=300, num_users=120, seed=3)
-
-
-def _vocabulary() -> list[str]:
-    words: set[str] = set()
-    for item in sample_dataset().catalog:
-        words.update(re.findall(r"[a-z0-9]+", item.text.lower()))
-    chars = [chr(c) for c in range(ord("a"), ord("z") + 1)] + [str(d) for d in range(10)]
-    punct = list(".,;:!?|&>-()'\"/")
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tokens = specials + sorted(words) + chars + [f"##{c}" for c in chars] + punct
-    return list(dict.fromkeys(tokens))  # unique, first place kept: ids stay dense
+def _prebuilt(name: str) -> Path | None:
+    if not PREBUILT:
+        return None
+    path = Path(PREBUILT) / BUNDLES[name]
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} is missing: run python -m tests.fixtures {PREBUILT}")
+    return path
 
 
 @pytest.fixture(scope="session")
 def tiny_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A local encoder folder: random 2-layer BERT (hidden 32) plus a fast WordPiece tokenizer."""
-    import torch
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+    pytest.importorskip("torch")
+    from .fixtures import build_encoder
 
-    folder = tmp_path_factory.mktemp("tiny-encoder")
-    vocab = {token: i for i, token in enumerate(_vocabulary())}
-    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]",
-        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
-    )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        unk_token="[UNK]",
-        pad_token="[PAD]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        mask_token="[MASK]",
-    )
-    fast.save_pretrained(folder)
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=160,
-    )
-    BertModel(config).save_pretrained(folder)
-    write_pooling_modules(folder, "mean")
-    return folder
-
-
-def write_pooling_modules(folder: Path, pooling: str) -> None:
-    """The sentence-transformers modules that declare how ``folder``'s encoder pools (``mean``
-    or ``cls``) and that it normalises, as sentence-transformers saves them."""
-    import json
-
-    modules = [
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
-    ]
-    (folder / "modules.json").write_text(json.dumps(modules, indent=2))
-    (folder / "1_Pooling").mkdir(exist_ok=True)
-    (folder / "2_Normalize").mkdir(exist_ok=True)
-    modes = (
-        "cls_token",
-        "mean_tokens",
-        "max_tokens",
-        "mean_sqrt_len_tokens",
-        "weightedmean_tokens",
-        "lasttoken",
-    )
-    config = {"word_embedding_dimension": 32} | {f"pooling_mode_{m}": False for m in modes}
-    config[{"mean": "pooling_mode_mean_tokens", "cls": "pooling_mode_cls_token"}[pooling]] = True
-    (folder / "1_Pooling" / "config.json").write_text(json.dumps(config, indent=2))
-    (folder / "sentence_bert_config.json").write_text(
-        json.dumps({"max_seq_length": 64, "do_lower_case": False})
-    )
+    return build_encoder(tmp_path_factory.mktemp("tiny-encoder"))
 
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tiny_encoder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from recsys_infer.toolchain.train import TrainConfig, train
+    from .fixtures import build_checkpoint
 
-    out = tmp_path_factory.mktemp("ckpt") / "checkpoint"
-    config = TrainConfig(
-        user_tower="text",
-        max_steps=8,
-        batch_size=16,
-        learning_rate=1e-3,
-        user_max_length=48,
-        item_max_length=32,
-    )
-    train(small_sample(), out, encoder=str(tiny_encoder), config=config, progress=False)
-    return out
+    return build_checkpoint(tiny_encoder, tmp_path_factory.mktemp("ckpt") / "checkpoint")
 
 
 @pytest.fixture(scope="session")
-def tiny_bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from recsys_infer.toolchain.export import export_bundle
+def tiny_bundle(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    prebuilt = _prebuilt("tiny_bundle")
+    if prebuilt is not None:
+        return prebuilt
+    from .fixtures import build_bundle
 
-    out = tmp_path_factory.mktemp("bundle") / "bundle"
-    export_bundle(tiny_checkpoint, out, progress=False)
-    return out
+    checkpoint = request.getfixturevalue("tiny_checkpoint")
+    return build_bundle(checkpoint, tmp_path_factory.mktemp("bundle") / "bundle")
 
 
 @pytest.fixture
@@ -136,28 +67,14 @@ def bundle_copy(tiny_bundle: Path, tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def seq_bundle_for_compress(tiny_encoder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def seq_bundle_for_compress(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny sequence bundle: a history graph plus a request tower, for compression tests."""
-    from recsys_infer.toolchain.export import export_bundle
-    from recsys_infer.toolchain.train import TrainConfig, train
+    prebuilt = _prebuilt("seq_bundle_for_compress")
+    if prebuilt is not None:
+        return prebuilt
+    from .fixtures import build_sequence_bundle
 
-    root = tmp_path_factory.mktemp("seqc")
-    config = TrainConfig(
-        user_tower="sequence",  # type: ignore[arg-type]
-        epochs=2,
-        eval_every=1,
-        batch_size=16,
-        hidden=32,
-        heads=2,
-        layers=1,
-        item_head_hidden=64,
-        item_max_length=32,
-        user_max_length=32,
-        max_history=8,
-    )
-    train(small_sample(), root / "ckpt", encoder=str(tiny_encoder), config=config, progress=False)
-    export_bundle(root / "ckpt", root / "bundle", progress=False)
-    return root / "bundle"
+    return build_sequence_bundle(request.getfixturevalue("tiny_encoder"), tmp_path_factory.mktemp("seqc"))
 
 
 @pytest.fixture(scope="session")

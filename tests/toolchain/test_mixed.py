@@ -26,8 +26,7 @@ from recsys_infer.toolchain.mixed import (
     build_mixed,
     search_plan,
 )
-
-from .conftest import request_graph
+from tests.conftest import request_graph
 
 
 def test_units_cover_every_layer_of_a_fused_graph(seq_optimized: Path) -> None:

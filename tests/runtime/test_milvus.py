@@ -33,8 +33,7 @@ pytest.importorskip("milvus_lite")
 
 from recsys_infer.indexing.reindex import MilvusTarget, reindex_bundle
 from recsys_infer.runtime.milvus import MilvusIndex, ids_expression, where_expression
-
-from .loopback import milvus_lite_server
+from tests.loopback import milvus_lite_server
 
 
 @pytest.fixture
@@ -172,7 +171,7 @@ def test_a_server_lost_mid_flight_is_a_503_never_a_hang(
 @pytest.mark.slow
 def test_recall_against_exact_search_on_movielens(tiny_bundle: Path, tmp_path: Path) -> None:
     """The collection's HNSW (M 16, ef 64) against exact search, on the ml-latest-small catalogue."""
-    movies = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-latest-small" / "movies.csv"
+    movies = Path(__file__).resolve().parents[3] / "shared" / "data" / "ml-latest-small" / "movies.csv"
     if not movies.is_file():
         pytest.skip(f"{movies} is not here")
     import csv

@@ -23,7 +23,7 @@ from recsys_infer.runtime.bundle import SCHEMA_VERSION, read_manifest, sha256_fi
 from recsys_infer.runtime.schema import encode
 from recsys_infer.toolchain.export import ExportConfig, export_bundle, export_config_from_recipe, read_recipe
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_bundle_contents_and_manifest(tiny_bundle: Path, tiny_checkpoint: Path) -> None:
@@ -112,8 +112,7 @@ def test_existing_output_is_kept_unless_overwrite(tiny_checkpoint: Path, tmp_pat
 
 def test_shared_towers_export_one_graph(tiny_encoder: Path, tmp_path: Path) -> None:
     from recsys_infer.toolchain.train import TrainConfig, train
-
-    from .conftest import small_sample
+    from tests.conftest import small_sample
 
     config = TrainConfig(
         user_tower="text",

@@ -143,7 +143,7 @@ def test_shipped_recipes_are_valid(tmp_path: Path) -> None:
     from recsys_infer.toolchain.build import check_recipe
     from recsys_infer.toolchain.export import read_recipe
 
-    recipes = sorted((Path(__file__).resolve().parents[1] / "export").glob("*.toml"))
+    recipes = sorted((Path(__file__).resolve().parents[2] / "export").glob("*.toml"))
     assert len(recipes) >= 3
     for path in recipes:
         check_recipe(read_recipe(path), str(path))

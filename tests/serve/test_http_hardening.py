@@ -21,8 +21,7 @@ from hypothesis import strategies as st
 
 from recsys_infer import Engine
 from recsys_infer.serve import API_KEY_ENV, ServeSettings, create_app
-
-from .loopback import serving
+from tests.loopback import serving
 
 KEY = {"X-API-Key": "secret"}
 

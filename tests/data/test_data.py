@@ -11,8 +11,7 @@ import pytest
 from recsys_infer.data import compose_text, leave_one_out, load_dataset, sample_dataset
 from recsys_infer.data.probe import build_probe, request_from_item
 from recsys_infer.errors import DataError
-
-from .conftest import SHARED_DATA
+from tests.conftest import SHARED_DATA
 
 
 def write(folder: Path, name: str, text: str, encoding: str = "utf-8") -> Path:

@@ -15,8 +15,7 @@ from recsys_infer.bench.run import SCHEMA, SCHEMA_VERSION, breakdown
 from recsys_infer.bench.timing import interleaved, percentiles
 from recsys_infer.cli import app
 from recsys_infer.data.readers import write_generic
-
-from .conftest import small_sample
+from tests.conftest import small_sample
 
 
 def test_percentiles_by_hand() -> None:

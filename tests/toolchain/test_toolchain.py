@@ -14,8 +14,7 @@ from recsys_infer.toolchain.checkpoint import load_checkpoint
 from recsys_infer.toolchain.encoders import DEFAULT_ENCODER, resolve_encoder
 from recsys_infer.toolchain.model import in_batch_softmax_loss, pool
 from recsys_infer.toolchain.train import TrainConfig, train
-
-from .conftest import small_sample
+from tests.conftest import small_sample
 
 
 def test_mean_pooling_ignores_padding_and_normalises() -> None:

@@ -21,8 +21,7 @@ from recsys_infer.runtime.schema import encode
 from recsys_infer.toolchain.compress import QuantizeConfig, quantize_bundle
 from recsys_infer.toolchain.graphs import graph_units
 from recsys_infer.toolchain.smooth import ALPHAS, SUFFIX, activation_ranges, smooth_graph, smooth_search
-
-from .conftest import request_graph, text_feeds
+from tests.conftest import request_graph, text_feeds
 
 
 def _run(graph: Path, feeds: list[dict[str, np.ndarray]]) -> np.ndarray:

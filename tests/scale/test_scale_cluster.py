@@ -18,8 +18,7 @@ httpx = pytest.importorskip("httpx")
 from recsys_infer.indexing.reindex import MilvusTarget, reindex_bundle  # noqa: E402
 from recsys_infer.indexing.shards import encode_catalogue  # noqa: E402
 from recsys_infer.scale.encoding import RayRunner  # noqa: E402
-
-from .loopback import free_port, milvus_lite_server  # noqa: E402
+from tests.loopback import free_port, milvus_lite_server  # noqa: E402
 
 pytestmark = pytest.mark.cluster
 

@@ -21,8 +21,7 @@ from recsys_infer.evaluation.recommenders import (
 )
 from recsys_infer.evaluation.run import EvalConfig, run_evaluation
 from recsys_infer.runtime.catalog import Catalog, Item
-
-from .conftest import small_sample
+from tests.conftest import small_sample
 
 
 def test_metrics_by_hand() -> None:

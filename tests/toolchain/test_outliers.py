@@ -17,8 +17,7 @@ from recsys_infer.toolchain.graphs import graph_units
 from recsys_infer.toolchain.mixed import FP32, INT8, OUTLIERS, build_mixed, search_plan
 from recsys_infer.toolchain.outliers import SUFFIX, outlier_channels, split_outliers
 from recsys_infer.toolchain.smooth import activation_ranges, smooth_graph
-
-from .conftest import request_graph, text_feeds
+from tests.conftest import request_graph, text_feeds
 
 PLANTED = (3, 17)
 

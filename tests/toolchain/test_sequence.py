@@ -17,8 +17,7 @@ from recsys_infer.runtime.schema import encode
 from recsys_infer.runtime.users import weigh_blocks
 from recsys_infer.toolchain.model import ItemHead, SequenceConfig, SequenceTower
 from recsys_infer.toolchain.train import TrainConfig, hold_out_items, train
-
-from .conftest import small_sample
+from tests.conftest import small_sample
 
 SEQ = {"user_tower": "sequence", "user_max_length": 32, "item_max_length": 32, "hidden": 32, "heads": 2,
        "item_head_hidden": 64, "batch_size": 32}  # fmt: skip
@@ -242,7 +241,7 @@ def test_micro_batcher_batches_requests_and_answers_histories_directly(seq_bundl
 
 
 def test_sequence_bundle_is_served_torch_free(seq_bundle: Path) -> None:
-    from .test_torch_free import TOOLCHAIN_MODULES, run_isolated
+    from tests.package.test_torch_free import TOOLCHAIN_MODULES, run_isolated
 
     code = f"""
 import json, sys
