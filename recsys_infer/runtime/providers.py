@@ -202,9 +202,8 @@ def plan_device(requested: Device | str, precisions: Iterable[Precision]) -> Dev
 
 #: ONNX Runtime graph optimisers a CPU session runs without. SkipLayerNormFusion folds each
 #: residual Add into the LayerNormalization after it, and ONNX Runtime's CPU kernel for the fused
-#: operator is about four times slower than the two it replaces (196 µs against 47 at 64 tokens,
-#: all-MiniLM-L6-v2, one thread): without it a dynamic int8 request graph runs about a fifth
-#: faster at 64 tokens (benchmarks/README.md). GPU sessions keep it.
+#: operator is slower than the two it replaces (measured in benchmarks/studies/README.md,
+#: layer_norm_fusion). GPU sessions keep it.
 CPU_DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
 
 

@@ -148,11 +148,9 @@ def is_text_graph(path: Path) -> bool:
 
 
 #: ONNX Runtime transformer fusions left out of ``optimize``: on the CPU the fused kernels are
-#: slower than the operators they replace. At 64 tokens (all-MiniLM-L6-v2, one thread) a
-#: SkipLayerNormalization took 196 µs where its Add and LayerNormalization took 47, and BiasGelu
-#: lost to a bias folded into the int8 product plus Gelu; together about a fifth of a dynamic
-#: int8 request graph's time. A CUDA session fuses the residual Add again at load (ONNX Runtime's
-#: own SkipLayerNormFusion, which CPU sessions switch off: ``runtime.providers``).
+#: slower than the operators they replace (benchmarks/studies/README.md, layer_norm_fusion). A
+#: CUDA session fuses the residual Add again at load (ONNX Runtime's own SkipLayerNormFusion,
+#: which CPU sessions switch off: ``runtime.providers``).
 UNFUSED = ("skip_layer_norm", "bias_skip_layer_norm", "bias_gelu")
 
 
