@@ -83,23 +83,23 @@ def _environment() -> dict[str, Any]:
 # -- encoding -------------------------------------------------------------------------------------
 
 
-def _catalogue_texts(bundle: Path, n: int) -> list[str]:
+def _catalog_texts(bundle: Path, n: int) -> list[str]:
     """``n`` item texts: the bundle's own, varied so that no two are equal."""
     base = [json.loads(line)["text"] for line in (bundle / "catalog.jsonl").read_text().splitlines()]
     return [f"{base[i % len(base)]} Edition {i // len(base) + 1}." for i in range(n)]
 
 
 def encode(bundle: Path, items: int) -> None:
-    from recsys_infer.indexing.shards import InProcess, encode_catalogue
+    from recsys_infer.indexing.shards import InProcess, encode_catalog
     from recsys_infer.scale.encoding import RayRunner, start_ray
 
-    texts = _catalogue_texts(bundle, items)
+    texts = _catalog_texts(bundle, items)
     runs = [("in-process", 1, 1), ("in-process", 1, 2), ("ray", 1, 2), ("ray", 2, 1)]
     start_ray(None, num_cpus=os.cpu_count())
     reference = None
     for backend, workers, threads in runs:
         with tempfile.TemporaryDirectory() as work:
-            vectors, report = encode_catalogue(
+            vectors, report = encode_catalog(
                 bundle,
                 texts,
                 Path(work),

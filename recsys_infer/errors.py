@@ -81,7 +81,7 @@ class QueryError(RecsysError, ValueError):
 class UnknownItemError(QueryError):
     """A history names item ids that the bundle's catalogue does not hold."""
 
-    def __init__(self, unknown: list[str], catalogue_size: int, *, what: str = "history item"):
+    def __init__(self, unknown: list[str], catalog_size: int, *, what: str = "history item"):
         self.unknown = unknown
         shown = ", ".join(ascii(u)[:60] for u in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
         fix = (
@@ -90,7 +90,7 @@ class UnknownItemError(QueryError):
             else "Check the ids; only items in the catalogue can be changed or removed."
         )
         super().__init__(
-            f"{len(unknown)} {what} id(s) are not in the catalogue ({catalogue_size} items): {shown}. {fix}"
+            f"{len(unknown)} {what} id(s) are not in the catalogue ({catalog_size} items): {shown}. {fix}"
         )
 
 

@@ -36,11 +36,11 @@ from recsys_infer.runtime.providers import create_session
 
 
 def _texts(engine: Engine, count: int = 512) -> dict[str, list[str]]:
-    catalogue = [item.text for item in engine.items(engine.item_ids)]
-    step = max(1, len(catalogue) // count)
+    catalog = [item.text for item in engine.items(engine.item_ids)]
+    step = max(1, len(catalog) // count)
     return {
-        "catalogue texts": catalogue[::step][:count],
-        "five texts joined": [" ".join(catalogue[i * 5 : i * 5 + 5]) for i in range(count // 2)],
+        "catalogue texts": catalog[::step][:count],
+        "five texts joined": [" ".join(catalog[i * 5 : i * 5 + 5]) for i in range(count // 2)],
     }
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from recsys_infer.enums import Device, UserTowerKind
+from recsys_infer.enums import Device, Spin, UserTowerKind
 from recsys_infer.runtime.encoder import Encoder
 from recsys_infer.runtime.engine import Engine
 from recsys_infer.runtime.index import ExactIndex
@@ -104,7 +104,7 @@ class TorchSequenceSession:
         return [out.float().cpu().numpy()]
 
 
-def _catalogue_vectors(ckpt: Checkpoint, items: TorchTextEncoder, model: Any) -> np.ndarray:
+def _catalog_vectors(ckpt: Checkpoint, items: TorchTextEncoder, model: Any) -> np.ndarray:
     texts = list(ckpt.catalog.texts)
     if ckpt.config.user_tower is not UserTowerKind.SEQUENCE:
         return items.encode(texts)
@@ -149,7 +149,7 @@ def reference_subject(
 
     items, text = _torch_encoders(ckpt, model, fusion, dtype, on)
     t0 = time.perf_counter()
-    vectors = _catalogue_vectors(ckpt, items, model)
+    vectors = _catalog_vectors(ckpt, items, model)
     encode_s = time.perf_counter() - t0
     ids = list(ckpt.catalog.ids)
     users: UserEncoder
@@ -272,7 +272,7 @@ def peer_subjects(
     max_length: int,
     checkpoint: Checkpoint,
     device: str = "cpu",
-    spin: bool | str = True,
+    spin: Spin | bool = True,
 ) -> list[Subject]:
     """sentence-transformers with its ONNX backend, plain and with its own dynamic int8 export,
     on the checkpoint's encoder (pooling and normalisation as ours, no head). On a GPU the plain

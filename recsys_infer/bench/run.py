@@ -109,7 +109,7 @@ class Inputs:
     histories: list[list[str]]
     requests: list[str]
     fixed: dict[int, str]
-    catalogue: list[str]
+    catalog: list[str]
     examples: list[Any]
     lengths: dict[str, Any] = field(default_factory=dict)
 
@@ -154,15 +154,15 @@ def gather_inputs(dataset: Dataset, config: BenchConfig, first: Subject) -> Inpu
         requests = [t[:80] for t in dataset.catalog.texts[: len(examples)]]
     texts = list(dataset.catalog.texts)
     step = max(1, len(texts) // config.catalogue_texts)
-    catalogue = texts[::step][: config.catalogue_texts]
+    catalog = texts[::step][: config.catalogue_texts]
     fixed = _fixed_texts(first, " ".join(texts[:400]) * 4)
-    inputs = Inputs(histories, requests, fixed, catalogue, examples)
+    inputs = Inputs(histories, requests, fixed, catalog, examples)
     tok = first.text_encoder.tokenizer  # type: ignore[attr-defined]
     inputs.lengths = {
         "history_items": _distribution([len(h) for h in histories]),
         "request_tokens": _distribution(tok.count_tokens(requests)),
         "fixed_tokens": {str(n): tok.count_tokens([t])[0] for n, t in fixed.items()},
-        "catalogue_tokens": _distribution(tok.count_tokens(catalogue)),
+        "catalogue_tokens": _distribution(tok.count_tokens(catalog)),
     }
     if (
         first.engine is not None
@@ -199,7 +199,7 @@ def latency_plan(subject: Subject, inputs: Inputs, config: BenchConfig) -> dict[
     plan[f"text@64x{config.batch_size}"] = [partial(enc.encode, batch)] * config.batch_calls
     if subject.engine is not None:
         plan.update(engine_calls(subject.engine, inputs, config.calls))
-    plan["catalogue"] = [partial(subject.item_encoder.encode, inputs.catalogue)]
+    plan["catalogue"] = [partial(subject.item_encoder.encode, inputs.catalog)]
     return plan
 
 
@@ -492,7 +492,7 @@ def _quality(loaded: _Loaded, config: BenchConfig, say: Callable[[str], None]) -
         from .reference import encoder_only
 
         bare = encoder_only(loaded.checkpoint, threads=config.threads, device=config.device)
-        peer_reference = (bare.encode(inputs.requests[: config.overlap_users]), bare.encode(inputs.catalogue))
+        peer_reference = (bare.encode(inputs.requests[: config.overlap_users]), bare.encode(inputs.catalog))
     out: dict[str, dict[str, Any]] = {}
     for s in subjects:
         quality: dict[str, Any] = {}
@@ -515,7 +515,7 @@ def _quality(loaded: _Loaded, config: BenchConfig, say: Callable[[str], None]) -
             # One request to a run, as ours are measured (its int8 export scales by batch too).
             lone = inputs.requests[: config.overlap_users]
             mine_q = np.concatenate([s.text_encoder.encode([t]) for t in lone])
-            items = s.text_encoder.encode(inputs.catalogue)
+            items = s.text_encoder.encode(inputs.catalog)
             quality["request_overlap@10_vs_own_fp32"] = round(
                 neighbour_overlap(peer_reference[0], mine_q, peer_reference[1], items), 4
             )
@@ -530,7 +530,7 @@ def _row(s: Subject, samples: dict[str, list[float]], inputs: Inputs, config: Be
         f"texts_per_s_batch{config.batch_size}_seq64": round(
             config.batch_size * 1000 / lat[batch_key]["p50"], 1
         ),
-        "catalogue_items_per_s": round(len(inputs.catalogue) * 1000 / lat["catalogue"]["p50"], 1),
+        "catalogue_items_per_s": round(len(inputs.catalog) * 1000 / lat["catalogue"]["p50"], 1),
     }
     if "recommend@history" in lat:
         throughput["recommend_per_s_one_thread"] = round(1000 / lat["recommend@history"]["mean"], 1)

@@ -75,7 +75,7 @@ def _describe(manifest: Any) -> str:
 
 
 def bundle_subject(
-    path: Path, *, threads: int, name: str | None = None, device: str = "cpu", spin: bool | str = True
+    path: Path, *, threads: int, name: str | None = None, device: str = "cpu", spin: Spin | bool = True
 ) -> Subject:
     path = Path(path)
     t0 = time.perf_counter()
@@ -131,7 +131,7 @@ print(json.dumps({"load_s": load_s, "rss_before_mb": base / 1e6, "rss_loaded_mb"
 
 
 def measure_memory(
-    path: Path, threads: int, queries: list[dict[str, Any]], device: str = "cpu", spin: bool | str = True
+    path: Path, threads: int, queries: list[dict[str, Any]], device: str = "cpu", spin: Spin | bool = True
 ) -> dict[str, float] | None:
     """Resident memory of a freshly loaded engine serving ``queries`` (host memory, also on a
     GPU); None where /proc is absent."""

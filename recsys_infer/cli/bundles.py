@@ -291,9 +291,9 @@ def _print_pruning(result: Any, out: Path) -> None:
     )
 
 
-@app.command(rich_help_panel="Bundles and compression")
+@app.command("build", rich_help_panel="Bundles and compression")
 @friendly_errors
-def build(
+def build_command(
     recipe: Annotated[Path, typer.Argument(help="Recipe TOML (see export/*.toml).")],
     out: Annotated[Path, typer.Option(help="Bundle directory to write.", file_okay=False)],
     data: Annotated[str | None, typer.Option(help="Data folder to train on (and to distill on).")] = None,
@@ -307,9 +307,9 @@ def build(
     json_out: JsonOut = None,
 ) -> None:
     """Run a recipe's whole chain: train, export, prune, optimise, quantize."""
-    from recsys_infer.toolchain.build import build as run_build
+    from recsys_infer.toolchain.build import run_recipe
 
-    result = run_build(recipe, out, data=data, checkpoint=checkpoint, work=work, overwrite=overwrite)
+    result = run_recipe(recipe, out, data=data, checkpoint=checkpoint, work=work, overwrite=overwrite)
     for stage in result.stages:
         fidelity = stage.get("fidelity")
         cost = f" (overlap@10 vs reference {fidelity['overlap@10']:.4f})" if fidelity else ""

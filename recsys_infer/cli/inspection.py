@@ -170,14 +170,14 @@ def recommend(
     write_json(json_out, payload)
 
 
-class Split(StrEnum):
+class TargetSplit(StrEnum):
     TEST = "test"
     VALIDATION = "validation"
 
 
-@app.command(rich_help_panel="Inspect, evaluate and benchmark")
+@app.command("evaluate", rich_help_panel="Inspect, evaluate and benchmark")
 @friendly_errors
-def evaluate(
+def evaluate_command(
     bundles: Annotated[
         list[Path] | None, typer.Argument(help="Bundles to evaluate; the first is the reference.")
     ] = None,
@@ -189,7 +189,7 @@ def evaluate(
     k: Annotated[
         list[int] | None, typer.Option("--k", help="Cut-offs (repeatable); default 10 and 50.")
     ] = None,
-    split: Annotated[Split, typer.Option(help="Which held-out item is the target.")] = Split.TEST,
+    split: Annotated[TargetSplit, typer.Option(help="Which held-out item is the target.")] = TargetSplit.TEST,
     users: Annotated[
         int | None, typer.Option(min=1, help="Evaluate a seeded sample of this many users.")
     ] = None,

@@ -123,9 +123,9 @@ Recipe = Annotated[Path | None, typer.Option(help="Recipe TOML; its [train] tabl
 Resume = Annotated[bool, typer.Option(help="Continue an interrupted run from <out>.partial/.")]
 
 
-@app.command(rich_help_panel="Train")
+@app.command("train", rich_help_panel="Train")
 @friendly_errors
-def train(
+def train_command(
     data: Data,
     out: CheckpointOut,
     encoder: EncoderOpt = None,

@@ -198,11 +198,11 @@ def _build(
     num_items: int, num_users: int, seed: int
 ) -> tuple[tuple[Item, ...], tuple[tuple[str, tuple[str, ...]], ...]]:
     rng = random.Random(seed)  # one stream, drawn from in this order: catalogue, then shoppers
-    items, by_category, by_brand = _catalogue(rng, num_items)
+    items, by_category, by_brand = _catalog(rng, num_items)
     return tuple(items), _shoppers(rng, items, by_category, by_brand, num_users)
 
 
-def _catalogue(
+def _catalog(
     rng: random.Random, num_items: int
 ) -> tuple[list[Item], dict[str, list[int]], dict[tuple[str, str], list[int]]]:
     """The products, and their positions by category and by (category, brand)."""

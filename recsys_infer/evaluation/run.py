@@ -142,7 +142,7 @@ def _cold_items(engines: Sequence[Engine], names: Sequence[str]) -> list[str]:
     return list(distinct.pop()) if distinct else []
 
 
-def _check_catalogue(engine: Engine, dataset: Dataset, name: str) -> None:
+def _check_catalog(engine: Engine, dataset: Dataset, name: str) -> None:
     known = set(engine.item_ids)
     missing = [i for i in dataset.catalog.ids if i not in known]
     if missing:
@@ -192,7 +192,7 @@ def run_evaluation(
 
     engines = [Engine.load(b, device="cpu", exact=config.exact) for b in bundles]
     for engine, bundle in zip(engines, bundles, strict=True):
-        _check_catalogue(engine, dataset, str(bundle))
+        _check_catalog(engine, dataset, str(bundle))
     names = _unique_names([b.name for b in bundles])
     cold = set(_cold_items(engines, names))
     cold_mask = np.array([e.target in cold for e in examples]) if cold else None

@@ -4,7 +4,7 @@ cluster plugs in as a :class:`~recsys_infer.indexing.shards.ShardRunner`
 (:class:`recsys_infer.scale.encoding.RayRunner`)."""
 
 from .reindex import EncodingSettings, MilvusTarget, reindex_bundle
-from .shards import EncodeReport, InProcess, ShardRunner, encode_catalogue
+from .shards import EncodeReport, InProcess, ShardRunner, encode_catalog
 
 __all__ = [
     "EncodeReport",
@@ -12,6 +12,6 @@ __all__ = [
     "InProcess",
     "MilvusTarget",
     "ShardRunner",
-    "encode_catalogue",
+    "encode_catalog",
     "reindex_bundle",
 ]

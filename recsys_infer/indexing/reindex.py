@@ -23,7 +23,7 @@ import numpy as np
 from recsys_infer.data.readers import read_items
 from recsys_infer.enums import Device
 from recsys_infer.errors import ConfigError
-from recsys_infer.runtime.bundle import read_item_ids, read_manifest, write_catalogue_bundle
+from recsys_infer.runtime.bundle import read_item_ids, read_manifest, write_catalog_bundle
 from recsys_infer.runtime.catalog import Catalog
 from recsys_infer.runtime.engine import Engine
 from recsys_infer.runtime.index import HnswIndex, HnswParams
@@ -31,7 +31,7 @@ from recsys_infer.runtime.manifest import ITEM_INDEX, IndexSpec, Manifest
 from recsys_infer.runtime.milvus import MilvusIndex
 from recsys_infer.runtime.users import add_offsets
 
-from .shards import DEFAULT_SHARD_SIZE, ShardRunner, encode_catalogue
+from .shards import DEFAULT_SHARD_SIZE, ShardRunner, encode_catalog
 
 
 def carried_offsets(src: Path, manifest: Manifest, catalog: Catalog) -> np.ndarray | None:
@@ -72,7 +72,7 @@ class EncodingSettings:
     shard_size: int = DEFAULT_SHARD_SIZE
 
 
-def _catalogue(src: Path, items: Path | None, manifest: Manifest) -> tuple[Catalog, str]:
+def _catalog(src: Path, items: Path | None, manifest: Manifest) -> tuple[Catalog, str]:
     """The catalogue to index (``items``, else ``src``'s live one) and a hash of it."""
     if items is not None:
         return read_items(Path(items))
@@ -111,9 +111,9 @@ def reindex_bundle(
     encoding = encoding or EncodingSettings()
     started = time.perf_counter()
     manifest = read_manifest(src)
-    catalog, items_sha = _catalogue(src, items, manifest)
+    catalog, items_sha = _catalog(src, items, manifest)
     work = out.parent / f".{out.name}.encoding"
-    vectors, report = encode_catalogue(
+    vectors, report = encode_catalog(
         src, catalog.texts, work, items_sha256=items_sha, shard_size=encoding.shard_size,
         workers=encoding.workers, threads=encoding.threads, runner=encoding.runner, progress=progress,
     )  # fmt: skip
@@ -150,7 +150,7 @@ def reindex_bundle(
     if index is not None and spec.file is None:  # from a Milvus bundle back to an embedded index
         spec = replace(spec, file=ITEM_INDEX)
         manifest = replace(manifest, index=spec)
-    write_catalogue_bundle(
+    write_catalog_bundle(
         src, manifest, out, index=index, vectors=vectors, item_ids=list(catalog.ids), catalog=catalog,
         overwrite=overwrite, amend=amend, files=offsets_writer,
     )  # fmt: skip

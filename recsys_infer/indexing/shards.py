@@ -162,7 +162,7 @@ class InProcess:
             finished(shard, encoder.encode(list(texts[start:stop])))
 
 
-def encode_catalogue(
+def encode_catalog(
     bundle: Path,
     texts: Sequence[str],
     work: Path,

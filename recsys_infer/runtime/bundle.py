@@ -44,7 +44,7 @@ __all__ = [
     "read_manifest",
     "sha256_file",
     "verify_files",
-    "write_catalogue_bundle",
+    "write_catalog_bundle",
     "write_manifest",
 ]
 
@@ -160,7 +160,7 @@ def write_manifest(directory: Path, manifest: Manifest) -> Manifest:
 FileWriter = Callable[[Path], object]
 
 
-def write_catalogue_bundle(
+def write_catalog_bundle(
     src: Path,
     manifest: Manifest,
     target: Path,

@@ -17,15 +17,15 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
-from recsys_infer.enums import Device
+from recsys_infer.enums import Device, Spin
 from recsys_infer.errors import BundleError, DeviceUnavailableError, QueryError, UnknownItemError
 
-from .bundle import Manifest, read_item_ids, read_manifest, verify_files, write_catalogue_bundle
+from .bundle import Manifest, read_item_ids, read_manifest, verify_files, write_catalog_bundle
 from .cache import CachedEncoder, CacheStats
 from .catalog import Catalog, Item
 from .encoder import CPU_BATCH_TOKENS, Encoder, OnnxEncoder
 from .index import ExactIndex, HnswIndex, HnswParams, Index
-from .manifest import CatalogueEdit
+from .manifest import CatalogEdit
 from .options import (
     RecommendOptions,
     as_list,
@@ -194,7 +194,7 @@ class Engine:
         milvus_uri: str | None = None,
         provider_options: Mapping[str, Any] | None = None,
         request_cache: int = 0,
-        spin: bool | str = True,
+        spin: Spin | bool = True,
     ) -> Engine:
         """Load a bundle directory.
 
@@ -266,7 +266,7 @@ class Engine:
         requested: Device | str,
         threads: int | None,
         provider_options: Mapping[str, Any] | None,
-        spin: bool | str = True,
+        spin: Spin | bool = True,
     ) -> tuple[dict[str, Any], Placement]:
         """ONNX Runtime sessions for the bundle's graphs, and where they run."""
         placement = plan_placement(
@@ -283,7 +283,7 @@ class Engine:
 
     @staticmethod
     def _sessions(
-        bundle: Path, manifest: Manifest, placement: Placement, threads: int | None, spin: bool | str = True
+        bundle: Path, manifest: Manifest, placement: Placement, threads: int | None, spin: Spin | bool = True
     ) -> dict[str, Any]:
         # Towers that share one graph file (shared weights) share one session. On the CPU, an
         # item graph of its own gets one thread: its encoder runs a batch per core instead.
@@ -587,7 +587,7 @@ class Engine:
         target = Path(path)
         with self._lock.read():
             vectors, item_ids, free = store.snapshot()
-            edit = CatalogueEdit(
+            edit = CatalogEdit(
                 saved_at=datetime.now(UTC).isoformat(timespec="seconds"),
                 added=self._edits["added"],
                 updated=self._edits["updated"],
@@ -595,7 +595,7 @@ class Engine:
                 items=len(store),
                 removed_slots=free,
             )
-            written = write_catalogue_bundle(
+            written = write_catalog_bundle(
                 self.path, self.manifest, target, index=store.index, vectors=vectors, item_ids=item_ids,
                 catalog=store.catalog, overwrite=overwrite,
                 amend=lambda m: replace(m, catalogue_edits=(*m.catalogue_edits, edit)),

@@ -264,7 +264,7 @@ class CompressionStep:
 
 
 @dataclass(frozen=True)
-class CatalogueEdit:
+class CatalogEdit:
     """Live edits saved into the bundle by ``Engine.save``."""
 
     saved_at: str
@@ -314,7 +314,7 @@ class Manifest:
     compression: tuple[CompressionStep, ...] = ()
     reference: ReferenceSpec | None = None
     provenance: Provenance = field(default_factory=Provenance)
-    catalogue_edits: tuple[CatalogueEdit, ...] = ()
+    catalogue_edits: tuple[CatalogEdit, ...] = ()
     reindexed: Mapping[str, Any] | None = None
     fusion: FusionSpec | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)

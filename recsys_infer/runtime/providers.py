@@ -208,7 +208,7 @@ CPU_DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
 
 
 def session_options(
-    *, threads: int | None = None, spin: bool | str = True, cpu: bool = True
+    *, threads: int | None = None, spin: Spin | bool = True, cpu: bool = True
 ) -> ort.SessionOptions:
     """The session options every graph here runs with: all graph optimisations (on the ``cpu``,
     less :data:`CPU_DISABLED_OPTIMIZERS`), one inter-op thread, ``threads`` intra-op threads
@@ -236,7 +236,7 @@ def session_options(
 
 
 def create_session(
-    path: Path, placement: Placement | Device, *, threads: int | None = None, spin: bool | str = True
+    path: Path, placement: Placement | Device, *, threads: int | None = None, spin: Spin | bool = True
 ) -> ort.InferenceSession:
     """An inference session for one graph at ``placement`` (already planned; a bare
     :class:`Device` means its first GPU, or the CPU).

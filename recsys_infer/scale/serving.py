@@ -135,7 +135,7 @@ def replica_id() -> str:
 
 @serve.deployment(name=DEPLOYMENT)
 @serve.ingress()
-class Recommender:
+class ServiceReplica:
     """One replica: the recsys-infer HTTP service over ``bundle`` (built in the replica)."""
 
     def __init__(self, bundle: str, settings: dict[str, Any], threads: int | None = None) -> None:
@@ -185,7 +185,7 @@ def application(
     options: dict[str, Any] = {"num_cpus": threads or 1}
     if env:
         options["runtime_env"] = {"env_vars": env}
-    recommender: Any = Recommender  # a Ray Serve Deployment once decorated
+    recommender: Any = ServiceReplica  # a Ray Serve Deployment once decorated
     deployment = recommender.options(num_replicas=replicas, ray_actor_options=options)
     return deployment.bind(str(bundle), asdict(settings or ServeSettings()), threads)
 

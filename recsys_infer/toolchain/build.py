@@ -79,7 +79,7 @@ def check_recipe(recipe: dict[str, Any], source: str) -> None:
     export_config_from_recipe(recipe, source=source)
 
 
-def build(
+def run_recipe(
     recipe_path: Path,
     out: Path,
     *,

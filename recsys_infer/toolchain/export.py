@@ -377,7 +377,7 @@ def export_bundle(
         if checked.query_kinds:
             by_kind = _choose_ef(index, checked.vectors, checked.query_kinds)
         recall, n_queries = _index_recall(index, checked.vectors, checked.queries)
-        _write_catalogue_files(ckpt, tmp, config)
+        _write_catalog_files(ckpt, tmp, config)
         manifest = write_manifest(
             tmp, _manifest(ckpt, files, checked, index, config, recall, n_queries, by_kind)
         )
@@ -596,7 +596,7 @@ def _choose_fusion(
     )
 
 
-def _write_catalogue_files(ckpt: Checkpoint, tmp: Path, config: ExportConfig) -> None:
+def _write_catalog_files(ckpt: Checkpoint, tmp: Path, config: ExportConfig) -> None:
     (tmp / ITEM_IDS).write_text(json.dumps(ckpt.catalog.ids, ensure_ascii=False), encoding="utf-8")
     ckpt.catalog.write_jsonl(tmp / CATALOG)
     if config.include_probe and ckpt.probe:

@@ -50,6 +50,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -71,15 +72,23 @@ from .smooth import smoothed_source
 
 logger = logging.getLogger(__name__)
 
-#: What a unit can run in: dynamic int8; dynamic int8 with its input's outlier channels in an fp32
-#: side product (:mod:`.outliers`); blockwise int8 (MatMulNBits); fp32. The middle two are forms
-#: of matrix products only.
-INT8, OUTLIERS, BLOCKWISE, FP32 = "int8", "int8-outliers", "int8-blockwise", "fp32"
-#: Dynamic int8 with one weight scale for the whole matrix instead of one per output column. Less
-#: faithful, and on a short request faster: ONNX Runtime's int8 product applies per-column scales
-#: in a slower pass (a 384x1536 product of 7 rows, its weights streamed from memory: 17 µs against
-#: 22 on two AMX cores; benchmarks/studies/int8_scales.py).
-INT8_TENSOR = "int8-tensor"
+
+class UnitForm(StrEnum):
+    """What a unit can run in: dynamic int8 (``INT8``; ``INT8_TENSOR`` with one weight scale for
+    the whole matrix instead of one per output column: less faithful, and on a short request
+    faster, as measured in benchmarks/studies/README.md, int8_scales); dynamic int8 with its
+    input's outlier channels in an fp32 side product (``OUTLIERS``, :mod:`.outliers`); blockwise
+    int8 (``BLOCKWISE``, MatMulNBits); fp32. ``OUTLIERS`` and ``BLOCKWISE`` are forms of matrix
+    products only."""
+
+    INT8 = "int8"
+    INT8_TENSOR = "int8-tensor"
+    OUTLIERS = "int8-outliers"
+    BLOCKWISE = "int8-blockwise"
+    FP32 = "fp32"
+
+
+INT8, INT8_TENSOR, OUTLIERS, BLOCKWISE, FP32 = UnitForm  # the names the plans and records use
 #: The kept precisions a search may try before fp32, each where it runs faster than fp32.
 KEPT_FORMS = (OUTLIERS, BLOCKWISE)
 #: Block size of blockwise kept units: on the ml-latest-small request graph (VNNI CPU), 128 ran

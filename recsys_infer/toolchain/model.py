@@ -295,7 +295,7 @@ class TwoTower(nn.Module):
         """The tower a sequence model reads free-text requests with."""
         return self.request if self.request is not None else self.item
 
-    def catalogue_vectors(self, embeddings: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+    def catalog_vectors(self, embeddings: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Sequence kind: catalogue items' vectors from their frozen text embeddings, through
         the head and, when the model has them, plus their learned offsets. ``rows``: only those
         catalogue rows (a sampled-softmax step needs a few thousand, not every item)."""

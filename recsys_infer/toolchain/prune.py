@@ -81,7 +81,7 @@ class PruneConfig:
     # AVX2-only CPU made a distillation step 8.6 s instead of about 0.5 s.
     bf16: bool | None = None
     # Requests per item made of a random choice of its attributes, beside the one the probe's
-    # form gives it, for distilling a request tower (:func:`_catalogue_requests`).
+    # form gives it, for distilling a request tower (:func:`_catalog_requests`).
     request_variants: int = 0
     seed: int = 0
 
@@ -320,12 +320,12 @@ def agreement(
     teacher: TextTower,
     batches: _Batches,
     texts: Sequence[str],
-    catalogue: torch.Tensor | None = None,
+    catalog: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """Cosine between the pruned and the unpruned tower's vectors on held-out texts; with the
     ``catalogue``'s vectors (a request tower), in the encoder's space, and the overlap@10 of the
     items each ranks first."""
-    forward = _forward if catalogue is None else _embed
+    forward = _forward if catalog is None else _embed
     student.eval()
     pairs = []
     with torch.no_grad():
@@ -336,10 +336,10 @@ def agreement(
     s, t = torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
     cos = F.cosine_similarity(s, t)
     out = {"mean_cosine": round(float(cos.mean()), 6), "min_cosine": round(float(cos.min()), 6)}
-    if catalogue is not None:
+    if catalog is not None:
         from recsys_infer.ranking import overlap, top_k
 
-        items = catalogue.numpy()
+        items = catalog.numpy()
         out["overlap@10"] = round(overlap(top_k(s.numpy(), items, 10), top_k(t.numpy(), items, 10)), 4)
     return out
 
@@ -349,28 +349,28 @@ def _agreement(
     teacher: TextTower,
     batches: _Batches,
     texts: Sequence[str],
-    catalogue: torch.Tensor | None,
+    catalog: torch.Tensor | None,
     config: PruneConfig,
 ) -> dict[str, float]:
     """:func:`agreement`, and with ``quant_aware`` the same measured in fake int8 (``int8_`` keys)."""
-    out = agreement(student, teacher, batches, texts, catalogue)
+    out = agreement(student, teacher, batches, texts, catalog)
     if config.quant_aware:
         with fake_quantized(student.encoder):
-            fq = agreement(student, teacher, batches, texts, catalogue)
+            fq = agreement(student, teacher, batches, texts, catalog)
         out |= {f"int8_{k}": v for k, v in fq.items()}
     return out
 
 
 def _ranking_loss(
-    vectors: torch.Tensor, reference: torch.Tensor, catalogue: torch.Tensor, config: PruneConfig
+    vectors: torch.Tensor, reference: torch.Tensor, catalog: torch.Tensor, config: PruneConfig
 ) -> torch.Tensor:
     """``100 (1 - cos)`` to the teacher plus the KL divergence of the catalogue's ranking."""
     loss = 100 * (1 - F.cosine_similarity(vectors, reference)).mean()
     if config.ranking_weight:
         tau = config.ranking_temperature
         kl = F.kl_div(
-            F.log_softmax(vectors @ catalogue.T / tau, dim=1),
-            F.log_softmax(reference @ catalogue.T / tau, dim=1),
+            F.log_softmax(vectors @ catalog.T / tau, dim=1),
+            F.log_softmax(reference @ catalog.T / tau, dim=1),
             log_target=True,
             reduction="batchmean",
         )
@@ -399,13 +399,13 @@ def distill(
     progress: bool,
     *,
     train_head: bool = False,
-    catalogue: torch.Tensor | None = None,
+    catalog: torch.Tensor | None = None,
 ) -> list[float]:
     """Trains ``student`` towards ``teacher``; with the ``catalogue``'s vectors (a request tower)
     in the encoder's space by :func:`_ranking_loss`, its head left as it is."""
     student.encoder.requires_grad_(True)  # the sequence kind freezes its item encoder
     params = list(student.encoder.parameters())
-    if train_head and student.head is not None and catalogue is None:
+    if train_head and student.head is not None and catalog is None:
         student.head.requires_grad_(True)
         params += list(student.head.parameters())
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.01)
@@ -416,7 +416,7 @@ def distill(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=config.distill_steps, desc="distilling", unit="step")
-    forward = _forward if catalogue is None else _embed
+    forward = _forward if catalog is None else _embed
     # Eval mode: dropout would have the student chase a noisy copy of the teacher's vectors.
     student.eval()
     with fake_quantized(student.encoder) if config.quant_aware else nullcontext():
@@ -429,12 +429,12 @@ def distill(
                 tokens(features["attention_mask"]),
             ):
                 vectors = forward(student, features).float()
-            if catalogue is None:
+            if catalog is None:
                 loss = (1 - F.cosine_similarity(vectors, reference)).mean() + _loss(
                     vectors, reference, targets, config.temperature
                 )
             else:
-                loss = _ranking_loss(vectors, reference, catalogue, config)
+                loss = _ranking_loss(vectors, reference, catalog, config)
             guarded_step(loss, optimizer, params, f"at distillation step {step + 1}")
             schedule.step()
             losses.append(float(loss.item()))
@@ -478,7 +478,7 @@ def _user_pairs(ckpt: Checkpoint, data: str | None, seed: int) -> _Inputs:
     return _Inputs(texts, targets)
 
 
-def _catalogue_requests(
+def _catalog_requests(
     ckpt: Checkpoint, data: str | None = None, *, variants: int = 0, seed: int = 0
 ) -> list[str]:
     """Requests made of the catalogue's attributes, less every request of the probe set and, with
@@ -516,15 +516,15 @@ def _catalogue_requests(
 def _item_inputs(ckpt: Checkpoint, with_requests: bool) -> _Inputs:
     texts = list(ckpt.catalog.texts)
     if with_requests:  # the sequence kind's item encoder also reads free-text requests
-        texts += _catalogue_requests(ckpt)
+        texts += _catalog_requests(ckpt)
     return _Inputs(texts)
 
 
 def _request_inputs(ckpt: Checkpoint, data: str | None, *, variants: int = 0, seed: int = 0) -> _Inputs:
-    """What a request tower reads: requests (``variants``: :func:`_catalogue_requests`), weighted
+    """What a request tower reads: requests (``variants``: :func:`_catalog_requests`), weighted
     to half of the texts, and item texts, so that free text unlike the catalogue's attributes
     keeps its place too."""
-    requests = _catalogue_requests(ckpt, data, variants=variants, seed=seed)
+    requests = _catalog_requests(ckpt, data, variants=variants, seed=seed)
     if not requests:
         raise CheckpointError(
             "pruning a request tower needs requests: the catalogue's items have no genres, category, "
@@ -655,22 +655,22 @@ def _prune_tower(
         held = rng.sample(step.inputs.texts, min(256, len(step.inputs.texts)))
     teacher_items = teacher_model.item if step.inputs.targets is not None else None
     batches = _Batches(step.inputs, step.tokenizer, teacher_items, config.batch_size, config.seed)
-    catalogue = None
+    catalog = None
     if step.name == "request":  # requests are distilled towards the teacher's catalogue ranking
         from .sequence_train import embed_items
 
         tok = _tokenizer(ckpt, ckpt.config.item_max_length)
-        catalogue = embed_items(teacher_model.item, tok, ckpt.catalog.texts, progress=progress)
+        catalog = embed_items(teacher_model.item, tok, ckpt.catalog.texts, progress=progress)
     logger.info("pruning the %s tower: ratio %.2f, %d layers", step.name, config.ratio, config.layers)
     tower, reference = step.tower, step.reference
     report = prune_tower(tower, reference, batches, config, step.name)
-    report.agreement_before_distill = _agreement(tower, reference, batches, held, catalogue, config)
+    report.agreement_before_distill = _agreement(tower, reference, batches, held, catalog, config)
     if config.distill_steps:
         report.distill_losses = distill(
             tower, reference, batches, config, progress, train_head=step.name == "request",
-            catalogue=catalogue,
+            catalog=catalog,
         )  # fmt: skip
-        report.agreement_after_distill = _agreement(tower, reference, batches, held, catalogue, config)
+        report.agreement_after_distill = _agreement(tower, reference, batches, held, catalog, config)
     return report
 
 

@@ -158,7 +158,7 @@ def validation_ndcg(
     if head is None:
         raise TrainingError("the sequence model's item tower has no head")
     with torch.no_grad():
-        vectors = model.catalogue_vectors(embeddings)
+        vectors = model.catalog_vectors(embeddings)
         for start in range(0, len(examples), 256):
             chunk = examples[start : start + 256]
             rows, mask = left_padded([[position[i] for i in e.history] for e in chunk], user.max_history)
@@ -227,7 +227,7 @@ def sampled_softmax_logits(
     positives = targets[selected]
     negatives = sampler.sample()
     items, inverse = torch.unique(torch.cat([rows.flatten(), positives, negatives]), return_inverse=True)
-    vectors = model.catalogue_vectors(embeddings, items)
+    vectors = model.catalog_vectors(embeddings, items)
     n_rows, n_pos = rows.numel(), len(positives)
     # F.embedding rather than indexing: its backward sums repeated rows in a fixed order, where
     # an indexing backward's scatter-add under two busy threads did not (resumed runs drifted).
@@ -251,7 +251,7 @@ def _full_softmax_logits(
     temperature: float,
     excluded: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    vectors = model.catalogue_vectors(embeddings)
+    vectors = model.catalog_vectors(embeddings)
     users = model.user.encode_positions(F.embedding(rows, vectors), mask)  # see sampled_softmax_logits
     selected = targets >= 0
     logits = (users[selected] @ vectors.T).float() / temperature

@@ -93,7 +93,7 @@ def test_recommend_by_text_and_history(handmade: Engine) -> None:
     assert handmade.user_text(Query(history=("n1", "t1"), text="stove")) == "stove || tent ; novel"
 
 
-def test_fewer_results_when_history_covers_the_catalogue(handmade: Engine) -> None:
+def test_fewer_results_when_history_covers_the_catalog(handmade: Engine) -> None:
     recs = handmade.recommend(history=["t1", "t2", "s1", "n1"], k=5)
     assert [r.item_id for r in recs] == ["k1"]
 
@@ -240,7 +240,7 @@ def test_batches_keep_to_a_token_budget(tiny_bundle: Path) -> None:
         next(tok.batches(texts, 4, tokens=0))
 
 
-def test_catalogue_batches_run_side_by_side_in_the_callers_order(tiny_bundle: Path) -> None:
+def test_catalog_batches_run_side_by_side_in_the_callers_order(tiny_bundle: Path) -> None:
     from recsys_infer.runtime.encoder import OnnxEncoder
 
     engine = Engine.load(tiny_bundle, device="cpu", threads=2)

@@ -215,7 +215,7 @@ def test_edits_under_concurrent_load_are_atomic(engine: Engine) -> None:
     assert added_at and removed_at  # the writer really ran
 
 
-def test_index_command_rebuilds_the_catalogue_without_retraining(tiny_bundle: Path, tmp_path: Path) -> None:
+def test_index_command_rebuilds_the_catalog_without_retraining(tiny_bundle: Path, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
     from recsys_infer.cli import app

@@ -16,7 +16,7 @@ pytest.importorskip("milvus_lite")
 httpx = pytest.importorskip("httpx")
 
 from recsys_infer.indexing.reindex import MilvusTarget, reindex_bundle  # noqa: E402
-from recsys_infer.indexing.shards import encode_catalogue  # noqa: E402
+from recsys_infer.indexing.shards import encode_catalog  # noqa: E402
 from recsys_infer.scale.encoding import RayRunner  # noqa: E402
 from tests.loopback import free_port, milvus_lite_server  # noqa: E402
 
@@ -40,7 +40,7 @@ def test_ray_data_encodes_the_same_vectors_and_resumes(
     cluster: None, tiny_bundle: Path, tmp_path: Path
 ) -> None:
     texts = _texts(tiny_bundle)
-    local, _ = encode_catalogue(tiny_bundle, texts, tmp_path / "local", items_sha256="x", shard_size=50)
+    local, _ = encode_catalog(tiny_bundle, texts, tmp_path / "local", items_sha256="x", shard_size=50)
     done: list[int] = []
 
     def die_after_three(shard: int) -> None:
@@ -49,10 +49,10 @@ def test_ray_data_encodes_the_same_vectors_and_resumes(
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        encode_catalogue(tiny_bundle, texts, tmp_path / "ray", items_sha256="x", shard_size=50, workers=2,
+        encode_catalog(tiny_bundle, texts, tmp_path / "ray", items_sha256="x", shard_size=50, workers=2,
                          runner=RayRunner(), on_shard=die_after_three)  # fmt: skip
     redone: list[int] = []
-    on_ray, report = encode_catalogue(tiny_bundle, texts, tmp_path / "ray", items_sha256="x", shard_size=50,
+    on_ray, report = encode_catalog(tiny_bundle, texts, tmp_path / "ray", items_sha256="x", shard_size=50,
                                       workers=2, runner=RayRunner(), on_shard=redone.append)  # fmt: skip
     assert float(np.abs(on_ray - local).max()) < 1e-5
     assert report.backend == "ray" and report.reused_shards == 3 and sorted(redone + done) == list(range(6))

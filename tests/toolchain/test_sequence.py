@@ -607,7 +607,7 @@ def test_request_variants_add_requests_but_never_a_held_out_one() -> None:
     from types import SimpleNamespace
 
     from recsys_infer.runtime.catalog import Catalog, Item
-    from recsys_infer.toolchain.prune import _catalogue_requests
+    from recsys_infer.toolchain.prune import _catalog_requests
 
     items = [
         Item("held", "a held-out target", {"genres": ["Comedy", "Drama"]}),
@@ -615,10 +615,10 @@ def test_request_variants_add_requests_but_never_a_held_out_one() -> None:
         Item("plain", "a film with no attributes"),
     ]
     ckpt = SimpleNamespace(catalog=Catalog(items), probe={"requests": ["Comedy, Drama"], "targets": ["held"]})
-    base = _catalogue_requests(ckpt)  # type: ignore[arg-type]
+    base = _catalog_requests(ckpt)  # type: ignore[arg-type]
     assert base == ["Drama, Comedy, Horror, dark", "a film with no"]
-    varied = _catalogue_requests(ckpt, variants=40, seed=0)  # type: ignore[arg-type]
-    assert set(base) < set(varied) and varied == _catalogue_requests(ckpt, variants=40, seed=0)  # type: ignore[arg-type]
+    varied = _catalog_requests(ckpt, variants=40, seed=0)  # type: ignore[arg-type]
+    assert set(base) < set(varied) and varied == _catalog_requests(ckpt, variants=40, seed=0)  # type: ignore[arg-type]
     new = set(varied) - set(base)
     parts = ["Drama", "Comedy", "Horror", "dark"]
     for request in new:  # the other film's attributes, in their order

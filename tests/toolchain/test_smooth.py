@@ -166,7 +166,7 @@ def test_smoothing_options_are_checked(options: dict[str, str], message: str) ->
         QuantizeConfig(**options)  # type: ignore[arg-type]
 
 
-def test_the_item_tower_is_smoothed_on_the_catalogue(seq_optimized: Path, tmp_path: Path) -> None:
+def test_the_item_tower_is_smoothed_on_the_catalog(seq_optimized: Path, tmp_path: Path) -> None:
     out = tmp_path / "item"
     config = QuantizeConfig(mode="dynamic", towers="item", smooth="auto", reindex=True)
     quantize_bundle(seq_optimized, out, config, progress=False)
