@@ -39,7 +39,15 @@ from recsys_infer.runtime.manifest import CompressionStep, Manifest, ReferenceSp
 from recsys_infer.runtime.schema import encode
 from recsys_infer.runtime.users import trained_block, unit_rows
 
-from .fidelity import check_answers, check_gate, measure_fidelity, probe_queries, reference_of
+from .fidelity import (
+    Reference,
+    StepInputs,
+    check_answers,
+    check_gate,
+    measure_fidelity,
+    probe_queries,
+    reference_of,
+)
 from .graphs import (
     QuantizeConfig,
     _Feeds,
@@ -117,9 +125,11 @@ def derive_bundle(
     reference: Path | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    inputs: StepInputs | None = None,
 ) -> StepResult:
     """Copy ``src`` to ``out`` with the chosen towers' graphs transformed, then measure the result
-    against the reference and keep it only if it passes ``max_overlap_drop``."""
+    against the reference and keep it only if it passes ``max_overlap_drop``. ``inputs``: the
+    run's input and reference engines when the transform already loaded them."""
     started = time.perf_counter()
     src, out = Path(src), Path(out)
     if src.resolve() == out.resolve():
@@ -128,6 +138,7 @@ def derive_bundle(
         )
     manifest = read_manifest(src)
     ref_path = reference_of(src, manifest, reference).resolve()
+    inputs = inputs or StepInputs(src, ref_path)
     chosen = _chosen(dict(manifest.towers), TowerChoice(towers))
     if not chosen:
         raise BundleError(f"{src} has no {towers} tower to compress")
@@ -154,7 +165,7 @@ def derive_bundle(
                            built_with="the compressed item tower of this bundle (--reindex)")  # fmt: skip
             draft = read_manifest(tmp)
             stages.update()
-        fidelity = _gated_fidelity(ref_path, tmp, max_overlap_drop, step["step"])
+        fidelity = _gated_fidelity(inputs.reference, tmp, max_overlap_drop, step["step"])
         stages.update()
         stages.set_description(f"{step['step']}: checking the written bundle")
         reindexed = bool(reindex and "item" in chosen)
@@ -172,13 +183,10 @@ def derive_bundle(
     return StepResult(out, encode(record), fidelity, files, time.perf_counter() - started)
 
 
-def _gated_fidelity(ref_path: Path, bundle: Path, max_drop: float | None, step: str) -> dict[str, Any]:
+def _gated_fidelity(reference: Reference, bundle: Path, max_drop: float | None, step: str) -> dict[str, Any]:
     """``bundle``'s fidelity to the reference, refused past ``max_drop``."""
-    fidelity = measure_fidelity(
-        Engine.load(ref_path, device=Device.CPU, exact=True, verify=False),
-        Engine.load(bundle, device=Device.CPU, exact=True, verify=False),
-    )
-    fidelity["reference"] = str(ref_path)
+    fidelity = measure_fidelity(reference, Engine.load(bundle, device=Device.CPU, exact=True, verify=False))
+    fidelity["reference"] = str(reference.engine.path)
     check_gate(
         fidelity,
         max_drop,
@@ -288,12 +296,13 @@ def quantize_bundle(
             )
         # The target is a floor for every kind of query the new graphs serve, not for requests alone.
         max_drop = 1 - config.target_overlap if max_drop is None else max_drop
+    inputs = StepInputs(src, ref_path)  # loaded once, for the transform and the measurement alike
     return derive_bundle(
-        src, out, step=_quantize_record(config), transform=_quantizer(src, manifest, ref_path, config),
+        src, out, step=_quantize_record(config), transform=_quantizer(inputs, manifest, config),
         suffix=_SUFFIX[config.mode], towers=config.towers,
         precision=Precision.FP16 if config.mode is QuantMode.FP16 else Precision.INT8,
         reindex=config.reindex, max_overlap_drop=max_drop, reference=reference, overwrite=overwrite,
-        progress=progress,
+        progress=progress, inputs=inputs,
     )  # fmt: skip
 
 
@@ -318,31 +327,31 @@ def _quantize_record(config: QuantizeConfig) -> dict[str, Any]:
     return step
 
 
-def _quantizer(src: Path, manifest: Manifest, ref_path: Path, config: QuantizeConfig) -> Transform:
-    """The graph transform of ``config.mode``, for the graphs of ``src``."""
+def _quantizer(inputs: StepInputs, manifest: Manifest, config: QuantizeConfig) -> Transform:
+    """The graph transform of ``config.mode``, for the graphs of the input bundle."""
 
     def transform(a: Path, b: Path, readers: list[str]) -> dict[str, Any]:
         if config.mode is QuantMode.AUTO and is_text_graph(a):
             return mixed_precision_graph(
-                src, a, b, reference=ref_path, target=config.target_overlap, keep_fp32=config.keep_fp32,
+                inputs, a, b, target=config.target_overlap, keep_fp32=config.keep_fp32,
                 smooth=config.smooth_alpha, progress=lambda s: logger.info("auto: %s", s),
             )  # fmt: skip
         if config.mode is QuantMode.DYNAMIC and config.smooth_alpha is not None and is_text_graph(a):
-            return _smoothed_dynamic(src, ref_path, a, b, readers, config)
+            return _smoothed_dynamic(inputs, a, b, readers, config)
         if config.mode in (QuantMode.DYNAMIC, QuantMode.AUTO):  # auto: a history graph has no transformer
             return quantize_dynamic_graph(a, b, config)
         if config.mode is QuantMode.BLOCKWISE:
             return quantize_blockwise_graph(a, b, config)
         if config.mode is QuantMode.FP16:
             return fp16_graph(a, b)
-        feeds = _calibration(src, manifest, readers, config.calibration_size)
+        feeds = _calibration(inputs, manifest, readers, config.calibration_size)
         return quantize_static_graph(a, b, feeds, config)
 
     return transform
 
 
 def _smoothed_dynamic(
-    src: Path, ref_path: Path, a: Path, b: Path, readers: list[str], config: QuantizeConfig
+    inputs: StepInputs, a: Path, b: Path, readers: list[str], config: QuantizeConfig
 ) -> dict[str, Any]:
     """Dynamic int8 of text graph ``a`` after smoothing, the strength chosen on the item side's
     catalogue or the request side's probe requests."""
@@ -355,19 +364,18 @@ def _smoothed_dynamic(
     with tempfile.TemporaryDirectory(prefix="recsys-infer-smooth-") as tmp:
         if readers == ["item"]:
             source, smoothing = _smoothed_item_graph(
-                src, ref_path, a, Path(tmp), smooth=alpha, exclude=exclude, per_channel=config.per_channel,
+                inputs, a, Path(tmp), smooth=alpha, exclude=exclude, per_channel=config.per_channel,
             )  # fmt: skip
         else:
             source, smoothing = smoothed_request_graph(
-                src, a, Path(tmp), reference=ref_path, smooth=alpha, exclude=exclude,
+                inputs, a, Path(tmp), smooth=alpha, exclude=exclude,
                 per_channel=config.per_channel, progress=lambda s: logger.info("dynamic: %s", s),
             )  # fmt: skip
         return {**quantize_dynamic_graph(source, b, config), "smoothing": smoothing}
 
 
 def _smoothed_item_graph(
-    src: Path,
-    reference: Path,
+    inputs: StepInputs,
     graph: Path,
     workdir: Path,
     *,
@@ -386,11 +394,10 @@ def _smoothed_item_graph(
 
     from .smooth import smoothed_source
 
-    engine = Engine.load(src, device=Device.CPU, exact=True, verify=False)
-    ref = Engine.load(reference, device=Device.CPU, exact=True, verify=False)
-    items, target = engine.item_encoder, ref.item_encoder
+    engine = inputs.source
+    items, target = engine.item_encoder, inputs.reference.engine.item_encoder
     if not isinstance(items, OnnxEncoder):
-        raise ConfigError(f"{src} has no ONNX item tower to smooth")
+        raise ConfigError(f"{inputs.src} has no ONNX item tower to smooth")
     texts = [item.text for item in engine.items(engine.item_ids)]
     every = max(1, len(texts) // (calibration + sample))
     spread = texts[::every]
@@ -409,10 +416,10 @@ def _smoothed_item_graph(
     return source, {**record, "measured_on": f"{len(held)} catalogue texts' item vectors"}
 
 
-def _calibration(src: Path, manifest: Manifest, readers: list[str], size: int) -> _Feeds:
+def _calibration(inputs: StepInputs, manifest: Manifest, readers: list[str], size: int) -> _Feeds:
     """Real inputs for the towers that read one graph: validation users from the probe set for
     the user side, catalogue texts for the item side (never the test split)."""
-    engine = Engine.load(src, device=Device.CPU, exact=True, verify=False)
+    engine, src = inputs.source, inputs.src
     users, requests = probe_queries(engine, limit=size)
     tower = manifest.towers[readers[0]]
     if tower.kind == "sequence":

@@ -5,6 +5,7 @@ never the test split), ranked by exact search; and the gate that refuses a step 
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -66,18 +67,71 @@ def stored_vectors(engine: Engine) -> np.ndarray:
     return np.load(engine.path / engine.manifest.index.vectors_file, allow_pickle=False)
 
 
-def measure_fidelity(reference: Engine, candidate: Engine, *, item_sample: int = 1000) -> dict[str, Any]:
+class Reference:
+    """The uncompressed bundle a result is measured against, for one run: its engine (exact
+    search), the probe's queries, its stored item vectors, and its vectors for each kind of probe
+    query, each computed on first use and kept, so the steps of a run (the search, smoothing,
+    the final measurement) share one load and one pass over the probe."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._served: dict[str, np.ndarray] = {}
+
+    @classmethod
+    def load(cls, path: Path, *, threads: int | None = None) -> Reference:
+        return cls(Engine.load(path, device=Device.CPU, exact=True, verify=False, threads=threads))
+
+    @functools.cached_property
+    def queries(self) -> dict[str, list[Query]]:
+        """The probe's history users (``user``) and requests (``request``)."""
+        users, requests = probe_queries(self.engine)
+        return {"user": users, "request": requests}
+
+    @functools.cached_property
+    def items(self) -> np.ndarray:
+        return stored_vectors(self.engine)
+
+    def served(self, kind: str) -> np.ndarray:
+        """The reference's vectors of the probe's ``kind`` queries, one query per run."""
+        if kind not in self._served:
+            self._served[kind] = served_vectors(self.engine, self.queries[kind])
+        return self._served[kind]
+
+
+class StepInputs:
+    """What one compression run reads besides its graphs: the input bundle's engine and the
+    reference, each loaded once for the whole run (``verify=False``: the input was verified
+    when the step read its manifest)."""
+
+    def __init__(self, src: Path, reference: Path) -> None:
+        self.src, self.reference_path = Path(src), Path(reference)
+
+    @functools.cached_property
+    def source(self) -> Engine:
+        """The input bundle's engine: the reference's own when the input is the reference (a
+        search that swaps a candidate graph into it puts the original back when it is done)."""
+        if self.src.resolve() == self.reference_path.resolve():
+            return self.reference.engine
+        return Engine.load(self.src, device=Device.CPU, exact=True, verify=False)
+
+    @functools.cached_property
+    def reference(self) -> Reference:
+        return Reference.load(self.reference_path)
+
+
+def measure_fidelity(
+    reference: Engine | Reference, candidate: Engine, *, item_sample: int = 1000
+) -> dict[str, Any]:
     """Cosines and recommendation overlap of ``candidate`` against ``reference`` (exact search)."""
-    users, requests = probe_queries(reference)
-    if not requests:  # every item has a text, so this means an empty catalogue
+    ref = reference if isinstance(reference, Reference) else Reference(reference)
+    if not ref.queries["request"]:  # every item has a text, so this means an empty catalogue
         raise FidelityError(
-            f"no probe request could be built for {reference.path}: the request tower is unmeasured"
+            f"no probe request could be built for {ref.engine.path}: the request tower is unmeasured"
         )
-    ref_items, new_items = stored_vectors(reference), stored_vectors(candidate)
-    result: dict[str, Any] = {"reference": str(reference.path), "queries": {}}
-    groups = {"user": users, "request": requests}
-    for name, queries in groups.items():
-        ref_users = served_vectors(reference, queries)
+    ref_items, new_items = ref.items, stored_vectors(candidate)
+    result: dict[str, Any] = {"reference": str(ref.engine.path), "queries": {}}
+    for name, queries in ref.queries.items():
+        ref_users = ref.served(name)
         new_users = served_vectors(candidate, queries)
         entry: dict[str, Any] = {"count": len(queries), **_cosines(ref_users, new_users)}
         ref_top = {k: top_k(ref_users, ref_items, k) for k in (10, 100)}
@@ -87,12 +141,12 @@ def measure_fidelity(reference: Engine, candidate: Engine, *, item_sample: int =
         batched = top_k(candidate.encode_users(queries), new_items, 10)
         entry["overlap@10_batched"] = round(overlap(ref_top[10], batched), 4)
         result["queries"][name] = entry
-    texts = [i.text for i in reference.items(reference.item_ids)]
+    texts = [i.text for i in ref.engine.items(ref.engine.item_ids)]
     step = max(1, len(texts) // item_sample)
     sample = texts[::step][:item_sample]
     result["item"] = {
         "count": len(sample),
-        **_cosines(reference.encode_items(sample), candidate.encode_items(sample)),
+        **_cosines(ref.engine.encode_items(sample), candidate.encode_items(sample)),
     }
     result["index_vectors"] = _cosines(ref_items, new_items) if ref_items.shape == new_items.shape else None
     result["overlap@10"] = result["queries"]["user"]["overlap@10"]

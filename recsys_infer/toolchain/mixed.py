@@ -65,7 +65,7 @@ from recsys_infer.runtime.providers import create_session
 from recsys_infer.runtime.types import Query
 from recsys_infer.runtime.users import SequenceUserEncoder, TextUserEncoder
 
-from .fidelity import probe_queries, served_vectors, stored_vectors
+from .fidelity import Reference, StepInputs, served_vectors
 from .graphs import Unit, blockwise_int8, dynamic_int8, graph_units, matmuls_to_keep, quiet_quantizer
 from .outliers import outlier_channels, split_outliers
 from .smooth import smoothed_source
@@ -180,7 +180,7 @@ class GraphProbe:
     """
 
     def __init__(
-        self, engine: Engine, reference: Engine, groups: dict[str, Sequence[Query]], *, threads: int | None
+        self, engine: Engine, reference: Reference, groups: Sequence[str], *, threads: int | None
     ) -> None:
 
         encoder = engine.request_encoder
@@ -191,9 +191,9 @@ class GraphProbe:
         self.tokenizer = encoder.tokenizer
         self.dim = encoder.dim
         self._threads = threads
-        self._items = stored_vectors(reference)
-        self._groups = {name: list(q) for name, q in groups.items() if q}
-        self._ref = {name: served_vectors(reference, q) for name, q in self._groups.items()}
+        self._items = reference.items
+        self._groups = {name: reference.queries[name] for name in groups if reference.queries[name]}
+        self._ref = {name: reference.served(name) for name in self._groups}
         self._ref_top = {name: top_k(v, self._items, 10) for name, v in self._ref.items()}
 
     def encoder(self, graph: Path) -> OnnxEncoder:
@@ -455,44 +455,39 @@ def _per_tensor_timing(
 
 
 def request_probe(
-    bundle: Path, reference: Path, *, threads: int | None = None
+    inputs: StepInputs, *, threads: int | None = None
 ) -> tuple[GraphProbe, list[Query], list[dict[str, np.ndarray]]]:
-    """The probe for ``bundle``'s request-path text graph against ``reference``; the probe's
-    requests; and, tokenised one by one, the texts the graph reads for them (for a text user
-    tower, the users' texts too), which calibrate smoothing."""
-
-    engine = Engine.load(bundle, device=Device.CPU, exact=True, verify=False, threads=threads)
-    ref = Engine.load(reference, device=Device.CPU, exact=True, verify=False, threads=threads)
-    users, requests = probe_queries(ref)
+    """The probe for the input bundle's request-path text graph against the reference; the
+    probe's requests; and, tokenised one by one, the texts the graph reads for them (for a text
+    user tower, the users' texts too), which calibrate smoothing."""
+    engine, ref = inputs.source, inputs.reference
+    requests, users = ref.queries["request"], ref.queries["user"]
     if not requests:
         raise FidelityError(
-            f"no probe request could be built for {reference}: nothing to measure the search on"
+            f"no probe request could be built for {inputs.reference_path}: nothing to measure the search on"
         )
-    groups: dict[str, Sequence[Query]] = {"request": requests}
-    texts = [q.text or "" for q in requests]
+    groups, texts = ["request"], [q.text or "" for q in requests]
     if isinstance(engine.user_encoder, TextUserEncoder):
-        groups["user"] = users
+        groups.append("user")
         texts += [engine.user_text(q) for q in users]
     probe = GraphProbe(engine, ref, groups, threads=threads)
     return probe, requests, [probe.tokenizer([t]) for t in texts]
 
 
 def smoothed_request_graph(
-    bundle: Path,
+    inputs: StepInputs,
     graph: Path,
     workdir: Path,
     *,
-    reference: Path,
     smooth: float | str,
     exclude: Sequence[str] = (),
     per_channel: bool = True,
     threads: int | None = None,
     progress: Callable[[str], None] = lambda _: None,
 ) -> tuple[Path, dict[str, Any]]:
-    """``bundle``'s request-path text ``graph`` smoothed (:func:`.smooth.smoothed_source`,
+    """The input bundle's request-path text ``graph`` smoothed (:func:`.smooth.smoothed_source`,
     calibrated and searched on the probe's requests): the graph to quantize and the record."""
-
-    probe, _, feeds = request_probe(bundle, reference, threads=threads)
+    probe, _, feeds = request_probe(inputs, threads=threads)
     return smoothed_source(
         graph, feeds, smooth, workdir, measure=probe.measure, exclude=exclude, per_channel=per_channel,
         progress=progress,
@@ -500,23 +495,22 @@ def smoothed_request_graph(
 
 
 def mixed_precision_graph(
-    bundle: Path,
+    inputs: StepInputs,
     graph: Path,
     dst: Path,
     *,
-    reference: Path,
     target: float,
     keep_fp32: Sequence[str] = (),
     smooth: float | str | None = None,
     threads: int | None = None,
     progress: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
-    """Search and write the mixed-precision form of ``bundle``'s request-path text ``graph``
+    """Search and write the mixed-precision form of the input bundle's request-path text ``graph``
     (smoothed first when ``smooth`` asks); the record of the search (smoothing, sensitivities,
     candidates, the plan, measured latency against ``graph`` as it came)."""
     import onnx
 
-    probe, requests, feeds = request_probe(bundle, reference, threads=threads)
+    probe, requests, feeds = request_probe(inputs, threads=threads)
     model = onnx.load(str(graph))
     fixed = set(matmuls_to_keep(model.graph, keep_fp32))
     units = [u for u in graph_units(model) if not fixed & set(u.nodes)]
