@@ -81,7 +81,7 @@ def seq_bundle_for_compress(request: pytest.FixtureRequest, tmp_path_factory: py
 def seq_optimized(seq_bundle_for_compress: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny sequence bundle with its request graph fused (``optimize --tower user``); tests
     only read it."""
-    from recsys_infer.toolchain.compress import optimize_bundle
+    from recsys_infer.toolchain.compress.steps import optimize_bundle
 
     out = tmp_path_factory.mktemp("seq-opt") / "bundle"
     optimize_bundle(seq_bundle_for_compress, out, towers="user", progress=False)

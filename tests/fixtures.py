@@ -104,7 +104,7 @@ def write_pooling_modules(folder: Path, pooling: str) -> None:
 
 def build_checkpoint(encoder: Path, out: Path) -> Path:
     """A text-kind checkpoint, 8 steps on the small sample."""
-    from recsys_infer.toolchain.train import TrainConfig, train
+    from recsys_infer.toolchain.train.loop import TrainConfig, train
 
     config = TrainConfig(
         user_tower="text",
@@ -119,7 +119,7 @@ def build_checkpoint(encoder: Path, out: Path) -> Path:
 
 
 def build_bundle(checkpoint: Path, out: Path) -> Path:
-    from recsys_infer.toolchain.export import export_bundle
+    from recsys_infer.toolchain.export.bundle import export_bundle
 
     export_bundle(checkpoint, out, progress=False)
     return out
@@ -127,7 +127,7 @@ def build_bundle(checkpoint: Path, out: Path) -> Path:
 
 def build_sequence_bundle(encoder: Path, root: Path) -> Path:
     """A tiny sequence bundle: a history graph plus a request tower."""
-    from recsys_infer.toolchain.train import TrainConfig, train
+    from recsys_infer.toolchain.train.loop import TrainConfig, train
 
     config = TrainConfig(
         user_tower="sequence",  # type: ignore[arg-type]

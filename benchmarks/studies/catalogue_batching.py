@@ -63,7 +63,7 @@ def _arms(bundle: Path, engine: Engine, checkpoint: Path | None) -> dict[str, En
     }
     if checkpoint is not None:
         from recsys_infer.bench.reference import reference_subject
-        from recsys_infer.toolchain.checkpoint import load_checkpoint
+        from recsys_infer.toolchain.train.checkpoint import load_checkpoint
 
         reference = reference_subject(
             checkpoint, load_checkpoint(checkpoint), threads=cores, load_s=0.0, bf16=True

@@ -33,9 +33,9 @@ from transformers import BertConfig, BertModel
 
 from recsys_infer.data import Dataset, leave_one_out
 from recsys_infer.runtime.catalog import Catalog, Item
-from recsys_infer.toolchain.model import ModelConfig, TwoTower
-from recsys_infer.toolchain.sequence_train import FULL_SOFTMAX_MAX_ITEMS, train_sequence_loop
-from recsys_infer.toolchain.train import TrainConfig
+from recsys_infer.toolchain.train.loop import TrainConfig
+from recsys_infer.toolchain.train.model import ModelConfig, TwoTower
+from recsys_infer.toolchain.train.sequence import FULL_SOFTMAX_MAX_ITEMS, train_sequence_loop
 
 WIDTH = 384
 

@@ -9,7 +9,7 @@ stream from memory as a real request graph's do, and quantizes each graph twice 
 (tokens), batch 1, under the engine's CPU session options with threads spinning while a run
 lasts; rounds interleave the two forms. Figures are the median over rounds of a round's
 median, per MatMul, in µs. ``quantize --mode auto`` trades fidelity for this difference
-(:data:`recsys_infer.toolchain.mixed.INT8_TENSOR`).
+(:data:`recsys_infer.toolchain.compress.mixed.INT8_TENSOR`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from recsys_infer.runtime.providers import onnxruntime, session_options
-from recsys_infer.toolchain.graphs import dynamic_int8, quiet_quantizer
+from recsys_infer.toolchain.compress.graphs import dynamic_int8, quiet_quantizer
 
 SHAPES = ((384, 1536), (1536, 384), (384, 384))
 PRODUCTS = 12

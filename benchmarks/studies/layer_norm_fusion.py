@@ -28,7 +28,7 @@ import numpy as np
 
 from recsys_infer.runtime.bundle import read_manifest
 from recsys_infer.runtime.providers import onnxruntime, session_options
-from recsys_infer.toolchain.graphs import dynamic_int8, optimize_graph
+from recsys_infer.toolchain.compress.graphs import dynamic_int8, optimize_graph
 
 
 def _fused(src: Path, dst: Path) -> None:

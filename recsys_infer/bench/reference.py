@@ -30,8 +30,8 @@ from recsys_infer.runtime.providers import parse_device, session_options
 from recsys_infer.runtime.store import LocalItems
 from recsys_infer.runtime.tokenizer import TextTokenizer, length_batches
 from recsys_infer.runtime.users import SequenceUserEncoder, TextUserEncoder, UserEncoder, add_offsets
-from recsys_infer.toolchain.checkpoint import CHECKPOINT_FILE, Checkpoint
-from recsys_infer.toolchain.model import SequenceTower, TextTower
+from recsys_infer.toolchain.train.checkpoint import CHECKPOINT_FILE, Checkpoint
+from recsys_infer.toolchain.train.model import SequenceTower, TextTower
 
 from .subjects import Subject, folder_bytes
 

@@ -431,7 +431,7 @@ def _load(
     subjects: list[Subject] = []
     checkpoint = None
     if ref_path is not None:
-        from recsys_infer.toolchain.checkpoint import load_checkpoint
+        from recsys_infer.toolchain.train.checkpoint import load_checkpoint
 
         from .reference import peer_subjects, reference_subject
 

@@ -51,7 +51,7 @@ def export(
     from dataclasses import replace
 
     from recsys_infer.runtime.bundle import read_manifest
-    from recsys_infer.toolchain.export import (
+    from recsys_infer.toolchain.export.bundle import (
         ExportConfig,
         export_bundle,
         export_config_from_recipe,
@@ -109,7 +109,7 @@ def optimize(
     json_out: JsonOut = None,
 ) -> None:
     """ONNX Runtime's transformer fusions (attention, layer norm, GELU), verified against the reference."""
-    from recsys_infer.toolchain.compress import optimize_bundle
+    from recsys_infer.toolchain.compress.steps import optimize_bundle
 
     result = optimize_bundle(
         bundle, out, towers=tower, max_overlap_drop=max_overlap_drop, reference=reference, overwrite=overwrite
@@ -175,7 +175,7 @@ def quantize(
 ) -> None:
     """int8 (dynamic, calibrated static, blockwise or auto mixed int8/fp32) or fp16 towers, with
     their measured cost."""
-    from recsys_infer.toolchain.compress import QuantizeConfig, quantize_bundle
+    from recsys_infer.toolchain.compress.steps import QuantizeConfig, quantize_bundle
 
     config = QuantizeConfig(
         mode=mode,
@@ -250,7 +250,7 @@ def prune(
     json_out: JsonOut = None,
 ) -> None:
     """Remove attention heads, FFN neurons (and layers) by measured importance; recover by distillation."""
-    from recsys_infer.toolchain.prune import PruneConfig, prune_checkpoint
+    from recsys_infer.toolchain.prune.pruning import PruneConfig, prune_checkpoint
 
     config = PruneConfig(
         ratio=ratio,
@@ -338,7 +338,7 @@ def convert(
     json_out: JsonOut = None,
 ) -> None:
     """Write a bundle's text towers as sentence-transformers folders (with ONNX backend files)."""
-    from recsys_infer.toolchain.convert import to_sentence_transformers
+    from recsys_infer.toolchain.export.convert import to_sentence_transformers
 
     result = to_sentence_transformers(bundle, out, checkpoint=checkpoint, overwrite=overwrite)
     for name, folder in result.folders.items():

@@ -184,7 +184,7 @@ def train_command(
     """Fine-tune the two towers on a data set's training split."""
     given = dict(locals())  # every option named after a TrainConfig field overrides it
     from recsys_infer.data import load_dataset
-    from recsys_infer.toolchain.train import train as run_train
+    from recsys_infer.toolchain.train.loop import train as run_train
 
     config, encoder, revision = _train_config(recipe, given, encoder, revision)
     dataset = load_dataset(data)
@@ -205,11 +205,11 @@ def _train_config(
     option given on the command line over it; and the encoder and revision, flags first."""
     import dataclasses
 
-    from recsys_infer.toolchain.train import TrainConfig
+    from recsys_infer.toolchain.train.loop import TrainConfig
 
     base = TrainConfig()
     if recipe is not None:
-        from recsys_infer.toolchain.export import read_recipe
+        from recsys_infer.toolchain.export.bundle import read_recipe
 
         doc = read_recipe(recipe)
         base = TrainConfig(**doc.get("train", {}))

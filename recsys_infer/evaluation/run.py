@@ -154,8 +154,8 @@ def _check_catalog(engine: Engine, dataset: Dataset, name: str) -> None:
 
 def _zero_shot_bundle(dataset: Dataset, like: Engine | None, work: Path) -> Path:
     """The pretrained encoder, untrained, as text towers with the token budgets of ``like``."""
-    from recsys_infer.toolchain.export import export_bundle
-    from recsys_infer.toolchain.train import TrainConfig, train
+    from recsys_infer.toolchain.export.bundle import export_bundle
+    from recsys_infer.toolchain.train.loop import TrainConfig, train
 
     config, encoder = TrainConfig(user_tower=UserTowerKind.TEXT, max_steps=0), None
     if like is not None and like.manifest is not None:

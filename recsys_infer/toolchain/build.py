@@ -28,9 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from recsys_infer.errors import ExportError, OutputExistsError
-
-from .compress import QuantizeConfig, optimize_bundle, quantize_bundle
-from .export import export_bundle, export_config_from_recipe, read_recipe
+from recsys_infer.toolchain.compress.steps import QuantizeConfig, optimize_bundle, quantize_bundle
+from recsys_infer.toolchain.export.bundle import export_bundle, export_config_from_recipe, read_recipe
 
 logger = logging.getLogger(__name__)
 
@@ -129,8 +128,7 @@ def _train(recipe: dict[str, Any], data: str | None, checkpoint: Path, result: B
     if not data:
         raise ExportError("build needs --data to train on, or --checkpoint with a trained model")
     from recsys_infer.data import load_dataset
-
-    from .train import TrainConfig, train
+    from recsys_infer.toolchain.train.loop import TrainConfig, train
 
     trained = train(
         load_dataset(data),
@@ -155,7 +153,7 @@ def _prune(
     result: BuildResult,
 ) -> Path:
     """The recipe's ``[prune]`` stage: the pruned checkpoint, exported against ``reference``."""
-    from .prune import PruneConfig, prune_checkpoint
+    from recsys_infer.toolchain.prune.pruning import PruneConfig, prune_checkpoint
 
     spec = dict(recipe["prune"])
     prune_config = PruneConfig(

@@ -56,7 +56,7 @@ def test_breakdown_splits_time_and_restores_the_engine(tiny_bundle: Path) -> Non
 @pytest.fixture(scope="module")
 def quick_report(tiny_checkpoint: Path, tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from recsys_infer.enums import QuantMode, TowerChoice
-    from recsys_infer.toolchain.compress import QuantizeConfig, quantize_bundle
+    from recsys_infer.toolchain.compress.steps import QuantizeConfig, quantize_bundle
 
     root = tmp_path_factory.mktemp("bench")
     (root / "data").mkdir()

@@ -129,7 +129,7 @@ def test_evaluate_job_pairs_models_on_the_same_users(tiny_bundle: Path) -> None:
 
 def test_evaluate_pairs_the_request_path_of_bundles(tiny_bundle: Path, tmp_path: Path) -> None:
     """Two bundles with --requests: their request results are paired too, by the same rule."""
-    from recsys_infer.toolchain.compress import QuantizeConfig, quantize_bundle
+    from recsys_infer.toolchain.compress.steps import QuantizeConfig, quantize_bundle
 
     int8 = tmp_path / "int8"
     quantize_bundle(tiny_bundle, int8, QuantizeConfig(towers="user"), progress=False)

@@ -230,7 +230,7 @@ def test_every_bundle_carries_a_model_card_of_its_own(tiny_bundle: Path, tmp_pat
     """README.md is written from the manifest with it, so a compressed bundle's card describes
     the compressed model, and the card is checksummed like every other file."""
     pytest.importorskip("torch", reason="compressing a bundle needs the toolchain")
-    from recsys_infer.toolchain.compress import QuantizeConfig, quantize_bundle
+    from recsys_infer.toolchain.compress.steps import QuantizeConfig, quantize_bundle
 
     manifest = json.loads((tiny_bundle / "manifest.json").read_text())
     card = (tiny_bundle / "README.md").read_text()

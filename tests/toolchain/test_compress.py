@@ -19,8 +19,13 @@ from recsys_infer.enums import Precision
 from recsys_infer.errors import BundleError, DeviceUnavailableError, FidelityError
 from recsys_infer.runtime.bundle import read_manifest, sha256_file
 from recsys_infer.runtime.schema import encode
-from recsys_infer.toolchain.compress import QuantizeConfig, optimize_bundle, probe_queries, quantize_bundle
-from recsys_infer.toolchain.fidelity import served_vectors
+from recsys_infer.toolchain.compress.steps import (
+    QuantizeConfig,
+    optimize_bundle,
+    probe_queries,
+    quantize_bundle,
+)
+from recsys_infer.toolchain.export.fidelity import served_vectors
 
 
 def _ops(path: Path) -> Counter[str]:
@@ -227,7 +232,7 @@ def test_blockwise_int8_is_closer_to_fp32_than_dynamic(optimized: Path, tmp_path
 def test_the_gate_watches_requests_as_well_as_users() -> None:
     """A sequence bundle's requests can fare far worse than its history users; the gate must
     refuse on the worse of the two and say which it was."""
-    from recsys_infer.toolchain.compress import check_gate
+    from recsys_infer.toolchain.compress.steps import check_gate
 
     fidelity = {"queries": {"user": {"overlap@10": 0.98}, "request": {"overlap@10": 0.79}}}
     check_gate(fidelity, None, "quantize lowered", "")

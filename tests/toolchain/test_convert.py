@@ -19,7 +19,7 @@ def test_text_towers_convert_and_load_in_sentence_transformers(tiny_bundle: Path
     from sentence_transformers import SentenceTransformer
 
     from recsys_infer.bench.subjects import text_side
-    from recsys_infer.toolchain.convert import to_sentence_transformers
+    from recsys_infer.toolchain.export.convert import to_sentence_transformers
 
     result = to_sentence_transformers(tiny_bundle, tmp_path / "st")
     assert set(result.folders) == {"item", "user"} and min(result.min_cosine.values()) >= 0.9999
@@ -31,7 +31,7 @@ def test_text_towers_convert_and_load_in_sentence_transformers(tiny_bundle: Path
             model = SentenceTransformer(str(folder), backend=backend, device="cpu")
             theirs = model.encode(TEXTS, normalize_embeddings=True)
             np.testing.assert_allclose(theirs, ours[name], atol=2e-5, err_msg=f"{name} {backend}")
-    from recsys_infer.toolchain.encoders import declared_pooling
+    from recsys_infer.toolchain.train.encoders import declared_pooling
 
     manifest = json.loads((tiny_bundle / "manifest.json").read_text())
     for folder in result.folders.values():  # the folders declare the bundle's pooling, and normalise
@@ -39,8 +39,8 @@ def test_text_towers_convert_and_load_in_sentence_transformers(tiny_bundle: Path
 
 
 def test_what_sentence_transformers_cannot_express_is_refused(tmp_path: Path, tiny_bundle: Path) -> None:
-    from recsys_infer.toolchain.compress import QuantizeConfig, quantize_bundle
-    from recsys_infer.toolchain.convert import to_sentence_transformers
+    from recsys_infer.toolchain.compress.steps import QuantizeConfig, quantize_bundle
+    from recsys_infer.toolchain.export.convert import to_sentence_transformers
 
     int8 = tmp_path / "int8"
     quantize_bundle(tiny_bundle, int8, QuantizeConfig(mode="dynamic", towers="both"))
@@ -52,9 +52,9 @@ def test_what_sentence_transformers_cannot_express_is_refused(tmp_path: Path, ti
 
 
 def test_a_sequence_bundle_is_refused_with_the_reason(tmp_path: Path, tiny_encoder: Path) -> None:
-    from recsys_infer.toolchain.convert import to_sentence_transformers
-    from recsys_infer.toolchain.export import export_bundle
-    from recsys_infer.toolchain.train import TrainConfig, train
+    from recsys_infer.toolchain.export.bundle import export_bundle
+    from recsys_infer.toolchain.export.convert import to_sentence_transformers
+    from recsys_infer.toolchain.train.loop import TrainConfig, train
     from tests.conftest import small_sample
 
     config = TrainConfig(user_tower="sequence", max_steps=1, batch_size=16, item_max_length=32)

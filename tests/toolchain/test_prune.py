@@ -14,9 +14,9 @@ from recsys_infer import Engine
 from recsys_infer.errors import CheckpointError, ExportError, FidelityError
 from recsys_infer.runtime.bundle import read_manifest
 from recsys_infer.runtime.schema import encode
-from recsys_infer.toolchain.checkpoint import load_checkpoint
-from recsys_infer.toolchain.export import export_bundle
-from recsys_infer.toolchain.prune import PruneConfig, prune_checkpoint
+from recsys_infer.toolchain.export.bundle import export_bundle
+from recsys_infer.toolchain.prune.pruning import PruneConfig, prune_checkpoint
+from recsys_infer.toolchain.train.checkpoint import load_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +141,7 @@ def test_build_runs_a_whole_chain(tiny_checkpoint: Path, tmp_path: Path) -> None
 
 def test_shipped_recipes_are_valid(tmp_path: Path) -> None:
     from recsys_infer.toolchain.build import check_recipe
-    from recsys_infer.toolchain.export import read_recipe
+    from recsys_infer.toolchain.export.bundle import read_recipe
 
     recipes = sorted((Path(__file__).resolve().parents[2] / "export").glob("*.toml"))
     assert len(recipes) >= 3
@@ -154,7 +154,7 @@ def test_shipped_recipes_are_valid(tmp_path: Path) -> None:
 
 
 def test_distillation_rate_warms_up_then_decays_to_zero() -> None:
-    from recsys_infer.toolchain.prune import _warmup_cosine
+    from recsys_infer.toolchain.prune.pruning import _warmup_cosine
 
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     schedule = _warmup_cosine(optimizer, 100)

@@ -15,8 +15,8 @@ from recsys_infer.errors import CheckpointError, QueryError
 from recsys_infer.runtime.bundle import read_manifest
 from recsys_infer.runtime.schema import encode
 from recsys_infer.runtime.users import weigh_blocks
-from recsys_infer.toolchain.model import ItemHead, SequenceConfig, SequenceTower
-from recsys_infer.toolchain.train import TrainConfig, hold_out_items, train
+from recsys_infer.toolchain.train.loop import TrainConfig, hold_out_items, train
+from recsys_infer.toolchain.train.model import ItemHead, SequenceConfig, SequenceTower
 from tests.conftest import small_sample
 
 SEQ = {"user_tower": "sequence", "user_max_length": 32, "item_max_length": 32, "hidden": 32, "heads": 2,
@@ -72,7 +72,7 @@ def seq_checkpoint(tiny_encoder: Path, tmp_path_factory: pytest.TempPathFactory)
 
 @pytest.fixture(scope="module")
 def seq_bundle(seq_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from recsys_infer.toolchain.export import export_bundle
+    from recsys_infer.toolchain.export.bundle import export_bundle
 
     out = tmp_path_factory.mktemp("seqb") / "bundle"
     export_bundle(seq_checkpoint, out, progress=False)
@@ -131,7 +131,7 @@ def test_sequence_bundle_parity_and_serving(seq_bundle: Path) -> None:
 def test_single_space_export_keeps_the_trained_space_alone(
     seq_checkpoint: Path, seq_bundle: Path, tmp_path: Path
 ) -> None:
-    from recsys_infer.toolchain.export import ExportConfig, export_bundle
+    from recsys_infer.toolchain.export.bundle import ExportConfig, export_bundle
 
     export_bundle(seq_checkpoint, tmp_path / "one", config=ExportConfig(text_space=False), progress=False)
     manifest = read_manifest(tmp_path / "one")
@@ -164,7 +164,7 @@ def test_the_text_block_is_the_untrained_encoder(
     seq_bundle: Path, tiny_encoder: Path, tmp_path: Path
 ) -> None:
     """A request weighed (0, 1) reads a text exactly as the untrained encoder does (zero-shot)."""
-    from recsys_infer.toolchain.export import export_bundle
+    from recsys_infer.toolchain.export.bundle import export_bundle
 
     config = TrainConfig(max_steps=0, user_max_length=32, item_max_length=32, user_tower="text")  # type: ignore[arg-type]
     train(small_sample(), tmp_path / "zero", encoder=str(tiny_encoder), config=config, progress=False)
@@ -180,7 +180,7 @@ def test_the_text_block_is_the_untrained_encoder(
 def _probe_case(rng: np.random.Generator, informative: str) -> tuple:
     """Items whose trained block (or text block) holds the answer; the other is noise."""
     from recsys_infer.runtime.users import unit_rows
-    from recsys_infer.toolchain.fusion import ProbeQueries
+    from recsys_infer.toolchain.export.fusion import ProbeQueries
 
     n, d, users = 300, 16, 120
     trained, text = unit_rows(rng.normal(size=(n, d))), unit_rows(rng.normal(size=(n, d)))
@@ -200,7 +200,7 @@ def _probe_case(rng: np.random.Generator, informative: str) -> tuple:
 
 @pytest.mark.parametrize("informative", ["trained", "text"])
 def test_choose_fusion_weighs_the_space_that_finds_the_targets(informative: str) -> None:
-    from recsys_infer.toolchain.fusion import choose_fusion
+    from recsys_infer.toolchain.export.fusion import choose_fusion
 
     queries, items, users, requests = _probe_case(np.random.default_rng(3), informative)
     fusion = choose_fusion(queries, items, users, requests, trained_dim=16, max_history=50)
@@ -290,7 +290,7 @@ def _interrupt_after(monkeypatch: pytest.MonkeyPatch, module: object, name: str,
 def test_interrupted_training_resumes_to_the_same_model(
     tiny_encoder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str, settings: dict, hook: str
 ) -> None:
-    import recsys_infer.toolchain.train as train_module
+    import recsys_infer.toolchain.train.loop as train_module
 
     config = TrainConfig(**settings)
     data = small_sample()
@@ -340,8 +340,8 @@ def test_item_offsets_train_export_and_stay_zero_for_cold_items(
     tiny_encoder: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     from recsys_infer.runtime.users import add_offsets
-    from recsys_infer.toolchain.checkpoint import load_checkpoint
-    from recsys_infer.toolchain.export import export_bundle
+    from recsys_infer.toolchain.export.bundle import export_bundle
+    from recsys_infer.toolchain.train.checkpoint import load_checkpoint
 
     root = tmp_path_factory.mktemp("offsets")
     config = TrainConfig(**SEQ, epochs=2, eval_every=1, cold_items=5, item_offsets=True)  # type: ignore[arg-type]
@@ -370,7 +370,7 @@ def test_item_offsets_train_export_and_stay_zero_for_cold_items(
 def test_items_the_training_part_never_shows_can_leave_the_softmax(
     tiny_encoder: Path, tmp_path: Path
 ) -> None:
-    from recsys_infer.toolchain.sequence_train import seen_in_training
+    from recsys_infer.toolchain.train.sequence import seen_in_training
 
     dataset = small_sample()
     split, cold = hold_out_items(leave_one_out(dataset), 5, seed=0)
@@ -393,9 +393,9 @@ def test_pruning_the_user_side_gives_requests_a_tower_of_their_own(
     import numpy as np
     import torch
 
-    from recsys_infer.toolchain.checkpoint import load_checkpoint
-    from recsys_infer.toolchain.export import export_bundle
-    from recsys_infer.toolchain.prune import PruneConfig, prune_checkpoint
+    from recsys_infer.toolchain.export.bundle import export_bundle
+    from recsys_infer.toolchain.prune.pruning import PruneConfig, prune_checkpoint
+    from recsys_infer.toolchain.train.checkpoint import load_checkpoint
 
     out = tmp_path / "pruned"
     config = PruneConfig(ratio=0.5, towers="user", distill_steps=3, batch_size=8)  # type: ignore[arg-type]
@@ -432,8 +432,8 @@ def test_pruning_the_user_side_gives_requests_a_tower_of_their_own(
 def test_quant_aware_request_distillation(seq_checkpoint: Path, tmp_path: Path) -> None:
     """prune --ratio 0 --quant-aware: a request tower of its own, distilled through fake int8
     in the encoder's space, its head frozen, and agreement measured both ways."""
-    from recsys_infer.toolchain.checkpoint import load_checkpoint
-    from recsys_infer.toolchain.prune import PruneConfig, prune_checkpoint
+    from recsys_infer.toolchain.prune.pruning import PruneConfig, prune_checkpoint
+    from recsys_infer.toolchain.train.checkpoint import load_checkpoint
 
     out = tmp_path / "qat"
     config = PruneConfig(ratio=0.0, towers="user", distill_steps=3, batch_size=8, quant_aware=True)  # type: ignore[arg-type]
@@ -460,8 +460,8 @@ def test_a_pruned_request_tower_distils_further_from_its_teacher(
     """prune --teacher: a checkpoint whose request tower lost a layer goes on distilling that
     tower (not a fresh copy of the item tower) towards the checkpoint it came from."""
     from recsys_infer.errors import CheckpointError
-    from recsys_infer.toolchain.checkpoint import load_checkpoint
-    from recsys_infer.toolchain.prune import PruneConfig, prune_checkpoint
+    from recsys_infer.toolchain.prune.pruning import PruneConfig, prune_checkpoint
+    from recsys_infer.toolchain.train.checkpoint import load_checkpoint
 
     def config(layers: int) -> PruneConfig:
         return PruneConfig(ratio=0.0, layers=layers, towers="user", distill_steps=2, batch_size=8)  # type: ignore[arg-type]
@@ -490,7 +490,7 @@ def test_a_pruned_request_tower_distils_further_from_its_teacher(
 
 
 def test_negative_sampler_draws_allowed_items_by_frequency_to_the_075() -> None:
-    from recsys_infer.toolchain.sequence_train import NegativeSampler
+    from recsys_infer.toolchain.train.sequence import NegativeSampler
 
     counts = torch.tensor([0.0, 1.0, 16.0, 81.0, 5.0])
     allowed = torch.tensor([True, True, True, True, False])
@@ -512,8 +512,8 @@ def test_sampled_softmax_with_logq_estimates_the_full_softmax(tiny_encoder: Path
     correction it would be off by about log(k)."""
     from transformers import AutoModel
 
-    from recsys_infer.toolchain.model import ModelConfig, TwoTower
-    from recsys_infer.toolchain.sequence_train import (
+    from recsys_infer.toolchain.train.model import ModelConfig, TwoTower
+    from recsys_infer.toolchain.train.sequence import (
         NegativeSampler,
         _full_softmax_logits,
         sampled_softmax_logits,
@@ -565,8 +565,8 @@ def test_batches_are_only_as_wide_as_their_longest_window(tiny_encoder: Path) ->
     """Trimming leading padding is exact: positions count from the right, padding is masked."""
     from transformers import AutoModel
 
-    from recsys_infer.toolchain.model import ModelConfig, TwoTower
-    from recsys_infer.toolchain.sequence_train import _full_softmax_logits, _window_batch
+    from recsys_infer.toolchain.train.model import ModelConfig, TwoTower
+    from recsys_infer.toolchain.train.sequence import _full_softmax_logits, _window_batch
 
     torch.manual_seed(0)
     encoder = AutoModel.from_pretrained(str(tiny_encoder))
@@ -589,7 +589,7 @@ def test_two_space_export_widens_the_search_until_every_query_kind_finds_its_nei
     seq_bundle: Path,
 ) -> None:
     from recsys_infer.runtime.index import HnswIndex
-    from recsys_infer.toolchain.export import EF_MAX, EF_TARGET_RECALL
+    from recsys_infer.toolchain.export.bundle import EF_MAX, EF_TARGET_RECALL
 
     manifest = read_manifest(seq_bundle)
     assert manifest.fusion is not None
@@ -607,7 +607,7 @@ def test_request_variants_add_requests_but_never_a_held_out_one() -> None:
     from types import SimpleNamespace
 
     from recsys_infer.runtime.catalog import Catalog, Item
-    from recsys_infer.toolchain.prune import _catalog_requests
+    from recsys_infer.toolchain.prune.pruning import _catalog_requests
 
     items = [
         Item("held", "a held-out target", {"genres": ["Comedy", "Drama"]}),

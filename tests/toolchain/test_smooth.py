@@ -18,9 +18,15 @@ from recsys_infer import Engine
 from recsys_infer.errors import ConfigError
 from recsys_infer.runtime.bundle import read_manifest
 from recsys_infer.runtime.schema import encode
-from recsys_infer.toolchain.compress import QuantizeConfig, quantize_bundle
-from recsys_infer.toolchain.graphs import graph_units
-from recsys_infer.toolchain.smooth import ALPHAS, SUFFIX, activation_ranges, smooth_graph, smooth_search
+from recsys_infer.toolchain.compress.graphs import graph_units
+from recsys_infer.toolchain.compress.smooth import (
+    ALPHAS,
+    SUFFIX,
+    activation_ranges,
+    smooth_graph,
+    smooth_search,
+)
+from recsys_infer.toolchain.compress.steps import QuantizeConfig, quantize_bundle
 from tests.conftest import request_graph, text_feeds
 
 

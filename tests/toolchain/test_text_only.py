@@ -37,8 +37,8 @@ def test_requests_come_from_the_text_when_there_are_no_attributes() -> None:
 
 @pytest.fixture(scope="module")
 def text_only_bundle(tiny_encoder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from recsys_infer.toolchain.export import export_bundle
-    from recsys_infer.toolchain.train import TrainConfig, train
+    from recsys_infer.toolchain.export.bundle import export_bundle
+    from recsys_infer.toolchain.train.loop import TrainConfig, train
 
     root = tmp_path_factory.mktemp("text-only")
     config = TrainConfig(user_tower="sequence", max_steps=2, batch_size=16, item_max_length=32)
@@ -50,7 +50,7 @@ def text_only_bundle(tiny_encoder: Path, tmp_path_factory: pytest.TempPathFactor
 def test_the_probe_holds_requests_and_a_compressed_request_tower_is_measured(
     text_only_bundle: Path, tmp_path: Path
 ) -> None:
-    from recsys_infer.toolchain.compress import QuantizeConfig, quantize_bundle
+    from recsys_infer.toolchain.compress.steps import QuantizeConfig, quantize_bundle
 
     manifest = json.loads((text_only_bundle / "manifest.json").read_text())
     assert manifest["probe"]["requests"] > 0

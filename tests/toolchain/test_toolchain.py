@@ -10,10 +10,10 @@ import torch
 
 from recsys_infer.enums import Pooling
 from recsys_infer.errors import CheckpointError, DataError, OutputExistsError, TrainingError
-from recsys_infer.toolchain.checkpoint import load_checkpoint
-from recsys_infer.toolchain.encoders import DEFAULT_ENCODER, resolve_encoder
-from recsys_infer.toolchain.model import in_batch_softmax_loss, pool
-from recsys_infer.toolchain.train import TrainConfig, train
+from recsys_infer.toolchain.train.checkpoint import load_checkpoint
+from recsys_infer.toolchain.train.encoders import DEFAULT_ENCODER, resolve_encoder
+from recsys_infer.toolchain.train.loop import TrainConfig, train
+from recsys_infer.toolchain.train.model import in_batch_softmax_loss, pool
 from tests.conftest import small_sample
 
 
@@ -129,7 +129,7 @@ def test_zero_steps_saves_the_pretrained_encoder(tiny_encoder: Path, tmp_path: P
 
 
 def test_divergence_stops_with_a_clear_error(tiny_encoder: Path, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    import recsys_infer.toolchain.train as train_module
+    import recsys_infer.toolchain.train.loop as train_module
 
     monkeypatch.setattr(train_module, "in_batch_softmax_loss", lambda *a, **k: torch.tensor(float("nan")))
     with pytest.raises(TrainingError, match="diverged and nothing was saved"):

@@ -55,10 +55,9 @@ from recsys_infer.data.probe import request_from_item, request_parts
 from recsys_infer.enums import TowerChoice, UserTowerKind
 from recsys_infer.errors import CheckpointError, ConfigError
 from recsys_infer.runtime.tokenizer import TextTokenizer
-
-from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from .fake_quant import fake_quantized, tokens
-from .model import TextTower, guarded_step, pool
+from recsys_infer.toolchain.prune.fake_quant import fake_quantized, tokens
+from recsys_infer.toolchain.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from recsys_infer.toolchain.train.model import TextTower, guarded_step, pool
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +87,7 @@ class PruneConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "towers", TowerChoice(self.towers))
         if self.bf16 is None:
-            from .train import native_bf16
+            from recsys_infer.toolchain.train.loop import native_bf16
 
             object.__setattr__(self, "bf16", native_bf16() and not self.quant_aware)
         if not 0 <= self.ratio < 1:
@@ -657,7 +656,7 @@ def _prune_tower(
     batches = _Batches(step.inputs, step.tokenizer, teacher_items, config.batch_size, config.seed)
     catalog = None
     if step.name == "request":  # requests are distilled towards the teacher's catalogue ranking
-        from .sequence_train import embed_items
+        from recsys_infer.toolchain.train.sequence import embed_items
 
         tok = _tokenizer(ckpt, ckpt.config.item_max_length)
         catalog = embed_items(teacher_model.item, tok, ckpt.catalog.texts, progress=progress)

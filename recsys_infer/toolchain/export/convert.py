@@ -27,8 +27,7 @@ from recsys_infer.runtime.bundle import read_manifest
 from recsys_infer.runtime.engine import Engine
 from recsys_infer.runtime.schema import encode
 from recsys_infer.runtime.users import TextUserEncoder
-
-from .checkpoint import CHECKPOINT_FILE
+from recsys_infer.toolchain.train.checkpoint import CHECKPOINT_FILE
 
 logger = logging.getLogger(__name__)
 

@@ -38,17 +38,7 @@ from recsys_infer.runtime.engine import Engine
 from recsys_infer.runtime.manifest import CompressionStep, Manifest, ReferenceSpec, TowerSpec
 from recsys_infer.runtime.schema import encode
 from recsys_infer.runtime.users import trained_block, unit_rows
-
-from .fidelity import (
-    Reference,
-    StepInputs,
-    check_answers,
-    check_gate,
-    measure_fidelity,
-    probe_queries,
-    reference_of,
-)
-from .graphs import (
+from recsys_infer.toolchain.compress.graphs import (
     QuantizeConfig,
     _Feeds,
     fp16_graph,
@@ -61,7 +51,16 @@ from .graphs import (
     quantize_static_graph,
     text_feeds,
 )
-from .mixed import mixed_precision_graph, smoothed_request_graph
+from recsys_infer.toolchain.compress.mixed import mixed_precision_graph, smoothed_request_graph
+from recsys_infer.toolchain.export.fidelity import (
+    Reference,
+    StepInputs,
+    check_answers,
+    check_gate,
+    measure_fidelity,
+    probe_queries,
+    reference_of,
+)
 
 __all__ = [
     "QuantizeConfig",
@@ -385,14 +384,13 @@ def _smoothed_item_graph(
     calibration: int = 500,
     sample: int = 1000,
 ) -> tuple[Path, dict[str, Any]]:
-    """The item tower's ``graph`` smoothed (``toolchain.smooth.smoothed_source``): the graph to
+    """The item tower's ``graph`` smoothed (``toolchain.compress.smooth.smoothed_source``): the graph to
     quantize and the record. The ranges come from ``calibration`` catalogue texts; each strength
     is judged in dynamic int8 by the mean cosine of ``sample`` other catalogue texts' vectors to
     the reference item tower's, encoded in batches as reindexing encodes the catalogue."""
     from recsys_infer.runtime.encoder import OnnxEncoder
     from recsys_infer.runtime.providers import create_session
-
-    from .smooth import smoothed_source
+    from recsys_infer.toolchain.compress.smooth import smoothed_source
 
     engine = inputs.source
     items, target = engine.item_encoder, inputs.reference.engine.item_encoder

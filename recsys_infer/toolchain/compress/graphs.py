@@ -88,7 +88,7 @@ class QuantizeConfig:
     reindex: bool = False
     max_overlap_drop: float | None = None
     target_overlap: float = 0.95  # auto: the request overlap@10 the mixed graph must hold
-    # Activation smoothing of a text graph before dynamic int8 (toolchain.smooth):
+    # Activation smoothing of a text graph before dynamic int8 (toolchain.compress.smooth):
     # "off", "auto" (its strength searched on the probe) or a strength in (0, 1). None: the
     # mode's default, "auto" for --mode auto and "off" for the others.
     smooth: str | None = None

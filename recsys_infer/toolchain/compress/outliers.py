@@ -27,8 +27,7 @@ from typing import Any
 import numpy as np
 
 from recsys_infer.errors import ConfigError
-
-from .smooth import activation_ranges
+from recsys_infer.toolchain.compress.smooth import activation_ranges
 
 #: Channels per product kept in fp32: 8 of the FFN output's 1,536 (0.5% of the product) held the
 #: first layer's FFN output of the ml-latest-small request graph, smoothed, to the fidelity of

@@ -29,8 +29,7 @@ from recsys_infer.enums import UserTowerKind
 from recsys_infer.errors import CheckpointError
 from recsys_infer.runtime.bundle import atomic_directory
 from recsys_infer.runtime.catalog import Catalog
-
-from .model import ItemHead, ModelConfig, TextTower, TwoTower
+from recsys_infer.toolchain.train.model import ItemHead, ModelConfig, TextTower, TwoTower
 
 CHECKPOINT_FILE = "recsys_checkpoint.json"
 ITEM_HEAD = "item_head.safetensors"

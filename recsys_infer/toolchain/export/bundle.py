@@ -59,12 +59,11 @@ from recsys_infer.runtime.manifest import (
 from recsys_infer.runtime.providers import create_session
 from recsys_infer.runtime.tokenizer import TextTokenizer
 from recsys_infer.runtime.users import SequenceUserEncoder, add_offsets, trained_block
+from recsys_infer.toolchain.export.fidelity import check_answers, check_gate, measure_fidelity, reference_of
+from recsys_infer.toolchain.export.fusion import ProbeQueries, choose_fusion
+from recsys_infer.toolchain.train.checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint
+from recsys_infer.toolchain.train.model import JoinedHead, SequenceTower, TextTower
 from recsys_infer.version import __version__
-
-from .checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint
-from .fidelity import check_answers, check_gate, measure_fidelity, reference_of
-from .fusion import ProbeQueries, choose_fusion
-from .model import JoinedHead, SequenceTower, TextTower
 
 logger = logging.getLogger(__name__)
 

@@ -32,11 +32,16 @@ from recsys_infer.enums import Pooling, UserTowerKind
 from recsys_infer.errors import CheckpointError, ConfigError, DataError, OutputExistsError
 from recsys_infer.runtime.tokenizer import TextTokenizer
 from recsys_infer.runtime.userinput import UserInputFormat
-
-from .checkpoint import save_checkpoint
-from .encoders import EncoderSource, choose_pooling, resolve_encoder
-from .model import ModelConfig, SequenceConfig, TwoTower, guarded_step, in_batch_softmax_loss
-from .state import SavedState, load_state, remove_state, save_state
+from recsys_infer.toolchain.train.checkpoint import save_checkpoint
+from recsys_infer.toolchain.train.encoders import EncoderSource, choose_pooling, resolve_encoder
+from recsys_infer.toolchain.train.model import (
+    ModelConfig,
+    SequenceConfig,
+    TwoTower,
+    guarded_step,
+    in_batch_softmax_loss,
+)
+from recsys_infer.toolchain.train.state import SavedState, load_state, remove_state, save_state
 
 logger = logging.getLogger(__name__)
 
@@ -476,7 +481,7 @@ def _train_text(run: _Run) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def _resume_text(run: _Run, optimizer: Any, scheduler: Any) -> tuple[int, list[float]]:
     """Restore an interrupted text-kind run; its step count and losses so far."""
-    from .state import restore_optimizer, restore_rng
+    from recsys_infer.toolchain.train.state import restore_optimizer, restore_rng
 
     saved = run.saved
     if saved is None:  # pragma: no cover - called for a resumed run only
@@ -514,7 +519,12 @@ def _text_loss(
 def _train_sequence(run: _Run) -> tuple[dict[str, Any], dict[str, Any]]:
     from tokenizers import Tokenizer
 
-    from .sequence_train import LoopSettings, SequenceRun, embed_items, train_sequence_loop
+    from recsys_infer.toolchain.train.sequence import (
+        LoopSettings,
+        SequenceRun,
+        embed_items,
+        train_sequence_loop,
+    )
 
     model, config = run.model, run.config
     tokenizer = TextTokenizer(

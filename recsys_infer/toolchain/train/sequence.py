@@ -36,8 +36,7 @@ from recsys_infer.data.split import Example, Split
 from recsys_infer.errors import TrainingError
 from recsys_infer.runtime.catalog import Catalog
 from recsys_infer.runtime.tokenizer import TextTokenizer
-
-from .model import SequenceTower, TextTower, TwoTower, guarded_step
+from recsys_infer.toolchain.train.model import SequenceTower, TextTower, TwoTower, guarded_step
 
 logger = logging.getLogger(__name__)
 
@@ -395,7 +394,7 @@ class _Loop:
         return NegativeSampler(counts if allowed is not None else counts + 1, s.negatives, allowed=allowed)
 
     def resume(self, saved: Any) -> None:
-        from .state import restore_optimizer, restore_rng
+        from recsys_infer.toolchain.train.state import restore_optimizer, restore_rng
 
         self.model.load_state_dict(saved.group("model"), strict=False)
         self.best_state = saved.group("best")

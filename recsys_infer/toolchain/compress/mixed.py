@@ -64,11 +64,17 @@ from recsys_infer.runtime.engine import Engine
 from recsys_infer.runtime.providers import create_session
 from recsys_infer.runtime.types import Query
 from recsys_infer.runtime.users import SequenceUserEncoder, TextUserEncoder
-
-from .fidelity import Reference, StepInputs, served_vectors
-from .graphs import Unit, blockwise_int8, dynamic_int8, graph_units, matmuls_to_keep, quiet_quantizer
-from .outliers import outlier_channels, split_outliers
-from .smooth import smoothed_source
+from recsys_infer.toolchain.compress.graphs import (
+    Unit,
+    blockwise_int8,
+    dynamic_int8,
+    graph_units,
+    matmuls_to_keep,
+    quiet_quantizer,
+)
+from recsys_infer.toolchain.compress.outliers import outlier_channels, split_outliers
+from recsys_infer.toolchain.compress.smooth import smoothed_source
+from recsys_infer.toolchain.export.fidelity import Reference, StepInputs, served_vectors
 
 logger = logging.getLogger(__name__)
 

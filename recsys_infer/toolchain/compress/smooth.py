@@ -32,12 +32,11 @@ from typing import Any
 import numpy as np
 
 from recsys_infer.errors import ConfigError
-
-from .graphs import dynamic_int8, graph_units, quiet_quantizer
+from recsys_infer.toolchain.compress.graphs import dynamic_int8, graph_units, quiet_quantizer
 
 logger = logging.getLogger(__name__)
 
-#: The unit roles (see :func:`recsys_infer.toolchain.graphs.graph_units`) whose inputs get smoothed.
+#: The unit roles (see :func:`recsys_infer.toolchain.compress.graphs.graph_units`) whose inputs get smoothed.
 SMOOTHED_ROLES = ("attention", "ffn-in", "ffn-out")
 #: The strengths :func:`smooth_search` tries. On the ml-latest-small request graph in all-int8,
 #: 0.7 held request overlap@10 0.939 on the probe (0.893 unsmoothed) and 0.5 only 0.870; between
