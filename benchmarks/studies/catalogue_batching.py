@@ -23,12 +23,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from recsys_infer import Engine
+from recsys_infer.bench.timing import timed
 from recsys_infer.runtime.bundle import read_manifest
 from recsys_infer.runtime.encoder import CPU_BATCH_TOKENS, OnnxEncoder
 from recsys_infer.runtime.engine import cpu_workers
@@ -82,9 +83,7 @@ def _with_batch(encoder: Any, size: int) -> Encode:
 
 
 def _seconds(encode: Encode, texts: Sequence[str]) -> float:
-    t = time.perf_counter()
-    encode(texts)
-    return time.perf_counter() - t
+    return timed([partial(encode, texts)], warmup=0)[0] / 1000
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ import argparse
 import gc
 import json
 import tempfile
-import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from recsys_infer.bench.timing import timed
 from recsys_infer.runtime.providers import onnxruntime, session_options
 
 HIDDEN, FFN, PAIRS = 384, 1536, 10
@@ -75,16 +76,10 @@ def _per_product_us(path: Path, tokens: int, threads: int, spin: bool) -> float:
         str(path), sess_options=options, providers=["CPUExecutionProvider"]
     )
     x = np.random.default_rng(1).standard_normal((1, tokens, HIDDEN)).astype(np.float32)
-    for _ in range(50):
-        session.run(None, {"x": x})
-    times = []
-    for _ in range(300):
-        start = time.perf_counter_ns()
-        session.run(None, {"x": x})
-        times.append(time.perf_counter_ns() - start)
+    ms = timed([partial(session.run, None, {"x": x})] * 300, warmup=50)
     del session
     gc.collect()
-    return float(np.median(times)) / 1000 / (2 * PAIRS)
+    return float(np.median(ms)) * 1000 / (2 * PAIRS)
 
 
 def main() -> None:

@@ -17,12 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from recsys_infer.bench.timing import timed
 from recsys_infer.runtime.providers import onnxruntime, session_options
 from recsys_infer.toolchain.compress.graphs import dynamic_int8, quiet_quantizer
 
@@ -76,14 +77,8 @@ def main() -> None:
                 for form, session in sessions.items():
                     for rows in (1, 7, 64):
                         feed = {"x": rng.standard_normal((1, rows, k)).astype(np.float32)}
-                        for _ in range(20):
-                            session.run(None, feed)
-                        calls = []
-                        for _ in range(args.calls):
-                            t = time.perf_counter_ns()
-                            session.run(None, feed)
-                            calls.append((time.perf_counter_ns() - t) / 1e3 / PRODUCTS)
-                        rounds[form][rows].append(float(np.median(calls)))
+                        ms = timed([partial(session.run, None, feed)] * args.calls, warmup=20)
+                        rounds[form][rows].append(float(np.median(ms)) * 1e3 / PRODUCTS)
             results[f"{k}x{n}"] = {
                 form: {f"us_per_product_{rows}_rows": round(float(np.median(v)), 2) for rows, v in by.items()}
                 for form, by in rounds.items()

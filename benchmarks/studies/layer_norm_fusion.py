@@ -20,12 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from recsys_infer.bench.timing import timed
 from recsys_infer.runtime.bundle import read_manifest
 from recsys_infer.runtime.providers import onnxruntime, session_options
 from recsys_infer.toolchain.compress.graphs import dynamic_int8, optimize_graph
@@ -78,12 +79,9 @@ def main() -> None:
                 for name, session in sessions.items():
                     for tokens in (7, 64):
                         feed = _feed(tokens)
-                        for _ in range(5):
-                            session.run(None, feed)
-                        for _ in range(args.calls):
-                            t = time.perf_counter_ns()
-                            session.run(None, feed)
-                            times[name][tokens].append((time.perf_counter_ns() - t) / 1e6)
+                        times[name][tokens] += timed(
+                            [partial(session.run, None, feed)] * args.calls, warmup=5
+                        )
             key = "spinning" if spin else "sleeping"
             results[key] = {
                 n: {f"p50_ms_{k}_tokens": round(float(np.median(v)), 3) for k, v in t.items()}

@@ -18,12 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from recsys_infer import Engine
+from recsys_infer.bench.timing import timed
 from recsys_infer.data import load_dataset
 from recsys_infer.data.probe import request_from_item, request_from_text
 from recsys_infer.data.readers import data_spec
@@ -45,12 +46,7 @@ def serve(bundle: Path, stream: list[str], cache: int, threads: int) -> dict[str
     engine = Engine.load(bundle, device="cpu", threads=threads, request_cache=cache)
     engine.recommend(text="warm-up", k=10)
     before = engine.request_cache()
-    latencies = []
-    for text in stream:
-        t0 = time.perf_counter()
-        engine.recommend(text=text, k=10)
-        latencies.append(time.perf_counter() - t0)
-    ms = np.array(latencies) * 1000
+    ms = np.array(timed([partial(engine.recommend, text=text, k=10) for text in stream], warmup=0))
     stats = engine.request_cache()
     hits = stats.hits - before.hits if stats and before else 0
     return {

@@ -18,13 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tokenizers import Tokenizer
 
+from recsys_infer.bench.timing import timed
 from recsys_infer.enums import Device, Spin
 from recsys_infer.runtime.bundle import read_manifest
 from recsys_infer.runtime.providers import create_session
@@ -57,15 +58,7 @@ def _feeds(bundle: Path, texts: list[str]) -> dict[str, list[dict[str, np.ndarra
 
 
 def _time(session: Any, feeds: list[dict[str, np.ndarray]], calls: int) -> list[float]:
-    for f in feeds[:5]:
-        session.run(None, f)
-    times = []
-    for i in range(calls):
-        f = feeds[i % len(feeds)]
-        t = time.perf_counter_ns()
-        session.run(None, f)
-        times.append((time.perf_counter_ns() - t) / 1e6)
-    return times
+    return timed([partial(session.run, None, feeds[i % len(feeds)]) for i in range(calls)], warmup=5)
 
 
 def main() -> None:
