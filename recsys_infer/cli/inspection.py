@@ -69,8 +69,12 @@ def info(
 
 
 def _manifest_lines(manifest: Any) -> list[str]:
-    """What ``info`` says of a manifest, a line each: towers, index, inputs, fidelity, provenance."""
-    lines = [_tower_line(name, spec, manifest.files) for name, spec in manifest.towers.items()]
+    """What ``info`` says of a manifest, a line each: towers, index, inputs and probe, then the
+    description the model card renders (model, data, measured fidelity)."""
+    from recsys_infer.runtime.describe import data_lines, fidelity_lines, model_lines, tower_line
+
+    files = manifest.files
+    lines = [tower_line(name, spec, files[spec.file].bytes) for name, spec in manifest.towers.items()]
     idx = manifest.index
     where = f"capacity {idx.capacity or '?'}"
     if idx.kind == "milvus":
@@ -95,30 +99,7 @@ def _manifest_lines(manifest: Any) -> list[str]:
     if manifest.parity:
         recall = manifest.fidelity.get("index_recall_at_10_vs_exact", float("nan"))
         lines.append(parity_line(dict(manifest.parity), recall))
-    enc, data, training = manifest.provenance.encoder, manifest.provenance.data, manifest.provenance.training
-    lines.append(f"encoder: {enc.get('name')} (license: {enc.get('license') or 'unknown'})")
-    if data:
-        lines.append(
-            f"trained on: {data.get('name')} ({data.get('items')} items, {data.get('users')} users), "
-            f"fingerprint {str(data.get('fingerprint'))[:12]}…, {training.get('steps')} steps"
-        )
-    return lines
-
-
-def _tower_line(name: str, spec: Any, files: Any) -> str:
-    if spec.kind == "sequence":
-        shape = (
-            f"causal transformer over up to {spec.max_length} history item vectors "
-            f"({spec.layers} layers, width {spec.hidden})"
-        )
-    else:
-        shape = f"{spec.pooling} pooling, max {spec.max_length} tokens" + (
-            ", with a trained head" if spec.head else ""
-        )
-    return (
-        f"{name} tower: {spec.file} ({files[spec.file].bytes / 1e6:.1f} MB), {spec.precision}, {shape}, "
-        f"dim {spec.dim}" + (f", quantization {spec.quantization}" if spec.quantization else "")
-    )
+    return lines + model_lines(manifest) + data_lines(manifest) + fidelity_lines(manifest)
 
 
 def _device_report(bundle: Path, device: str) -> dict[str, Any]:

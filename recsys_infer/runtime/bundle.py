@@ -142,7 +142,7 @@ def write_manifest(directory: Path, manifest: Manifest) -> Manifest:
     this version reads it back; returns what was written."""
     version = SCHEMA_VERSION if manifest.fusion is not None else 1  # see SCHEMA_VERSIONS
     # The model card first, from this manifest, so that it is among the checksummed files.
-    card = model_card(json.loads(manifest_json(replace(manifest, schema_version=version))))
+    card = model_card(replace(manifest, schema_version=version))
     (directory / CARD).write_text(card, encoding="utf-8")
     full = replace(manifest, schema_version=version, files=file_entries(directory))
     text = manifest_json(full)

@@ -237,7 +237,7 @@ def test_every_bundle_carries_a_model_card_of_its_own(tiny_bundle: Path, tmp_pat
     assert "README.md" in manifest["files"]
     assert card.startswith("---\nlicense: ")
     assert manifest["provenance"]["encoder"]["name"] in card and "## Intended use" in card
-    assert f"fingerprint `{manifest['provenance']['data']['fingerprint'][:16]}`" in card
+    assert f"fingerprint {manifest['provenance']['data']['fingerprint'][:16]}" in card
     out = tmp_path / "int8"
     quantize_bundle(tiny_bundle, out, QuantizeConfig(mode="dynamic", towers="both"))
     quantized = (out / "README.md").read_text()
