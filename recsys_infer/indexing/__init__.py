@@ -4,7 +4,7 @@ cluster plugs in as a :class:`~recsys_infer.indexing.shards.ShardRunner`
 (:class:`recsys_infer.scale.encoding.RayRunner`)."""
 
 from .reindex import EncodingSettings, MilvusTarget, reindex_bundle
-from .shards import EncodeReport, InProcess, ShardRunner, encode_catalog
+from .shards import EncodeReport, InProcess, ShardRunner, ShardWork, encode_catalog
 
 __all__ = [
     "EncodeReport",
@@ -12,6 +12,7 @@ __all__ = [
     "InProcess",
     "MilvusTarget",
     "ShardRunner",
+    "ShardWork",
     "encode_catalog",
     "reindex_bundle",
 ]

@@ -121,23 +121,31 @@ def _start_work(work: Path, plan: Plan) -> None:
 Finished = Callable[[int, np.ndarray], None]
 
 
+@dataclass(frozen=True)
+class ShardWork:
+    """What a runner is handed: the shards ``todo`` of ``plan`` over ``texts``, to encode with
+    ``bundle``'s item tower on ``workers`` sessions of ``threads`` cores each, each shard's
+    vectors handed to ``finished``."""
+
+    bundle: Path
+    texts: Sequence[str]
+    plan: Plan
+    todo: list[int]
+    workers: int
+    threads: int
+    finished: Finished
+
+    def shard_texts(self, shard: int) -> list[str]:
+        start, stop = self.plan.rows(shard)
+        return list(self.texts[start:stop])
+
+
 class ShardRunner(Protocol):
-    """Encodes the shards ``todo`` of ``plan`` with ``bundle``'s item tower, on ``workers``
-    sessions of ``threads`` cores each, handing each shard's vectors to ``finished``."""
+    """Encodes a :class:`ShardWork` somewhere: in this process, or spread over a cluster."""
 
     name: str
 
-    def __call__(
-        self,
-        bundle: Path,
-        texts: Sequence[str],
-        plan: Plan,
-        todo: list[int],
-        *,
-        workers: int,
-        threads: int,
-        finished: Finished,
-    ) -> None: ...
+    def __call__(self, work: ShardWork) -> None: ...
 
 
 class InProcess:
@@ -145,21 +153,10 @@ class InProcess:
 
     name = "in-process"
 
-    def __call__(
-        self,
-        bundle: Path,
-        texts: Sequence[str],
-        plan: Plan,
-        todo: list[int],
-        *,
-        workers: int,
-        threads: int,
-        finished: Finished,
-    ) -> None:
-        encoder = load_item_tower(bundle, threads=threads * workers)
-        for shard in todo:
-            start, stop = plan.rows(shard)
-            finished(shard, encoder.encode(list(texts[start:stop])))
+    def __call__(self, work: ShardWork) -> None:
+        encoder = load_item_tower(work.bundle, threads=work.threads * work.workers)
+        for shard in work.todo:
+            work.finished(shard, encoder.encode(work.shard_texts(shard)))
 
 
 def encode_catalog(
@@ -207,7 +204,7 @@ def encode_catalog(
     runner = runner or InProcess()
     try:
         if todo:
-            runner(bundle, texts, plan, todo, workers=workers, threads=per_worker, finished=finished)
+            runner(ShardWork(bundle, texts, plan, todo, workers, per_worker, finished))
     finally:
         if bar is not None:
             bar.close()

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from recsys_infer.errors import BackendUnavailableError, ConfigError, MissingDependencyError
-from recsys_infer.indexing.shards import Finished, Plan
+from recsys_infer.indexing.shards import ShardWork
 from recsys_infer.runtime.engine import load_item_tower
 
 
@@ -83,27 +82,16 @@ class RayRunner:
     def __init__(self, address: str | None = None) -> None:
         self.address = address
 
-    def __call__(
-        self,
-        bundle: Path,
-        texts: Sequence[str],
-        plan: Plan,
-        todo: list[int],
-        *,
-        workers: int,
-        threads: int,
-        finished: Finished,
-    ) -> None:
+    def __call__(self, work: ShardWork) -> None:
+        workers, threads = work.workers, work.threads
         cpus = None if self.address else max(os.cpu_count() or 1, workers * threads)
         ray = start_ray(self.address, num_cpus=cpus)
-        rows: list[dict[str, Any]] = [
-            {"shard": s, "texts": list(texts[plan.rows(s)[0] : plan.rows(s)[1]])} for s in todo
-        ]
+        rows: list[dict[str, Any]] = [{"shard": s, "texts": work.shard_texts(s)} for s in work.todo]
         # Longest texts first, so the slowest shards do not come last.
         rows.sort(key=lambda r: -sum(len(t) for t in r["texts"]))
         dataset = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
             _ShardEncoder,
-            fn_constructor_kwargs={"bundle": str(bundle.resolve()), "threads": threads},
+            fn_constructor_kwargs={"bundle": str(work.bundle.resolve()), "threads": threads},
             batch_size=1,
             compute=ray.data.ActorPoolStrategy(size=workers),
             num_cpus=threads,
@@ -111,4 +99,4 @@ class RayRunner:
         )
         for batch in dataset.iter_batches(batch_size=1, batch_format="numpy"):
             for shard, vectors in zip(batch["shard"], batch["vectors"], strict=True):
-                finished(int(shard), np.asarray(vectors, dtype=np.float32))
+                work.finished(int(shard), np.asarray(vectors, dtype=np.float32))
