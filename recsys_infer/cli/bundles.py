@@ -51,7 +51,7 @@ def export(
     from dataclasses import replace
 
     from recsys_infer.runtime.bundle import read_manifest
-    from recsys_infer.toolchain.export.bundle import (
+    from recsys_infer.toolchain.export import (
         ExportConfig,
         export_bundle,
         export_config_from_recipe,

@@ -83,7 +83,7 @@ def run_quickstart(
     best validation epoch reached by then), or exactly ``steps`` steps when given (a smoke
     test). Re-running replaces the checkpoint and bundle inside ``out`` (each is replaced whole).
     """
-    from recsys_infer.toolchain.export.bundle import ExportConfig, export_bundle
+    from recsys_infer.toolchain.export import ExportConfig, export_bundle
     from recsys_infer.toolchain.train.loop import TrainConfig, train
 
     out = Path(out)

@@ -209,7 +209,7 @@ def _train_config(
 
     base = TrainConfig()
     if recipe is not None:
-        from recsys_infer.toolchain.export.bundle import read_recipe
+        from recsys_infer.toolchain.export.recipe import read_recipe
 
         doc = read_recipe(recipe)
         base = TrainConfig(**doc.get("train", {}))

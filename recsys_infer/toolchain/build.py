@@ -29,7 +29,7 @@ from typing import Any
 
 from recsys_infer.errors import ExportError, OutputExistsError
 from recsys_infer.toolchain.compress.steps import QuantizeConfig, optimize_bundle, quantize_bundle
-from recsys_infer.toolchain.export.bundle import export_bundle, export_config_from_recipe, read_recipe
+from recsys_infer.toolchain.export import export_bundle, export_config_from_recipe, read_recipe
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from recsys_infer.errors import (
 )
 from recsys_infer.runtime.bundle import SCHEMA_VERSION, read_manifest, sha256_file
 from recsys_infer.runtime.schema import encode
-from recsys_infer.toolchain.export.bundle import (
+from recsys_infer.toolchain.export import (
     ExportConfig,
     export_bundle,
     export_config_from_recipe,

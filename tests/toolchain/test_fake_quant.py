@@ -17,7 +17,7 @@ def tower_and_int8(tiny_encoder: Path, tmp_path_factory: pytest.TempPathFactory)
 
     from recsys_infer.runtime.tokenizer import TextTokenizer
     from recsys_infer.toolchain.compress.graphs import dynamic_int8, optimize_graph
-    from recsys_infer.toolchain.export.bundle import _export_tower
+    from recsys_infer.toolchain.export.onnx_export import export_tower
     from recsys_infer.toolchain.train.model import TextTower
 
     folder = tmp_path_factory.mktemp("fq")
@@ -29,7 +29,7 @@ def tower_and_int8(tiny_encoder: Path, tmp_path_factory: pytest.TempPathFactory)
             layer.output.LayerNorm.weight[:3] *= 8
     tower = TextTower(encoder).eval()
     tok = TextTokenizer.from_file(tiny_encoder / "tokenizer.json", max_length=32, pad_token="[PAD]")
-    _export_tower(tower, folder / "fp32.onnx", 17, tok)
+    export_tower(tower, folder / "fp32.onnx", 17, tok)
     optimize_graph(folder / "fp32.onnx", folder / "opt.onnx")
     dynamic_int8(folder / "opt.onnx", folder / "int8.onnx", ops=["MatMul", "Attention"], exclude=[])
     return tower, tok, folder / "int8.onnx"

@@ -141,7 +141,7 @@ def test_build_runs_a_whole_chain(tiny_checkpoint: Path, tmp_path: Path) -> None
 
 def test_shipped_recipes_are_valid(tmp_path: Path) -> None:
     from recsys_infer.toolchain.build import check_recipe
-    from recsys_infer.toolchain.export.bundle import read_recipe
+    from recsys_infer.toolchain.export.recipe import read_recipe
 
     recipes = sorted((Path(__file__).resolve().parents[2] / "export").glob("*.toml"))
     assert len(recipes) >= 3

@@ -131,7 +131,7 @@ def test_sequence_bundle_parity_and_serving(seq_bundle: Path) -> None:
 def test_single_space_export_keeps_the_trained_space_alone(
     seq_checkpoint: Path, seq_bundle: Path, tmp_path: Path
 ) -> None:
-    from recsys_infer.toolchain.export.bundle import ExportConfig, export_bundle
+    from recsys_infer.toolchain.export import ExportConfig, export_bundle
 
     export_bundle(seq_checkpoint, tmp_path / "one", config=ExportConfig(text_space=False), progress=False)
     manifest = read_manifest(tmp_path / "one")
@@ -589,7 +589,7 @@ def test_two_space_export_widens_the_search_until_every_query_kind_finds_its_nei
     seq_bundle: Path,
 ) -> None:
     from recsys_infer.runtime.index import HnswIndex
-    from recsys_infer.toolchain.export.bundle import EF_MAX, EF_TARGET_RECALL
+    from recsys_infer.toolchain.export.search_width import EF_MAX, EF_TARGET_RECALL
 
     manifest = read_manifest(seq_bundle)
     assert manifest.fusion is not None

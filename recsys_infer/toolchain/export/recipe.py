@@ -1,0 +1,74 @@
+"""How export runs (:class:`ExportConfig`), and reading it from a recipe's TOML tables."""
+
+from __future__ import annotations
+
+import logging
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from recsys_infer.errors import ConfigError, ExportError
+from recsys_infer.runtime.index import HnswParams
+
+logger = logging.getLogger(__name__)
+
+
+OPSET = 17
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """How to export and verify a checkpoint and index its catalogue (the ``[export]`` and
+    ``[index]`` tables of a recipe)."""
+
+    opset: int = OPSET
+    max_abs_diff: float = 1e-4
+    min_cosine: float = 0.9999
+    parity_texts: int = 48
+    hnsw: HnswParams = field(default_factory=HnswParams)
+    index_threads: int = 1
+    include_probe: bool = True
+    # A sequence model's item vectors carry the pretrained text space beside the trained one,
+    # weighed per query kind on the validation probe (runtime.manifest.FusionSpec). False: the
+    # trained space alone, as bundles were before (requests then read the trained head).
+    text_space: bool = True
+
+    def __post_init__(self) -> None:
+        if not 14 <= self.opset <= 21:
+            raise ConfigError(f"opset must be between 14 and 21, got {self.opset}")
+        if self.max_abs_diff <= 0 or not 0 < self.min_cosine <= 1:
+            raise ConfigError("max_abs_diff must be positive and min_cosine in (0, 1]")
+        if self.parity_texts < 4:
+            raise ConfigError(f"parity_texts must be at least 4, got {self.parity_texts}")
+        if self.index_threads < 1:
+            raise ConfigError(f"index_threads must be positive, got {self.index_threads}")
+
+
+def read_recipe(path: Path) -> dict[str, Any]:
+    """A recipe TOML file as a dict, with a clear error for a bad file."""
+    try:
+        with Path(path).open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ExportError(f"recipe {path} not found; see export/default.toml for an example") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ExportError(f"recipe {path} is not valid TOML: {e}") from e
+
+
+def export_config_from_recipe(recipe: dict[str, Any], *, source: str = "recipe") -> ExportConfig:
+    exp = dict(recipe.get("export", {}))
+    idx = dict(recipe.get("index", {}))
+    allowed = {f.name for f in fields(ExportConfig)} - {"hnsw", "index_threads"}
+    unknown = set(exp) - allowed
+    unknown_idx = set(idx) - {"M", "ef_construction", "ef_search", "threads"}
+    if unknown or unknown_idx:
+        raise ExportError(
+            f"{source}: unknown keys {sorted(unknown | unknown_idx)}; [export] takes {sorted(allowed)}, "
+            "[index] takes M, ef_construction, ef_search, threads"
+        )
+    threads = idx.pop("threads", 1)
+    try:
+        return ExportConfig(**exp, hnsw=HnswParams(**idx), index_threads=threads)
+    except (TypeError, ValueError) as e:
+        raise ExportError(f"{source}: {e}") from e
