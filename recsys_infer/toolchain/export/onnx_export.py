@@ -4,7 +4,6 @@ with dynamic batch and length axes, checked as ONNX models.
 
 from __future__ import annotations
 
-import logging
 import warnings
 from pathlib import Path
 
@@ -12,8 +11,6 @@ import torch
 
 from recsys_infer.runtime.tokenizer import TextTokenizer
 from recsys_infer.toolchain.train.model import JoinedHead, SequenceTower, TextTower
-
-logger = logging.getLogger(__name__)
 
 
 def export_tower(tower: TextTower, path: Path, opset: int, tokenizer: TextTokenizer) -> None:

@@ -4,7 +4,6 @@ that fails an export whose graph disagrees with the model it came from.
 
 from __future__ import annotations
 
-import logging
 import random
 from typing import Any
 
@@ -19,8 +18,6 @@ from recsys_infer.runtime.users import SequenceUserEncoder, trained_block
 from recsys_infer.toolchain.export.recipe import ExportConfig
 from recsys_infer.toolchain.train.checkpoint import Checkpoint
 from recsys_infer.toolchain.train.model import SequenceTower, TextTower
-
-logger = logging.getLogger(__name__)
 
 
 ODD_TEXTS = (

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -10,8 +9,6 @@ from typing import Any
 
 from recsys_infer.errors import ConfigError, ExportError
 from recsys_infer.runtime.index import HnswParams
-
-logger = logging.getLogger(__name__)
 
 
 OPSET = 17
