@@ -19,7 +19,6 @@ from recsys_infer.toolchain.export.recipe import ExportConfig
 from recsys_infer.toolchain.train.checkpoint import Checkpoint
 from recsys_infer.toolchain.train.model import SequenceTower, TextTower
 
-
 ODD_TEXTS = (
     "x",
     "ok",

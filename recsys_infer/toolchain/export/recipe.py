@@ -10,7 +10,6 @@ from typing import Any
 from recsys_infer.errors import ConfigError, ExportError
 from recsys_infer.runtime.index import HnswParams
 
-
 OPSET = 17
 
 
