@@ -18,7 +18,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -191,16 +191,10 @@ class TrainConfig:
         return replace(self, **given)
 
     def sequence_config(self) -> SequenceConfig:
-        return SequenceConfig(
-            max_history=int(_given(self.max_history)),
-            hidden=self.hidden,
-            layers=self.layers,
-            heads=self.heads,
-            dropout=self.dropout,
-            item_head_hidden=self.item_head_hidden,
-            last_item_residual=self.last_item_residual,
-            item_offsets=self.item_offsets,
-        )
+        """The sequence tower's shape: the settings of that name here (every one is a field of
+        this config too), the history length filled in."""
+        shape = {f.name: getattr(self, f.name) for f in fields(SequenceConfig)}
+        return SequenceConfig(**{**shape, "max_history": int(_given(self.max_history))})
 
 
 @dataclass(frozen=True)
