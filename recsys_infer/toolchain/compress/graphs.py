@@ -279,7 +279,7 @@ def blockwise_int8(src: Path, dst: Path, *, block_size: int, exclude: Sequence[s
     quantizer.model.save_model_to_file(str(dst), use_external_data_format=False)
 
 
-class _Feeds:
+class Feeds:
     """Hands ONNX Runtime's calibrator prepared input batches, and can start over."""
 
     def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
@@ -298,7 +298,7 @@ class _Feeds:
 
 def text_feeds(
     tokenizer_file: Path, pad_token: str, max_length: int, texts: Sequence[str], batch: int = 16
-) -> _Feeds:
+) -> Feeds:
     """Batches of real texts, every one padded to ``max_length`` (the histogram calibrators need
     one shape throughout)."""
     from tokenizers import Tokenizer
@@ -318,7 +318,7 @@ def text_feeds(
                 "attention_mask": np.asarray([e.attention_mask for e in encodings], dtype=np.int64),
             }
         )
-    return _Feeds(feeds)
+    return Feeds(feeds)
 
 
 def history_feeds(
@@ -327,7 +327,7 @@ def history_feeds(
     histories: Sequence[Sequence[str]],
     length: int,
     batch: int = 16,
-) -> _Feeds:
+) -> Feeds:
     """Batches of real histories for a sequence user tower, left-padded to ``length`` items."""
     feeds = []
     for start in range(0, len(histories), batch):
@@ -341,7 +341,7 @@ def history_feeds(
                 mask[b, length - len(recent) :] = 1
         feed: dict[str, np.ndarray] = {"history": history, "history_mask": mask}
         feeds.append(feed)
-    return _Feeds(feeds)
+    return Feeds(feeds)
 
 
 def quantize_static_graph(src: Path, dst: Path, reader: Any, config: QuantizeConfig) -> dict[str, Any]:

@@ -39,8 +39,8 @@ from recsys_infer.runtime.manifest import CompressionStep, Manifest, ReferenceSp
 from recsys_infer.runtime.schema import encode
 from recsys_infer.runtime.users import trained_block, unit_rows
 from recsys_infer.toolchain.compress.graphs import (
+    Feeds,
     QuantizeConfig,
-    _Feeds,
     fp16_graph,
     history_feeds,
     is_text_graph,
@@ -414,7 +414,7 @@ def _smoothed_item_graph(
     return source, {**record, "measured_on": f"{len(held)} catalogue texts' item vectors"}
 
 
-def _calibration(inputs: StepInputs, manifest: Manifest, readers: list[str], size: int) -> _Feeds:
+def _calibration(inputs: StepInputs, manifest: Manifest, readers: list[str], size: int) -> Feeds:
     """Real inputs for the towers that read one graph: validation users from the probe set for
     the user side, catalogue texts for the item side (never the test split)."""
     engine, src = inputs.source, inputs.src
