@@ -84,3 +84,15 @@ def test_readme_is_a_front_door() -> None:
     assert len(lines) <= 300
     assert any("from recsys_infer import Engine" in line for line in lines[:150])
     assert len((ROOT / "benchmarks" / "README.md").read_text(encoding="utf-8").splitlines()) <= 400
+
+
+def test_every_benchmark_script_is_on_a_result_page() -> None:
+    """A script nobody can find from the result pages is a study nobody reruns."""
+    bench = ROOT / "benchmarks"
+    pages = (bench / "README.md").read_text(encoding="utf-8")
+    studies = (bench / "studies" / "README.md").read_text(encoding="utf-8")
+    scripts = [p for p in bench.iterdir() if p.suffix in (".py", ".sh")]
+    assert len(scripts) >= 5
+    assert [p.name for p in scripts if f"`{p.name}`" not in pages] == []
+    study_scripts = list((bench / "studies").glob("*.py"))
+    assert [p.name for p in study_scripts if f"`{p.name}`" not in studies] == []
