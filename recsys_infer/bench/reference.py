@@ -22,6 +22,7 @@ import torch
 from tokenizers import Tokenizer
 
 from recsys_infer.enums import Device, Spin, UserTowerKind
+from recsys_infer.errors import MissingDependencyError
 from recsys_infer.runtime.encoder import Encoder
 from recsys_infer.runtime.engine import Engine
 from recsys_infer.runtime.index import ExactIndex
@@ -281,9 +282,11 @@ def peer_subjects(
         import sentence_transformers
         from sentence_transformers import SentenceTransformer
     except ImportError as e:
-        raise ImportError(
-            f"the sentence-transformers peers need the bench extra ({e}); install it with "
-            "pip install 'recsys-infer[bench]', or pass --no-peers"
+        raise MissingDependencyError(
+            "sentence_transformers",
+            "bench",
+            message=f"the sentence-transformers peers need the bench extra ({e}): "
+            "pip install 'recsys-infer[bench]', or pass --no-peers",
         ) from e
     folder = work / "peer-encoder"
     shutil.rmtree(folder, ignore_errors=True)

