@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,7 +27,9 @@ from .encoder import CPU_BATCH_TOKENS, Encoder, OnnxEncoder
 from .index import ExactIndex, HnswIndex, HnswParams, Index
 from .manifest import CatalogEdit
 from .options import (
+    AttributeFilter,
     RecommendOptions,
+    Where,
     as_list,
     check_attributes,
     check_text,
@@ -131,6 +133,34 @@ def _open_store(bundle: Path, manifest: Manifest, *, exact: bool, milvus_uri: st
     return LocalItems(index=index, catalog=catalog, item_ids=item_ids, vectors=vectors, dim=spec.dim)
 
 
+#: What ``where=`` accepts: attribute values to match, or a function of an item's attributes.
+WhereLike = Where | Mapping[str, Any] | AttributeFilter
+
+
+def _options(
+    options: RecommendOptions | None,
+    k: int | None,
+    exclude_seen: bool | None,
+    exclude: Iterable[str] | None,
+    allow: Iterable[str] | None,
+    where: WhereLike | None,
+    explain: bool | None,
+) -> RecommendOptions:
+    """``options`` with every keyword that was given (not ``None``) over it."""
+    given = {"k": k, "exclude_seen": exclude_seen, "exclude": exclude, "allow": allow, "where": where}
+    given["explain"] = explain
+    return RecommendOptions.of(options, **{name: v for name, v in given.items() if v is not None})
+
+
+class _Closed:
+    """Stands in for a closed engine's towers and store: any use says what happened."""
+
+    def _refuse(self, *args: object) -> Any:
+        raise QueryError("this engine was closed; load the bundle again to use it")
+
+    __getattr__ = __len__ = __iter__ = _refuse
+
+
 class Engine:
     """Recommends catalogue items for users described by history and/or free text.
 
@@ -179,6 +209,30 @@ class Engine:
         self._placement = device if isinstance(device, Placement) else Placement(Device(device))
         self._lock = RWLock()
         self._edits = {"added": 0, "updated": 0, "removed": 0}
+
+    def __repr__(self) -> str:
+        where = f"{str(self.path)!r}" if self.path is not None else "in memory"
+        if isinstance(self.store, _Closed):
+            return f"<Engine {where}, closed>"
+        return f"<Engine {where}, {len(self)} items, {self.dim}-d, on {self.device_name}>"
+
+    def close(self) -> None:
+        """Release the ONNX sessions, the index and any connection to a Milvus server; the engine
+        refuses every later call. Safe to call twice."""
+        if isinstance(self.store, _Closed):
+            return
+        with self._lock.write():
+            closer = getattr(self.store, "close", None)
+            if callable(closer):
+                closer()
+            closed: Any = _Closed()
+            self.user_encoder, self.item_encoder, self.store = closed, closed, closed
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- construction ---------------------------------------------------------------------------
 
@@ -424,30 +478,63 @@ class Engine:
         history: Sequence[str] | None = None,
         text: str | None = None,
         *,
+        k: int | None = None,
+        exclude_seen: bool | None = None,
+        exclude: Iterable[str] | None = None,
+        allow: Iterable[str] | None = None,
+        where: WhereLike | None = None,
+        explain: bool | None = None,
         options: RecommendOptions | None = None,
-        **overrides: Any,
     ) -> list[Recommendation]:
-        """Top-``k`` items for one user. ``options`` (a :class:`RecommendOptions`) and/or its
-        fields by name (``k=5, exclude=[...]``); see :meth:`recommend_batch`."""
-        query = Query(history, text)
-        return self.recommend_batch([query], options=RecommendOptions.of(options, **overrides))[0]
+        """The top ``k`` items for one user, best first.
+
+        Args:
+            history: item ids the user interacted with, oldest first (``None``: none).
+            text: a free-text request ("cozy mysteries set in Scotland").
+            k: how many items (default 10).
+            exclude_seen: never return history items (default True).
+            exclude: ids that must not come back.
+            allow: only these ids may come back.
+            where: keep items whose attributes match: a mapping of attribute to wanted value (a
+                list-valued attribute matches when it contains the value), or a function of an
+                item's attributes.
+            explain: fill each result's ``because`` with the closest history items or words.
+            options: a :class:`RecommendOptions` holding all of the above; a keyword given here
+                (not ``None``) overrides its field.
+
+        Returns:
+            Up to ``k`` :class:`Recommendation` (fewer only when fewer items pass the filters).
+
+        Raises:
+            QueryError: an empty query, a ``k`` below 1 or above the catalogue, a bad filter.
+            UnknownItemError: a history id the catalogue does not hold.
+
+        Example::
+
+            engine.recommend(history=["1", "50"], text="but funnier", k=5, exclude=["2"])
+        """
+        chosen = _options(options, k, exclude_seen, exclude, allow, where, explain)
+        return self.recommend_batch([Query(history, text)], options=chosen)[0]
 
     def recommend_batch(
         self,
         requests: Sequence[Query | Mapping[str, Any]],
         *,
+        k: int | None = None,
+        exclude_seen: bool | None = None,
+        exclude: Iterable[str] | None = None,
+        allow: Iterable[str] | None = None,
+        where: WhereLike | None = None,
+        explain: bool | None = None,
         options: RecommendOptions | None = None,
-        **overrides: Any,
     ) -> list[list[Recommendation]]:
         """One list of recommendations per request, in order; one ONNX run and one index search.
 
-        Filters apply during the search, so ``k`` items still come back when many are filtered
-        out (fewer only when fewer pass): ``exclude`` ids never come back, ``allow`` restricts
-        to an id allow-list, ``where`` keeps items whose attributes it accepts (a
-        :class:`~recsys_infer.runtime.options.Where` or a function). ``explain`` fills each
-        recommendation's ``because`` with the history items (or request words) closest to it.
-        """
-        o = RecommendOptions.of(options, **overrides)
+        ``requests`` are :class:`Query` values or mappings with ``history`` and/or ``text``; the
+        keywords are :meth:`recommend`'s and apply to every request. Filters apply during the
+        search, so ``k`` items still come back when many are filtered out (fewer only when
+        fewer pass)."""
+        o = _options(options, k, exclude_seen, exclude, allow, where, explain)
         queries = [Query.coerce(r) for r in _request_list(requests, "recommend_batch")]
         if not queries:
             return []

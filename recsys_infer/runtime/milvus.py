@@ -136,6 +136,10 @@ class MilvusIndex:
         self.ef_search = ef_search
         self.timeout = timeout
 
+    def close(self) -> None:
+        """Close this engine's connection to the server (the collection stays)."""
+        self._client.close()
+
     # -- connecting and building ----------------------------------------------------------------
 
     @staticmethod

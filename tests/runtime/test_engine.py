@@ -451,3 +451,26 @@ def test_spin_modes_set_onnx_runtime_options() -> None:
     assert entries(True) == entries("always") == {}
     assert entries("run") == {"session.force_spinning_stop": "1"}
     assert entries(False) == entries("never") == {"session.intra_op.allow_spinning": "0"}
+
+
+def test_an_engine_describes_itself_and_closes(tiny_bundle: Path) -> None:
+    from recsys_infer import Engine
+    from recsys_infer.errors import QueryError
+
+    with Engine.load(tiny_bundle, device="cpu") as engine:
+        assert repr(engine) == f"<Engine {str(tiny_bundle)!r}, {len(engine)} items, {engine.dim}-d, on cpu>"
+        assert len(engine.recommend(text="tent", k=3, exclude=["P00001"])) == 3
+    assert repr(engine).endswith("closed>")
+    with pytest.raises(QueryError, match="closed"):
+        engine.recommend(text="tent", k=3)
+    engine.close()  # twice is fine
+
+
+def test_recommend_keywords_override_the_options_value(tiny_bundle: Path) -> None:
+    from recsys_infer import Engine, RecommendOptions
+
+    engine = Engine.load(tiny_bundle, device="cpu")
+    options = RecommendOptions(k=7, explain=True)
+    recs = engine.recommend(text="tent", options=options, k=2)
+    assert len(recs) == 2 and all(r.because for r in recs)  # k overridden, explain kept
+    assert len(engine.recommend_batch([{"text": "tent"}, {"text": "lamp"}], k=4)[1]) == 4
