@@ -5,6 +5,7 @@ name the per-app body models, at definition time.)
 """
 
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import hmac
@@ -17,6 +18,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any, Protocol
 
+import numpy as np
 import orjson
 from fastapi import Depends, FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
@@ -55,6 +57,7 @@ from .guard import Guard, error_response
 from .models import (
     BatchRecommendResponse,
     Bodies,
+    EmbeddingsResponse,
     EmbedResponse,
     HealthResponse,
     InfoResponse,
@@ -273,9 +276,13 @@ class Service:
                 raise r
         return results  # type: ignore[return-value]
 
-    def embed(self, body: Any) -> dict[str, Any]:
-        """Vectors from the engine's towers: item texts, or users (history and/or text)."""
+    def embed(self, body: Any) -> Any:
+        """Vectors from the engine's towers: item texts, users (history and/or text), or, for
+        TEI's ``inputs``, texts through the request or item tower as a bare list of vectors."""
         engine = self.engine
+        if body.inputs is not None:
+            texts = [body.inputs] if isinstance(body.inputs, str) else list(body.inputs)
+            return self.embed_texts(texts, body.tower).tolist()
         if body.items is not None:
             kind, texts = "items", list(body.items)
             with self.admit(len(texts)):
@@ -285,6 +292,43 @@ class Service:
             with self.admit(len(users)):
                 vectors = engine.encode_users(users)
         return {"kind": kind, "dim": int(vectors.shape[1]), "vectors": vectors.tolist()}
+
+    def embed_texts(self, texts: list[str], tower: str) -> np.ndarray:
+        """``texts`` through the item tower (``tower="item"``) or the request tower."""
+        with self.admit(len(texts)):
+            if tower == "item":
+                return self.engine.encode_items(texts)
+            return self.engine.encode_users([{"text": t} for t in texts])
+
+    def count_tokens(self, texts: list[str], tower: str) -> int:
+        """Tokens the tower read for ``texts`` (0 for an encoder without a tokenizer)."""
+        encoder = self.engine.item_encoder if tower == "item" else self.engine.request_encoder
+        tokenizer = getattr(encoder, "tokenizer", None)
+        return sum(tokenizer.count_tokens(texts)) if tokenizer is not None else 0
+
+    def openai_embeddings(self, body: Any) -> dict[str, Any]:
+        """OpenAI's embeddings answer; ``model`` names the tower (see the body's model)."""
+        texts = [body.input] if isinstance(body.input, str) else list(body.input)
+        model = body.model.lower()
+        tower = "item" if model in ("item", "items") or model.endswith("/item") else "request"
+        vectors = self.embed_texts(texts, tower).astype("<f4")
+        if body.dimensions is not None and body.dimensions != vectors.shape[1]:
+            raise QueryError(
+                f"dimensions {body.dimensions} asked, but this bundle's vectors have {vectors.shape[1]}; "
+                "leave dimensions out"
+            )
+        as_base64 = body.encoding_format == "base64"  # little-endian float32, as OpenAI sends it
+        data = [
+            {
+                "object": "embedding",
+                "index": i,
+                "embedding": base64.b64encode(v.tobytes()).decode() if as_base64 else v.tolist(),
+            }
+            for i, v in enumerate(vectors)
+        ]
+        tokens = self.count_tokens(texts, tower)
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+        return {"object": "list", "data": data, "model": body.model, "usage": usage}
 
     def swap(self, bundle: Path) -> None:
         """Load ``bundle`` and serve from it; requests in flight finish on the old engine."""
@@ -489,15 +533,24 @@ def _recommend_routes(app: FastAPI, deps: _Dependencies, bodies: Bodies) -> None
         (recs,) = await s.recommend([data])
         return _json({"items": [r.to_json() for r in recs]})
 
-    Embed = bodies.embed
+    Embed, Embeddings = bodies.embed, bodies.embeddings
 
     @app.post(
         "/embed",
-        summary="Vectors from the towers: item texts ({'items': [...]}) or users ({'users': [...]})",
-        response_model=EmbedResponse,
+        summary="Vectors from the towers: item texts ({'items': [...]}), users ({'users': [...]}), "
+        "or texts as Text Embeddings Inference takes them ({'inputs': ...}: a bare list of vectors)",
+        response_model=EmbedResponse | list[list[float]],
     )
     def embed(body: Embed, s: Annotated[Service, Depends(deps.reader)]) -> Any:  # type: ignore[valid-type]
         return _json(s.embed(body))
+
+    @app.post(
+        "/v1/embeddings",
+        summary="OpenAI-compatible embeddings: model 'item' for the item tower, any other for requests",
+        response_model=EmbeddingsResponse,
+    )
+    def embeddings(body: Embeddings, s: Annotated[Service, Depends(deps.reader)]) -> Any:  # type: ignore[valid-type]
+        return _json(s.openai_embeddings(body))
 
 
 def _edit_routes(app: FastAPI, deps: _Dependencies, bodies: Bodies) -> None:

@@ -8,7 +8,7 @@ options once for the engine, the micro-batcher and HTTP alike.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -26,6 +26,7 @@ class Bodies:
     items: type[BaseModel]
     swap: type[BaseModel]
     embed: type[BaseModel]
+    embeddings: type[BaseModel]
 
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
@@ -36,7 +37,31 @@ def make_bodies(s: ServeSettings) -> Bodies:
     """The request bodies, their limits taken from ``s``."""
     recommend, batch = _recommend_bodies(s)
     items, swap = _edit_bodies(s)
-    return Bodies(recommend, batch, items, swap, _embed_body(s))
+    return Bodies(recommend, batch, items, swap, _embed_body(s), _openai_body(s))
+
+
+def _openai_body(s: ServeSettings) -> type[BaseModel]:
+    Text = Annotated[str, Field(min_length=1, max_length=s.max_text_chars)]
+
+    class EmbeddingsBody(BaseModel):
+        """OpenAI's embeddings request. ``model`` picks the tower: ``item`` (or a name ending in
+        ``/item``) for the item tower, anything else for the request tower."""
+
+        model_config = ConfigDict(extra="forbid", strict=True)
+
+        input: Text | list[Text] = Field(description="A text, or a list of texts.")
+        model: str = Field(min_length=1, max_length=200)
+        encoding_format: Literal["float", "base64"] = "float"
+        dimensions: int | None = Field(default=None, description="Must equal the bundle's dimension.")
+        user: str | None = Field(default=None, max_length=200)
+
+        @model_validator(mode="after")
+        def bounded(self) -> EmbeddingsBody:
+            if isinstance(self.input, list) and not 1 <= len(self.input) <= s.max_batch_requests:
+                raise ValueError(f"input holds 1 to {s.max_batch_requests} texts")
+            return self
+
+    return EmbeddingsBody
 
 
 def _recommend_bodies(s: ServeSettings) -> tuple[type[BaseModel], type[BaseModel]]:
@@ -114,20 +139,41 @@ def _embed_body(s: ServeSettings) -> type[BaseModel]:
         history: list[Id] = Field(default_factory=list, max_length=s.max_history)
         text: str | None = Field(default=None, max_length=s.max_text_chars)
 
+    Text = Annotated[str, Field(min_length=1, max_length=s.max_text_chars)]
+
     class EmbedBody(BaseModel):
-        """Exactly one of ``items`` (item texts, through the item tower) or ``users``."""
+        """Exactly one of ``items`` (item texts, through the item tower), ``users`` (histories
+        and/or requests, through the user side) or ``inputs`` (texts, as Text Embeddings
+        Inference takes them: through the request tower, or the item tower with ``tower``)."""
 
         model_config = strict
 
-        items: list[Annotated[str, Field(min_length=1, max_length=s.max_text_chars)]] | None = Field(
-            default=None, min_length=1, max_length=s.max_batch_requests
-        )
+        items: list[Text] | None = Field(default=None, min_length=1, max_length=s.max_batch_requests)
         users: list[UserBody] | None = Field(default=None, min_length=1, max_length=s.max_batch_requests)
+        inputs: Text | list[Text] | None = Field(
+            default=None, description="TEI-style texts; the answer is then a bare list of vectors."
+        )
+        tower: Literal["request", "item"] = Field(
+            default="request", description="With inputs: the request tower (a query) or the item tower."
+        )
+        normalize: bool = Field(
+            default=True, description="With inputs: vectors are unit length; false is refused."
+        )
+        truncate: bool = Field(
+            default=True, description="With inputs: texts are cut at the tower's token budget."
+        )
 
         @model_validator(mode="after")
         def one_kind(self) -> EmbedBody:
-            if (self.items is None) == (self.users is None):
-                raise ValueError("give exactly one of 'items' (a list of item texts) or 'users'")
+            given = [name for name in ("items", "users", "inputs") if getattr(self, name) is not None]
+            if len(given) != 1:
+                raise ValueError("give exactly one of 'items' (item texts), 'users' or 'inputs' (texts)")
+            if isinstance(self.inputs, list) and not 1 <= len(self.inputs) <= s.max_batch_requests:
+                raise ValueError(f"inputs holds 1 to {s.max_batch_requests} texts")
+            if not self.normalize:
+                raise ValueError(
+                    "normalize must be true: the towers' vectors are unit length by construction"
+                )
             return self
 
     return EmbedBody
@@ -162,6 +208,26 @@ class EmbedResponse(BaseModel):
     kind: str = Field(description="'items' or 'users': which tower made the vectors.")
     dim: int
     vectors: list[list[float]] = Field(description="Unit vectors, one per input, in order.")
+
+
+class EmbeddingOut(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str = Field(description="Floats, or base64 of little-endian float32.")
+
+
+class EmbeddingsUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingsResponse(BaseModel):
+    """OpenAI's embeddings response."""
+
+    object: Literal["list"] = "list"
+    data: list[EmbeddingOut]
+    model: str
+    usage: EmbeddingsUsage
 
 
 class TowerInfo(BaseModel):
