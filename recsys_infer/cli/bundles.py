@@ -31,7 +31,10 @@ def export(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directory from `train`.")],
     out: Annotated[Path, typer.Option(help="Bundle directory to write.", file_okay=False)],
     recipe: Annotated[
-        Path | None, typer.Option(help="Recipe TOML; its [export] and [index] tables apply.")
+        Path | None,
+        typer.Option(
+            help="A packaged recipe (default, ...) or a TOML file; its export and index tables apply."
+        ),
     ] = None,
     probe: Annotated[bool, typer.Option("--probe/--no-probe", help="Carry the validation probe set.")] = True,
     text_space: Annotated[
@@ -294,7 +297,12 @@ def _print_pruning(result: Any, out: Path) -> None:
 @app.command("build", rich_help_panel="Bundles and compression")
 @friendly_errors
 def build_command(
-    recipe: Annotated[Path, typer.Argument(help="Recipe TOML (see export/*.toml).")],
+    recipe: Annotated[
+        Path,
+        typer.Argument(
+            help="A packaged recipe (default, int8, blockwise, auto, pruned-int8) or a TOML file."
+        ),
+    ],
     out: Annotated[Path, typer.Option(help="Bundle directory to write.", file_okay=False)],
     data: Annotated[str | None, typer.Option(help="Data folder to train on (and to distill on).")] = None,
     checkpoint: Annotated[

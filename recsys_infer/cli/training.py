@@ -119,7 +119,12 @@ Softmax = Annotated[
         "auto: full up to 20,000 items."
     ),
 ]
-Recipe = Annotated[Path | None, typer.Option(help="Recipe TOML; its [train] table sets defaults.")]
+Recipe = Annotated[
+    Path | None,
+    typer.Option(
+        help="A packaged recipe (default, int8, ...) or a TOML file; its train table sets defaults."
+    ),
+]
 Resume = Annotated[bool, typer.Option(help="Continue an interrupted run from <out>.partial/.")]
 
 
@@ -209,10 +214,10 @@ def _train_config(
 
     base = TrainConfig()
     if recipe is not None:
-        from recsys_infer.toolchain.export.recipe import read_recipe
+        from recsys_infer.toolchain.export.recipe import read_recipe, train_config_from_recipe
 
         doc = read_recipe(recipe)
-        base = TrainConfig(**doc.get("train", {}))
+        base = train_config_from_recipe(doc, source=str(recipe))
         encoder = encoder or doc.get("encoder", {}).get("name")
         revision = revision or doc.get("encoder", {}).get("revision")
     given = {**given, "learning_rate": given.pop("lr")}

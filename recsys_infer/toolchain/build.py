@@ -1,7 +1,9 @@
 """``recsys-infer build RECIPE``: one recipe, the whole chain from data (or a checkpoint) to a
 compressed bundle.
 
-A recipe is a TOML file in ``export/``. Its tables, each optional except where said:
+A recipe is a TOML file, or the name of one that ships in ``recsys_infer/recipes`` (``default``,
+``int8``, ``blockwise``, ``auto``, ``pruned-int8``). Its tables, each optional except where said
+(any other table or key is refused, naming the valid ones):
 
 - ``[encoder]`` and ``[train]``: how to train (as ``train --recipe``); skipped when the build is
   given a trained checkpoint.
@@ -30,6 +32,7 @@ from typing import Any
 from recsys_infer.errors import ExportError, OutputExistsError
 from recsys_infer.toolchain.compress.steps import QuantizeConfig, optimize_bundle, quantize_bundle
 from recsys_infer.toolchain.export import export_bundle, export_config_from_recipe, read_recipe
+from recsys_infer.toolchain.export.recipe import train_config_from_recipe
 
 logger = logging.getLogger(__name__)
 
@@ -128,14 +131,14 @@ def _train(recipe: dict[str, Any], data: str | None, checkpoint: Path, result: B
     if not data:
         raise ExportError("build needs --data to train on, or --checkpoint with a trained model")
     from recsys_infer.data import load_dataset
-    from recsys_infer.toolchain.train.loop import TrainConfig, train
+    from recsys_infer.toolchain.train.loop import train
 
     trained = train(
         load_dataset(data),
         checkpoint,
         encoder=recipe.get("encoder", {}).get("name"),
         revision=recipe.get("encoder", {}).get("revision"),
-        config=TrainConfig(**recipe.get("train", {})),
+        config=train_config_from_recipe(recipe),
         overwrite=True,
     )
     result.stages.append({"stage": "train", "checkpoint": str(checkpoint), "seconds": trained.seconds})

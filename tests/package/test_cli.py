@@ -69,8 +69,7 @@ def test_train_export_info_recommend(small_data: Path, tiny_encoder: Path, tmp_p
     assert "trained 3 steps" in out and "checkpoint:" in out
     assert json.loads(report.read_text())["steps"] == 3
 
-    recipe = Path(__file__).resolve().parents[2] / "export" / "default.toml"
-    code, out = invoke("export", str(ckpt), "--out", str(bundle), "--recipe", str(recipe))
+    code, out = invoke("export", str(ckpt), "--out", str(bundle), "--recipe", "default")
     assert code == 0, out
     assert "user tower parity vs PyTorch" in out and "HNSW recall@10" in out
 

@@ -60,7 +60,7 @@ def test_json_dash_leaves_one_document_on_stdout(
         "convert": ["convert", b, "--out", str(tmp_path / "st")],
         "build": [
             "build",
-            str(ROOT / "export" / "int8.toml"),
+            "int8",
             "--checkpoint",
             ck,
             "--out",

@@ -193,7 +193,7 @@ def test_unknown_fields_are_ignored_and_broken_manifest_is_clear(bundle_copy: Pa
 
 
 def test_example_recipe_reads() -> None:
-    recipe = read_recipe(REPO / "export" / "default.toml")
+    recipe = read_recipe("default")
     config = export_config_from_recipe(recipe)
     assert config.opset == 17 and config.hnsw.M == 16 and config.index_threads == 1
     assert recipe["encoder"]["name"] == "sentence-transformers/all-MiniLM-L6-v2"
@@ -210,7 +210,7 @@ def test_bad_recipes(tmp_path: Path) -> None:
     bad.write_text("[export\n")
     with pytest.raises(ExportError, match="not valid TOML"):
         read_recipe(bad)
-    with pytest.raises(ExportError, match="not found"):
+    with pytest.raises(ExportError, match="neither a file nor a packaged recipe"):
         read_recipe(tmp_path / "absent.toml")
     with pytest.raises(ExportError, match="opset must be between"):
         export_config_from_recipe({"export": {"opset": 9}})

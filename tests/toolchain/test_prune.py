@@ -141,9 +141,9 @@ def test_build_runs_a_whole_chain(tiny_checkpoint: Path, tmp_path: Path) -> None
 
 def test_shipped_recipes_are_valid(tmp_path: Path) -> None:
     from recsys_infer.toolchain.build import check_recipe
-    from recsys_infer.toolchain.export.recipe import read_recipe
+    from recsys_infer.toolchain.export.recipe import packaged_recipes, read_recipe
 
-    recipes = sorted((Path(__file__).resolve().parents[2] / "export").glob("*.toml"))
+    recipes = sorted(packaged_recipes().values())
     assert len(recipes) >= 3
     for path in recipes:
         check_recipe(read_recipe(path), str(path))
@@ -151,6 +151,36 @@ def test_shipped_recipes_are_valid(tmp_path: Path) -> None:
     bad.write_text('[[steps]]\nkind = "quantise"\n')
     with pytest.raises(ExportError, match="optimize"):
         check_recipe(read_recipe(bad), str(bad))
+
+
+def test_recipes_by_name_and_their_tables_and_keys_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from recsys_infer.toolchain.export.recipe import read_recipe, train_config_from_recipe
+
+    monkeypatch.chdir(tmp_path)  # packaged recipes are found from anywhere, not from the repository
+    assert {"default", "int8", "blockwise", "auto", "pruned-int8"} <= set(packaged_recipes_names())
+    assert train_config_from_recipe(read_recipe("default")).batch_size == 64
+    with pytest.raises(ExportError, match="packaged ones are"):
+        read_recipe("no-such-recipe")
+    cases = {
+        "[trian]\nepochs = 1\n": "unknown tables \\['trian'\\]",
+        "[encoder]\nnmae = 'x'\n": "unknown \\[encoder\\] keys",
+        "[gate]\nmax_drop = 0.1\n": "max_overlap_drop",
+    }
+    for text, message in cases.items():
+        (tmp_path / "r.toml").write_text(text)
+        with pytest.raises(ExportError, match=message):
+            read_recipe(tmp_path / "r.toml")
+    (tmp_path / "r.toml").write_text("[train]\nepoch = 3\n")
+    with pytest.raises(ExportError, match=r"unknown \[train\] keys \['epoch'\]; it takes .*'epochs'"):
+        train_config_from_recipe(read_recipe(tmp_path / "r.toml"))
+
+
+def packaged_recipes_names() -> list[str]:
+    from recsys_infer.toolchain.export.recipe import packaged_recipes
+
+    return list(packaged_recipes())
 
 
 def test_distillation_rate_warms_up_then_decays_to_zero() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tomllib
 from dataclasses import dataclass, field, fields
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -41,15 +42,64 @@ class ExportConfig:
             raise ConfigError(f"index_threads must be positive, got {self.index_threads}")
 
 
-def read_recipe(path: Path) -> dict[str, Any]:
-    """A recipe TOML file as a dict, with a clear error for a bad file."""
+#: The tables a recipe may hold (see :mod:`recsys_infer.toolchain.build`).
+TABLES = ("encoder", "train", "export", "index", "prune", "steps", "gate")
+_ENCODER_KEYS = ("name", "revision")
+_GATE_KEYS = ("max_overlap_drop",)
+
+
+def packaged_recipes() -> dict[str, Path]:
+    """The recipes that ship inside the package (``recsys_infer/recipes``), by name."""
+    folder = resources.files("recsys_infer") / "recipes"
+    return {p.name.removesuffix(".toml"): Path(str(p)) for p in folder.iterdir() if p.name.endswith(".toml")}
+
+
+def resolve_recipe(recipe: str | Path) -> Path:
+    """A recipe file: ``recipe`` itself when it is a file, else the packaged recipe of that name
+    (``default``, ``int8``, ...)."""
+    path = Path(recipe)
+    if path.is_file():
+        return path
+    packaged = packaged_recipes()
+    if str(recipe) in packaged:
+        return packaged[str(recipe)]
+    raise ExportError(
+        f"recipe {str(recipe)!r} is neither a file nor a packaged recipe; the packaged ones are "
+        f"{sorted(packaged)} (or give a TOML file's path)"
+    )
+
+
+def read_recipe(recipe: str | Path) -> dict[str, Any]:
+    """A recipe (a TOML file's path, or a packaged recipe's name) as a dict; a clear error for a
+    bad file, and for a table or an ``[encoder]``/``[gate]`` key it does not know."""
+    path = resolve_recipe(recipe)
     try:
-        with Path(path).open("rb") as f:
-            return tomllib.load(f)
-    except FileNotFoundError:
-        raise ExportError(f"recipe {path} not found; see export/default.toml for an example") from None
+        with path.open("rb") as f:
+            doc = tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise ExportError(f"recipe {path} is not valid TOML: {e}") from e
+    for table, keys in (("", TABLES), ("encoder", _ENCODER_KEYS), ("gate", _GATE_KEYS)):
+        given = doc if not table else doc.get(table, {})
+        unknown = sorted(set(given) - set(keys))
+        if unknown:
+            where = f"[{table}] keys" if table else "tables"
+            raise ExportError(f"recipe {path}: unknown {where} {unknown}; it takes {list(keys)}")
+    return doc
+
+
+def train_config_from_recipe(recipe: dict[str, Any], *, source: str = "recipe") -> Any:
+    """The recipe's ``[train]`` table as a ``TrainConfig``; an unknown key names the valid ones."""
+    from recsys_infer.toolchain.train.loop import TrainConfig
+
+    table = dict(recipe.get("train", {}))
+    known = sorted(f.name for f in fields(TrainConfig))
+    unknown = sorted(set(table) - set(known))
+    if unknown:
+        raise ExportError(f"{source}: unknown [train] keys {unknown}; it takes {known}")
+    try:
+        return TrainConfig(**table)
+    except (TypeError, ValueError) as e:
+        raise ExportError(f"{source}: [train]: {e}") from e
 
 
 def export_config_from_recipe(recipe: dict[str, Any], *, source: str = "recipe") -> ExportConfig:
