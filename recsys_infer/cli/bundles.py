@@ -136,7 +136,10 @@ def quantize(
             "dynamic int8 where the probe allows it, blockwise int8 or fp32 elsewhere (--tower user)."
         ),
     ] = QuantMode.DYNAMIC,
-    tower: Annotated[TowerChoice, typer.Option(help="Which towers to quantize.")] = TowerChoice.BOTH,
+    tower: Annotated[
+        TowerChoice | None,
+        typer.Option(help="Which towers to quantize.", show_default="both; user for --mode auto"),
+    ] = None,
     calibration_size: Annotated[
         int, typer.Option(min=8, help="static: probe inputs used to calibrate activation ranges.")
     ] = 256,
@@ -180,6 +183,8 @@ def quantize(
     their measured cost."""
     from recsys_infer.toolchain.compress.steps import QuantizeConfig, quantize_bundle
 
+    if tower is None:  # --mode auto searches the request path's graph: the user side
+        tower = TowerChoice.USER if mode is QuantMode.AUTO else TowerChoice.BOTH
     config = QuantizeConfig(
         mode=mode,
         towers=tower,

@@ -159,10 +159,10 @@ class TargetSplit(StrEnum):
 @app.command("evaluate", rich_help_panel="Inspect, evaluate and benchmark")
 @friendly_errors
 def evaluate_command(
+    data: Annotated[str, typer.Option(help="The data folder the bundles were trained on, or 'sample'.")],
     bundles: Annotated[
         list[Path] | None, typer.Argument(help="Bundles to evaluate; the first is the reference.")
     ] = None,
-    data: Annotated[str, typer.Option(help="The data folder the bundles were trained on.")] = "",
     baseline: Annotated[
         list[str] | None,
         typer.Option(help="Also evaluate a baseline: popularity, als or zero-shot (repeatable)."),
@@ -192,8 +192,6 @@ def evaluate_command(
     """Leave-one-out, full-ranking evaluation with 95% bootstrap intervals and paired comparisons."""
     from recsys_infer.evaluation.run import EvalConfig, run_evaluation
 
-    if not data:
-        raise typer.BadParameter("--data is required: the folder the bundles were trained on, or 'sample'")
     config = EvalConfig(
         split=str(split),
         ks=tuple(k or (10, 50)),

@@ -28,7 +28,7 @@ def _ray(help_text: str, **kwargs: Any) -> Any:
 _Limit = int | None
 BundleArg = Annotated[Path, typer.Argument(help="The bundle to serve.", exists=True, file_okay=False)]
 Host = Annotated[str, typer.Option(envvar="RECSYS_INFER_HOST", help="Interface to listen on.")]
-Port = Annotated[int, typer.Option(min=1, max=65535, envvar="RECSYS_INFER_PORT")]
+Port = Annotated[int, typer.Option(min=1, max=65535, envvar="RECSYS_INFER_PORT", help="Port to listen on.")]
 AccessLog = Annotated[
     bool,
     typer.Option(

@@ -37,10 +37,12 @@ def quickstart(
     out: Annotated[Path, typer.Option(help="Where the checkpoint and bundle go.", file_okay=False)] = Path(
         "quickstart-out"
     ),
-    minutes: Annotated[
+    max_minutes: Annotated[
         float, typer.Option(min=0.1, help="Training budget in minutes (the default model, best epoch kept).")
     ] = 2.0,
-    steps: Annotated[int | None, typer.Option(min=0, help="Train exactly this many steps instead.")] = None,
+    max_steps: Annotated[
+        int | None, typer.Option(min=0, help="Train exactly this many steps instead (a smoke test).")
+    ] = None,
     encoder: EncoderOpt = None,
     json_out: JsonOut = None,
 ) -> None:
@@ -49,7 +51,7 @@ def quickstart(
 
     console = make_console()
     console.print(f"[bold]recsys-infer quickstart[/bold]: built-in sample catalogue → {out}/")
-    report = run_quickstart(out, steps=steps, minutes=minutes, encoder=encoder)
+    report = run_quickstart(out, steps=max_steps, minutes=max_minutes, encoder=encoder)
     for user in report.users:
         console.print(f"\n[bold]user {user.user_id}[/bold], most recent history (newest last):")
         width = max(40, console.width - 12)
@@ -136,19 +138,26 @@ def train_command(
     encoder: EncoderOpt = None,
     revision: Revision = None,
     pooling: PoolingOpt = None,
-    epochs: Annotated[_Int, typer.Option(min=1)] = None,
+    epochs: Annotated[
+        _Int, typer.Option(min=1, help="Most epochs (the kind's default: 200 sequence, 1 text).")
+    ] = None,
     max_steps: Annotated[
         _Int, typer.Option(min=0, help="Stop after this many steps (0: save untrained).")
     ] = None,
     max_minutes: Annotated[_Float, typer.Option(help="Stop after this much wall time.")] = None,
-    batch_size: Annotated[_Int, typer.Option(min=2)] = None,
+    batch_size: Annotated[
+        _Int, typer.Option(min=2, help="Examples per step (the kind's default: 64 sequence, 32 text).")
+    ] = None,
     lr: Annotated[_Float, typer.Option(help="Peak learning rate (AdamW).")] = None,
     temperature: Annotated[_Float, typer.Option(help="Softmax temperature.")] = None,
-    seed: Annotated[_Int, typer.Option()] = None,
+    seed: Annotated[_Int, typer.Option(help="Seed of every random choice (default 0).")] = None,
     user_max_length: Annotated[_Int, typer.Option(help="User tower token budget.")] = None,
     item_max_length: Annotated[_Int, typer.Option(help="Item tower token budget.")] = None,
     max_history: Annotated[_Int, typer.Option(help="History items written into the user text.")] = None,
-    shared_towers: Annotated[_Bool, typer.Option("--shared-towers/--separate-towers")] = None,
+    shared_towers: Annotated[
+        _Bool,
+        typer.Option("--shared-towers/--separate-towers", help="Text kind: one encoder for both towers."),
+    ] = None,
     threads: Annotated[_Int, typer.Option(min=1, help="torch intra-op threads.")] = None,
     user_tower: UserTower = None,
     hidden: Annotated[_Int, typer.Option(help="Sequence tower width.")] = None,

@@ -168,7 +168,7 @@ def test_quickstart_runs_the_whole_path(tiny_encoder: Path, tmp_path: Path) -> N
         str(out_dir),
         "--encoder",
         str(tiny_encoder),
-        "--steps",
+        "--max-steps",
         "2",
         "--json",
         str(tmp_path / "qs.json"),
@@ -195,7 +195,9 @@ def test_quickstart_runs_the_whole_path(tiny_encoder: Path, tmp_path: Path) -> N
 
     assert len(Engine.load(out_dir / "bundle", device="cpu").recommend(text="tent", k=2)) == 2
     # Running it again replaces its own outputs.
-    code, out = invoke("quickstart", "--out", str(out_dir), "--encoder", str(tiny_encoder), "--steps", "1")
+    code, out = invoke(
+        "quickstart", "--out", str(out_dir), "--encoder", str(tiny_encoder), "--max-steps", "1"
+    )
     assert code == 0, out
 
 
@@ -204,3 +206,28 @@ def test_help_lists_every_command() -> None:
     assert code == 0
     for command in ("quickstart", "train", "export", "info", "recommend", "sample-data"):
         assert command in out
+
+
+def test_every_option_is_documented_and_renders() -> None:
+    """Walks every command: each option has help, no help holds [markup] Rich would swallow,
+    and one concept has one name (no --minutes beside --max-minutes)."""
+    import re
+
+    import typer.main
+    from typer.core import TyperOption
+
+    group = typer.main.get_command(app)
+    commands = group.commands  # type: ignore[attr-defined]
+    names: set[str] = set()
+    for name, command in commands.items():
+        assert command.help, f"{name} has no help"
+        for param in command.params:
+            if not isinstance(param, TyperOption) or param.name == "help":
+                continue
+            assert param.help, f"{name} {param.opts[0]} has no help"
+            assert not re.search(r"(?<!\\)\[[a-z_]+\]", param.help), f"{name} {param.opts[0]}: {param.help}"
+            names.update(param.opts)
+    for second, first in {"--minutes": "--max-minutes", "--steps": "--max-steps"}.items():
+        assert second not in names, f"{second} is a second name for {first}"
+    tower = next(p for p in commands["quantize"].params if p.name == "tower")
+    assert tower.default is None and "user for --mode auto" in str(tower.show_default)

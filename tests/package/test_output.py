@@ -72,7 +72,7 @@ def test_json_dash_leaves_one_document_on_stdout(
             str(tmp_path / "qs"),
             "--encoder",
             str(tiny_encoder),
-            "--steps",
+            "--max-steps",
             "2",
         ],
         "bench": ["bench", b, "--data", SAMPLE, "--quick", "--no-peers", "--threads", "1"],
