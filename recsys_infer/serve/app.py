@@ -53,12 +53,13 @@ from recsys_infer.runtime.schema import encode
 from recsys_infer.runtime.types import Recommendation
 from recsys_infer.version import __version__
 
-from .guard import Guard, error_response
+from .guard import ERROR_TYPES, Guard, error_response
 from .models import (
     BatchRecommendResponse,
     Bodies,
     EmbeddingsResponse,
     EmbedResponse,
+    ErrorBody,
     HealthResponse,
     InfoResponse,
     ItemRemoved,
@@ -114,6 +115,17 @@ class Replica:
     name: str
     batcher: BatcherFactory
     swap_refusal: str
+
+
+#: Every status the service may answer with an error, each with the one error body, so that the
+#: OpenAPI schema (and a client generated from it) reads errors as they are sent.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {
+        "model": ErrorBody,
+        "description": f"error.type {kind!r}" + (" or 'over_limit'" if status == 422 else ""),
+    }
+    for status, kind in ERROR_TYPES.items()
+}
 
 
 class OverLimitError(QueryError):
@@ -414,6 +426,7 @@ def create_app(
         summary="Two-tower recommendations from a recsys-infer bundle.",
         version="1",
         lifespan=lifespan,
+        responses=ERROR_RESPONSES,
     )
     app.add_middleware(Guard, max_body=settings.max_body_bytes, observe=metrics.observe)
     if replica is not None:
@@ -424,7 +437,29 @@ def create_app(
     _recommend_routes(app, deps, bodies)
     _edit_routes(app, deps, bodies)
     _status_routes(app, deps, metrics)
+    _errors_are_json(app)
     return app
+
+
+def _errors_are_json(app: FastAPI) -> None:
+    """FastAPI files a route's declared error bodies under the route's own media type, text/plain
+    for /metrics; errors are JSON on every route, so the schema says so."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            for operations in schema["paths"].values():
+                for operation in operations.values():
+                    for status in ERROR_TYPES:
+                        response = operation["responses"].get(str(status), {})
+                        content = response.get("content", {})
+                        if content and "application/json" not in content:
+                            response["content"] = {"application/json": next(iter(content.values()))}
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _name_the_replica(app: FastAPI, holder: dict[str, Service]) -> None:

@@ -210,6 +210,22 @@ class EmbedResponse(BaseModel):
     vectors: list[list[float]] = Field(description="Unit vectors, one per input, in order.")
 
 
+class ErrorDetail(BaseModel):
+    type: str = Field(description="bad_request, unauthorized, forbidden, not_found, method_not_allowed, "
+                      "too_large, unsupported_media_type, invalid_request, over_limit, overloaded, "
+                      "unavailable or internal.")  # fmt: skip
+    message: str = Field(description="What failed and how to fix it; quotes at most a short excerpt.")
+    errors: list[dict[str, Any]] | None = Field(
+        default=None, description="With invalid_request: each field that failed validation."
+    )
+
+
+class ErrorBody(BaseModel):
+    """The one body of every error response."""
+
+    error: ErrorDetail
+
+
 class EmbeddingOut(BaseModel):
     object: Literal["embedding"] = "embedding"
     index: int

@@ -364,3 +364,35 @@ def test_device_and_provider_options_come_from_flags_or_the_environment() -> Non
         ServeSettings.from_env({"RECSYS_INFER_DEVICE": "gpu"})
     with pytest.raises(ConfigError, match="not KEY=VALUE"):
         parse_provider_options(["enable_cuda_graph"])
+
+
+def test_the_schema_declares_the_errors_as_they_are_sent(
+    bundle_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every operation declares every error status with the one error body, and the errors the
+    server really sends parse as that body (a client generated from the schema reads them)."""
+    from recsys_infer.serve import API_KEY_ENV, ServeSettings
+    from recsys_infer.serve.guard import ERROR_TYPES
+    from recsys_infer.serve.models import ErrorBody
+
+    monkeypatch.setenv(API_KEY_ENV, "secret")
+    settings = ServeSettings(max_body_bytes=4096)
+    with TestClient(create_app(bundle_copy, threads=1, settings=settings)) as c:
+        schema = c.get("/openapi.json").json()
+        for path, operations in schema["paths"].items():
+            for method, operation in operations.items():
+                for status in ERROR_TYPES:
+                    declared = operation["responses"][str(status)]["content"]["application/json"]["schema"]
+                    assert declared == {"$ref": "#/components/schemas/ErrorBody"}, (path, method, status)
+        assert "HTTPValidationError" not in json.dumps(schema)
+        sent = [
+            c.post("/recommend", json={"txt": "x"}),  # 422
+            c.post("/recommend", json={"history": ["no-such-item"], "k": 2}),  # 404
+            c.get("/recommend"),  # 405
+            c.post("/recommend", content=b"x" * 5000, headers={"content-type": "application/json"}),  # 413
+            c.delete("/items/1"),  # 401: no key
+        ]
+        assert [r.status_code for r in sent] == [422, 404, 405, 413, 401]
+        for response in sent:
+            body = ErrorBody.model_validate(response.json())
+            assert body.error.type == ERROR_TYPES[response.status_code]
