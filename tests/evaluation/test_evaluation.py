@@ -211,4 +211,4 @@ def test_evaluate_cli(tiny_bundle: Path, tmp_path: Path) -> None:
     doc = json.loads(out.read_text())
     assert list(doc["models"][0]["metrics"]) == ["recall@10", "ndcg@10", "mrr"]
     bad = CliRunner().invoke(app, ["evaluate", str(tiny_bundle)])
-    assert bad.exit_code == 2 and "--data is required" in bad.output
+    assert bad.exit_code == 2 and "Missing option '--data'" in bad.output  # a required option
