@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Annotated
 
 import typer
@@ -28,9 +29,20 @@ def _print_version(value: bool) -> None:
     raise typer.Exit()
 
 
+def _restore(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+
+
 @app.callback()
 def _main(
+    ctx: typer.Context,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what the library does.")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress bars; results and errors still print.")
+    ] = False,
     version: Annotated[
         bool,
         typer.Option(
@@ -41,6 +53,10 @@ def _main(
         ),
     ] = False,
 ) -> None:
+    if quiet:  # every bar is tqdm's, which reads its defaults from TQDM_* variables
+        before = os.environ.get("TQDM_DISABLE")
+        os.environ["TQDM_DISABLE"] = "1"
+        ctx.call_on_close(lambda: _restore("TQDM_DISABLE", before))
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )

@@ -127,3 +127,16 @@ def test_a_missing_extra_is_one_line_naming_it(
     assert code == "1", done.stdout
     assert len(errors) == 1 and f"pip install 'recsys-infer[{extra}]'" in errors[0], done.stdout
     assert "Traceback" not in done.stdout
+
+
+def test_quiet_leaves_out_the_progress_bars(tiny_bundle: Path, tmp_path: Path) -> None:
+    """In a process of its own, as a user runs it (tqdm reads TQDM_DISABLE when it is imported)."""
+
+    def run(*flags: str, out: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "recsys_infer.cli", *flags, "index", str(tiny_bundle), "--out", out]
+        return subprocess.run(command, capture_output=True, text=True, timeout=300, check=False, cwd=ROOT)
+
+    loud, quiet = run(out=str(tmp_path / "a")), run("--quiet", out=str(tmp_path / "b"))
+    assert loud.returncode == 0 and quiet.returncode == 0, (loud.stderr, quiet.stderr)
+    assert "item/s" in loud.stderr and "item/s" not in quiet.stderr
+    assert "wrote" in quiet.stdout  # the result still prints

@@ -202,8 +202,9 @@ def quantize_dynamic_graph(src: Path, dst: Path, config: QuantizeConfig) -> dict
 
 
 class _DropAdvice(logging.Filter):
-    """The quantizer's advice to pre-process, logged on every call: once is enough for a search
-    that quantizes the graph thirty times."""
+    """The quantizer's advice to pre-process, logged on every call to the root logger: the graphs
+    here are quantized as they are on purpose (pre-processing fails on fused graphs without
+    auto_merge and changes nothing the dynamic quantizer reads), so it only tells users noise."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith("Please consider to run pre-processing")
@@ -227,17 +228,18 @@ def dynamic_int8(
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(
-        str(src),
-        str(dst),
-        per_channel=per_channel,
-        weight_type=QuantType.QInt8,
-        op_types_to_quantize=list(ops),
-        # The quantizer rewrites a Gemm as "<name>_MatMul" before it reads the exclusions.
-        nodes_to_exclude=[*exclude, *(f"{n}_MatMul" for n in exclude)],
-        # Fused graphs (Attention, SkipLayerNormalization) need the default tensor type.
-        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-    )
+    with quiet_quantizer():  # its advice to pre-process does not apply to these graphs
+        quantize_dynamic(
+            str(src),
+            str(dst),
+            per_channel=per_channel,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=list(ops),
+            # The quantizer rewrites a Gemm as "<name>_MatMul" before it reads the exclusions.
+            nodes_to_exclude=[*exclude, *(f"{n}_MatMul" for n in exclude)],
+            # Fused graphs (Attention, SkipLayerNormalization) need the default tensor type.
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
 
 
 def quantize_blockwise_graph(src: Path, dst: Path, config: QuantizeConfig) -> dict[str, Any]:

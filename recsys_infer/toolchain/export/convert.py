@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,9 +75,13 @@ def to_sentence_transformers(
     ``out/shared``, for shared towers), each a sentence-transformers folder with its ONNX
     backend file, checked against the bundle's own vectors."""
     try:
-        from sentence_transformers import SentenceTransformer, models  # type: ignore[attr-defined]
+        from sentence_transformers import SentenceTransformer
     except ImportError as e:
         raise MissingDependencyError("sentence-transformers", "bench") from e
+    try:  # where sentence-transformers 5.7 keeps them; before, sentence_transformers.models
+        from sentence_transformers.sentence_transformer import modules as models
+    except ImportError:  # pragma: no cover - older sentence-transformers
+        from sentence_transformers import models  # type: ignore[attr-defined,no-redef]
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
@@ -110,15 +115,17 @@ def to_sentence_transformers(
                 tokenizer_object=Tokenizer.from_str(tokenizer_json), pad_token=manifest.tokenizer.pad_token
             ).save_pretrained(staged)
             transformer = models.Transformer(str(staged), max_seq_length=spec.max_length)
-            pooling = models.Pooling(
-                transformer.get_word_embedding_dimension(), pooling_mode=str(spec.pooling)
-            )
+            pooling = models.Pooling(transformer.get_embedding_dimension(), pooling_mode=str(spec.pooling))
             folder = tmp / name
             SentenceTransformer(modules=[transformer, pooling, models.Normalize()], device="cpu").save(
                 str(folder)
             )
             shutil.rmtree(staged)
-            onnx = SentenceTransformer(str(folder), backend="onnx", device="cpu")  # exports onnx/model.onnx
+            with warnings.catch_warnings():  # the exporter's tracer and deprecation notes, not ours
+                warnings.simplefilter("ignore")
+                onnx = SentenceTransformer(
+                    str(folder), backend="onnx", device="cpu"
+                )  # exports onnx/model.onnx
             onnx.save_pretrained(str(folder))
             theirs = np.asarray(onnx.encode(texts, normalize_embeddings=True), dtype=np.float32)
             cosine = float(np.min(np.sum(theirs * ours.encode(texts), axis=1)))
@@ -132,3 +139,9 @@ def to_sentence_transformers(
             cosines[name] = round(cosine, 6)
             logger.info("%s tower: lowest cosine to the bundle %.6f", name, cosine)
     return ConvertResult(folders, cosines)
+
+
+def _embedding_dimension(transformer: Any) -> int:
+    """The module's output width, by the name sentence-transformers gives it (renamed in 5.7)."""
+    method = getattr(transformer, "get_embedding_dimension", None) or transformer.get_word_embedding_dimension
+    return int(method())
