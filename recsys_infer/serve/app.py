@@ -377,6 +377,7 @@ class Service:
             "device_fallback": engine.device_fallback,
             "providers": list(getattr(engine.item_encoder, "providers", [])),
             "towers": towers,
+            "spaces": _spaces(engine),
             "index": encode(engine.manifest.index) if engine.manifest else None,
             "limits": self.settings.to_json(),
             "request_cache": dataclasses.asdict(cache) if (cache := engine.request_cache()) else None,
@@ -384,6 +385,19 @@ class Service:
             "editing": bool(os.environ.get(API_KEY_ENV)),
             "unsaved_edits": self.dirty,
         }
+
+
+def _spaces(engine: Engine) -> list[dict[str, Any]]:
+    """The spaces a served vector holds: the trained then the text space of a two-space bundle,
+    or one space over all its components."""
+    fusion = engine.manifest.fusion if engine.manifest is not None else None
+    if fusion is None:
+        return [{"name": "trained", "start": 0, "stop": engine.dim}]
+    trained, text = fusion.dims
+    return [
+        {"name": "trained", "start": 0, "stop": trained},
+        {"name": "text", "start": trained, "stop": trained + text},
+    ]
 
 
 def create_app(

@@ -264,6 +264,12 @@ class HealthResponse(BaseModel):
     unsaved_edits: bool
 
 
+class SpaceInfo(BaseModel):
+    name: str = Field(description="'trained' (the model's own space) or 'text' (the encoder's).")
+    start: int = Field(description="The first component of a served vector in this space.")
+    stop: int = Field(description="One past the last.")
+
+
 class InfoResponse(BaseModel):
     version: str = Field(description="The recsys-infer package version.")
     bundle: str
@@ -273,6 +279,10 @@ class InfoResponse(BaseModel):
     device_fallback: str | None
     providers: list[str] = Field(description="The ONNX Runtime providers the item tower's session kept.")
     towers: dict[str, TowerInfo]
+    spaces: list[SpaceInfo] = Field(
+        description="Which components of a served vector (recommend, /embed, /v1/embeddings) are which "
+        "space: a two-space bundle joins the trained space and the encoder's text space."
+    )
     index: dict[str, Any] | None
     limits: dict[str, Any]
     request_cache: dict[str, int] | None = Field(

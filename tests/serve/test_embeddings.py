@@ -64,3 +64,16 @@ def test_the_official_openai_client_gets_the_engines_vectors(tiny_bundle: Path) 
         floats = client.embeddings.create(model="item", input=TEXTS[1], encoding_format="float")
         np.testing.assert_allclose(floats.data[0].embedding, engine.encode_items([TEXTS[1]])[0], atol=1e-6)
         assert answer.usage.prompt_tokens > 2
+
+
+def test_info_says_which_components_are_which_space(seq_bundle_for_compress: Path, tiny_bundle: Path) -> None:
+    from recsys_infer.serve.models import InfoResponse
+
+    with TestClient(create_app(seq_bundle_for_compress, threads=1)) as c:
+        info = InfoResponse.model_validate(c.get("/info").json())
+        vector = c.post("/v1/embeddings", json={"input": "tent", "model": "request"}).json()["data"][0]
+    assert [(s.name, s.start, s.stop) for s in info.spaces] == [("trained", 0, 32), ("text", 32, 64)]
+    assert len(vector["embedding"]) == info.spaces[-1].stop
+    with TestClient(create_app(tiny_bundle, threads=1)) as c:
+        one = InfoResponse.model_validate(c.get("/info").json()).spaces
+    assert [(s.name, s.start, s.stop) for s in one] == [("trained", 0, 32)]
