@@ -34,8 +34,7 @@ def overlap(
         raise ValueError("overlap needs two rankings with the same, non-zero number of rows")
     shares = []
     for a, b in zip(found, truth, strict=True):
-        a, b = list(a)[:k] if k else list(a), list(b)[:k] if k else list(b)
-        shares.append(len(set(a) & set(b)) / (k or len(b)))
+        shares.append(len(set(list(a)[:k]) & set(list(b)[:k])) / (k or len(b)))  # [:None] is all
     return float(np.mean(shares))
 
 

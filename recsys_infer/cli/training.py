@@ -223,12 +223,16 @@ def _train_config(
 
     base = TrainConfig()
     if recipe is not None:
-        from recsys_infer.toolchain.export.recipe import read_recipe, train_config_from_recipe
+        from recsys_infer.toolchain.export.recipe import (
+            encoder_from_recipe,
+            read_recipe,
+            train_config_from_recipe,
+        )
 
         doc = read_recipe(recipe)
         base = train_config_from_recipe(doc, source=str(recipe))
-        encoder = encoder or doc.get("encoder", {}).get("name")
-        revision = revision or doc.get("encoder", {}).get("revision")
+        name, pinned = encoder_from_recipe(doc)
+        encoder, revision = encoder or name, revision or pinned
     given = {**given, "learning_rate": given.pop("lr")}
     if given.get("softmax") is not None:
         given["softmax"] = given["softmax"].value

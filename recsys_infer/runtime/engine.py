@@ -147,8 +147,10 @@ def _options(
     explain: bool | None,
 ) -> RecommendOptions:
     """``options`` with every keyword that was given (not ``None``) over it."""
-    given = {"k": k, "exclude_seen": exclude_seen, "exclude": exclude, "allow": allow, "where": where}
-    given["explain"] = explain
+    given = {
+        "k": k, "exclude_seen": exclude_seen, "exclude": exclude, "allow": allow, "where": where,
+        "explain": explain,
+    }  # fmt: skip
     return RecommendOptions.of(options, **{name: v for name, v in given.items() if v is not None})
 
 

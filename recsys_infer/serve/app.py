@@ -291,18 +291,15 @@ class Service:
     def embed(self, body: Any) -> Any:
         """Vectors from the engine's towers: item texts, users (history and/or text), or, for
         TEI's ``inputs``, texts through the request or item tower as a bare list of vectors."""
-        engine = self.engine
         if body.inputs is not None:
             texts = [body.inputs] if isinstance(body.inputs, str) else list(body.inputs)
             return self.embed_texts(texts, body.tower).tolist()
         if body.items is not None:
-            kind, texts = "items", list(body.items)
-            with self.admit(len(texts)):
-                vectors = engine.encode_items(texts)
+            kind, vectors = "items", self.embed_texts(list(body.items), "item")
         else:
             kind, users = "users", [{"history": u.history, "text": u.text} for u in body.users]
             with self.admit(len(users)):
-                vectors = engine.encode_users(users)
+                vectors = self.engine.encode_users(users)
         return {"kind": kind, "dim": int(vectors.shape[1]), "vectors": vectors.tolist()}
 
     def embed_texts(self, texts: list[str], tower: str) -> np.ndarray:

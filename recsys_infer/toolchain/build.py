@@ -32,7 +32,7 @@ from typing import Any
 from recsys_infer.errors import ExportError, OutputExistsError
 from recsys_infer.toolchain.compress.steps import QuantizeConfig, optimize_bundle, quantize_bundle
 from recsys_infer.toolchain.export import export_bundle, export_config_from_recipe, read_recipe
-from recsys_infer.toolchain.export.recipe import train_config_from_recipe
+from recsys_infer.toolchain.export.recipe import encoder_from_recipe, train_config_from_recipe
 
 logger = logging.getLogger(__name__)
 
@@ -133,11 +133,12 @@ def _train(recipe: dict[str, Any], data: str | None, checkpoint: Path, result: B
     from recsys_infer.data import load_dataset
     from recsys_infer.toolchain.train.loop import train
 
+    encoder, revision = encoder_from_recipe(recipe)
     trained = train(
         load_dataset(data),
         checkpoint,
-        encoder=recipe.get("encoder", {}).get("name"),
-        revision=recipe.get("encoder", {}).get("revision"),
+        encoder=encoder,
+        revision=revision,
         config=train_config_from_recipe(recipe),
         overwrite=True,
     )

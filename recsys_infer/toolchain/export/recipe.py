@@ -87,6 +87,12 @@ def read_recipe(recipe: str | Path) -> dict[str, Any]:
     return doc
 
 
+def encoder_from_recipe(recipe: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The recipe's ``[encoder]``: its name (id or local path) and revision, each None when unset."""
+    table = recipe.get("encoder", {})
+    return table.get("name"), table.get("revision")
+
+
 def train_config_from_recipe(recipe: dict[str, Any], *, source: str = "recipe") -> Any:
     """The recipe's ``[train]`` table as a ``TrainConfig``; an unknown key names the valid ones."""
     from recsys_infer.toolchain.train.loop import TrainConfig
