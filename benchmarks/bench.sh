@@ -46,7 +46,7 @@ build item-int8-smooth $CLI quantize "$C/opt" --out "$C/item-int8-smooth" --mode
 # int8-aware distillation of the request tower (prune --quant-aware, --ratio 0: nothing pruned):
 # all six layers retrained for dynamic int8, then quantized so.
 build req-q6-ckpt $CLI prune "$CKPT" --ratio 0 --tower user --quant-aware --distill-steps 800 --batch-size 64 \
-  --lr 3e-5 --data "$DATA" --out "$C/req-q6-ckpt"
+  --learning-rate 3e-5 --data "$DATA" --out "$C/req-q6-ckpt"
 build req-q6 $CLI export "$C/req-q6-ckpt" --out "$C/req-q6" --reference "$REF"
 build req-q6-opt $CLI optimize "$C/req-q6" --out "$C/req-q6-opt" --tower user
 build req-q6-int8 $CLI quantize "$C/req-q6-opt" --out "$C/req-q6-int8" --mode dynamic --tower user

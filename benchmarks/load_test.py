@@ -203,7 +203,7 @@ async def http_drive(base: str, work: list[dict[str, Any]], clients: int) -> dic
 def http_run(
     bundle: Path, work: list[dict[str, Any]], clients: int, threads: int, batching: bool, spin: bool
 ) -> dict[str, Any]:
-    options = ["--threads", str(threads), "--spin" if spin else "--no-spin"]
+    options = ["--threads", str(threads), "--spin", "always" if spin else "never"]
     options += [] if batching else ["--max-batch", "1", "--max-wait-us", "0"]
     with serving(bundle, *options) as (base, pid):
         before = cpu_seconds(pid), cpu_seconds(pid, pid)

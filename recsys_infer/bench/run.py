@@ -39,7 +39,7 @@ from recsys_infer.evaluation.recommenders import EngineRecommender
 from recsys_infer.ranking import overlap, recall_at_k, top_k
 from recsys_infer.runtime.engine import Engine
 from recsys_infer.runtime.index import HnswIndex, HnswParams
-from recsys_infer.runtime.providers import parse_device
+from recsys_infer.runtime.providers import parse_device, plan_placement
 
 from .subjects import Subject, bundle_subject, item_vectors, measure_memory, text_side
 from .timing import Call, Stopwatch, TimedCallable, TimedMethod, interleaved, percentiles, timed
@@ -69,8 +69,9 @@ class BenchConfig:
     bf16: bool = True
     memory: bool = True
     quick: bool = False
-    # Where every subject runs: the bundles, the PyTorch reference and the peers alike.
-    device: str = "cpu"
+    # Where every subject runs: the bundles, the PyTorch reference and the peers alike. ``auto``
+    # is resolved once, to the GPU where ONNX Runtime has one and else the CPU.
+    device: str = "auto"
     # When ONNX Runtime's threads busy-wait (a Spin). The subjects share one process and two
     # cores: spinning after each run (``always``), the idle threads of the subject timed last
     # stole the cores of the next, which put recommend's p99 at 3x its p50 (benchmarks/README.md,
@@ -83,8 +84,10 @@ class BenchConfig:
         object.__setattr__(self, "spin", Spin.of(self.spin))
         if self.threads < 1 or self.rounds < 1 or self.calls < 1 or self.batch_calls < 1:
             raise ConfigError("threads, rounds, calls and batch_calls must be positive")
-        if parse_device(self.device)[0] is Device.AUTO:
-            raise ConfigError("bench measures one device: give cpu, cuda, cuda:N or tensorrt, not auto")
+        if parse_device(self.device)[0] is Device.AUTO:  # bench measures one device, named
+            placement = plan_placement(Device.AUTO, ())
+            gpu = placement.device is not Device.CPU
+            object.__setattr__(self, "device", f"{placement.device}:{placement.index}" if gpu else "cpu")
 
     @classmethod
     def quick_mode(cls, **overrides: Any) -> BenchConfig:

@@ -13,6 +13,8 @@ from recsys_infer.enums import Calibration, QuantMode, TowerChoice
 
 from .app import app
 from .common import (
+    Command,
+    HelpAll,
     JsonOut,
     MaxDrop,
     Overwrite,
@@ -20,12 +22,13 @@ from .common import (
     fidelity_lines,
     friendly_errors,
     fusion_lines,
+    rare,
     step_summary,
     write_json,
 )
 
 
-@app.command(rich_help_panel="Bundles and compression")
+@app.command(rich_help_panel="Bundles and compression", cls=Command)
 @friendly_errors
 def export(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directory from `train`.")],
@@ -33,7 +36,8 @@ def export(
     recipe: Annotated[
         Path | None,
         typer.Option(
-            help="A packaged recipe (default, ...) or a TOML file; its export and index tables apply."
+            help="A packaged recipe (default, ...) or a TOML file; its export and index tables apply.",
+            show_default="none",
         ),
     ] = None,
     probe: Annotated[bool, typer.Option("--probe/--no-probe", help="Carry the validation probe set.")] = True,
@@ -42,7 +46,8 @@ def export(
         typer.Option(
             "--text-space/--no-text-space",
             help="Sequence models: keep the pretrained text space beside the trained one, weighed "
-            "per query kind on validation (default); --no-text-space: the trained space alone.",
+            "per query kind on validation; --no-text-space: the trained space alone.",
+            show_default="the recipe's, else text-space",
         ),
     ] = None,
     reference: Reference = None,
@@ -100,7 +105,7 @@ def export(
     write_json(json_out, result.to_json())
 
 
-@app.command(rich_help_panel="Bundles and compression")
+@app.command(rich_help_panel="Bundles and compression", cls=Command)
 @friendly_errors
 def optimize(
     bundle: Annotated[Path, typer.Argument(help="Bundle to optimise (left unchanged).")],
@@ -124,60 +129,86 @@ def optimize(
     write_json(json_out, result.to_json())
 
 
-@app.command(rich_help_panel="Bundles and compression")
+_QUANT = "Tuning the int8 modes"
+
+
+BundleOpt = Annotated[Path, typer.Argument(help="Bundle to quantize (left unchanged).")]
+OutOpt = Annotated[Path, typer.Option(help="Bundle directory to write.", file_okay=False)]
+ModeOpt = Annotated[
+    QuantMode,
+    typer.Option(
+        help="int8 for the CPU (dynamic, static, blockwise); fp16 for CUDA; auto: the request graph "
+        "mixed, int8 where the probe allows it and fp32 elsewhere."
+    ),
+]
+TowerOpt = Annotated[
+    TowerChoice | None,
+    typer.Option(help="Which towers to quantize.", show_default="both; user for --mode auto"),
+]
+CalibrationSizeOpt = Annotated[
+    int,
+    typer.Option(min=8, help="static: probe inputs used to calibrate activation ranges.", **rare(_QUANT)),
+]
+CalibrationOpt = Annotated[Calibration, typer.Option(help="static: calibration method.", **rare(_QUANT))]
+KeepFp32Opt = Annotated[
+    list[str] | None,
+    typer.Option(
+        help="Keep these MatMuls in fp32: ffn-out, ffn-in, attention-out, head, or a regex (repeatable).",
+        show_default="none",
+        **rare(_QUANT),
+    ),
+]
+PerChannelOpt = Annotated[
+    bool, typer.Option("--per-channel/--per-tensor", help="Weight scales.", **rare(_QUANT))
+]
+BlockSizeOpt = Annotated[
+    int,
+    typer.Option(
+        min=16, help="blockwise: weights and activations share a scale per this many.", **rare(_QUANT)
+    ),
+]
+ReindexOpt = Annotated[bool, typer.Option(help="Rebuild the item index with the quantized item tower.")]
+TargetOverlapOpt = Annotated[
+    float,
+    typer.Option(
+        min=0.0,
+        max=1.0,
+        help="auto: the overlap@10 with the reference the mixed graph must hold.",
+        **rare(_QUANT),
+    ),
+]
+SmoothOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="dynamic/auto, --tower user or item: smooth the text graph's activations before "
+        "int8 (SmoothQuant): off, auto (strength chosen on the probe's requests, or on the "
+        "catalogue for the item tower) or a strength in (0, 1).",
+        show_default="auto for --mode auto, off otherwise",
+        **rare(_QUANT),
+    ),
+]
+
+
+@app.command(rich_help_panel="Bundles and compression", cls=Command)
 @friendly_errors
 def quantize(
-    bundle: Annotated[Path, typer.Argument(help="Bundle to quantize (left unchanged).")],
-    out: Annotated[Path, typer.Option(help="Bundle directory to write.", file_okay=False)],
-    mode: Annotated[
-        QuantMode,
-        typer.Option(
-            help="dynamic, static or blockwise int8 (CPU); fp16 (CUDA); auto: the request graph in "
-            "dynamic int8 where the probe allows it, blockwise int8 or fp32 elsewhere (--tower user)."
-        ),
-    ] = QuantMode.DYNAMIC,
-    tower: Annotated[
-        TowerChoice | None,
-        typer.Option(help="Which towers to quantize.", show_default="both; user for --mode auto"),
-    ] = None,
-    calibration_size: Annotated[
-        int, typer.Option(min=8, help="static: probe inputs used to calibrate activation ranges.")
-    ] = 256,
-    calibration: Annotated[
-        Calibration, typer.Option(help="static: calibration method.")
-    ] = Calibration.MINMAX,
-    keep_fp32: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="Keep these MatMuls in fp32: ffn-out, ffn-in, attention-out, head, or a regex (repeatable)."
-        ),
-    ] = None,
-    per_channel: Annotated[bool, typer.Option("--per-channel/--per-tensor", help="Weight scales.")] = True,
-    block_size: Annotated[
-        int, typer.Option(min=16, help="blockwise: weights and activations share a scale per this many.")
-    ] = 64,
-    reindex: Annotated[
-        bool, typer.Option(help="Rebuild the item index with the quantized item tower.")
-    ] = False,
-    target_overlap: Annotated[
-        float,
-        typer.Option(
-            min=0.0, max=1.0, help="auto: the overlap@10 with the reference the mixed graph must hold."
-        ),
-    ] = 0.95,
-    smooth: Annotated[
-        str | None,
-        typer.Option(
-            help="dynamic/auto, --tower user or item: smooth the text graph's activations before "
-            "int8 (SmoothQuant): off, auto (strength chosen on the probe's requests, or on the "
-            "catalogue for the item tower) or a strength in (0, 1). Default: auto for --mode auto, "
-            "off otherwise.",
-        ),
-    ] = None,
+    bundle: BundleOpt,
+    out: OutOpt,
+    mode: ModeOpt = QuantMode.DYNAMIC,
+    tower: TowerOpt = None,
+    calibration_size: CalibrationSizeOpt = 256,
+    calibration: CalibrationOpt = Calibration.MINMAX,
+    keep_fp32: KeepFp32Opt = None,
+    per_channel: PerChannelOpt = True,
+    block_size: BlockSizeOpt = 64,
+    reindex: ReindexOpt = False,
+    target_overlap: TargetOverlapOpt = 0.95,
+    smooth: SmoothOpt = None,
     max_overlap_drop: MaxDrop = None,
     reference: Reference = None,
     overwrite: Overwrite = False,
     json_out: JsonOut = None,
+    _help_all: HelpAll = False,
 ) -> None:
     """int8 (dynamic, calibrated static, blockwise or auto mixed int8/fp32) or fp16 towers, with
     their measured cost."""
@@ -205,7 +236,7 @@ def quantize(
     write_json(json_out, result.to_json())
 
 
-@app.command(rich_help_panel="Bundles and compression")
+@app.command(rich_help_panel="Bundles and compression", cls=Command)
 @friendly_errors
 def prune(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directory from `train` (left unchanged).")],
@@ -226,10 +257,13 @@ def prune(
     ] = 0,
     data: Annotated[
         str | None,
-        typer.Option(help="The training data (its training split feeds importance and distillation)."),
+        typer.Option(
+            help="The training data (its training split feeds importance and distillation).",
+            show_default="none; --distill-steps needs it",
+        ),
     ] = None,
     batch_size: Annotated[int, typer.Option(min=2, help="Distillation batch size.")] = 32,
-    lr: Annotated[float, typer.Option(help="Distillation learning rate.")] = 1e-4,
+    learning_rate: Annotated[float, typer.Option(help="Distillation learning rate.")] = 1e-4,
     quant_aware: Annotated[
         bool,
         typer.Option(
@@ -244,6 +278,7 @@ def prune(
             help="Distil towards this checkpoint instead of CHECKPOINT itself: to distil a pruned "
             "checkpoint further from the one it was pruned from (with --ratio 0).",
             file_okay=False,
+            show_default="CHECKPOINT",
         ),
     ] = None,
     request_variants: Annotated[
@@ -266,7 +301,7 @@ def prune(
         towers=tower,
         distill_steps=distill_steps,
         batch_size=batch_size,
-        learning_rate=lr,
+        learning_rate=learning_rate,
         quant_aware=quant_aware,
         request_variants=request_variants,
     )
@@ -299,7 +334,7 @@ def _print_pruning(result: Any, out: Path) -> None:
     )
 
 
-@app.command("build", rich_help_panel="Bundles and compression")
+@app.command("build", rich_help_panel="Bundles and compression", cls=Command)
 @friendly_errors
 def build_command(
     recipe: Annotated[
@@ -309,12 +344,20 @@ def build_command(
         ),
     ],
     out: Annotated[Path, typer.Option(help="Bundle directory to write.", file_okay=False)],
-    data: Annotated[str | None, typer.Option(help="Data folder to train on (and to distill on).")] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            help="Data folder to train on (and to distill on).", show_default="none; training needs it"
+        ),
+    ] = None,
     checkpoint: Annotated[
-        Path | None, typer.Option(help="Start from this trained checkpoint instead of training.")
+        Path | None,
+        typer.Option(
+            help="Start from this trained checkpoint instead of training.", show_default="train first"
+        ),
     ] = None,
     work: Annotated[
-        Path | None, typer.Option(help="Folder for intermediate models (default <out>.work).")
+        Path | None, typer.Option(help="Folder for intermediate models.", show_default="<out>.work")
     ] = None,
     overwrite: Overwrite = False,
     json_out: JsonOut = None,
@@ -335,7 +378,7 @@ class ConvertTarget(StrEnum):
     SENTENCE_TRANSFORMERS = "sentence-transformers"
 
 
-@app.command(rich_help_panel="Bundles and compression")
+@app.command(rich_help_panel="Bundles and compression", cls=Command)
 @friendly_errors
 def convert(
     bundle: Annotated[Path, typer.Argument(help="A text-kind fp32 bundle.")],
@@ -345,7 +388,7 @@ def convert(
     ] = ConvertTarget.SENTENCE_TRANSFORMERS,
     checkpoint: Annotated[
         Path | None,
-        typer.Option(help="The checkpoint the bundle was exported from (default: the one it records)."),
+        typer.Option(help="The checkpoint the bundle was exported from.", show_default="the one it records"),
     ] = None,
     overwrite: Overwrite = False,
     json_out: JsonOut = None,
@@ -370,7 +413,7 @@ def convert(
     )
 
 
-@app.command(rich_help_panel="Bundles and compression")
+@app.command(rich_help_panel="Bundles and compression", cls=Command)
 @friendly_errors
 def index(
     bundle: Annotated[Path, typer.Argument(help="The bundle whose towers encode the new catalogue.")],
@@ -379,18 +422,25 @@ def index(
         Path | None,
         typer.Option(
             help="Items: a .csv, .tsv, .jsonl or .parquet table with item_id and text (or text columns), "
-            "or a folder of such shards. Default: the bundle's own live catalogue."
+            "or a folder of such shards.",
+            show_default="the bundle's own live catalogue",
         ),
     ] = None,
     threads: Annotated[
-        int | None, typer.Option(min=1, help="Cores per worker, each running one batch at a time.")
+        int | None,
+        typer.Option(
+            min=1,
+            help="Cores per worker, each running one batch at a time.",
+            show_default="the cores shared out",
+        ),
     ] = None,
     workers: Annotated[int, typer.Option(min=1, help="Item-tower sessions encoding shards at once.")] = 1,
     ray: Annotated[
         str | None,
         typer.Option(
             help="Encode on Ray Data: 'local' starts a local cluster, HOST:PORT (or ray://...) joins one. "
-            "Needs the 'scale' extra."
+            "Needs the 'scale' extra.",
+            show_default="in this process",
         ),
     ] = None,
     shard_size: Annotated[
@@ -400,7 +450,8 @@ def index(
         str | None,
         typer.Option(
             help="Put the index in a Milvus collection at this URI instead of hnswlib: a local .db path "
-            "(Milvus Lite) or http://HOST:19530. Needs the 'scale' extra."
+            "(Milvus Lite) or http://HOST:19530. Needs the 'scale' extra.",
+            show_default="hnswlib, in the bundle",
         ),
     ] = None,
     collection: Annotated[str, typer.Option(help="The Milvus collection's name.")] = "recsys_items",

@@ -13,9 +13,10 @@ import sys
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar, get_args
 
 import typer
+from typer.core import TyperCommand
 
 from recsys_infer.errors import FidelityError, MissingDependencyError, RecsysError
 
@@ -25,7 +26,16 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-DEVICE_HELP = "auto, cpu, cuda, cuda:N (the N-th GPU), tensorrt or tensorrt:N."
+DEVICE_HELP = "Where the graphs run: auto, cpu, cuda, cuda:N (the N-th GPU), tensorrt or tensorrt:N."
+#: ``--device``, on every command that runs a bundle's graphs, with one default: the GPU where
+#: ONNX Runtime has one, else the CPU.
+DeviceOption = Annotated[str, typer.Option(help=DEVICE_HELP)]
+DEFAULT_DEVICE = "auto"
+#: Whether a query's own history may come back, as ``recommend`` and ``evaluate`` both ask it.
+ExcludeSeen = Annotated[
+    bool,
+    typer.Option("--exclude-seen/--include-seen", help="Leave the history's own items out of the results."),
+]
 #: ``--json -``: the report goes to standard output, and everything else the command prints to
 #: standard error, so that standard output holds exactly one JSON document.
 STDOUT = Path("-")
@@ -33,15 +43,68 @@ JsonOut = Annotated[
     Path | None,
     typer.Option(
         "--json",
-        help="Also write a machine-readable report to this file ('-': standard output, and the rest "
-        "of the output to standard error).",
+        help="Also write a JSON report here ('-': standard output, the rest going to standard error).",
         dir_okay=False,
+        show_default="none",
     ),
 ]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace --out if it already exists.")]
 EncoderOpt = Annotated[
-    str | None, typer.Option("--encoder", help="Encoder id or local path; default all-MiniLM-L6-v2.")
+    str | None,
+    typer.Option("--encoder", help="Encoder id or local path.", show_default="all-MiniLM-L6-v2"),
 ]
+
+
+def rare(panel: str) -> dict[str, Any]:
+    """Keywords for an option few runs need: ``--help`` leaves it out, ``--help-all`` lists it
+    under the heading ``panel`` (see :class:`Command`)."""
+    return {"hidden": True, "rich_help_panel": panel}
+
+
+def _help_all(ctx: typer.Context, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    for param in ctx.command.params:
+        param.hidden = False  # type: ignore[attr-defined]
+    typer.echo(ctx.get_help(), color=ctx.color)
+    ctx.exit()
+
+
+#: ``--help-all`` on a command with rare options (a parameter its function takes and ignores).
+HelpAll = Annotated[
+    bool,
+    typer.Option(
+        "--help-all",
+        is_eager=True,
+        expose_value=False,
+        callback=_help_all,
+        help="Show every option, the rare ones too, and exit.",
+    ),
+]
+
+
+class Command(TyperCommand):
+    """Every command's help: flags without a type placeholder, numbers as ``<int>`` or
+    ``<float>`` beside their range, and a ``--help`` that fits a screen: options made with
+    :func:`rare` are listed by ``--help-all`` (a :data:`HelpAll` parameter), each under its
+    heading, and ``--help`` ends by saying so."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        for param in self.get_params(ctx):
+            kind = getattr(param, "type_descriptor", None)
+            if getattr(param, "is_flag", False):
+                param.metavar = ""
+            elif kind is not None and (kind.is_ranged or kind.is_list):
+                element = get_args(kind.annotation)[0] if kind.is_list else kind.annotation
+                label = f"<{getattr(element, '__name__', element)}>".lower()
+                if param.param_type_name == "argument":  # its metavar would rename it
+                    setattr(param, "display_type_rich", lambda ctx, label=label: label)  # noqa: B010
+                else:
+                    param.metavar = label
+        hidden = [getattr(p, "rich_help_panel", None) for p in self.params if getattr(p, "hidden", False)]
+        panels = sorted({str(panel) for panel in hidden if panel})
+        self.epilog = f"More options ({', '.join(panels).lower()}): --help-all." if panels else None
+        super().format_help(ctx, formatter)
 
 
 class OutputFormat(StrEnum):
@@ -181,11 +244,14 @@ MaxDrop = Annotated[
         min=0.0,
         max=1.0,
         help="Fail, writing nothing, if overlap@10 with the reference (users or requests) falls below 1 - X.",
+        show_default="no gate",
     ),
 ]
 Reference = Annotated[
     Path | None,
-    typer.Option(help="The uncompressed bundle to measure against (default: the one the input records)."),
+    typer.Option(
+        help="The uncompressed bundle to measure against.", show_default="the one the input records"
+    ),
 ]
 
 

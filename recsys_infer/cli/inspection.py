@@ -13,7 +13,11 @@ from recsys_infer.enums import Spin
 
 from .app import app
 from .common import (
+    DEFAULT_DEVICE,
     DEVICE_HELP,
+    Command,
+    DeviceOption,
+    ExcludeSeen,
     JsonOut,
     OutputFormat,
     friendly_errors,
@@ -25,7 +29,7 @@ from .common import (
 )
 
 
-@app.command(rich_help_panel="Inspect, evaluate and benchmark")
+@app.command(rich_help_panel="Inspect, evaluate and benchmark", cls=Command)
 @friendly_errors
 def info(
     bundle: Annotated[Path, typer.Argument(help="Bundle directory.")],
@@ -34,7 +38,8 @@ def info(
         str | None,
         typer.Option(
             help="Also load the engine on this device (auto, cpu, cuda, cuda:N, tensorrt) and report where "
-            "its graphs really run."
+            "its graphs really run.",
+            show_default="not loaded",
         ),
     ] = None,
     json_out: JsonOut = None,
@@ -115,18 +120,21 @@ def _device_report(bundle: Path, device: str) -> dict[str, Any]:
     }
 
 
-@app.command(rich_help_panel="Inspect, evaluate and benchmark")
+@app.command(rich_help_panel="Inspect, evaluate and benchmark", cls=Command)
 @friendly_errors
 def recommend(
     bundle: Annotated[Path, typer.Argument(help="Bundle directory.")],
-    history: Annotated[str | None, typer.Option(help="Comma-separated item ids, oldest first.")] = None,
-    text: Annotated[str | None, typer.Option(help="A free-text request.")] = None,
+    history: Annotated[
+        str | None, typer.Option(help="Comma-separated item ids, oldest first.", show_default="none")
+    ] = None,
+    text: Annotated[str | None, typer.Option(help="A free-text request.", show_default="none")] = None,
     k: Annotated[int, typer.Option("-k", "--k", min=1, help="How many items.")] = 10,
     output: Annotated[
-        OutputFormat, typer.Option("--format", help="Print a table or JSON.")
-    ] = OutputFormat.TABLE,
-    include_seen: Annotated[bool, typer.Option(help="Allow history items in the results.")] = False,
-    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
+        OutputFormat | None,
+        typer.Option("--format", hidden=True, help="Deprecated: --json - prints the JSON report."),
+    ] = None,
+    exclude_seen: ExcludeSeen = True,
+    device: DeviceOption = DEFAULT_DEVICE,
     exact: Annotated[bool, typer.Option(help="Exact search instead of the HNSW index.")] = False,
     json_out: JsonOut = None,
 ) -> None:
@@ -137,7 +145,7 @@ def recommend(
     if not ids and not text:
         raise typer.BadParameter("give --history ID,ID,... or --text TEXT (or both)")
     engine = Engine.load(bundle, device=device, exact=exact)
-    recs = engine.recommend(history=ids, text=text, k=k, exclude_seen=not include_seen)
+    recs = engine.recommend(history=ids, text=text, k=k, exclude_seen=exclude_seen)
     payload = {
         "bundle": str(bundle),
         "device": engine.device_name,
@@ -145,6 +153,7 @@ def recommend(
         "recommendations": [r.to_json() for r in recs],
     }
     if output is OutputFormat.JSON:
+        typer.echo("--format json is deprecated: use --json - (the same report)", err=True)
         typer.echo(json.dumps(payload, indent=2, ensure_ascii=False))
     else:
         make_console().print(recs_table(f"top {k} ({engine.device_name})", recs))
@@ -156,7 +165,7 @@ class TargetSplit(StrEnum):
     VALIDATION = "validation"
 
 
-@app.command("evaluate", rich_help_panel="Inspect, evaluate and benchmark")
+@app.command("evaluate", rich_help_panel="Inspect, evaluate and benchmark", cls=Command)
 @friendly_errors
 def evaluate_command(
     data: Annotated[str, typer.Option(help="The data folder the bundles were trained on, or 'sample'.")],
@@ -165,18 +174,19 @@ def evaluate_command(
     ] = None,
     baseline: Annotated[
         list[str] | None,
-        typer.Option(help="Also evaluate a baseline: popularity, als or zero-shot (repeatable)."),
+        typer.Option(
+            help="Also evaluate a baseline: popularity, als or zero-shot (repeatable).", show_default="none"
+        ),
     ] = None,
     k: Annotated[
-        list[int] | None, typer.Option("--k", help="Cut-offs (repeatable); default 10 and 50.")
+        list[int] | None, typer.Option("--k", help="Cut-offs (repeatable).", show_default="10 and 50")
     ] = None,
     split: Annotated[TargetSplit, typer.Option(help="Which held-out item is the target.")] = TargetSplit.TEST,
     users: Annotated[
-        int | None, typer.Option(min=1, help="Evaluate a seeded sample of this many users.")
+        int | None,
+        typer.Option(min=1, help="Evaluate a seeded sample of this many users.", show_default="every user"),
     ] = None,
-    exclude_seen: Annotated[
-        bool, typer.Option("--exclude-seen/--include-seen", help="Mask the input history from the ranking.")
-    ] = False,
+    exclude_seen: ExcludeSeen = True,
     exact: Annotated[
         bool, typer.Option(help="Rank by exact search instead of the bundles' HNSW indexes.")
     ] = False,
@@ -187,6 +197,7 @@ def evaluate_command(
         bool, typer.Option("--tune-als/--no-tune-als", help="Grid-search ALS on validation.")
     ] = True,
     seed: Annotated[int, typer.Option(help="Seed of the user sample and the bootstrap.")] = 0,
+    device: DeviceOption = DEFAULT_DEVICE,
     json_out: JsonOut = None,
 ) -> None:
     """Leave-one-out, full-ranking evaluation with 95% bootstrap intervals and paired comparisons."""
@@ -201,6 +212,7 @@ def evaluate_command(
         requests=requests,
         tune_als=tune,
         seed=seed,
+        device=device,
     )
     report = run_evaluation(data, bundles or [], baseline or [], config)
     _print_evaluation(report.to_json())
@@ -258,49 +270,64 @@ def _print_evaluation(report: dict[str, Any]) -> None:
         console.print(t)
 
 
-@app.command(rich_help_panel="Inspect, evaluate and benchmark")
+BundlesOpt = Annotated[list[Path], typer.Argument(help="Bundles to measure, side by side.", exists=True)]
+JsonOutOpt = Annotated[Path, typer.Option("--json", help="Write the report (JSON) here.", dir_okay=False)]
+DataOpt = Annotated[
+    str | None,
+    typer.Option(help="The data the bundles were built from.", show_default="what the first bundle records"),
+]
+DeviceOpt = Annotated[str, typer.Option(help=DEVICE_HELP + " Every subject runs there, the peers too.")]
+MdOpt = Annotated[
+    Path | None,
+    typer.Option(help="Also write the Markdown table here.", dir_okay=False, show_default="none"),
+]
+PlotOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="Also draw latency vs overlap and HNSW recall vs QPS (PNG).",
+        dir_okay=False,
+        show_default="none",
+    ),
+]
+ReferenceOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="The uncompressed checkpoint.", show_default="the one the first bundle was exported from"
+    ),
+]
+ThreadsOpt = Annotated[int, typer.Option(min=1, help="Threads for every subject (ONNX Runtime, PyTorch).")]
+RoundsOpt = Annotated[
+    int | None, typer.Option(min=1, help="Interleaved timing rounds.", show_default="5; 2 with --quick")
+]
+PeersOpt = Annotated[
+    bool, typer.Option("--peers/--no-peers", help="Include the sentence-transformers peers.")
+]
+SpinOpt = Annotated[
+    Spin,
+    typer.Option(
+        help="When ONNX Runtime's threads busy-wait: always (between runs too), run (only while a "
+        "run lasts) or never. run here: the subjects share the cores, and one's idle spinning "
+        "threads would slow the next.",
+    ),
+]
+QuickOpt = Annotated[bool, typer.Option("--quick", help="A smoke test: few users, rounds and calls.")]
+
+
+@app.command(rich_help_panel="Inspect, evaluate and benchmark", cls=Command)
 @friendly_errors
 def bench(
-    bundles: Annotated[list[Path], typer.Argument(help="Bundles to measure, side by side.", exists=True)],
-    json_out: Annotated[Path, typer.Option("--json", help="Write the report (JSON) here.", dir_okay=False)],
-    data: Annotated[
-        str | None,
-        typer.Option(help="The data the bundles were built from (default: what the first bundle records)."),
-    ] = None,
-    device: Annotated[
-        str, typer.Option(help="Where every subject runs: cpu, cuda, cuda:N or tensorrt (not auto).")
-    ] = "cpu",
-    md: Annotated[
-        Path | None, typer.Option(help="Also write the Markdown table here.", dir_okay=False)
-    ] = None,
-    plot: Annotated[
-        Path | None,
-        typer.Option(help="Also draw latency vs overlap and HNSW recall vs QPS (PNG).", dir_okay=False),
-    ] = None,
-    reference: Annotated[
-        Path | None,
-        typer.Option(
-            help="The uncompressed checkpoint (default: the one the first bundle was exported from)."
-        ),
-    ] = None,
-    threads: Annotated[
-        int, typer.Option(min=1, help="Threads for every subject (ONNX Runtime, PyTorch).")
-    ] = 2,
-    rounds: Annotated[int | None, typer.Option(min=1, help="Interleaved timing rounds.")] = None,
-    peers: Annotated[
-        bool, typer.Option("--peers/--no-peers", help="Include the sentence-transformers peers.")
-    ] = True,
-    spin: Annotated[
-        Spin,
-        typer.Option(
-            help="When ONNX Runtime's threads busy-wait: always (its default; between runs too), "
-            "run (only while a run lasts) or never. run by default: subjects share the cores, "
-            "and one's idle spinning threads would slow the next.",
-        ),
-    ] = Spin.RUN,
-    quick: Annotated[
-        bool, typer.Option("--quick", help="A smoke test: few users, rounds and calls.")
-    ] = False,
+    bundles: BundlesOpt,
+    json_out: JsonOutOpt,
+    data: DataOpt = None,
+    device: DeviceOpt = DEFAULT_DEVICE,
+    md: MdOpt = None,
+    plot: PlotOpt = None,
+    reference: ReferenceOpt = None,
+    threads: ThreadsOpt = 2,
+    rounds: RoundsOpt = None,
+    peers: PeersOpt = True,
+    spin: SpinOpt = Spin.RUN,
+    quick: QuickOpt = False,
 ) -> None:
     """Measure bundles against the PyTorch reference and sentence-transformers: speed, memory, quality."""
     from recsys_infer.bench import BenchConfig, markdown, run_bench

@@ -10,19 +10,24 @@ from typing import Annotated, Any
 
 import typer
 
+from recsys_infer.enums import Spin
+
 from .app import app
-from .common import (
-    DEVICE_HELP,
-    friendly_errors,
-)
+from .common import DEFAULT_DEVICE, DEVICE_HELP, Command, HelpAll, friendly_errors, rare
+
+_LIMITS, _RUNTIME, _RAY = "Limits", "Runtime", "Ray Serve"
 
 
-def _limit(help_text: str, env: str) -> Any:
-    return typer.Option(min=1, help=f"{help_text} (env RECSYS_INFER_{env})", rich_help_panel="Limits")
+def _limit(help_text: str, env: str, default: int) -> Any:
+    """A limit of :class:`~recsys_infer.serve.ServeSettings`; its default is shown as written
+    there (a test holds the two equal)."""
+    return typer.Option(
+        min=1, help=f"{help_text} (env RECSYS_INFER_{env})", show_default=f"{default:,}", **rare(_LIMITS)
+    )
 
 
 def _ray(help_text: str, **kwargs: Any) -> Any:
-    return typer.Option(help=help_text, rich_help_panel="Ray Serve", **kwargs)
+    return typer.Option(help=help_text, **rare(_RAY), **kwargs)
 
 
 _Limit = int | None
@@ -43,48 +48,57 @@ Threads = Annotated[
     typer.Option(
         min=1,
         envvar="RECSYS_INFER_THREADS",
-        help="ONNX Runtime intra-op threads (default: the physical cores).",
+        help="ONNX Runtime intra-op threads.",
+        show_default="the physical cores",
     ),
 ]
 DeviceOpt = Annotated[
-    str | None, typer.Option(help=DEVICE_HELP + " (env RECSYS_INFER_DEVICE)", show_default="auto")
+    str | None, typer.Option(help=DEVICE_HELP + " (env RECSYS_INFER_DEVICE)", show_default=DEFAULT_DEVICE)
 ]
 ProviderOption = Annotated[
     list[str] | None,
     typer.Option(
         help="KEY=VALUE for the GPU provider, e.g. enable_cuda_graph=1 or trt_fp16_enable=1 "
         "(repeatable; env RECSYS_INFER_PROVIDER_OPTIONS=k=v,k=v).",
+        show_default="none",
+        **rare(_RUNTIME),
     ),
 ]
 MaxWait = Annotated[
     int | None,
     typer.Option(
-        min=0, help="How long the micro-batcher waits to fill a batch, in µs. (env RECSYS_INFER_MAX_WAIT_US)"
+        min=0,
+        help="How long the micro-batcher waits to fill a batch, in µs. (env RECSYS_INFER_MAX_WAIT_US)",
+        show_default="2,000",
+        **rare(_RUNTIME),
     ),
 ]
 RequestCache = Annotated[
     int | None,
     typer.Option(
         min=0,
-        help="Keep this many request vectors, so a text seen again skips the transformer (default 0: "
-        "off). (env RECSYS_INFER_REQUEST_CACHE)",
+        help="Keep this many request vectors, so a text seen again skips the transformer (0: off). "
+        "(env RECSYS_INFER_REQUEST_CACHE)",
+        show_default="0",
+        **rare(_RUNTIME),
     ),
 ]
 SpinOpt = Annotated[
-    bool | None,
+    Spin | None,
     typer.Option(
-        "--spin/--no-spin",
-        help="Let ONNX Runtime's threads busy-wait between runs (on). --no-spin lets them sleep: "
-        "a shorter tail and free cores when other work shares the machine. (env RECSYS_INFER_SPIN)",
+        help="When ONNX Runtime's threads busy-wait: always (between runs too), run (only while a run "
+        "lasts) or never (they sleep: a shorter tail and free cores when other work shares the "
+        "machine). (env RECSYS_INFER_SPIN)",
+        show_default="always",
+        **rare(_RUNTIME),
     ),
 ]
 AuthReads = Annotated[
     bool | None,
     typer.Option(
         "--auth-reads/--no-auth-reads",
-        help="Require the API key for /recommend, /info and "
-        "/metrics too (off). (env RECSYS_INFER_AUTH_READS)",
-        rich_help_panel="Limits",
+        help="Require the API key for /recommend, /info and /metrics too. (env RECSYS_INFER_AUTH_READS)",
+        show_default="no-auth-reads",
     ),
 ]
 Ray = Annotated[
@@ -93,6 +107,7 @@ Ray = Annotated[
         "Serve replicas on Ray Serve: 'local' starts a local cluster, HOST:PORT joins one. The bundle's "
         "index should be in Milvus (see `index --milvus`). Needs the 'scale' extra.",
         envvar="RECSYS_INFER_RAY",
+        show_default="one process, no Ray",
     ),
 ]
 Replicas = Annotated[int, _ray("Replicas on Ray Serve.", min=1, envvar="RECSYS_INFER_REPLICAS")]
@@ -102,7 +117,7 @@ AllowLocalIndex = Annotated[
 ]
 
 
-@app.command(rich_help_panel="Serve")
+@app.command(rich_help_panel="Serve", cls=Command)
 @friendly_errors
 def serve(
     bundle: BundleArg,
@@ -112,26 +127,36 @@ def serve(
     threads: Threads = None,
     device: DeviceOpt = None,
     provider_option: ProviderOption = None,
-    max_batch: Annotated[_Limit, _limit("Most requests the micro-batcher runs at once.", "MAX_BATCH")] = None,
+    max_batch: Annotated[
+        _Limit, _limit("Most requests the micro-batcher runs at once.", "MAX_BATCH", 32)
+    ] = None,
     max_wait_us: MaxWait = None,
     max_body_bytes: Annotated[
-        _Limit, _limit("Largest request body; larger gets 413.", "MAX_BODY_BYTES")
+        _Limit, _limit("Largest request body; larger gets 413.", "MAX_BODY_BYTES", 4_194_304)
     ] = None,
     max_cost: Annotated[
         _Limit,
-        _limit("Result rows one body may ask for (k summed, explained x8); more gets 422.", "MAX_COST"),
+        _limit(
+            "Result rows one body may ask for (k summed, explained x8); more gets 422.", "MAX_COST", 20_000
+        ),
     ] = None,
     max_pending: Annotated[
-        _Limit, _limit("Recommendations waiting at once; more get 429 with Retry-After.", "MAX_PENDING")
+        _Limit, _limit("Recommendations waiting at once; more get 429 with Retry-After.", "MAX_PENDING", 64)
     ] = None,
-    max_k: Annotated[_Limit, _limit("Largest k.", "MAX_K")] = None,
-    max_batch_requests: Annotated[_Limit, _limit("Requests in one batch body.", "MAX_BATCH_REQUESTS")] = None,
-    max_history: Annotated[_Limit, _limit("History items in one request.", "MAX_HISTORY")] = None,
+    max_k: Annotated[_Limit, _limit("Largest k.", "MAX_K", 1_000)] = None,
+    max_batch_requests: Annotated[
+        _Limit, _limit("Requests in one batch body.", "MAX_BATCH_REQUESTS", 256)
+    ] = None,
+    max_history: Annotated[_Limit, _limit("History items in one request.", "MAX_HISTORY", 500)] = None,
     max_text_chars: Annotated[
-        _Limit, _limit("Characters of a request or item text.", "MAX_TEXT_CHARS")
+        _Limit, _limit("Characters of a request or item text.", "MAX_TEXT_CHARS", 2_000)
     ] = None,
-    max_ids_per_filter: Annotated[_Limit, _limit("Ids in exclude or allow.", "MAX_IDS_PER_FILTER")] = None,
-    max_items_per_edit: Annotated[_Limit, _limit("Items in one POST /items.", "MAX_ITEMS_PER_EDIT")] = None,
+    max_ids_per_filter: Annotated[
+        _Limit, _limit("Ids in exclude or allow.", "MAX_IDS_PER_FILTER", 10_000)
+    ] = None,
+    max_items_per_edit: Annotated[
+        _Limit, _limit("Items in one POST /items.", "MAX_ITEMS_PER_EDIT", 1_000)
+    ] = None,
     request_cache: RequestCache = None,
     spin: SpinOpt = None,
     auth_reads: AuthReads = None,
@@ -139,6 +164,7 @@ def serve(
     replicas: Replicas = 2,
     detach: Detach = False,
     allow_local_index: AllowLocalIndex = False,
+    _help_all: HelpAll = False,
 ) -> None:
     """Serve a bundle over HTTP: /recommend, /embed, /items, /healthz, /info, /metrics (serve extra).
 

@@ -12,7 +12,9 @@ from recsys_infer.enums import Pooling, UserTowerKind
 
 from .app import app
 from .common import (
+    Command,
     EncoderOpt,
+    HelpAll,
     JsonOut,
     Overwrite,
     clip,
@@ -20,6 +22,7 @@ from .common import (
     fusion_lines,
     make_console,
     parity_line,
+    rare,
     recs_table,
     write_json,
 )
@@ -31,7 +34,7 @@ class SoftmaxChoice(StrEnum):
     SAMPLED = "sampled"
 
 
-@app.command(rich_help_panel="Train")
+@app.command(rich_help_panel="Train", cls=Command)
 @friendly_errors
 def quickstart(
     out: Annotated[Path, typer.Option(help="Where the checkpoint and bundle go.", file_okay=False)] = Path(
@@ -41,7 +44,10 @@ def quickstart(
         float, typer.Option(min=0.1, help="Training budget in minutes (the default model, best epoch kept).")
     ] = 2.0,
     max_steps: Annotated[
-        int | None, typer.Option(min=0, help="Train exactly this many steps instead (a smoke test).")
+        int | None,
+        typer.Option(
+            min=0, help="Train exactly this many steps instead (a smoke test).", show_default="no limit"
+        ),
     ] = None,
     encoder: EncoderOpt = None,
     json_out: JsonOut = None,
@@ -93,107 +99,156 @@ def quickstart(
     write_json(json_out, report.to_json())
 
 
-def _flag(on: str, off: str, help_text: str) -> Any:
-    return typer.Option(f"--{on}/--{off}", help=help_text)
-
-
+_MODEL = "Model shape"
+_LOOP = "Training loop"
 _SEQ = "Sequence kind: "
+
+
+def _opt(help_text: str, default: str, *decls: str, panel: str | None = None, **kwargs: Any) -> Any:
+    """A ``train`` option left unset (None) so that a recipe can set it, its default shown as
+    ``default``; rare ones (``panel``) are listed by ``--help-all``."""
+    hide = rare(panel) if panel else {}
+    return typer.Option(*decls, help=help_text, show_default=default, **hide, **kwargs)  # type: ignore[misc]
+
+
 _Int = int | None
 _Float = float | None
 _Bool = bool | None
+_BY_KIND = "sequence {}, text {}"
 Data = Annotated[str, typer.Option(help="Data folder (MovieLens or generic), or 'sample'.")]
 CheckpointOut = Annotated[Path, typer.Option(help="Checkpoint directory to write.", file_okay=False)]
 Revision = Annotated[
     str | None,
-    typer.Option(help="Hub revision (branch, tag or commit) of --encoder; recorded in the bundle."),
+    _opt("Hub revision (branch, tag or commit) of --encoder; recorded in the bundle.", "main", panel=_MODEL),
 ]
 PoolingOpt = Annotated[
     Pooling | None,
-    typer.Option(help="mean or cls; only for encoders without a sentence-transformers Pooling module."),
+    _opt("mean or cls, for encoders without a sentence-transformers Pooling module.", "mean", panel=_MODEL),
 ]
 UserTower = Annotated[
-    UserTowerKind | None, typer.Option(help="text: history as text; sequence: history item vectors.")
+    UserTowerKind | None,
+    _opt("text: history as text; sequence: history item vectors.", "sequence"),
 ]
 Softmax = Annotated[
     SoftmaxChoice | None,
-    typer.Option(
-        help=_SEQ + "full softmax over the catalogue, or sampled negatives with the logQ correction; "
-        "auto: full up to 20,000 items."
+    _opt(
+        _SEQ + "full softmax over the catalogue, or sampled negatives with the logQ correction; "
+        "auto: full up to 20,000 items.",
+        "auto",
+        panel=_LOOP,
     ),
 ]
 Recipe = Annotated[
     Path | None,
-    typer.Option(
-        help="A packaged recipe (default, int8, ...) or a TOML file; its train table sets defaults."
-    ),
+    _opt("A packaged recipe (default, int8, ...) or a TOML file; its train table sets defaults.", "none"),
 ]
 Resume = Annotated[bool, typer.Option(help="Continue an interrupted run from <out>.partial/.")]
 
 
-@app.command("train", rich_help_panel="Train")
+EpochsOpt = Annotated[_Int, _opt("Most epochs.", _BY_KIND.format(200, 1), min=1)]
+MaxStepsOpt = Annotated[_Int, _opt("Stop after this many steps (0: save untrained).", "no limit", min=0)]
+MaxMinutesOpt = Annotated[_Float, _opt("Stop after this much wall time.", "no limit")]
+BatchSizeOpt = Annotated[_Int, _opt("Examples per step.", _BY_KIND.format(64, 32), min=2)]
+LearningRateOpt = Annotated[_Float, _opt("Peak learning rate (AdamW).", _BY_KIND.format(1e-3, 5e-5))]
+SeedOpt = Annotated[_Int, _opt("Seed of every random choice.", "0")]
+TemperatureOpt = Annotated[_Float, _opt("Softmax temperature.", _BY_KIND.format(0.07, 0.05), panel=_LOOP)]
+UserMaxLengthOpt = Annotated[_Int, _opt("Tokens of a user text or request.", "128", panel=_MODEL)]
+ItemMaxLengthOpt = Annotated[_Int, _opt("Tokens of an item's text.", "64", panel=_MODEL)]
+MaxHistoryOpt = Annotated[
+    _Int, _opt("History items the user tower reads.", _BY_KIND.format(50, 20), panel=_MODEL)
+]
+SharedTowersOpt = Annotated[
+    _Bool,
+    _opt(
+        "Text kind: one encoder for both towers.",
+        "separate",
+        "--shared-towers/--separate-towers",
+        panel=_MODEL,
+    ),
+]
+ThreadsOpt = Annotated[_Int, _opt("torch intra-op threads.", "torch's choice", min=1, panel=_LOOP)]
+HiddenOpt = Annotated[_Int, _opt(_SEQ + "tower width.", "256", panel=_MODEL)]
+LayersOpt = Annotated[_Int, _opt(_SEQ + "tower layers.", "2", panel=_MODEL)]
+DropoutOpt = Annotated[_Float, _opt(_SEQ + "tower dropout.", "0.2", panel=_MODEL)]
+ItemHeadHiddenOpt = Annotated[_Int, _opt(_SEQ + "width of the item head.", "1024", panel=_MODEL)]
+LastItemResidualOpt = Annotated[
+    _Bool,
+    _opt(
+        _SEQ + "add the newest history item's vector.",
+        "on",
+        "--last-item-residual/--no-last-item-residual",
+        panel=_MODEL,
+    ),
+]
+ItemOffsetsOpt = Annotated[
+    _Bool,
+    _opt(
+        _SEQ + "learn a vector per item beside its text's.",
+        "off",
+        "--item-offsets/--no-item-offsets",
+        panel=_MODEL,
+    ),
+]
+UnseenNegativesOpt = Annotated[
+    _Bool,
+    _opt(
+        _SEQ + "items training never shows are negatives too.",
+        "off",
+        "--unseen-negatives/--no-unseen-negatives",
+        panel=_LOOP,
+    ),
+]
+NegativesOpt = Annotated[_Int, _opt(_SEQ + "sampled negatives per step.", "4096", min=1, panel=_LOOP)]
+EvalEveryOpt = Annotated[_Int, _opt(_SEQ + "validate every N epochs.", "5", panel=_LOOP)]
+PatienceOpt = Annotated[_Int, _opt("Stop after N validations without gain.", "4", panel=_LOOP)]
+Bf16Opt = Annotated[
+    _Bool,
+    _opt(_SEQ + "bf16 autocast.", "where the CPU computes bf16", "--bf16/--fp32", panel=_LOOP),
+]
+ColdItemsOpt = Annotated[_Int, _opt("Hold this many test-target items out of training.", "0", panel=_LOOP)]
+SaveEveryOpt = Annotated[_Int, _opt("Text kind: save a resumable state every N steps.", "200", panel=_LOOP)]
+
+
+@app.command("train", rich_help_panel="Train", cls=Command)
 @friendly_errors
 def train_command(
     data: Data,
     out: CheckpointOut,
     encoder: EncoderOpt = None,
+    recipe: Recipe = None,
+    user_tower: UserTower = None,
+    epochs: EpochsOpt = None,
+    max_steps: MaxStepsOpt = None,
+    max_minutes: MaxMinutesOpt = None,
+    batch_size: BatchSizeOpt = None,
+    learning_rate: LearningRateOpt = None,
+    seed: SeedOpt = None,
     revision: Revision = None,
     pooling: PoolingOpt = None,
-    epochs: Annotated[
-        _Int, typer.Option(min=1, help="Most epochs (the kind's default: 200 sequence, 1 text).")
-    ] = None,
-    max_steps: Annotated[
-        _Int, typer.Option(min=0, help="Stop after this many steps (0: save untrained).")
-    ] = None,
-    max_minutes: Annotated[_Float, typer.Option(help="Stop after this much wall time.")] = None,
-    batch_size: Annotated[
-        _Int, typer.Option(min=2, help="Examples per step (the kind's default: 64 sequence, 32 text).")
-    ] = None,
-    lr: Annotated[_Float, typer.Option(help="Peak learning rate (AdamW).")] = None,
-    temperature: Annotated[_Float, typer.Option(help="Softmax temperature.")] = None,
-    seed: Annotated[_Int, typer.Option(help="Seed of every random choice (default 0).")] = None,
-    user_max_length: Annotated[_Int, typer.Option(help="User tower token budget.")] = None,
-    item_max_length: Annotated[_Int, typer.Option(help="Item tower token budget.")] = None,
-    max_history: Annotated[_Int, typer.Option(help="History items written into the user text.")] = None,
-    shared_towers: Annotated[
-        _Bool,
-        typer.Option("--shared-towers/--separate-towers", help="Text kind: one encoder for both towers."),
-    ] = None,
-    threads: Annotated[_Int, typer.Option(min=1, help="torch intra-op threads.")] = None,
-    user_tower: UserTower = None,
-    hidden: Annotated[_Int, typer.Option(help="Sequence tower width.")] = None,
-    layers: Annotated[_Int, typer.Option(help="Sequence tower layers.")] = None,
-    dropout: Annotated[_Float, typer.Option(help="Sequence tower dropout.")] = None,
-    item_head_hidden: Annotated[_Int, typer.Option(help="Width of the item head (sequence kind).")] = None,
-    last_item_residual: Annotated[
-        _Bool,
-        _flag("last-item-residual", "no-last-item-residual", _SEQ + "add the newest history item's vector."),
-    ] = None,
-    item_offsets: Annotated[
-        _Bool, _flag("item-offsets", "no-item-offsets", _SEQ + "learn a vector per item beside its text's.")
-    ] = None,
-    unseen_negatives: Annotated[
-        _Bool,
-        _flag(
-            "unseen-negatives", "no-unseen-negatives", _SEQ + "items training never shows as negatives (no)."
-        ),
-    ] = None,
+    temperature: TemperatureOpt = None,
+    user_max_length: UserMaxLengthOpt = None,
+    item_max_length: ItemMaxLengthOpt = None,
+    max_history: MaxHistoryOpt = None,
+    shared_towers: SharedTowersOpt = None,
+    threads: ThreadsOpt = None,
+    hidden: HiddenOpt = None,
+    layers: LayersOpt = None,
+    dropout: DropoutOpt = None,
+    item_head_hidden: ItemHeadHiddenOpt = None,
+    last_item_residual: LastItemResidualOpt = None,
+    item_offsets: ItemOffsetsOpt = None,
+    unseen_negatives: UnseenNegativesOpt = None,
     softmax: Softmax = None,
-    negatives: Annotated[_Int, typer.Option(min=1, help=_SEQ + "sampled negatives per step.")] = None,
-    eval_every: Annotated[_Int, typer.Option(help="Validate every N epochs (sequence kind).")] = None,
-    patience: Annotated[_Int, typer.Option(help="Stop after N validations without gain.")] = None,
-    bf16: Annotated[
-        _Bool, _flag("bf16", "fp32", "bf16 autocast (sequence default: where the CPU has bf16).")
-    ] = None,
-    cold_items: Annotated[
-        _Int, typer.Option(help="Hold this many test-target items out of training.")
-    ] = None,
-    save_every: Annotated[
-        _Int, typer.Option(help="Save a resumable state every N steps (text kind).")
-    ] = None,
+    negatives: NegativesOpt = None,
+    eval_every: EvalEveryOpt = None,
+    patience: PatienceOpt = None,
+    bf16: Bf16Opt = None,
+    cold_items: ColdItemsOpt = None,
+    save_every: SaveEveryOpt = None,
     resume: Resume = False,
-    recipe: Recipe = None,
     overwrite: Overwrite = False,
     json_out: JsonOut = None,
+    _help_all: HelpAll = False,
 ) -> None:
     """Fine-tune the two towers on a data set's training split."""
     given = dict(locals())  # every option named after a TrainConfig field overrides it
@@ -233,7 +288,6 @@ def _train_config(
         base = train_config_from_recipe(doc, source=str(recipe))
         name, pinned = encoder_from_recipe(doc)
         encoder, revision = encoder or name, revision or pinned
-    given = {**given, "learning_rate": given.pop("lr")}
     if given.get("softmax") is not None:
         given["softmax"] = given["softmax"].value
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -258,7 +312,7 @@ def _print_training(result: Any) -> None:
         )
 
 
-@app.command("sample-data", rich_help_panel="Train")
+@app.command("sample-data", rich_help_panel="Train", cls=Command)
 @friendly_errors
 def sample_data(
     out: Annotated[

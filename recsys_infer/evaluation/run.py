@@ -49,11 +49,14 @@ class EvalConfig:
     split: str = "test"
     ks: tuple[int, ...] = (10, 50)
     users: int | None = None
-    exclude_seen: bool = False
+    # As the engine serves: the input history is masked from the ranking (False: the protocol of
+    # the published sequential-recommendation results, which leave it in).
+    exclude_seen: bool = True
     exact: bool = False
     requests: bool = False
     tune_als: bool = True
     seed: int = 0
+    device: str = "auto"  # where the bundles' graphs run (the baselines run on the CPU)
 
     def __post_init__(self) -> None:
         if self.split not in ("test", "validation"):
@@ -190,7 +193,7 @@ def run_evaluation(
     if not examples:
         raise DataError(f"{dataset.name} has no {config.split} users (users need at least 3 interactions)")
 
-    engines = [Engine.load(b, device="cpu", exact=config.exact) for b in bundles]
+    engines = [Engine.load(b, device=config.device, exact=config.exact) for b in bundles]
     for engine, bundle in zip(engines, bundles, strict=True):
         _check_catalog(engine, dataset, str(bundle))
     names = _unique_names([b.name for b in bundles])
@@ -215,7 +218,7 @@ def run_evaluation(
         if baseline == "zero-shot":
             with tempfile.TemporaryDirectory(prefix="recsys-zero-shot-") as tmp:
                 path = _zero_shot_bundle(dataset, engines[0] if engines else None, Path(tmp))
-                engine = Engine.load(path, device="cpu", exact=config.exact)
+                engine = Engine.load(path, device=config.device, exact=config.exact)
                 encoder = dict(engine.manifest.provenance.encoder) if engine.manifest else None
                 run.add(
                     "zero-shot",

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from recsys_infer.enums import Spin
 from recsys_infer.errors import ConfigError
 from recsys_infer.runtime.batcher import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_US
 from recsys_infer.runtime.options import EXPLAIN_COST
@@ -18,7 +19,7 @@ ENV_PREFIX = "RECSYS_INFER_"
 API_KEY_ENV = "RECSYS_INFER_API_KEY"
 
 
-_BOOLEANS = ("auth_reads", "spin")
+_BOOLEANS = ("auth_reads",)
 
 
 @dataclass(frozen=True)
@@ -32,8 +33,9 @@ class ServeSettings:
       ``Retry-After``, so overload is refused at once instead of queueing without bound.
     - ``auth_reads``: also require the API key for ``/recommend``, ``/info`` and ``/metrics``.
     - ``request_cache``: request vectors kept for texts seen again (0: off).
-    - ``spin``: ONNX Runtime's threads busy-wait between runs (its default); off, they sleep,
-      which frees the cores for the server's own threads and anything else on the machine.
+    - ``spin``: when ONNX Runtime's threads busy-wait (:class:`~recsys_infer.enums.Spin`):
+      ``always`` (its default), ``run`` (only while a run lasts) or ``never``, which frees the
+      cores for the server's own threads and anything else on the machine.
     - ``device``: where the graphs run (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``tensorrt``);
       ``provider_options``: passed to the GPU provider (``RECSYS_INFER_PROVIDER_OPTIONS`` as
       ``key=value,key=value``).
@@ -53,7 +55,7 @@ class ServeSettings:
     max_wait_us: int = DEFAULT_MAX_WAIT_US
     retry_after_s: int = 1
     request_cache: int = 0
-    spin: bool = True
+    spin: Spin = Spin.ALWAYS
     device: str = "auto"
     provider_options: dict[str, str] = field(default_factory=dict)
 
@@ -62,6 +64,8 @@ class ServeSettings:
             value = getattr(self, f.name)
             if f.name == "device":
                 parse_device(value)
+            elif f.name == "spin":
+                object.__setattr__(self, "spin", Spin.of(value))
             elif f.name == "provider_options":
                 if not isinstance(value, dict) or not all(
                     isinstance(k, str) and isinstance(v, str) for k, v in value.items()
@@ -111,6 +115,9 @@ def _parse(name: str, raw: str) -> int | bool | str | dict[str, str]:
     env = ENV_PREFIX + name.upper()
     if name == "device":
         return raw.strip()
+    if name == "spin":  # always, run or never; 1 and 0 stand for always and never
+        text = raw.strip().lower()
+        return {"1": "always", "0": "never"}.get(text, text)
     if name == "provider_options":
         return parse_provider_options(raw)
     if name in _BOOLEANS:

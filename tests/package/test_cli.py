@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -83,15 +85,29 @@ def test_train_export_info_recommend(small_data: Path, tiny_encoder: Path, tmp_p
     code, out = invoke("info", str(bundle), "--device", "cuda")
     assert code == 1 and "cannot be used" in out and "onnxruntime" in out, out
 
-    code, out = invoke("recommend", str(bundle), "--history", "P00001,P00002", "-k", "4", "--format", "json")
-    assert code == 0, out
-    payload = json.loads(out)
+    result = runner.invoke(
+        app, ["recommend", str(bundle), "--history", "P00001,P00002", "-k", "4", "--json", "-"]
+    )
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
     ids = [r["item_id"] for r in payload["recommendations"]]
     assert len(ids) == 4 and not {"P00001", "P00002"} & set(ids)
     assert payload["device"] == "cpu"
 
     code, out = invoke("recommend", str(bundle), "--text", "camping tent", "-k", "3")
     assert code == 0 and "top 3 (cpu)" in out
+    old = runner.invoke(
+        app, ["recommend", str(bundle), "--text", "camping tent", "-k", "3", "--format", "json"]
+    )
+    assert old.exit_code == 0 and "deprecated: use --json -" in old.stderr, old.output
+    assert [r["item_id"] for r in json.loads(old.stdout)["recommendations"]] == [
+        r["item_id"]
+        for r in json.loads(
+            runner.invoke(
+                app, ["recommend", str(bundle), "--text", "camping tent", "-k", "3", "--json", "-"]
+            ).stdout
+        )["recommendations"]
+    ]
 
     code, out = invoke("export", str(ckpt), "--out", str(bundle))
     assert code == 1 and "already exists" in out
@@ -208,26 +224,109 @@ def test_help_lists_every_command() -> None:
         assert command in out
 
 
-def test_every_option_is_documented_and_renders() -> None:
-    """Walks every command: each option has help, no help holds [markup] Rich would swallow,
-    and one concept has one name (no --minutes beside --max-minutes)."""
-    import re
-
+def _commands() -> dict[str, Any]:
     import typer.main
+
+    return typer.main.get_command(app).commands  # type: ignore[attr-defined,no-any-return]
+
+
+def _options(command: Any) -> list[Any]:
     from typer.core import TyperOption
 
-    group = typer.main.get_command(app)
-    commands = group.commands  # type: ignore[attr-defined]
+    return [p for p in command.params if isinstance(p, TyperOption) and p.expose_value]
+
+
+def test_every_option_is_documented_and_renders() -> None:
+    """Walks every command: each option has help and shows its default, no help holds [markup]
+    Rich would swallow, and one concept has one name (no --minutes beside --max-minutes)."""
     names: set[str] = set()
-    for name, command in commands.items():
+    for name, command in _commands().items():
         assert command.help, f"{name} has no help"
-        for param in command.params:
-            if not isinstance(param, TyperOption) or param.name == "help":
-                continue
-            assert param.help, f"{name} {param.opts[0]} has no help"
-            assert not re.search(r"(?<!\\)\[[a-z_]+\]", param.help), f"{name} {param.opts[0]}: {param.help}"
-            names.update(param.opts)
-    for second, first in {"--minutes": "--max-minutes", "--steps": "--max-steps"}.items():
+        for param in _options(command):
+            where = f"{name} {param.opts[0]}"
+            assert param.help, f"{where} has no help"
+            assert not re.search(r"(?<!\\)\[[a-z_]+\]", param.help), f"{where}: {param.help}"
+            if not param.required and not param.help.startswith("Deprecated"):
+                shown = param.show_default
+                assert shown is not False and (param.default is not None or isinstance(shown, str)), (
+                    f"{where} shows no default"
+                )
+                spelt = re.search(r"\(default[):]|default: ", param.help, re.IGNORECASE)
+                assert not spelt, f"{where} spells its default out in its help"
+            names.update(param.opts + param.secondary_opts)
+    seconds = {"--minutes": "--max-minutes", "--steps": "--max-steps", "--lr": "--learning-rate",
+               "--no-spin": "--spin never", "--quiet-bars": "--quiet"}  # fmt: skip
+    for second, first in seconds.items():
         assert second not in names, f"{second} is a second name for {first}"
-    tower = next(p for p in commands["quantize"].params if p.name == "tower")
+    tower = next(p for p in _commands()["quantize"].params if p.name == "tower")
     assert tower.default is None and "user for --mode auto" in str(tower.show_default)
+
+
+def test_one_concept_has_one_default() -> None:
+    """--device, --exclude-seen and --spin mean the same in every command that takes them."""
+    from recsys_infer.cli.common import DEFAULT_DEVICE
+
+    seen: dict[str, set[str]] = {}
+    for name, command in _commands().items():
+        for param in _options(command):
+            if param.name in ("device", "exclude_seen", "spin") and name != "info":
+                shown = param.show_default if isinstance(param.show_default, str) else param.default
+                seen.setdefault(param.name, set()).add(str(shown))
+    assert seen["device"] == {DEFAULT_DEVICE}, seen
+    assert seen["exclude_seen"] == {"True"}, seen
+    assert len(seen["spin"]) == 2, seen  # bench's run, serve's always: one type, the same three values
+    spins = [
+        {str(c) for c in p.type_descriptor.choices}
+        for c in ("serve", "bench")
+        for p in _options(_commands()[c])
+        if p.name == "spin"
+    ]
+    assert spins[0] == spins[1] == {"always", "run", "never"}, spins
+
+
+def test_shown_defaults_are_the_ones_in_force() -> None:
+    """train's and serve's options are None until given (a recipe or the environment may set
+    them), so their help shows the default of TrainConfig or ServeSettings: these must agree."""
+    from dataclasses import fields
+
+    from recsys_infer.serve import ServeSettings
+    from recsys_infer.toolchain.train.loop import KIND_DEFAULTS, TrainConfig
+
+    train = {p.name: p.show_default for p in _options(_commands()["train"])}
+    for f in fields(TrainConfig):
+        if f.name not in train:
+            continue
+        by_kind = [KIND_DEFAULTS[kind].get(f.name) for kind in ("sequence", "text")]  # type: ignore[index]
+        if by_kind[0] is not None and by_kind[0] != "native":
+            assert train[f.name] == f"sequence {by_kind[0]}, text {by_kind[1]}", (f.name, train[f.name])
+        elif isinstance(f.default, bool):
+            assert train[f.name] in ({"on", "off"} if f.name != "shared_towers" else {"separate"}), f.name
+            assert (train[f.name] == "on") == f.default or f.name == "shared_towers"
+        elif isinstance(f.default, int | float | str):
+            assert train[f.name] == str(f.default), (f.name, train[f.name], f.default)
+    serve = {p.name: p.show_default for p in _options(_commands()["serve"])}
+    defaults = ServeSettings()
+    for f in fields(ServeSettings):
+        if f.name in serve and f.name not in ("provider_options",):
+            value = getattr(defaults, f.name)
+            expected = f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
+            if isinstance(value, bool):
+                expected = f"{'' if value else 'no-'}{f.name.replace('_', '-')}"
+            assert serve[f.name] == expected, (f.name, serve[f.name], expected)
+
+
+COMMANDS = ["quickstart", "train", "export", "optimize", "quantize", "prune", "build", "evaluate", "bench",
+            "info", "recommend", "index", "serve", "convert", "sample-data"]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_help_fits_a_screen_and_shows_no_python_types(name: str) -> None:
+    result = CliRunner().invoke(app, [name, "--help"], env={"COLUMNS": "100", "TERMINAL_WIDTH": "100"})
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert len(lines) <= 50, f"{name} --help is {len(lines)} lines at 100 columns"
+    for placeholder in ("<bool>", "list[", "range>"):
+        assert placeholder not in result.output, f"{name} --help shows {placeholder}"
+    if "--help-all" in result.output:
+        full = CliRunner().invoke(app, [name, "--help-all"], env={"COLUMNS": "100"})
+        assert full.exit_code == 0 and len(full.output.splitlines()) > len(lines), full.output

@@ -35,7 +35,7 @@ def test_json_dash_leaves_one_document_on_stdout(
     commands = {
         "sample-data": ["sample-data", "--out", str(tmp_path / "data")],
         "info": ["info", b],
-        "recommend": ["recommend", b, "--text", "tent", "-k", "3", "--format", "json"],
+        "recommend": ["recommend", b, "--text", "tent", "-k", "3"],
         "evaluate": ["evaluate", b, "--data", SAMPLE, "--users", "20"],
         "optimize": ["optimize", b, "--out", str(tmp_path / "opt")],
         "quantize": ["quantize", b, "--out", str(tmp_path / "int8"), "--mode", "dynamic"],

@@ -40,7 +40,7 @@ import json, sys
 from typer.testing import CliRunner
 from recsys_infer.cli import app
 runner = CliRunner()
-a = runner.invoke(app, ["recommend", {str(tiny_bundle)!r}, "--text", "tent", "-k", "2", "--format", "json"])
+a = runner.invoke(app, ["recommend", {str(tiny_bundle)!r}, "--text", "tent", "-k", "2", "--json", "-"])
 b = runner.invoke(app, ["info", {str(tiny_bundle)!r}])
 c = runner.invoke(app, ["--help"])
 loaded = [m for m in {TOOLCHAIN_MODULES!r} if m in sys.modules]

@@ -273,6 +273,7 @@ def test_fuzz_leaves_the_service_answering(server: httpx.Client) -> None:
 
 
 def test_settings_come_from_defaults_then_environment_then_flags() -> None:
+    from recsys_infer.enums import Spin
     from recsys_infer.errors import ConfigError
 
     env = {"RECSYS_INFER_MAX_COST": "5_000", "RECSYS_INFER_AUTH_READS": "yes", "RECSYS_INFER_MAX_K": "50"}
@@ -282,7 +283,8 @@ def test_settings_come_from_defaults_then_environment_then_flags() -> None:
         ServeSettings.from_env({"RECSYS_INFER_MAX_COST": "lots"})
     with pytest.raises(ConfigError, match="max_pending must be a positive integer"):
         ServeSettings(max_pending=0)
-    assert ServeSettings().spin is True
-    assert ServeSettings.from_env({"RECSYS_INFER_SPIN": "0"}).spin is False
-    with pytest.raises(ConfigError, match="RECSYS_INFER_SPIN='sometimes' is not a boolean"):
+    assert ServeSettings().spin is Spin.ALWAYS
+    assert ServeSettings.from_env({"RECSYS_INFER_SPIN": "0"}).spin is Spin.NEVER
+    assert ServeSettings.from_env({"RECSYS_INFER_SPIN": "Run"}).spin is Spin.RUN
+    with pytest.raises(ConfigError, match="spin must be one of always, run, never"):
         ServeSettings.from_env({"RECSYS_INFER_SPIN": "sometimes"})

@@ -175,6 +175,31 @@ def test_recipes_by_name_and_their_tables_and_keys_checked(
     (tmp_path / "r.toml").write_text("[train]\nepoch = 3\n")
     with pytest.raises(ExportError, match=r"unknown \[train\] keys \['epoch'\]; it takes .*'epochs'"):
         train_config_from_recipe(read_recipe(tmp_path / "r.toml"))
+    # A key spelt as its flag is (--batch-size, --learning-rate) reads as the underscored one.
+    (tmp_path / "r.toml").write_text("[train]\nbatch-size = 16\nlearning_rate = 0.01\n")
+    config = train_config_from_recipe(read_recipe(tmp_path / "r.toml"))
+    assert (config.batch_size, config.learning_rate) == (16, 0.01)
+
+
+def test_recipe_keys_are_named_as_the_flags_are() -> None:
+    """Every train and prune option that a recipe table can also set has the field's name."""
+    from dataclasses import fields
+
+    import typer.main
+
+    from recsys_infer.cli import app
+    from recsys_infer.toolchain.prune.pruning import PruneConfig
+    from recsys_infer.toolchain.train.loop import TrainConfig
+
+    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    not_settings = {"data", "out", "encoder", "revision", "recipe", "resume", "overwrite", "json_out",
+                    "_help_all", "checkpoint", "teacher", "tower"}  # fmt: skip
+    for command, config in (("train", TrainConfig), ("prune", PruneConfig)):
+        options = {p.name for p in commands[command].params} - not_settings
+        assert options <= {f.name for f in fields(config)}, (
+            command,
+            options - {f.name for f in fields(config)},
+        )
 
 
 def packaged_recipes_names() -> list[str]:

@@ -78,6 +78,7 @@ def read_recipe(recipe: str | Path) -> dict[str, Any]:
             doc = tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise ExportError(f"recipe {path} is not valid TOML: {e}") from e
+    doc = {name: _flag_names(table) for name, table in doc.items()}
     for table, keys in (("", TABLES), ("encoder", _ENCODER_KEYS), ("gate", _GATE_KEYS)):
         given = doc if not table else doc.get(table, {})
         unknown = sorted(set(given) - set(keys))
@@ -85,6 +86,16 @@ def read_recipe(recipe: str | Path) -> dict[str, Any]:
             where = f"[{table}] keys" if table else "tables"
             raise ExportError(f"recipe {path}: unknown {where} {unknown}; it takes {list(keys)}")
     return doc
+
+
+def _flag_names(table: Any) -> Any:
+    """A table's keys as the fields they set: a key may be spelt as the command's flag is
+    (``batch-size``, for ``--batch-size``) or with underscores (``batch_size``)."""
+    if isinstance(table, list):
+        return [_flag_names(t) for t in table]
+    if isinstance(table, dict):
+        return {key.replace("-", "_"): value for key, value in table.items()}
+    return table
 
 
 def encoder_from_recipe(recipe: dict[str, Any]) -> tuple[str | None, str | None]:
