@@ -3,8 +3,9 @@
 One process owns the engine, its index and catalogue; concurrent requests go through the
 micro-batcher. Routes:
 
-- ``POST /recommend``: one request (``history`` and/or ``text``, ``k``, filters, ``explain``),
-  or a batch as ``{"requests": [...]}``;
+- ``POST /recommend``: one request (``history`` and/or ``text``, ``k``, filters, ``explain``);
+  ``POST /recommend/batch``: several, as ``{"requests": [...]}`` (still taken on
+  ``/recommend`` too, answered with a ``Deprecation`` header);
 - ``POST /items`` (add; with ``"replace": true`` add or replace, atomically),
   ``DELETE /items/{item_id}`` (ids may contain ``/``), ``POST /admin/save`` (persist edits into
   the bundle, crash-safely), ``POST /admin/swap`` (load another bundle and switch to it without

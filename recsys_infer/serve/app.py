@@ -564,20 +564,35 @@ def _json(content: Any) -> Response:
 
 
 def _recommend_routes(app: FastAPI, deps: _Dependencies, bodies: Bodies) -> None:
-    One, Many = bodies.recommend, bodies.batch
+    Many, Either = bodies.batch, bodies.either
+
+    async def batch(body: Any, s: Service) -> Response:
+        results = await s.recommend(list(body.requests))
+        return _json({"results": [{"items": [r.to_json() for r in recs]} for recs in results]})
 
     @app.post(
         "/recommend",
-        summary="Recommend for one user, or for a batch of users",
+        summary="Recommend for one user. A batch body ({'requests': [...]}) still works here but is "
+        "deprecated (answered with a Deprecation header): send it to /recommend/batch",
         response_model=RecommendResponse | BatchRecommendResponse,
     )
-    async def recommend(body: One | Many, s: Annotated[Service, Depends(deps.reader)]) -> Any:  # type: ignore[valid-type]
+    async def recommend(body: Either, s: Annotated[Service, Depends(deps.reader)]) -> Any:  # type: ignore[valid-type]
         data: Any = body
-        if isinstance(body, Many):
-            results = await s.recommend(list(data.requests))
-            return _json({"results": [{"items": [r.to_json() for r in recs]} for recs in results]})
+        if isinstance(data, Many):
+            response = await batch(data, s)
+            response.headers["Deprecation"] = "true"
+            response.headers["Link"] = '</recommend/batch>; rel="successor-version"'
+            return response
         (recs,) = await s.recommend([data])
         return _json({"items": [r.to_json() for r in recs]})
+
+    @app.post(
+        "/recommend/batch",
+        summary="Recommend for a batch of users, in one micro-batch",
+        response_model=BatchRecommendResponse,
+    )
+    async def recommend_batch(body: Many, s: Annotated[Service, Depends(deps.reader)]) -> Any:  # type: ignore[valid-type]
+        return await batch(body, s)
 
     Embed, Embeddings = bodies.embed, bodies.embeddings
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from recsys_infer.runtime.options import DEFAULT_OPTIONS, RecommendOptions
 
@@ -23,6 +23,9 @@ Scalar = str | int | float | bool
 class Bodies:
     recommend: type[BaseModel]
     batch: type[BaseModel]
+    #: ``POST /recommend``'s body: one request, or (deprecated there) a batch, told apart by a
+    #: ``requests`` key, so that a bad body is reported against the one shape it was meant as.
+    either: Any
     items: type[BaseModel]
     swap: type[BaseModel]
     embed: type[BaseModel]
@@ -37,7 +40,16 @@ def make_bodies(s: ServeSettings) -> Bodies:
     """The request bodies, their limits taken from ``s``."""
     recommend, batch = _recommend_bodies(s)
     items, swap = _edit_bodies(s)
-    return Bodies(recommend, batch, items, swap, _embed_body(s), _openai_body(s))
+    either = Annotated[
+        Annotated[recommend, Tag("one")] | Annotated[batch, Tag("batch")],  # type: ignore[valid-type]
+        Discriminator(_shape),
+    ]
+    return Bodies(recommend, batch, either, items, swap, _embed_body(s), _openai_body(s))
+
+
+def _shape(body: Any) -> str:
+    is_batch = (isinstance(body, dict) and "requests" in body) or hasattr(body, "requests")
+    return "batch" if is_batch else "one"
 
 
 def _openai_body(s: ServeSettings) -> type[BaseModel]:

@@ -78,12 +78,15 @@ def test_recommend_single_and_batch_match_the_engine(client: Any, bundle_copy: P
     one = client.post("/recommend", json={"history": history, "k": 5})
     assert one.status_code == 200
     assert [r["item_id"] for r in one.json()["items"]] == _ids(engine.recommend(history=history, k=5))
-    batch = client.post(
-        "/recommend", json={"requests": [{"history": history, "k": 5}, {"text": "lamp", "k": 2}]}
-    )
-    assert batch.status_code == 200
+    body = {"requests": [{"history": history, "k": 5}, {"text": "lamp", "k": 2}]}
+    batch = client.post("/recommend/batch", json=body)
+    assert batch.status_code == 200 and "deprecation" not in batch.headers
     results = batch.json()["results"]
     assert [r["item_id"] for r in results[1]["items"]] == _ids(engine.recommend(text="lamp", k=2))
+    # The batch body on /recommend, as before /recommend/batch existed: the same answer, deprecated.
+    old = client.post("/recommend", json=body)
+    assert old.status_code == 200 and old.json() == batch.json()
+    assert old.headers["deprecation"] == "true" and "/recommend/batch" in old.headers["link"]
     explained = client.post("/recommend", json={"history": history, "k": 2, "explain": True}).json()
     assert {b["source"] for b in explained["items"][0]["because"]} <= set(history)
     cat = engine.item(engine.item_ids[0]).attributes["category"]
@@ -105,6 +108,8 @@ def test_recommend_single_and_batch_match_the_engine(client: Any, bundle_copy: P
         ({"text": "lamp", "colour": "red"}, 422, "extra"),
         ({"history": "1,2,3"}, 422, "list"),
         ({"requests": []}, 422, "at least 1"),
+        # A typo is reported against the one shape a body was meant as, not against both.
+        ({"txt": "lamp"}, 422, "txt: extra inputs are not permitted"),
     ],
 )
 def test_bad_requests_get_clear_4xx(client: Any, body: dict[str, Any], status: int, words: str) -> None:
@@ -112,6 +117,7 @@ def test_bad_requests_get_clear_4xx(client: Any, body: dict[str, Any], status: i
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert words.lower() in error["message"].lower() and error["type"]
+    assert "requests" not in error["message"] or "requests" in body, error
 
 
 def test_editing_needs_the_key_and_is_persisted(
@@ -222,7 +228,7 @@ def test_service_under_concurrent_clients_has_no_errors(client: Any) -> None:
             if n % 2
             else {"requests": [{"text": "tea"}] * 3}
         )
-        return int(client.post("/recommend", json=body).status_code)
+        return int(client.post("/recommend" if n % 2 else "/recommend/batch", json=body).status_code)
 
     with ThreadPoolExecutor(8) as pool:
         codes = list(pool.map(one, range(120)))
@@ -323,7 +329,9 @@ def test_routes_over_a_real_server_match_their_typed_schema(bundle_copy: Path) -
             c.post("/recommend", json={"text": "tent", "k": 3}).json()
         )
         assert [i.item_id for i in one.items] == _ids(engine.recommend(text="tent", k=3))
-        batch = c.post("/recommend", json={"requests": [{"text": "tent", "k": 2}, {"text": "lamp", "k": 1}]})
+        batch = c.post(
+            "/recommend/batch", json={"requests": [{"text": "tent", "k": 2}, {"text": "lamp", "k": 1}]}
+        )
         assert [len(r.items) for r in models.BatchRecommendResponse.model_validate(batch.json()).results] == [
             2,
             1,
@@ -331,7 +339,7 @@ def test_routes_over_a_real_server_match_their_typed_schema(bundle_copy: Path) -
 
         schema = c.get("/openapi.json").json()
     paths = schema["paths"]
-    assert {"/embed", "/v1/embeddings", "/info", "/healthz", "/recommend"} <= set(paths)
+    assert {"/embed", "/v1/embeddings", "/info", "/healthz", "/recommend", "/recommend/batch"} <= set(paths)
 
     def response_schema(path: str, method: str) -> Any:
         return paths[path][method]["responses"]["200"]["content"]["application/json"]["schema"]
