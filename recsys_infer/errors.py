@@ -94,6 +94,11 @@ class UnknownItemError(QueryError):
         )
 
 
+class ConflictError(QueryError):
+    """A request that clashes with the current state: an id already in the catalogue, or a
+    swap while catalogue edits are unsaved (HTTP 409)."""
+
+
 class OverloadedError(RecsysError):
     """More requests are waiting than the service or micro-batcher accepts; retry shortly."""
 

@@ -18,7 +18,7 @@ from typing import Literal, Protocol
 
 import numpy as np
 
-from recsys_infer.errors import BundleError, QueryError, UnknownItemError
+from recsys_infer.errors import BundleError, ConflictError, UnknownItemError
 
 from .catalog import Catalog, Item
 from .index import FilterTooNarrowError, Index
@@ -74,7 +74,7 @@ class ItemStore(Protocol):
 
 def refuse_taken(taken: Sequence[str]) -> None:
     if taken:
-        raise QueryError(
+        raise ConflictError(
             f"{len(taken)} id(s) are already in the catalogue (e.g. {taken[0]!r:.60}); use "
             'upsert_items (HTTP: "replace": true) to replace them'
         )

@@ -24,6 +24,7 @@ from fastapi import Depends, FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse, Response
 from fastapi.security import APIKeyHeader
+from fastapi_offline import FastAPIOffline
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -41,6 +42,7 @@ from starlette.exceptions import HTTPException
 
 from recsys_infer.errors import (
     BackendUnavailableError,
+    ConflictError,
     OverloadedError,
     QueryError,
     RecsysError,
@@ -345,7 +347,7 @@ class Service:
             if self.replica is not None:
                 raise QueryError(self.replica.swap_refusal)
             if self.dirty:
-                raise QueryError("there are unsaved catalogue edits; POST /admin/save first, then swap")
+                raise ConflictError("there are unsaved catalogue edits; POST /admin/save first, then swap")
             fresh = self._load(bundle)
             self.engine = fresh
             self.batcher.engine = fresh
@@ -397,6 +399,10 @@ def _spaces(engine: Engine) -> list[dict[str, Any]]:
     ]
 
 
+#: Where Swagger UI's script and stylesheet are served from, for the page at /docs.
+DOCS_STATIC = "/docs/static"
+
+
 def create_app(
     bundle: str | Path,
     *,
@@ -432,12 +438,17 @@ def create_app(
                 logger.info("saving catalogue edits to %s on shutdown", service.bundle)
                 service.save()
 
-    app = FastAPI(
+    # FastAPI with /docs served from the package's own copy of Swagger UI (fastapi-offline), so
+    # the page renders on a machine without internet; ReDoc, a second viewer, is left out.
+    app = FastAPIOffline(
         title="recsys-infer",
         summary="Two-tower recommendations from a recsys-infer bundle.",
         version="1",
         lifespan=lifespan,
         responses=ERROR_RESPONSES,
+        redoc_url=None,
+        static_url=DOCS_STATIC,
+        swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from swagger.io
     )
     app.add_middleware(Guard, max_body=settings.max_body_bytes, observe=metrics.observe)
     if replica is not None:
@@ -540,6 +551,8 @@ def _install_error_handlers(app: FastAPI, settings: ServeSettings) -> None:
             return error_response(429, str(e), headers={"Retry-After": str(settings.retry_after_s)})
         if isinstance(e, UnknownItemError):
             return error_response(404, str(e))
+        if isinstance(e, ConflictError):
+            return error_response(409, str(e))
         if isinstance(e, BackendUnavailableError):
             return error_response(503, str(e), headers={"Retry-After": str(settings.retry_after_s)})
         if isinstance(e, OverLimitError):
@@ -646,8 +659,12 @@ def _edit_routes(app: FastAPI, deps: _Dependencies, bodies: Bodies) -> None:
     def swap(body: Swap, s: Annotated[Service, Depends(deps.editor)]) -> Swapped:  # type: ignore[valid-type]
         data: Any = body
         path = Path(data.bundle)
-        if not path.is_dir():
-            raise HTTPException(400, f"no bundle directory at {excerpt(data.bundle, 200)}")
+        try:
+            found = path.is_dir()
+        except OSError:  # a name too long for the file system, say: no such directory either
+            found = False
+        if not found:
+            raise HTTPException(404, f"no bundle directory at {excerpt(data.bundle, 200)}")
         s.swap(path)
         return Swapped(bundle=str(path), items=len(s.engine))
 

@@ -34,6 +34,21 @@ class Bodies:
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
 Id = Annotated[str, Field(min_length=1, max_length=200)]
+#: What the engine asks of a query, said in the schema too (the engine checks it): a history of
+#: at least one item, or a request that is not blank, or both.
+_HISTORY_OR_TEXT = ConfigDict(
+    extra="forbid",
+    strict=True,
+    json_schema_extra={
+        "anyOf": [
+            {"required": ["history"], "properties": {"history": {"minItems": 1}}},
+            {
+                "required": ["text"],
+                "properties": {"text": {"type": "string", "pattern": r"[^\s\x1c-\x1f\x85]"}},
+            },
+        ]
+    },
+)
 
 
 def make_bodies(s: ServeSettings) -> Bodies:
@@ -61,17 +76,13 @@ def _openai_body(s: ServeSettings) -> type[BaseModel]:
 
         model_config = ConfigDict(extra="forbid", strict=True)
 
-        input: Text | list[Text] = Field(description="A text, or a list of texts.")
+        input: Text | Annotated[list[Text], Field(min_length=1, max_length=s.max_batch_requests)] = Field(
+            description="A text, or a list of texts."
+        )
         model: str = Field(min_length=1, max_length=200)
         encoding_format: Literal["float", "base64"] = "float"
         dimensions: int | None = Field(default=None, description="Must equal the bundle's dimension.")
         user: str | None = Field(default=None, max_length=200)
-
-        @model_validator(mode="after")
-        def bounded(self) -> EmbeddingsBody:
-            if isinstance(self.input, list) and not 1 <= len(self.input) <= s.max_batch_requests:
-                raise ValueError(f"input holds 1 to {s.max_batch_requests} texts")
-            return self
 
     return EmbeddingsBody
 
@@ -80,7 +91,7 @@ def _recommend_bodies(s: ServeSettings) -> tuple[type[BaseModel], type[BaseModel
     strict = _STRICT
 
     class RecommendBody(BaseModel):
-        model_config = strict
+        model_config = _HISTORY_OR_TEXT
 
         history: list[Id] = Field(
             default_factory=list, max_length=s.max_history, description="Item ids, oldest first."
@@ -146,30 +157,39 @@ def _embed_body(s: ServeSettings) -> type[BaseModel]:
     strict = _STRICT
 
     class UserBody(BaseModel):
-        model_config = strict
+        model_config = _HISTORY_OR_TEXT
 
         history: list[Id] = Field(default_factory=list, max_length=s.max_history)
         text: str | None = Field(default=None, max_length=s.max_text_chars)
 
     Text = Annotated[str, Field(min_length=1, max_length=s.max_text_chars)]
+    Texts = Annotated[list[Text], Field(min_length=1, max_length=s.max_batch_requests)]
 
     class EmbedBody(BaseModel):
         """Exactly one of ``items`` (item texts, through the item tower), ``users`` (histories
         and/or requests, through the user side) or ``inputs`` (texts, as Text Embeddings
         Inference takes them: through the request tower, or the item tower with ``tower``)."""
 
-        model_config = strict
+        # Exactly one of the three, said in the schema (the validator below checks it). The other
+        # two are left out: typed without None, so that an explicit null is refused as the schema
+        # says, while their default (absent) is None.
+        model_config = ConfigDict(
+            **strict,
+            json_schema_extra={"oneOf": [{"required": [name]} for name in ("items", "users", "inputs")]},
+        )
 
-        items: list[Text] | None = Field(default=None, min_length=1, max_length=s.max_batch_requests)
-        users: list[UserBody] | None = Field(default=None, min_length=1, max_length=s.max_batch_requests)
-        inputs: Text | list[Text] | None = Field(
+        items: Texts = Field(default=None)  # type: ignore[arg-type]
+        users: Annotated[list[UserBody], Field(min_length=1, max_length=s.max_batch_requests)] = Field(
+            default=None  # type: ignore[arg-type]
+        )
+        inputs: Text | Texts = Field(  # type: ignore[assignment]
             default=None, description="TEI-style texts; the answer is then a bare list of vectors."
         )
         tower: Literal["request", "item"] = Field(
             default="request", description="With inputs: the request tower (a query) or the item tower."
         )
-        normalize: bool = Field(
-            default=True, description="With inputs: vectors are unit length; false is refused."
+        normalize: Literal[True] = Field(
+            default=True, description="With inputs: vectors are unit length (the only value taken)."
         )
         truncate: bool = Field(
             default=True, description="With inputs: texts are cut at the tower's token budget."
@@ -180,8 +200,6 @@ def _embed_body(s: ServeSettings) -> type[BaseModel]:
             given = [name for name in ("items", "users", "inputs") if getattr(self, name) is not None]
             if len(given) != 1:
                 raise ValueError("give exactly one of 'items' (item texts), 'users' or 'inputs' (texts)")
-            if isinstance(self.inputs, list) and not 1 <= len(self.inputs) <= s.max_batch_requests:
-                raise ValueError(f"inputs holds 1 to {s.max_batch_requests} texts")
             if not self.normalize:
                 raise ValueError(
                     "normalize must be true: the towers' vectors are unit length by construction"

@@ -128,7 +128,7 @@ def test_editing_needs_the_key_and_is_persisted(
     assert client.post("/items", json={"items": [item]}, headers={"X-API-Key": "wrong"}).status_code == 401
     added = client.post("/items", json={"items": [item]}, headers=KEY)
     assert added.status_code == 200 and added.json()["changed"] == 1
-    assert client.post("/items", json={"items": [item]}, headers=KEY).status_code == 400  # exists
+    assert client.post("/items", json={"items": [item]}, headers=KEY).status_code == 409  # exists: a conflict
     assert client.post("/items", json={"items": [item], "replace": True}, headers=KEY).status_code == 200
     found = client.post("/recommend", json={"text": "lamp", "k": 1, "allow": ["new-1"]}).json()
     assert found["items"][0]["item_id"] == "new-1"
@@ -142,7 +142,7 @@ def test_editing_needs_the_key_and_is_persisted(
     assert client.delete(f"/items/{gone}", headers=KEY).status_code == 404
     assert client.get("/healthz").json()["unsaved_edits"] is True
     unsaved = client.post("/admin/swap", json={"bundle": str(bundle_copy)}, headers=KEY)
-    assert unsaved.status_code == 400 and "unsaved" in unsaved.text
+    assert unsaved.status_code == 409 and "unsaved" in unsaved.text
     assert client.post("/admin/save", headers=KEY).status_code == 200
     saved = Engine.load(bundle_copy, device="cpu")
     assert "new-1" in saved.item_ids and gone not in saved.item_ids
