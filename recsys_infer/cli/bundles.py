@@ -359,13 +359,24 @@ def build_command(
     work: Annotated[
         Path | None, typer.Option(help="Folder for intermediate models.", show_default="<out>.work")
     ] = None,
+    max_steps: Annotated[
+        int | None,
+        typer.Option(min=0, help="Stop training after this many steps.", show_default="the recipe's"),
+    ] = None,
+    max_minutes: Annotated[
+        float | None,
+        typer.Option(help="Stop training after this much wall time.", show_default="the recipe's"),
+    ] = None,
     overwrite: Overwrite = False,
     json_out: JsonOut = None,
 ) -> None:
     """Run a recipe's whole chain: train, export, prune, optimise, quantize."""
     from recsys_infer.toolchain.build import run_recipe
 
-    result = run_recipe(recipe, out, data=data, checkpoint=checkpoint, work=work, overwrite=overwrite)
+    result = run_recipe(
+        recipe, out, data=data, checkpoint=checkpoint, work=work, overwrite=overwrite, max_steps=max_steps,
+        max_minutes=max_minutes,
+    )  # fmt: skip
     for stage in result.stages:
         fidelity = stage.get("fidelity")
         cost = f" (overlap@10 vs reference {fidelity['overlap@10']:.4f})" if fidelity else ""

@@ -89,8 +89,11 @@ def run_recipe(
     checkpoint: Path | None = None,
     work: Path | None = None,
     overwrite: bool = False,
+    max_steps: int | None = None,
+    max_minutes: float | None = None,
 ) -> BuildResult:
-    """Run ``recipe_path`` end to end; see the module docstring."""
+    """Run ``recipe_path`` end to end; see the module docstring. ``max_steps`` and
+    ``max_minutes`` bound its training, over the recipe's ``[train]``."""
     recipe = read_recipe(recipe_path)
     source = str(recipe_path)
     check_recipe(recipe, source)
@@ -105,7 +108,8 @@ def run_recipe(
     gate = recipe.get("gate", {}).get("max_overlap_drop")
 
     if checkpoint is None:
-        checkpoint = _train(recipe, data, work / "checkpoint", result)
+        budget = {"max_steps": max_steps, "max_minutes": max_minutes}
+        checkpoint = _train(recipe, data, work / "checkpoint", result, budget)
     export_config = export_config_from_recipe(recipe, source=source)
     current = work / "bundle-0-export"
     export_bundle(checkpoint, current, config=export_config, overwrite=True)
@@ -126,8 +130,10 @@ def run_recipe(
     return result
 
 
-def _train(recipe: dict[str, Any], data: str | None, checkpoint: Path, result: BuildResult) -> Path:
-    """The recipe's ``[train]`` stage, on ``data``."""
+def _train(
+    recipe: dict[str, Any], data: str | None, checkpoint: Path, result: BuildResult, budget: dict[str, Any]
+) -> Path:
+    """The recipe's ``[train]`` stage, on ``data``, within ``budget`` (None: the recipe's)."""
     if not data:
         raise ExportError("build needs --data to train on, or --checkpoint with a trained model")
     from recsys_infer.data import load_dataset
@@ -139,7 +145,7 @@ def _train(recipe: dict[str, Any], data: str | None, checkpoint: Path, result: B
         checkpoint,
         encoder=encoder,
         revision=revision,
-        config=train_config_from_recipe(recipe),
+        config=train_config_from_recipe(recipe).with_overrides(**budget),
         overwrite=True,
     )
     result.stages.append({"stage": "train", "checkpoint": str(checkpoint), "seconds": trained.seconds})
