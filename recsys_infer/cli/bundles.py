@@ -3,6 +3,7 @@ and re-indexing."""
 
 from __future__ import annotations
 
+import dataclasses
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -497,3 +498,29 @@ def index(
         f"{enc['reused_shards']} of {enc['shards']} shards reused), indexed in {result['index_seconds']} s"
     )
     write_json(json_out, result)
+
+
+@app.command(rich_help_panel="Bundles and compression", cls=Command)
+@friendly_errors
+def push(
+    bundle: Annotated[Path, typer.Argument(help="The bundle to upload (verified first).")],
+    repo: Annotated[str, typer.Argument(help="The Hub model repository, OWNER/NAME (created if needed).")],
+    revision: Annotated[
+        str | None, typer.Option(help="The branch to commit to (created if needed).", show_default="main")
+    ] = None,
+    private: Annotated[bool, typer.Option(help="Create the repository private.")] = False,
+    message: Annotated[
+        str | None, typer.Option(help="The commit message.", show_default="recsys-infer bundle: ENCODER")
+    ] = None,
+    json_out: JsonOut = None,
+) -> None:
+    """Upload a bundle with its model card to the Hugging Face Hub (hub extra); load it back with
+    Engine.load("hf://OWNER/NAME") or `recsys-infer recommend hf://OWNER/NAME`."""
+    from recsys_infer.runtime.hub import push as upload
+
+    pushed = upload(bundle, repo, revision=revision, private=private, message=message)
+    typer.echo(f"pushed {pushed.files} files to {pushed.repo}@{pushed.revision}: commit {pushed.commit}")
+    typer.echo(
+        f"load it with: recsys-infer recommend hf://{pushed.repo} --revision {pushed.commit} --text ..."
+    )
+    write_json(json_out, {"bundle": str(bundle), **dataclasses.asdict(pushed)})

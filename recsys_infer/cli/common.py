@@ -48,6 +48,15 @@ JsonOut = Annotated[
         show_default="none",
     ),
 ]
+#: A bundle to read: a folder, or a bundle on the Hugging Face Hub (hf://OWNER/NAME, at --revision).
+BundleSource = Annotated[
+    str,
+    typer.Argument(help="Bundle directory, or hf://OWNER/NAME on the Hugging Face Hub.", metavar="BUNDLE"),
+]
+HubRevision = Annotated[
+    str | None,
+    typer.Option(help="With hf://OWNER/NAME: the branch, tag or commit to download.", show_default="main"),
+]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace --out if it already exists.")]
 EncoderOpt = Annotated[
     str | None,
@@ -135,6 +144,7 @@ EXTRAS = {
     "pymilvus": "scale",
     "pyarrow": "scale",
     "implicit": "eval",
+    "huggingface_hub": "hub",
     "onnxruntime": "cpu",
 }
 

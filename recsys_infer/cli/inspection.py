@@ -15,9 +15,11 @@ from .app import app
 from .common import (
     DEFAULT_DEVICE,
     DEVICE_HELP,
+    BundleSource,
     Command,
     DeviceOption,
     ExcludeSeen,
+    HubRevision,
     JsonOut,
     OutputFormat,
     friendly_errors,
@@ -32,7 +34,7 @@ from .common import (
 @app.command(rich_help_panel="Inspect, evaluate and benchmark", cls=Command)
 @friendly_errors
 def info(
-    bundle: Annotated[Path, typer.Argument(help="Bundle directory.")],
+    source: BundleSource,
     verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Check every file's sha256.")] = True,
     device: Annotated[
         str | None,
@@ -42,16 +44,20 @@ def info(
             show_default="not loaded",
         ),
     ] = None,
+    revision: HubRevision = None,
     json_out: JsonOut = None,
 ) -> None:
     """Describe a bundle: towers, index, catalogue, fidelity and provenance."""
     from recsys_infer.runtime.bundle import read_manifest, verify_files
+    from recsys_infer.runtime.hub import local_bundle
     from recsys_infer.runtime.schema import encode
 
+    bundle = local_bundle(source, revision)
     manifest = read_manifest(bundle)
     verify_files(bundle, manifest, checksums=verify)
     console = make_console()
-    console.print(f"[bold]{bundle}[/bold]  schema v{manifest.schema_version}, created {manifest.created_at}")
+    where = f"{source} ({bundle})" if str(bundle) != source else source
+    console.print(f"[bold]{where}[/bold]  schema v{manifest.schema_version}, created {manifest.created_at}")
     for line in _manifest_lines(manifest):
         console.print("  " + line, highlight=False, markup=False)
     total = sum(f.bytes for f in manifest.files.values())
@@ -123,7 +129,7 @@ def _device_report(bundle: Path, device: str) -> dict[str, Any]:
 @app.command(rich_help_panel="Inspect, evaluate and benchmark", cls=Command)
 @friendly_errors
 def recommend(
-    bundle: Annotated[Path, typer.Argument(help="Bundle directory.")],
+    bundle: BundleSource,
     history: Annotated[
         str | None, typer.Option(help="Comma-separated item ids, oldest first.", show_default="none")
     ] = None,
@@ -136,6 +142,7 @@ def recommend(
     exclude_seen: ExcludeSeen = True,
     device: DeviceOption = DEFAULT_DEVICE,
     exact: Annotated[bool, typer.Option(help="Exact search instead of the HNSW index.")] = False,
+    revision: HubRevision = None,
     json_out: JsonOut = None,
 ) -> None:
     """Recommend items for a history and/or a text request."""
@@ -144,7 +151,7 @@ def recommend(
     ids = [h.strip() for h in history.split(",") if h.strip()] if history else []
     if not ids and not text:
         raise typer.BadParameter("give --history ID,ID,... or --text TEXT (or both)")
-    engine = Engine.load(bundle, device=device, exact=exact)
+    engine = Engine.load(bundle, device=device, exact=exact, revision=revision)
     recs = engine.recommend(history=ids, text=text, k=k, exclude_seen=exclude_seen)
     payload = {
         "bundle": str(bundle),

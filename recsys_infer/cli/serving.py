@@ -13,7 +13,7 @@ import typer
 from recsys_infer.enums import Spin
 
 from .app import app
-from .common import DEFAULT_DEVICE, DEVICE_HELP, Command, HelpAll, friendly_errors, rare
+from .common import DEFAULT_DEVICE, DEVICE_HELP, Command, HelpAll, HubRevision, friendly_errors, rare
 
 _LIMITS, _RUNTIME, _RAY = "Limits", "Runtime", "Ray Serve"
 
@@ -31,7 +31,10 @@ def _ray(help_text: str, **kwargs: Any) -> Any:
 
 
 _Limit = int | None
-BundleArg = Annotated[Path, typer.Argument(help="The bundle to serve.", exists=True, file_okay=False)]
+BundleArg = Annotated[
+    str,
+    typer.Argument(help="The bundle to serve: a directory, or hf://OWNER/NAME on the Hub.", metavar="BUNDLE"),
+]
 Host = Annotated[str, typer.Option(envvar="RECSYS_INFER_HOST", help="Interface to listen on.")]
 Port = Annotated[int, typer.Option(min=1, max=65535, envvar="RECSYS_INFER_PORT", help="Port to listen on.")]
 AccessLog = Annotated[
@@ -120,7 +123,7 @@ AllowLocalIndex = Annotated[
 @app.command(rich_help_panel="Serve", cls=Command)
 @friendly_errors
 def serve(
-    bundle: BundleArg,
+    source: BundleArg,
     host: Host = "127.0.0.1",
     port: Port = 8000,
     access_log: AccessLog = False,
@@ -164,6 +167,7 @@ def serve(
     replicas: Replicas = 2,
     detach: Detach = False,
     allow_local_index: AllowLocalIndex = False,
+    revision: HubRevision = None,
     _help_all: HelpAll = False,
 ) -> None:
     """Serve a bundle over HTTP: /recommend, /embed, /items, /healthz, /info, /metrics (serve extra).
@@ -173,8 +177,13 @@ def serve(
     given = dict(locals())  # every option named after a ServeSettings field sets it
     import uvicorn  # the serve extra; a missing one is one line naming it (friendly_errors)
 
+    from recsys_infer.runtime.hub import local_bundle
     from recsys_infer.serve import API_KEY_ENV, ServeSettings, create_app
     from recsys_infer.serve.settings import parse_provider_options
+
+    bundle = local_bundle(source, revision)  # a Hub bundle is downloaded once, here
+    if not bundle.is_dir():
+        raise typer.BadParameter(f"no bundle directory at {bundle}", param_hint="BUNDLE")
 
     fields = {f.name for f in dataclasses.fields(ServeSettings)}
     given["provider_options"] = parse_provider_options(provider_option) if provider_option else None

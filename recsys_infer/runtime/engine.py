@@ -20,6 +20,7 @@ from tokenizers import Tokenizer
 from recsys_infer.enums import Device, Spin
 from recsys_infer.errors import BundleError, DeviceUnavailableError, QueryError, UnknownItemError
 
+from . import hub
 from .bundle import Manifest, read_item_ids, read_manifest, verify_files, write_catalog_bundle
 from .cache import CachedEncoder, CacheStats
 from .catalog import Catalog, Item
@@ -251,8 +252,11 @@ class Engine:
         provider_options: Mapping[str, Any] | None = None,
         request_cache: int = 0,
         spin: Spin | bool = True,
+        revision: str | None = None,
     ) -> Engine:
-        """Load a bundle directory.
+        """Load a bundle directory, or a bundle on the Hugging Face Hub named ``hf://OWNER/NAME``
+        (at ``revision``: a branch, tag or commit; downloaded with the ``hub`` extra, then
+        verified like any other, see :mod:`~recsys_infer.runtime.hub`).
 
         ``device``: ``"auto"`` (CUDA when it really works, else the CPU with a WARNING; the
         reason is kept in :attr:`device_fallback`), ``"cpu"``, ``"cuda"``/``"cuda:N"`` or
@@ -273,7 +277,7 @@ class Engine:
         bundle whose index is a Milvus collection, the server to connect to instead of the one
         the manifest records.
         """
-        bundle = Path(path)
+        bundle = hub.local_bundle(path, revision)
         manifest = read_manifest(bundle)
         verify_files(bundle, manifest, checksums=verify)
         sessions, placement = cls._start(bundle, manifest, device, threads, provider_options, spin)

@@ -316,11 +316,12 @@ def test_shown_defaults_are_the_ones_in_force() -> None:
 
 
 COMMANDS = ["quickstart", "train", "export", "optimize", "quantize", "prune", "build", "evaluate", "bench",
-            "info", "recommend", "index", "serve", "convert", "sample-data"]  # fmt: skip
+            "info", "recommend", "index", "serve", "convert", "push", "sample-data"]  # fmt: skip
 
 
 @pytest.mark.parametrize("name", COMMANDS)
 def test_help_fits_a_screen_and_shows_no_python_types(name: str) -> None:
+    assert set(COMMANDS) == set(_commands()), "COMMANDS should list every command"
     result = CliRunner().invoke(app, [name, "--help"], env={"COLUMNS": "100", "TERMINAL_WIDTH": "100"})
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()

@@ -104,6 +104,9 @@ print(result.output, end="")
     [
         ("torch", "train", ["train", "--data", "sample", "--out", "{tmp}/ck", "--max-steps", "0"]),
         ("fastapi", "serve", ["serve", "{bundle}"]),
+        ("sentence_transformers", "bench", ["bench", "{bundle}", "--json", "{tmp}/b.json", "--quick"]),
+        ("huggingface_hub", "hub", ["recommend", "hf://acme/recs", "--text", "lamp"]),
+        ("huggingface_hub", "hub", ["push", "{bundle}", "acme/recs"]),
         ("ray", "scale", ["index", "{bundle}", "--out", "{tmp}/new", "--ray", "local"]),
         ("pymilvus", "scale", ["index", "{bundle}", "--out", "{tmp}/new", "--milvus", "{tmp}/m.db"]),
         (
