@@ -393,7 +393,9 @@ class ConvertTarget(StrEnum):
 @app.command(rich_help_panel="Bundles and compression", cls=Command)
 @friendly_errors
 def convert(
-    bundle: Annotated[Path, typer.Argument(help="A text-kind fp32 bundle.")],
+    bundle: Annotated[
+        Path, typer.Argument(help="An fp32 bundle: the text kind, or the default kind's text space.")
+    ],
     out: Annotated[Path, typer.Option(help="Directory to write (one folder per tower).", file_okay=False)],
     to: Annotated[
         ConvertTarget, typer.Option(help="The format to write.")
@@ -405,7 +407,8 @@ def convert(
     overwrite: Overwrite = False,
     json_out: JsonOut = None,
 ) -> None:
-    """Write a bundle's text towers as sentence-transformers folders (with ONNX backend files)."""
+    """Write a bundle's text towers as sentence-transformers folders (with ONNX backend files);
+    for the default kind, the towers of its text space."""
     from recsys_infer.toolchain.export.convert import to_sentence_transformers
 
     result = to_sentence_transformers(bundle, out, checkpoint=checkpoint, overwrite=overwrite)

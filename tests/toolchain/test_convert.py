@@ -51,14 +51,36 @@ def test_what_sentence_transformers_cannot_express_is_refused(tmp_path: Path, ti
         to_sentence_transformers(tiny_bundle, tmp_path / "st", checkpoint=tmp_path / "nowhere")
 
 
-def test_a_sequence_bundle_is_refused_with_the_reason(tmp_path: Path, tiny_encoder: Path) -> None:
-    from recsys_infer.toolchain.export.bundle import export_bundle
+def test_a_sequence_bundle_converts_its_text_space(tmp_path: Path, tiny_encoder: Path) -> None:
+    """The default kind: its item and request towers in the encoder's own space (one folder, as
+    they share the encoder), with the bundle's licence on the card; --no-text-space is refused."""
+    import shutil
+
+    from sentence_transformers import SentenceTransformer
+
+    from recsys_infer.toolchain.export.bundle import ExportConfig, export_bundle
     from recsys_infer.toolchain.export.convert import to_sentence_transformers
     from recsys_infer.toolchain.train.loop import TrainConfig, train
     from tests.conftest import small_sample
 
+    encoder = Path(shutil.copytree(tiny_encoder, tmp_path / "encoder"))
+    (encoder / "README.md").write_text("---\nlicense: apache-2.0\n---\n# a tiny encoder\n")
     config = TrainConfig(user_tower="sequence", max_steps=1, batch_size=16, item_max_length=32)
-    train(small_sample(), tmp_path / "ckpt", encoder=str(tiny_encoder), config=config, progress=False)
+    train(small_sample(), tmp_path / "ckpt", encoder=str(encoder), config=config, progress=False)
     export_bundle(tmp_path / "ckpt", tmp_path / "bundle", progress=False)
-    with pytest.raises(ExportError, match=r"sequence model over item vectors.*without custom code"):
-        to_sentence_transformers(tmp_path / "bundle", tmp_path / "st")
+    result = to_sentence_transformers(tmp_path / "bundle", tmp_path / "st")
+    assert set(result.folders) == {"shared"} and result.min_cosine["shared"] >= 0.9999
+
+    engine = Engine.load(tmp_path / "bundle", device="cpu", threads=1)
+    trained = engine.manifest.fusion.dims[0]  # type: ignore[union-attr]
+    for tower in (engine.item_encoder, engine.user_encoder.requests):  # type: ignore[attr-defined]
+        text = tower.encode(TEXTS)[:, trained:]
+        text /= np.linalg.norm(text, axis=1, keepdims=True)
+        theirs = SentenceTransformer(str(result.folders["shared"]), device="cpu").encode(TEXTS)
+        np.testing.assert_allclose(theirs, text, atol=2e-5)
+    card = (result.folders["shared"] / "README.md").read_text()
+    assert "license: apache-2.0" in card and "recsys-infer" in card
+
+    export_bundle(tmp_path / "ckpt", tmp_path / "one", config=ExportConfig(text_space=False), progress=False)
+    with pytest.raises(ExportError, match=r"--no-text-space.*without custom code"):
+        to_sentence_transformers(tmp_path / "one", tmp_path / "st2")
