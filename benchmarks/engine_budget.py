@@ -9,7 +9,8 @@ What it measures, each in a fresh interpreter so nothing is shared between them:
 - ``Engine.load``: wall time, resident memory after loading (VmRSS) and its peak (VmHWM),
   next to the bundle's size on disk;
 - ``Engine.recommend``: latency p50/p95/p99 at batch 1 after a warm-up, for probe-set
-  histories and for short text requests, with ONNX Runtime pinned to ``--threads``.
+  histories (their size in tokens for the text kind, in items for the sequence kind) and for
+  short text requests, with ONNX Runtime pinned to ``--threads``.
 
 The full benchmark harness (variants side by side, peers, plots) is `recsys-infer bench`
 (issue 5); this script checks the budgets every change must keep.
@@ -49,11 +50,14 @@ texts = ["cozy mystery novel set in Scotland", "noise cancelling headphones for 
 from recsys_infer.bench.timing import timed
 history_ms = timed([lambda h=h: engine.recommend(history=h, k=10) for h in histories], warmup=20)
 text_ms = timed([lambda t=t: engine.recommend(text=t, k=10) for t in texts * 50], warmup=20)
-tokenizer = engine.user_encoder.encoder.tokenizer
-lengths = tokenizer.count_tokens([engine.user_text({"history": h}) for h in histories])
+if engine.manifest.user.kind == "text":  # the history is written as text: its size in tokens
+    tokenizer = engine.user_encoder.encoder.tokenizer
+    lengths, unit = tokenizer.count_tokens([engine.user_text({"history": h}) for h in histories]), "tokens"
+else:  # the sequence kind reads the history's item vectors: its size in items
+    lengths, unit = [min(len(h), engine.manifest.user.max_length) for h in histories], "items"
 print(json.dumps({"import_s": import_s, "load_s": load_s, "rss_imported": rss_imported,
                   "rss_loaded": rss_loaded, "rss_peak": status("VmHWM:"),
-                  "history_ms": history_ms, "text_ms": text_ms, "history_tokens": lengths}))
+                  "history_ms": history_ms, "text_ms": text_ms, "history_size": lengths, "unit": unit}))
 """
 
 
@@ -116,10 +120,11 @@ def main() -> None:
         "rss_budget_mb": round(bundle_bytes / 1e6 + 150, 1),
         "recommend_history_ms": _pcts(m["history_ms"]),
         "recommend_text_ms": _pcts(m["text_ms"]),
-        "history_tokens": {
-            "min": min(m["history_tokens"]),
-            "median": statistics.median(m["history_tokens"]),
-            "max": max(m["history_tokens"]),
+        "history_size": {
+            "unit": m["unit"],
+            "min": min(m["history_size"]),
+            "median": statistics.median(m["history_size"]),
+            "max": max(m["history_size"]),
         },
         "environment": {
             "python": platform.python_version(),

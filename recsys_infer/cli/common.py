@@ -267,7 +267,9 @@ Reference = Annotated[
 
 def step_summary(result: Any) -> None:
     fidelity_lines(result.fidelity)
-    onnx_mb = sum(v for k, v in result.files.items() if k.endswith(".onnx")) / 1e6
+    from recsys_infer.toolchain.compress.share import SHARED
+
+    onnx_mb = sum(v for k, v in result.files.items() if k.endswith(".onnx") or k == SHARED) / 1e6
     typer.echo(f"bundle: {result.bundle} (graphs {onnx_mb:.1f} MB, {result.seconds:.0f} s)")
 
 

@@ -62,6 +62,8 @@ from recsys_infer.toolchain.export.fidelity import (
     reference_of,
 )
 
+from .share import share_weights
+
 __all__ = [
     "QuantizeConfig",
     "StepResult",
@@ -153,6 +155,7 @@ def derive_bundle(
         towers_spec, graphs = _transform_graphs(
             src, tmp, manifest, chosen, step, transform, suffix, precision
         )
+        shared = share_weights(tmp, {spec.file for spec in towers_spec.values()})
         stages.update()
         stages.set_description(f"{step['step']}: measuring fidelity against {ref_path.name}")
         index = manifest.index
@@ -168,7 +171,7 @@ def derive_bundle(
         stages.update()
         stages.set_description(f"{step['step']}: checking the written bundle")
         reindexed = bool(reindex and "item" in chosen)
-        record = _step_record(step, fidelity, src, graphs, reindexed)
+        record = _step_record(step, fidelity, src, graphs, reindexed, shared)
         final = replace(
             draft,
             compression=(*draft.compression, record),
@@ -197,7 +200,12 @@ def _gated_fidelity(reference: Reference, bundle: Path, max_drop: float | None, 
 
 
 def _step_record(
-    step: dict[str, Any], fidelity: dict[str, Any], src: Path, graphs: dict[str, Any], reindexed: bool
+    step: dict[str, Any],
+    fidelity: dict[str, Any],
+    src: Path,
+    graphs: dict[str, Any],
+    reindexed: bool,
+    shared: dict[str, Any],
 ) -> CompressionStep:
     """The manifest's entry for this step: its settings, input, graphs and measured fidelity."""
     return CompressionStep(
@@ -208,6 +216,7 @@ def _step_record(
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "input": {"bundle": str(src.resolve()), "manifest_sha256": sha256_file(src / MANIFEST)},
             "graphs": graphs,
+            "shared_weights": shared,
             "reindexed": reindexed,
         },
     )
