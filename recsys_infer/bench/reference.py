@@ -13,6 +13,7 @@ import copy
 import logging
 import shutil
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from recsys_infer.runtime.providers import parse_device, session_options
 from recsys_infer.runtime.store import LocalItems
 from recsys_infer.runtime.tokenizer import TextTokenizer, length_batches
 from recsys_infer.runtime.users import SequenceUserEncoder, TextUserEncoder, UserEncoder, add_offsets
+from recsys_infer.toolchain.compress.graphs import quiet_quantizer
 from recsys_infer.toolchain.train.checkpoint import CHECKPOINT_FILE, Checkpoint
 from recsys_infer.toolchain.train.model import SequenceTower, TextTower
 
@@ -299,7 +301,9 @@ def peer_subjects(
     kwargs: dict[str, Any] = {"session_options": options, "provider": provider}
     dim = int(checkpoint.model.item.encoder.config.hidden_size)
     t0 = time.perf_counter()
-    plain = SentenceTransformer(str(folder), backend="onnx", device=str(on), model_kwargs=kwargs)
+    with warnings.catch_warnings():  # the exporter's tracer and deprecation notes, not ours
+        warnings.simplefilter("ignore")
+        plain = SentenceTransformer(str(folder), backend="onnx", device=str(on), model_kwargs=kwargs)
     plain.save_pretrained(str(folder))  # keeps the exported onnx/model.onnx beside the weights
     plain_s = time.perf_counter() - t0
     # (model, name, file, load seconds, what): the int8 export has no CUDA kernels, so on a
@@ -321,7 +325,8 @@ def _int8_peer(plain: Any, folder: Path, kwargs: dict[str, Any]) -> tuple[Any, s
 
     target = _quantization_target()
     t0 = time.perf_counter()
-    export_dynamic_quantized_onnx_model(plain, target, str(folder))
+    with quiet_quantizer():  # ONNX Runtime's advice to pre-process, meant for its own users
+        export_dynamic_quantized_onnx_model(plain, target, str(folder))
     # Its file name says the weight type the preset chose: qint8 for avx512(_vnni) and arm64,
     # quint8 for avx2 (the AMD EPYC machines), so take the file it wrote rather than guess.
     written = sorted((folder / "onnx").glob(f"model_*int8_{target}.onnx"))

@@ -357,7 +357,9 @@ def bench(
         bundles, data, reference=reference, config=config, progress=lambda msg: typer.echo(msg, err=True)
     )
     table = markdown(report)
-    typer.echo(table)
+    from rich.markdown import Markdown
+
+    make_console().print(Markdown(table))  # its tables drawn, as the other commands draw theirs
     write_json(json_out, report)
     if md is not None:
         md.parent.mkdir(parents=True, exist_ok=True)
