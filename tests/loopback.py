@@ -51,12 +51,17 @@ def milvus_lite_server(data_dir: Path) -> Iterator[tuple[str, subprocess.Popen[b
 
 
 @contextmanager
-def serving(app: Any) -> Iterator[str]:
-    """Serve ``app`` on a free loopback port; yields its base URL and stops it afterwards."""
+def serving(app: Any, settings: Any = None) -> Iterator[str]:
+    """Serve ``app`` on a free loopback port as `recsys-infer serve` does (its HTTP protocol
+    bounded by ``settings``, default the defaults); yields its base URL and stops it afterwards."""
     import uvicorn
 
+    from recsys_infer.serve import ServeSettings
+    from recsys_infer.serve.protocol import uvicorn_options
+
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical"))
+    options = uvicorn_options(settings or ServeSettings())
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical", **options))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:

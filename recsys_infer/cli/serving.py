@@ -148,7 +148,19 @@ def serve(
     ] = None,
     max_k: Annotated[_Limit, _limit("Largest k.", "MAX_K", 1_000)] = None,
     max_batch_requests: Annotated[
-        _Limit, _limit("Requests in one batch body.", "MAX_BATCH_REQUESTS", 256)
+        _Limit, _limit("Requests in one batch body (at most --max-pending).", "MAX_BATCH_REQUESTS", 64)
+    ] = None,
+    max_header_bytes: Annotated[
+        _Limit,
+        _limit(
+            "Largest request head (request line and headers); larger gets 431.", "MAX_HEADER_BYTES", 65_536
+        ),
+    ] = None,
+    header_timeout_s: Annotated[
+        _Limit,
+        _limit(
+            "Seconds a client may take to send a request's head; slower gets 408.", "HEADER_TIMEOUT_S", 10
+        ),
     ] = None,
     max_history: Annotated[_Limit, _limit("History items in one request.", "MAX_HISTORY", 500)] = None,
     max_text_chars: Annotated[
@@ -179,6 +191,7 @@ def serve(
 
     from recsys_infer.runtime.hub import local_bundle
     from recsys_infer.serve import API_KEY_ENV, ServeSettings, create_app
+    from recsys_infer.serve.protocol import uvicorn_options
     from recsys_infer.serve.settings import parse_provider_options
 
     bundle = local_bundle(source, revision)  # a Hub bundle is downloaded once, here
@@ -196,7 +209,9 @@ def serve(
         _serve_on_ray(bundle, settings, ray, replicas, threads, host, port, detach, allow_local_index)
         return
     app = create_app(bundle, threads=threads, settings=settings)
-    uvicorn.run(app, host=host, port=port, log_level="info", access_log=access_log)
+    uvicorn.run(
+        app, host=host, port=port, log_level="info", access_log=access_log, **uvicorn_options(settings)
+    )
 
 
 def _serve_on_ray(

@@ -13,8 +13,8 @@ place in one step:
 A crash at any moment leaves the target whole (old or new) plus, at worst, a hidden
 ``.NAME.tmp-PID-*`` folder beside it; the next write of the same target deletes such folders
 once the process that made them is gone. ``overwrite`` only ever replaces a directory that
-holds ``marker`` (a bundle's ``manifest.json``, a checkpoint's own file): anything else at the
-target is refused, never deleted.
+holds ``marker`` (a bundle's ``manifest.json``, a checkpoint's own file), and for a bundle, only
+one whose every file its manifest lists: anything else at the target is refused, never deleted.
 """
 
 from __future__ import annotations
@@ -130,6 +130,29 @@ def check_replaceable(target: Path, marker: str) -> None:
             f"{target} exists and has no {marker}, so it is not what this command writes; --overwrite "
             "only replaces an earlier output. Choose another path, or move that folder away yourself."
         )
+    if marker == "manifest.json":  # a bundle: only the files its manifest lists may go
+        strangers = _unlisted(target, marker)
+        if strangers:
+            raise OutputExistsError(
+                f"{target} holds {', '.join(repr(s) for s in strangers[:3])}"
+                f"{' and more' if len(strangers) > 3 else ''}, which its {marker} does not list as a "
+                "bundle file, so --overwrite will not delete it. Choose another path, or move that "
+                "folder away yourself."
+            )
+
+
+def _unlisted(target: Path, marker: str) -> list[str]:
+    """The entries of ``target`` that its bundle manifest does not list (all of them, when the
+    manifest is not a bundle's)."""
+    import json
+
+    try:
+        listed = json.loads((target / marker).read_text(encoding="utf-8")).get("files")
+    except (OSError, ValueError, AttributeError):
+        listed = None
+    if not isinstance(listed, dict):
+        return [marker]  # not a bundle's manifest: the folder is someone else's
+    return sorted(p.name for p in target.iterdir() if p.name != marker and p.name not in listed)
 
 
 @contextlib.contextmanager

@@ -25,11 +25,13 @@ from recsys_infer.errors import BundleError, BundleIntegrityError, MissingBundle
 from .atomic import atomic_directory, step
 from .card import CARD, model_card
 from .manifest import (
+    DIGEST,
     MAKE_BUNDLE,
     MANIFEST,
     SCHEMA_VERSION,
     FileEntry,
     Manifest,
+    manifest_digest,
     manifest_json,
     parse_manifest,
 )
@@ -73,13 +75,26 @@ def read_manifest(bundle: Path) -> Manifest:
         raise BundleIntegrityError(f"{path} is not valid JSON ({e}); rebuild: {MAKE_BUNDLE}") from e
     if not isinstance(data, dict):
         raise BundleIntegrityError(f"{path} does not hold a JSON object; rebuild: {MAKE_BUNDLE}")
+    recorded = data.pop(DIGEST, None)  # absent from manifests written before it was recorded
+    if recorded is not None and recorded != manifest_digest(data):
+        raise BundleIntegrityError(
+            f"{path} was changed after it was written (its {DIGEST} no longer matches its contents): a "
+            f"hand edit of a weight or limit would change results unseen. Rebuild: {MAKE_BUNDLE}"
+        )
     return parse_manifest(data, source=str(path))
 
 
 def _inside(bundle: Path, name: str) -> Path:
     """``bundle / name``, refused when it is a link that leads out of the bundle."""
     path = bundle / name
-    if path.is_symlink() and path.resolve().parent != bundle.resolve():
+    try:
+        outside = path.is_symlink() and path.resolve().parent != bundle.resolve()
+    except (RuntimeError, OSError) as e:  # a loop of links, or one too deep to follow
+        raise BundleIntegrityError(
+            f"{path} is a symbolic link that cannot be followed ({e}); a bundle holds its own files. "
+            f"Rebuild: {MAKE_BUNDLE}"
+        ) from e
+    if outside:
         raise BundleIntegrityError(
             f"{path} is a symbolic link to {path.resolve()}, outside the bundle; a bundle holds its "
             f"own files. Rebuild: {MAKE_BUNDLE}"

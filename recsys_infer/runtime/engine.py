@@ -33,6 +33,7 @@ from .options import (
     Where,
     as_list,
     check_attributes,
+    check_new_id,
     check_text,
     excerpt,
     id_list,
@@ -603,7 +604,7 @@ class Engine:
     def _new_items(
         self, ids: Sequence[str], texts: Sequence[str], attributes: Sequence[Mapping[str, Any]] | None
     ) -> list[Item]:
-        ids = list(id_list(ids, "ids"))
+        ids = [check_new_id(i) for i in id_list(ids, "ids")]
         texts = as_list(texts, "texts takes a list of texts, one per item")
         attrs = (
             [{} for _ in ids]

@@ -25,6 +25,7 @@ refuse a schema version they do not know.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -382,6 +383,23 @@ def parse_manifest(data: object, *, source: str = MANIFEST) -> Manifest:
         raise BundleError(f"{source} is malformed: {e}. Rebuild the bundle: {MAKE_BUNDLE}") from e
 
 
+#: The field of ``manifest.json`` that holds the digest of the rest of it, so that an edit made
+#: after it was written (a fusion weight, ``ef_search``, a token budget: values the file
+#: checksums cannot cover, as they live in the manifest) is refused at load.
+DIGEST = "digest"
+
+
+def manifest_digest(data: Mapping[str, Any]) -> str:
+    """``sha256:`` and the hex digest of ``data`` without its :data:`DIGEST`, in a canonical
+    form (sorted keys, no spaces), so that reformatting the file changes nothing."""
+    body = {k: v for k, v in data.items() if k != DIGEST}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
 def manifest_json(manifest: Manifest) -> str:
-    """The manifest as the text of ``manifest.json``."""
-    return json.dumps(encode(manifest), indent=2, ensure_ascii=False) + "\n"
+    """The manifest as the text of ``manifest.json``, its :data:`DIGEST` last."""
+    data = json.loads(json.dumps(encode(manifest), ensure_ascii=False))  # as a reader will see it
+    data.pop(DIGEST, None)
+    data[DIGEST] = manifest_digest(data)
+    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"

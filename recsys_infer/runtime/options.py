@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -73,6 +74,17 @@ def id_list(value: object, what: str) -> tuple[str, ...]:
             )
         check_text(i, f"an id in {what}")
     return ids
+
+
+def check_new_id(item_id: str) -> str:
+    """An id for a new item: no control characters (a newline, a tab, NUL), which a URL path
+    cannot carry back to ``DELETE /items/{id}`` and which break logs and CSV files."""
+    bad = next((c for c in item_id if unicodedata.category(c) == "Cc"), None)
+    if bad is not None:
+        raise QueryError(
+            f"item id {excerpt(item_id, 40)} holds the control character {bad!r}; ids are printable text"
+        )
+    return item_id
 
 
 def check_attributes(attributes: object, item_id: str) -> dict[str, Any]:
@@ -139,6 +151,9 @@ class Where:
         for key, wanted in where.items():
             check_text(key, "a where key")
             values = wanted if isinstance(wanted, (list, tuple)) else [wanted]
+            for v in values:
+                if isinstance(v, str):
+                    check_text(v, f"where[{key!r:.40}]", empty_ok=True)  # no lone surrogates
             keys = {_key(v) for v in values}
             if None in keys or any(isinstance(v, float) and not math.isfinite(v) for v in values):
                 raise QueryError(

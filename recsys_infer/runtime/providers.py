@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from recsys_infer.enums import Device, Precision, Spin
-from recsys_infer.errors import ConfigError, DeviceUnavailableError, MissingDependencyError
+from recsys_infer.errors import BundleError, ConfigError, DeviceUnavailableError, MissingDependencyError
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -254,7 +254,15 @@ def create_session(
     if not isinstance(placement, Placement):
         placement = Placement(Device(placement))
     options = session_options(threads=threads, spin=spin, cpu=placement.device is Device.CPU)
-    session = onnxruntime().InferenceSession(str(path), sess_options=options, providers=placement.providers())
+    try:
+        session = onnxruntime().InferenceSession(
+            str(path), sess_options=options, providers=placement.providers()
+        )
+    except Exception as e:  # ONNX Runtime's own errors (InvalidProtobuf, Fail, ...) are not ours
+        raise BundleError(
+            f"ONNX Runtime could not load {path.name} ({type(e).__name__}: {str(e)[:300]}). If the file is "
+            "damaged, rebuild the bundle."
+        ) from e
     if placement.device is not Device.CPU:
         wanted = _GPU_PROVIDERS[placement.device]
         if wanted not in session.get_providers():

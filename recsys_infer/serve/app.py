@@ -39,9 +39,12 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from recsys_infer.errors import (
     BackendUnavailableError,
+    BundleError,
+    ConfigError,
     ConflictError,
     OverloadedError,
     QueryError,
@@ -241,14 +244,17 @@ class Service:
         self._pending_lock = threading.Lock()
 
     def _load(self, bundle: Path) -> Engine:
-        return Engine.load(
-            bundle,
-            device=self.settings.device,
-            threads=self.threads,
-            provider_options=self.settings.provider_options or None,
-            request_cache=self.settings.request_cache,
-            spin=self.settings.spin,
-        )
+        try:
+            return Engine.load(
+                bundle,
+                device=self.settings.device,
+                threads=self.threads,
+                provider_options=self.settings.provider_options or None,
+                request_cache=self.settings.request_cache,
+                spin=self.settings.spin,
+            )
+        except OSError as e:  # a file of it unreadable (permissions, a name too long): no 500
+            raise BundleError(f"cannot read the bundle at {bundle}: {e.strerror or e}") from e
 
     @contextlib.contextmanager
     def admit(self, n: int) -> Iterator[None]:
@@ -377,7 +383,8 @@ class Service:
             "providers": list(getattr(engine.item_encoder, "providers", [])),
             "towers": towers,
             "spaces": _spaces(engine),
-            "index": encode(engine.manifest.index) if engine.manifest else None,
+            # the live count: edits since the bundle was written included
+            "index": {**encode(engine.manifest.index), "count": len(engine)} if engine.manifest else None,
             "limits": self.settings.to_json(),
             "request_cache": dataclasses.asdict(cache) if (cache := engine.request_cache()) else None,
             "replica": self.replica.name if self.replica else None,
@@ -417,6 +424,7 @@ def create_app(
     ``replica``: called once the app starts, when it is one replica of several (Ray Serve's,
     :mod:`recsys_infer.scale.serving`): what that deployment hands the service."""
     settings = settings or ServeSettings.from_env()
+    _check_key_form(os.environ.get(API_KEY_ENV))
     if max_batch is not None:
         settings = dataclasses.replace(settings, max_batch=max_batch)
     if max_wait_us is not None:
@@ -450,7 +458,12 @@ def create_app(
         static_url=DOCS_STATIC,
         swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from swagger.io
     )
-    app.add_middleware(Guard, max_body=settings.max_body_bytes, observe=metrics.observe)
+    app.add_middleware(
+        Guard,
+        max_body=settings.max_body_bytes,
+        observe=metrics.observe,
+        route_of=lambda scope: _route_of(app, scope),
+    )
     if replica is not None:
         _name_the_replica(app, holder)
     _install_error_handlers(app, settings)
@@ -461,6 +474,17 @@ def create_app(
     _status_routes(app, deps, metrics)
     _errors_are_json(app)
     return app
+
+
+def _route_of(app: FastAPI, scope: Any) -> str:
+    """The template of the route ``scope`` is for (its mount, for static files), found for a
+    request the router did not label (a 413 refused before routing, the docs pages), so that
+    /metrics counts it under its route and keeps "unmatched" for paths no route serves."""
+    for route in app.routes:
+        match, _ = route.matches(scope)
+        if match is Match.FULL:
+            return str(getattr(route, "path", "unmatched"))
+    return "unmatched"
 
 
 def _errors_are_json(app: FastAPI) -> None:
@@ -522,6 +546,16 @@ class _Dependencies:
 
         self.service, self.editor = service, editor
         self.reader = keyed_reader if settings.auth_reads else service
+
+
+def _check_key_form(key: str | None) -> None:
+    """A key a client can send: printable ASCII, as an HTTP header carries it (a key with other
+    characters could never match, and every client would get 401)."""
+    if key and not all(" " < c <= "~" for c in key):
+        raise ConfigError(
+            f"{API_KEY_ENV} must be printable ASCII without spaces, which an X-API-Key header can carry; "
+            "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        )
 
 
 def _check_key(given: str | None, *, feature: str) -> None:
@@ -674,7 +708,7 @@ def _status_routes(app: FastAPI, deps: _Dependencies, metrics: Metrics) -> None:
     def healthz(s: Annotated[Service, Depends(deps.service)]) -> HealthResponse:
         return HealthResponse(
             status="ok",
-            bundle=str(s.bundle),
+            bundle=s.bundle.name,  # open to all, so the folder's name, not where it lies
             items=len(s.engine),
             device=s.engine.device_name,
             device_fallback=s.engine.device_fallback,

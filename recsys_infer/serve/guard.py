@@ -35,11 +35,13 @@ ERROR_TYPES = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    408: "timeout",
     409: "conflict",
     413: "too_large",
     415: "unsupported_media_type",
     422: "invalid_request",
     429: "overloaded",
+    431: "headers_too_large",
     500: "internal",
     503: "unavailable",
 }
@@ -60,17 +62,26 @@ def error_response(
 
 #: Called after each response with the route template, the status and the seconds it took.
 Observer = Callable[[str, int, float], None]
+#: The status a request is counted under when its client left before sending the whole body
+#: (nginx's "client closed request"); nothing is answered, and nothing of it is executed.
+CLIENT_GONE = 499
+_GONE = object()
 
 
 class Guard:
     """ASGI middleware: refuses bodies over ``max_body`` with 413 (by ``Content-Length``, or
-    while reading a chunked body), turns an exception no handler took into a logged 500 with no
-    trace in the body, and reports every response to ``observe`` (500s and 413s included)."""
+    while reading a chunked body), runs nothing of a request whose client left before its body
+    was whole, turns an exception no handler took into a logged 500 with no trace in the body,
+    and reports every response to ``observe`` (500s and 413s included) under its route's
+    template, which ``route_of`` finds for a request no route has seen yet."""
 
-    def __init__(self, app: ASGIApp, *, max_body: int, observe: Observer) -> None:
+    def __init__(
+        self, app: ASGIApp, *, max_body: int, observe: Observer, route_of: Callable[[Scope], str]
+    ) -> None:
         self.app = app
         self.max_body = max_body
         self.observe = observe
+        self.route_of = route_of
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -78,6 +89,7 @@ class Guard:
             return
         started = time.perf_counter()
         status = [0]
+        entered = dict(scope)  # as it came in: routing rewrites a mount's path in ``scope``
 
         async def tracked(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -88,6 +100,8 @@ class Guard:
             body = await self._read(scope, receive)
             if body is None:
                 await self._too_large(scope, receive, tracked)
+            elif body is _GONE:
+                status[0] = CLIENT_GONE
             else:
                 await self.app(scope, _replay(body, receive), tracked)
         except Exception:
@@ -96,11 +110,12 @@ class Guard:
                 response = error_response(500, "an unexpected error occurred; it was logged on the server")
                 await response(scope, receive, tracked)
         finally:
-            route = getattr(scope.get("route"), "path", "unmatched")
+            route = getattr(scope.get("route"), "path", None) or self.route_of(entered)
             self.observe(route, status[0] or 500, time.perf_counter() - started)
 
-    async def _read(self, scope: Scope, receive: Receive) -> bytes | None:
-        """The whole body, or None as soon as it is known to exceed the limit."""
+    async def _read(self, scope: Scope, receive: Receive) -> Any:
+        """The whole body; None as soon as it is known to exceed the limit; ``_GONE`` when the
+        client left before it was whole (a body cut short is never run as if it were all)."""
         for name, value in scope.get("headers", ()):
             if name == b"content-length" and (not value.isdigit() or int(value) > self.max_body):
                 return None
@@ -108,7 +123,7 @@ class Guard:
         while more:
             message = await receive()
             if message["type"] != "http.request":
-                break  # the client went away
+                return _GONE  # an http.disconnect before the last chunk
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body:

@@ -285,7 +285,7 @@ class TowerInfo(BaseModel):
 
 class HealthResponse(BaseModel):
     status: str
-    bundle: str
+    bundle: str = Field(description="The served bundle's folder name (GET /info has its path).")
     items: int
     device: str = Field(description="Where the graphs run: cpu, cuda:N or tensorrt:N.")
     device_fallback: str | None = Field(

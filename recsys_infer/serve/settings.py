@@ -27,10 +27,14 @@ class ServeSettings:
     """What one HTTP request may ask for, how much may wait, and who may read.
 
     - ``max_body_bytes``: a larger body gets 413 before it is read.
+    - ``max_header_bytes`` and ``header_timeout_s``: a request's head (request line and
+      headers) larger, or slower to arrive, gets 431 or 408 and its connection closed
+      (:mod:`recsys_infer.serve.protocol`).
     - ``max_cost``: result rows one ``/recommend`` body may ask for, ``k`` summed over a batch,
       an explained result counting as ``EXPLAIN_COST`` (8); more gets 422.
     - ``max_pending``: recommendations accepted but not yet answered; past it, 429 with
-      ``Retry-After``, so overload is refused at once instead of queueing without bound.
+      ``Retry-After``, so overload is refused at once instead of queueing without bound. At
+      least ``max_batch_requests``, so that every batch the limits allow can be admitted.
     - ``auth_reads``: also require the API key for ``/recommend``, ``/info`` and ``/metrics``.
     - ``request_cache``: request vectors kept for texts seen again (0: off).
     - ``spin``: when ONNX Runtime's threads busy-wait (:class:`~recsys_infer.enums.Spin`):
@@ -42,10 +46,12 @@ class ServeSettings:
     """
 
     max_body_bytes: int = 4 * 1024 * 1024
+    max_header_bytes: int = 64 * 1024
+    header_timeout_s: int = 10
     max_cost: int = 20_000
     max_pending: int = 64
     max_k: int = 1000
-    max_batch_requests: int = 256
+    max_batch_requests: int = 64
     max_history: int = 500
     max_text_chars: int = 2000
     max_ids_per_filter: int = 10_000
@@ -80,6 +86,12 @@ class ServeSettings:
                 or value < (0 if f.name in ("max_wait_us", "request_cache") else 1)
             ):
                 raise ConfigError(f"{f.name} must be a positive integer, got {value!r}")
+        if self.max_batch_requests > self.max_pending:
+            raise ConfigError(
+                f"max_batch_requests ({self.max_batch_requests}) is above max_pending "
+                f"({self.max_pending}): a batch that large would be refused with 429 even on an idle "
+                "server, and retried for ever. Raise --max-pending or lower --max-batch-requests"
+            )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ServeSettings:

@@ -32,7 +32,28 @@ def _edit(bundle: Path, change: Any) -> None:
     path = bundle / "manifest.json"
     doc = json.loads(path.read_text())
     change(doc)
+    doc.pop("digest", None)  # as a manifest written before digests
     path.write_text(json.dumps(doc))
+
+
+def test_an_edit_to_the_manifest_is_refused_at_load(bundle_copy: Path) -> None:
+    """Values only the manifest holds (a fusion weight, ef_search, a token budget) are covered
+    by its digest; reformatting the file is not an edit."""
+    path = bundle_copy / "manifest.json"
+    doc = json.loads(path.read_text())
+    path.write_text(json.dumps(doc, indent=None, sort_keys=True))  # reformatted: still whole
+    assert read_manifest(bundle_copy).index.ef_search == doc["index"]["ef_search"]
+    for change in ({"ef_search": doc["index"]["ef_search"] + 10}, {"M": 8}):
+        edited = json.loads(json.dumps(doc))
+        edited["index"].update(change)
+        path.write_text(json.dumps(edited, indent=2))
+        with pytest.raises(BundleIntegrityError, match="changed after it was written"):
+            Engine.load(bundle_copy, device="cpu")
+    edited = json.loads(json.dumps(doc))
+    edited["towers"]["item"]["max_length"] -= 1
+    path.write_text(json.dumps(edited))
+    with pytest.raises(BundleIntegrityError, match="digest no longer matches"):
+        read_manifest(bundle_copy)
 
 
 @pytest.mark.parametrize(

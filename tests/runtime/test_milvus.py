@@ -115,8 +115,10 @@ def test_filter_expressions_are_literal_and_safe() -> None:
 
 def test_writes_refuse_what_a_collection_cannot_hold(milvus_bundle: Path) -> None:
     engine = Engine.load(milvus_bundle, device="cpu", threads=1)
-    with pytest.raises(QueryError, match="cannot be stored in a Milvus collection"):
+    with pytest.raises(QueryError, match="control character"):  # refused before any index sees it
         engine.add_items(["bell\x07"], ["a text"])
+    with pytest.raises(QueryError, match="cannot be stored in a Milvus collection"):
+        engine.add_items(["x" * 1100], ["a text"])
     with pytest.raises(QueryError, match="over 65535 bytes"):
         engine.add_items(["long"], ["word " * 20_000])
     assert engine.shared_index and len(engine) == 300
