@@ -181,7 +181,9 @@ def test_a_full_queue_answers_429_at_once(bundle_copy: Path, monkeypatch: pytest
         return slow(self, *args, **kwargs)
 
     monkeypatch.setattr(Engine, "recommend_batch", slowed)
-    app = create_app(bundle_copy, threads=1, settings=ServeSettings(max_pending=2, max_batch_requests=2, max_wait_us=0))
+    app = create_app(
+        bundle_copy, threads=1, settings=ServeSettings(max_pending=2, max_batch_requests=2, max_wait_us=0)
+    )
     with serving(app) as base:
 
         def one(n: int) -> tuple[int, float, str | None]:
