@@ -96,3 +96,23 @@ def test_every_benchmark_script_is_on_a_result_page() -> None:
     assert [p.name for p in scripts if f"`{p.name}`" not in pages] == []
     study_scripts = list((bench / "studies").glob("*.py"))
     assert [p.name for p in study_scripts if f"`{p.name}`" not in studies] == []
+
+
+def test_security_lists_every_limit_with_the_default_in_force() -> None:
+    """SECURITY.md's table of limits holds every ServeSettings limit, with the default the code
+    applies (a changed default fails here until the table says so)."""
+    from dataclasses import fields
+
+    from recsys_infer.serve import ServeSettings
+
+    text = (ROOT / "SECURITY.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| `--[\w-]+` \| `RECSYS_INFER_(\w+)` \| ([^|]+) \|", text, re.M)
+    shown = {name.lower(): cell.split()[0] for name, cell in rows}
+    defaults = ServeSettings()
+    limits = {f.name for f in fields(ServeSettings)} - {"device", "provider_options", "spin", "request_cache",
+                                                         "retry_after_s"}  # fmt: skip
+    assert set(shown) == limits, set(shown) ^ limits
+    for name in limits:
+        value = getattr(defaults, name)
+        expected = ("on" if value else "off") if isinstance(value, bool) else f"{value:,}"
+        assert shown[name] == expected, (name, shown[name], expected)
