@@ -21,10 +21,13 @@ def free_port() -> int:
 
 
 @contextmanager
-def milvus_lite_server(data_dir: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+def milvus_lite_server(
+    data_dir: Path, port: int | None = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """A Milvus Lite server in a process of its own, as a Milvus server would be; yields its URI
-    and the process (kill it to lose the server mid-test)."""
-    port = free_port()
+    and the process (kill it to lose the server mid-test; start another on the same ``port``
+    and ``data_dir`` to bring it back)."""
+    port = port or free_port()
     command = [
         sys.executable,
         "-m",

@@ -328,7 +328,18 @@ class MilvusIndex:
         if timed:
             kwargs["timeout"] = self.timeout
         try:
-            return method(*args, **kwargs)
+            try:
+                return method(*args, **kwargs)
+            except pymilvus.exceptions.MilvusException as e:
+                if not _released(e):
+                    raise
+                # A server that restarted holds the collection released until it is loaded again:
+                # load it, once, and retry, so that the service recovers by itself.
+                logger.warning(
+                    "Milvus at %s: collection %r was released; loading it again", self.uri, self.collection
+                )
+                self._client.load_collection(self.collection, timeout=self.timeout)
+                return method(*args, **kwargs)
         except pymilvus.exceptions.MilvusException as e:
             raise BackendUnavailableError(
                 f"Milvus at {self.uri!r} failed on {getattr(method, '__name__', 'a call')} for collection "
@@ -528,6 +539,12 @@ class MilvusIndex:
     def drop(self) -> None:
         """Delete the whole collection (tests and benchmarks clean up with this)."""
         self._call(self._client.drop_collection, self.collection)
+
+
+def _released(error: Exception) -> bool:
+    """Whether a Milvus error says the collection is not loaded (as after a server restart)."""
+    text = str(error).lower()
+    return "released" in text or "not loaded" in text or "load() before" in text
 
 
 def _item(row: Mapping[str, Any]) -> Item:

@@ -170,6 +170,53 @@ def test_a_server_lost_mid_flight_is_a_503_never_a_hang(
         assert time.monotonic() - started < 30
 
 
+def test_a_lost_server_loses_no_edit_and_answers_again_once_back(tiny_bundle: Path, tmp_path: Path) -> None:
+    """The Milvus server killed (SIGKILL, a real process) under a serving app: reads and edits
+    get 503 with Retry-After at once, nothing half-done; once a server is back on the same data,
+    the same app answers again, and every edit made before the loss is there exactly once."""
+    from fastapi.testclient import TestClient
+
+    from recsys_infer.serve import API_KEY_ENV, create_app
+    from tests.loopback import free_port
+
+    port, data = free_port(), tmp_path / "srv.db"
+    key = {"X-API-Key": "k"}
+    new = {"items": [{"item_id": "before-loss", "text": "a brass desk lamp"}]}
+    lost_edit = {"items": [{"item_id": "during-loss", "text": "a wool travel blanket"}]}
+    with pytest.MonkeyPatch.context() as patch, milvus_lite_server(data, port) as (uri, proc):
+        patch.setenv(API_KEY_ENV, "k")
+        out = tmp_path / "served"
+        reindex_bundle(tiny_bundle, None, out, milvus=MilvusTarget(uri, "items"), progress=False)
+        with TestClient(create_app(out, threads=1)) as client:
+            assert client.post("/items", json=new, headers=key).status_code == 200
+            proc.kill()
+            proc.wait()
+            started = time.monotonic()
+            for call in (
+                lambda: client.post("/recommend", json={"text": "lamp", "k": 3}),
+                lambda: client.post("/items", json=lost_edit, headers=key),
+            ):
+                answer = call()
+                assert answer.status_code == 503 and answer.headers["retry-after"] == "1", answer.text
+            outage = time.monotonic() - started
+            with milvus_lite_server(data, port):
+                restarted = time.monotonic()
+                while True:  # as a client honouring Retry-After does
+                    back = client.post("/recommend", json={"text": "a brass desk lamp", "k": 300})
+                    if back.status_code != 503 or time.monotonic() - restarted > 60:
+                        break
+                    time.sleep(float(back.headers["retry-after"]))
+                assert back.status_code == 200, back.text
+                recovery = time.monotonic() - restarted
+                ids = [r["item_id"] for r in back.json()["items"]]
+                assert ids.count("before-loss") == 1 and "during-loss" not in ids
+                assert client.post("/items", json=lost_edit, headers=key).status_code == 200  # retried
+                again = client.post("/recommend", json={"text": "a wool travel blanket", "k": 301}).json()
+                assert [r["item_id"] for r in again["items"]].count("during-loss") == 1
+    assert outage < 30  # both refusals came well within a client's timeout, not after a hang
+    print(f"refusals during the outage: {outage:.2f} s; answers again {recovery:.2f} s after the restart")
+
+
 @pytest.mark.slow
 def test_recall_against_exact_search_on_movielens(tiny_bundle: Path, tmp_path: Path) -> None:
     """The collection's HNSW (M 16, ef 64) against exact search, on the ml-latest-small catalogue."""
