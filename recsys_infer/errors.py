@@ -133,6 +133,11 @@ class OutputExistsError(RecsysError, FileExistsError):
     """An output path already exists and the caller did not ask to overwrite it."""
 
 
+class OutputWriteError(RecsysError, OSError):
+    """The machine refused a write (a full disk, a quota, a file-size limit, a read-only file
+    system); whatever was at the output path was left as it was."""
+
+
 class MissingDependencyError(RecsysError):
     """An optional dependency is not installed."""
 

@@ -30,7 +30,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from recsys_infer.errors import OutputExistsError
+from recsys_infer.errors import OutputExistsError, OutputWriteError
 
 logger = logging.getLogger(__name__)
 
@@ -176,22 +176,37 @@ def atomic_directory(
     clean_leftovers(target)
     exists = os.path.lexists(target)  # a restored leftover counts
     tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
     try:
-        yield tmp
-        step("written")
-        fsync_tree(tmp)
-        step("synced")
-        if exists:
-            _replace(tmp, target)
-        else:
-            os.rename(tmp, target)
-            step("renamed")
-        fsync_dir(target.parent)
-        step("visible")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # the old directory after a swap, or a failed write
+        tmp.mkdir()
+        try:
+            yield tmp
+            step("written")
+            fsync_tree(tmp)
+            step("synced")
+            if exists:
+                _replace(tmp, target)
+            else:
+                os.rename(tmp, target)
+                step("renamed")
+            fsync_dir(target.parent)
+            step("visible")
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # the old directory after a swap, or a failed write
+    except OSError as e:
+        if e.errno not in _CANNOT_WRITE:
+            raise
+        kept = "left as it was" if exists else "not written"
+        raise OutputWriteError(
+            f"could not write {target}: {e.strerror} ({errno.errorcode.get(e.errno or 0, e.errno)}); "
+            f"{target} was {kept}, and nothing half-written remains. Free space (or lift the limit) "
+            "and run it again."
+        ) from e
     step("done")
+
+
+#: The errors of a write the machine refuses: a full disk or quota, a file-size limit, a
+#: read-only file system, too many files.
+_CANNOT_WRITE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EMFILE, errno.ENFILE}
 
 
 def _replace(tmp: Path, target: Path) -> None:
