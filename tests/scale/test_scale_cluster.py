@@ -58,6 +58,47 @@ def test_ray_data_encodes_the_same_vectors_and_resumes(
     assert report.backend == "ray" and report.reused_shards == 3 and sorted(redone + done) == list(range(6))
 
 
+def _alive_pids(class_name: str) -> list[int]:
+    """The processes of the live Ray actors whose class name holds ``class_name`` (a Ray worker
+    names its process ``ray::CLASS...``; read from /proc, as the dashboard is off)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            title = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if title.startswith("ray::") and class_name in title:
+            pids.append(int(proc.name))
+    return sorted(pids)
+
+
+def test_a_ray_data_worker_killed_mid_encoding_changes_nothing(
+    cluster: None, tiny_bundle: Path, tmp_path: Path
+) -> None:
+    """A worker process killed with SIGKILL after the first shard: Ray restarts it and retries its
+    work, and the run finishes with the vectors a run in this process gives."""
+    import os
+    import signal
+
+    texts = _texts(tiny_bundle)
+    local, _ = encode_catalog(tiny_bundle, texts, tmp_path / "local", items_sha256="x", shard_size=25)
+    killed: list[int] = []
+
+    def kill_a_worker(shard: int) -> None:
+        if not killed:
+            pids = _alive_pids("_ShardEncoder")
+            assert pids, "no encoding worker found to kill"
+            os.kill(pids[0], signal.SIGKILL)
+            killed.append(pids[0])
+
+    on_ray, report = encode_catalog(tiny_bundle, texts, tmp_path / "ray", items_sha256="x", shard_size=25,
+                                      workers=2, runner=RayRunner(), on_shard=kill_a_worker)  # fmt: skip
+    assert killed and float(np.abs(on_ray - local).max()) < 1e-5
+    assert report.backend == "ray" and on_ray.shape == local.shape
+
+
 @pytest.fixture
 def milvus_uri(tmp_path: Path) -> Iterator[str]:
     with milvus_lite_server(tmp_path / "srv.db") as (uri, _):
@@ -120,5 +161,45 @@ def test_two_replicas_share_one_collection(
                 r = client.get("/info")
                 infos[r.headers["x-recsys-replica"]] = (r.json()["bundle"], r.json()["items"])
             assert set(infos.values()) == {(str(smaller.resolve()), 100)} and len(infos) == 2
+    finally:
+        serving.shutdown()
+
+
+def test_a_replica_killed_under_load_is_replaced_while_the_other_answers(
+    cluster: None, tiny_bundle: Path, tmp_path: Path, milvus_uri: str
+) -> None:
+    """One of two Ray Serve replicas killed (SIGKILL on its process) while a client keeps sending:
+    the other answers throughout, and Ray Serve's controller starts a replacement."""
+    import os
+    import signal
+    import time
+
+    from recsys_infer.scale import serving
+
+    bundle = tmp_path / "bundle"
+    reindex_bundle(tiny_bundle, None, bundle, milvus=MilvusTarget(milvus_uri, "items"), progress=False)
+    url = serving.deploy(bundle, replicas=2, port=free_port())
+    try:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            body = {"text": "solar powered espresso machine", "k": 5}
+            before = _by_replica(client, body)
+            assert len(before) == 2
+            victim = _alive_pids("ServeReplica")[0]
+            os.kill(victim, signal.SIGKILL)
+            killed_at = time.monotonic()
+            statuses: list[int] = []
+            replicas: set[str] = set()
+            while time.monotonic() - killed_at < 120:
+                r = client.post("/recommend", json=body)
+                statuses.append(r.status_code)
+                if r.status_code == 200:
+                    replicas.add(r.headers["x-recsys-replica"])
+                if len(replicas - set(before)) >= 1 and len(statuses) > 20:
+                    break  # a replacement has answered
+            failed = [s for s in statuses if s != 200]
+            print(f"{len(statuses)} requests after the kill, {len(failed)} failed ({sorted(set(failed))}); "
+                  f"a replacement answered after {time.monotonic() - killed_at:.1f} s")  # fmt: skip
+            assert len(failed) <= 3, statuses  # at most the requests the dead replica held
+            assert replicas - set(before), "no replacement replica answered within 120 s"
     finally:
         serving.shutdown()
