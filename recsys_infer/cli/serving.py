@@ -120,6 +120,35 @@ AllowLocalIndex = Annotated[
 ]
 
 
+MaxBatchOpt = Annotated[_Limit, _limit("Most requests the micro-batcher runs at once.", "MAX_BATCH", 32)]
+MaxBodyBytesOpt = Annotated[
+    _Limit, _limit("Largest request body; larger gets 413.", "MAX_BODY_BYTES", 4_194_304)
+]
+MaxCostOpt = Annotated[
+    _Limit,
+    _limit("Result rows one body may ask for (k summed, explained x8); more gets 422.", "MAX_COST", 20_000),
+]
+MaxPendingOpt = Annotated[
+    _Limit, _limit("Recommendations waiting at once; more get 429 with Retry-After.", "MAX_PENDING", 64)
+]
+MaxKOpt = Annotated[_Limit, _limit("Largest k.", "MAX_K", 1_000)]
+MaxBatchRequestsOpt = Annotated[
+    _Limit, _limit("Requests in one batch body (at most --max-pending).", "MAX_BATCH_REQUESTS", 64)
+]
+MaxHeaderBytesOpt = Annotated[
+    _Limit,
+    _limit("Largest request head (request line and headers); larger gets 431.", "MAX_HEADER_BYTES", 65_536),
+]
+HeaderTimeoutSOpt = Annotated[
+    _Limit,
+    _limit("Seconds a client may take to send a request's head; slower gets 408.", "HEADER_TIMEOUT_S", 10),
+]
+MaxHistoryOpt = Annotated[_Limit, _limit("History items in one request.", "MAX_HISTORY", 500)]
+MaxTextCharsOpt = Annotated[_Limit, _limit("Characters of a request or item text.", "MAX_TEXT_CHARS", 2_000)]
+MaxIdsPerFilterOpt = Annotated[_Limit, _limit("Ids in exclude or allow.", "MAX_IDS_PER_FILTER", 10_000)]
+MaxItemsPerEditOpt = Annotated[_Limit, _limit("Items in one POST /items.", "MAX_ITEMS_PER_EDIT", 1_000)]
+
+
 @app.command(rich_help_panel="Serve", cls=Command)
 @friendly_errors
 def serve(
@@ -130,48 +159,19 @@ def serve(
     threads: Threads = None,
     device: DeviceOpt = None,
     provider_option: ProviderOption = None,
-    max_batch: Annotated[
-        _Limit, _limit("Most requests the micro-batcher runs at once.", "MAX_BATCH", 32)
-    ] = None,
+    max_batch: MaxBatchOpt = None,
     max_wait_us: MaxWait = None,
-    max_body_bytes: Annotated[
-        _Limit, _limit("Largest request body; larger gets 413.", "MAX_BODY_BYTES", 4_194_304)
-    ] = None,
-    max_cost: Annotated[
-        _Limit,
-        _limit(
-            "Result rows one body may ask for (k summed, explained x8); more gets 422.", "MAX_COST", 20_000
-        ),
-    ] = None,
-    max_pending: Annotated[
-        _Limit, _limit("Recommendations waiting at once; more get 429 with Retry-After.", "MAX_PENDING", 64)
-    ] = None,
-    max_k: Annotated[_Limit, _limit("Largest k.", "MAX_K", 1_000)] = None,
-    max_batch_requests: Annotated[
-        _Limit, _limit("Requests in one batch body (at most --max-pending).", "MAX_BATCH_REQUESTS", 64)
-    ] = None,
-    max_header_bytes: Annotated[
-        _Limit,
-        _limit(
-            "Largest request head (request line and headers); larger gets 431.", "MAX_HEADER_BYTES", 65_536
-        ),
-    ] = None,
-    header_timeout_s: Annotated[
-        _Limit,
-        _limit(
-            "Seconds a client may take to send a request's head; slower gets 408.", "HEADER_TIMEOUT_S", 10
-        ),
-    ] = None,
-    max_history: Annotated[_Limit, _limit("History items in one request.", "MAX_HISTORY", 500)] = None,
-    max_text_chars: Annotated[
-        _Limit, _limit("Characters of a request or item text.", "MAX_TEXT_CHARS", 2_000)
-    ] = None,
-    max_ids_per_filter: Annotated[
-        _Limit, _limit("Ids in exclude or allow.", "MAX_IDS_PER_FILTER", 10_000)
-    ] = None,
-    max_items_per_edit: Annotated[
-        _Limit, _limit("Items in one POST /items.", "MAX_ITEMS_PER_EDIT", 1_000)
-    ] = None,
+    max_body_bytes: MaxBodyBytesOpt = None,
+    max_cost: MaxCostOpt = None,
+    max_pending: MaxPendingOpt = None,
+    max_k: MaxKOpt = None,
+    max_batch_requests: MaxBatchRequestsOpt = None,
+    max_header_bytes: MaxHeaderBytesOpt = None,
+    header_timeout_s: HeaderTimeoutSOpt = None,
+    max_history: MaxHistoryOpt = None,
+    max_text_chars: MaxTextCharsOpt = None,
+    max_ids_per_filter: MaxIdsPerFilterOpt = None,
+    max_items_per_edit: MaxItemsPerEditOpt = None,
     request_cache: RequestCache = None,
     spin: SpinOpt = None,
     auth_reads: AuthReads = None,
