@@ -1,0 +1,89 @@
+"""How long one large body holds up other clients of `recsys-infer serve`.
+
+    python benchmarks/studies/large_body.py BUNDLE [--requests 38] [--ids 5000] [--rounds 5]
+
+Serves BUNDLE on a loopback port, as `serve` does, and sends a batch body of ``--requests``
+requests, each excluding ``--ids`` ids and carrying a 1,990-character text (about 3.9 MB with
+the defaults), while a second client calls ``GET /healthz`` every 5 ms. Reports, per round,
+the big request's time and the worst and median /healthz latency during it: what the body's
+parsing, validation and filter building take from the event loop that every client shares.
+This justifies ``_INLINE_IDS`` in ``recsys_infer/serve/app.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests.loopback: the server as `serve` runs it
+
+from recsys_infer.serve import create_app
+from tests.loopback import serving
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("bundle", type=Path)
+    parser.add_argument("--requests", type=int, default=38)
+    parser.add_argument("--ids", type=int, default=5000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    request = {"text": "x" * 1990, "exclude": [f"exclude-id-{i:05d}" for i in range(args.ids)], "k": 5}
+    body = json.dumps({"requests": [request] * args.requests}).encode()
+    work = Path(tempfile.mkdtemp())
+    bundle = Path(shutil.copytree(args.bundle, work / "bundle"))
+    os.environ.pop("RECSYS_INFER_API_KEY", None)
+    rounds = []
+    with serving(create_app(bundle, threads=1)) as base, httpx.Client(base_url=base, timeout=60) as big, \
+            httpx.Client(base_url=base, timeout=60) as probe:  # fmt: skip
+        probe.get("/healthz")
+        for _ in range(args.rounds):
+            waits: list[float] = []
+            done = threading.Event()
+
+            def health(waits: list[float] = waits, done: threading.Event = done) -> None:
+                while not done.is_set():
+                    t = time.perf_counter()
+                    probe.get("/healthz")
+                    waits.append(time.perf_counter() - t)
+                    time.sleep(0.005)
+
+            thread = threading.Thread(target=health)
+            thread.start()
+            time.sleep(0.2)
+            t = time.perf_counter()
+            status = big.post("/recommend/batch", content=body, headers={"content-type": "application/json"})
+            elapsed = time.perf_counter() - t
+            time.sleep(0.2)
+            done.set()
+            thread.join()
+            rounds.append(
+                {
+                    "status": status.status_code,
+                    "request_ms": round(1000 * elapsed, 1),
+                    "healthz_worst_ms": round(1000 * max(waits), 1),
+                    "healthz_median_ms": round(1000 * statistics.median(waits), 2),
+                }
+            )
+            print(rounds[-1])
+    shutil.rmtree(work, ignore_errors=True)
+    report = {"body_mb": round(len(body) / 1e6, 2), "rounds": rounds}
+    print(json.dumps(report))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
