@@ -672,10 +672,28 @@ def _recommend_routes(app: FastAPI, deps: _Dependencies, bodies: Bodies) -> None
         return _json(s.openai_embeddings(body))
 
 
+#: OpenAPI links between the editing routes, so that a client generator (and Schemathesis's
+#: stateful tests) can follow an item from its addition to its removal and a save.
+_ADDED_LINKS = {
+    "RemoveTheFirstAdded": {
+        "operationId": "remove_item",
+        "parameters": {"item_id": "$request.body#/items/0/item_id"},
+        "description": "The first item this call added, removed again.",
+    },
+    "SaveTheEdit": {"operationId": "save", "description": "The edit made durable in the bundle."},
+}
+_REMOVED_LINKS = {"SaveTheEdit": _ADDED_LINKS["SaveTheEdit"]}
+
+
 def _edit_routes(app: FastAPI, deps: _Dependencies, bodies: Bodies) -> None:
     Items, Swap = bodies.items, bodies.swap
 
-    @app.post("/items", summary="Add items (or, with replace, add or replace them) in the live catalogue")
+    @app.post(
+        "/items",
+        summary="Add items (or, with replace, add or replace them) in the live catalogue",
+        operation_id="add_items",
+        responses={200: {"links": _ADDED_LINKS}},
+    )
     def add_items(body: Items, s: Annotated[Service, Depends(deps.editor)]) -> ItemsChanged:  # type: ignore[valid-type]
         data: Any = body
         ids = [i.item_id for i in data.items]
@@ -689,14 +707,21 @@ def _edit_routes(app: FastAPI, deps: _Dependencies, bodies: Bodies) -> None:
             s.dirty = not s.engine.shared_index
         return ItemsChanged(items=len(s.engine), changed=len(ids))
 
-    @app.delete("/items/{item_id:path}", summary="Remove an item from the live catalogue (ids may hold '/')")
+    @app.delete(
+        "/items/{item_id:path}",
+        summary="Remove an item from the live catalogue (ids may hold '/')",
+        operation_id="remove_item",
+        responses={200: {"links": _REMOVED_LINKS}},
+    )
     def remove_item(item_id: str, s: Annotated[Service, Depends(deps.editor)]) -> ItemRemoved:
         with s.edit_lock:
             s.engine.remove_items([item_id])
             s.dirty = not s.engine.shared_index
         return ItemRemoved(items=len(s.engine), removed=item_id)
 
-    @app.post("/admin/save", summary="Persist catalogue edits into the bundle (crash-safe)")
+    @app.post(
+        "/admin/save", summary="Persist catalogue edits into the bundle (crash-safe)", operation_id="save"
+    )
     def save(s: Annotated[Service, Depends(deps.editor)]) -> Saved:
         return Saved(saved=str(s.save()), items=len(s.engine))
 
