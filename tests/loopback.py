@@ -60,11 +60,11 @@ def serving(app: Any, settings: Any = None) -> Iterator[str]:
     import uvicorn
 
     from recsys_infer.serve import ServeSettings
-    from recsys_infer.serve.protocol import uvicorn_options
+    from recsys_infer.serve.protocol import bounded_http
 
     port = free_port()
-    options = uvicorn_options(settings or ServeSettings())
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical", **options))
+    http = bounded_http(settings or ServeSettings())
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical", http=http))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:

@@ -2,9 +2,10 @@
 
     python benchmarks/studies/large_body.py BUNDLE [--requests 38] [--ids 5000] [--rounds 5]
 
-Serves BUNDLE on a loopback port, as `serve` does, and sends a batch body of ``--requests``
-requests, each excluding ``--ids`` ids and carrying a 1,990-character text (about 3.9 MB with
-the defaults), while a second client calls ``GET /healthz`` every 5 ms. Reports, per round,
+Runs ``recsys-infer serve BUNDLE --threads 1`` in its own process (``load_test.serving``, as
+``overload.py`` does) and sends a batch body of ``--requests`` requests, each excluding
+``--ids`` ids and carrying a 1,990-character text (about 3.9 MB with the defaults), while a
+second client calls ``GET /healthz`` every 5 ms. Reports, per round,
 the big request's time and the worst and median /healthz latency during it: what the body's
 parsing, validation and filter building take from the event loop that every client shares.
 This justifies ``_INLINE_IDS`` in ``recsys_infer/serve/app.py``.
@@ -14,21 +15,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests.loopback: the server as `serve` runs it
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: load_test's server
 
-from recsys_infer.serve import create_app
-from tests.loopback import serving
+from load_test import serving
 
 
 def main() -> None:
@@ -42,12 +39,12 @@ def main() -> None:
 
     request = {"text": "x" * 1990, "exclude": [f"exclude-id-{i:05d}" for i in range(args.ids)], "k": 5}
     body = json.dumps({"requests": [request] * args.requests}).encode()
-    work = Path(tempfile.mkdtemp())
-    bundle = Path(shutil.copytree(args.bundle, work / "bundle"))
-    os.environ.pop("RECSYS_INFER_API_KEY", None)
     rounds = []
-    with serving(create_app(bundle, threads=1)) as base, httpx.Client(base_url=base, timeout=60) as big, \
-            httpx.Client(base_url=base, timeout=60) as probe:  # fmt: skip
+    with (
+        serving(args.bundle, "--threads", "1") as (base, _),
+        httpx.Client(base_url=base, timeout=60) as big,
+        httpx.Client(base_url=base, timeout=60) as probe,
+    ):
         probe.get("/healthz")
         for _ in range(args.rounds):
             waits: list[float] = []
@@ -78,7 +75,6 @@ def main() -> None:
                 }
             )
             print(rounds[-1])
-    shutil.rmtree(work, ignore_errors=True)
     report = {"body_mb": round(len(body) / 1e6, 2), "rounds": rounds}
     print(json.dumps(report))
     if args.json:

@@ -191,7 +191,7 @@ def serve(
 
     from recsys_infer.runtime.hub import local_bundle
     from recsys_infer.serve import API_KEY_ENV, ServeSettings, create_app
-    from recsys_infer.serve.protocol import uvicorn_options
+    from recsys_infer.serve.protocol import bounded_http
     from recsys_infer.serve.settings import parse_provider_options
 
     bundle = local_bundle(source, revision)  # a Hub bundle is downloaded once, here
@@ -210,7 +210,7 @@ def serve(
         return
     app = create_app(bundle, threads=threads, settings=settings)
     uvicorn.run(
-        app, host=host, port=port, log_level="info", access_log=access_log, **uvicorn_options(settings)
+        app, host=host, port=port, log_level="info", access_log=access_log, http=bounded_http(settings)
     )
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import json
 import logging
 import os
 import shutil
@@ -144,8 +145,6 @@ def check_replaceable(target: Path, marker: str) -> None:
 def _unlisted(target: Path, marker: str) -> list[str]:
     """The entries of ``target`` that its bundle manifest does not list (all of them, when the
     manifest is not a bundle's)."""
-    import json
-
     try:
         listed = json.loads((target / marker).read_text(encoding="utf-8")).get("files")
     except (OSError, ValueError, AttributeError):

@@ -61,10 +61,9 @@ def download(path: str | Path, revision: str | None = None) -> Path:
     there already) into :func:`cache_folder`; the local folder, not yet verified."""
     repo = repo_id(path)
     folder = cache_folder(repo, revision)
+    hub = _hub()
     try:
-        local = _hub().snapshot_download(repo, revision=revision, repo_type="model", local_dir=folder)
-    except MissingDependencyError:
-        raise
+        local = hub.snapshot_download(repo, revision=revision, repo_type="model", local_dir=folder)
     except Exception as e:  # the client's errors: not found, no access, no network, bad revision
         raise BundleError(
             f"could not download the bundle {repo} at revision {revision or 'main'} from the Hugging Face "

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -102,9 +101,3 @@ def bounded_http(settings: ServeSettings) -> type[asyncio.Protocol]:
             self.loop.call_later(_LINGER_S, self.transport.close)
 
     return BoundedHttpTools
-
-
-def uvicorn_options(settings: ServeSettings) -> dict[str, Any]:
-    """The keywords of ``uvicorn.run`` (or ``uvicorn.Config``) that bound what one client may
-    hold: the head's size and time (:func:`bounded_http`)."""
-    return {"http": bounded_http(settings)}
