@@ -9,24 +9,26 @@ relies on:
 - a saved bundle reloads to the same catalogue and the same answers.
 
 A fixed budget keeps it inside CI's time (25 runs of up to 30 steps, about 12 s);
-``RECSYS_INFER_FUZZ_EXAMPLES=N`` runs N instead, to look longer. Each run draws new examples,
-and a failure prints the steps that reproduce it.
+``RECSYS_INFER_FUZZ_EXAMPLES=N`` runs N instead, to look longer. Each run first replays the
+stored seeds (``tests/fuzz_seeds.py``): the runs that went furthest, in earlier long searches, on
+three targets (items removed, edits carried through one save, queries whose filters leave fewer
+than k items). Then it draws new examples; a failure prints the steps that reproduce it.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, settings, target
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, initialize, invariant, rule
 
 from recsys_infer import Engine
+from tests.fuzz_seeds import budget, recording, seed_database, stale_message
 
 WORDS = ["lamp", "brass", "tent", "coffee", "shoes", "novel", "garden", "desk", "travel", "wool"]
 COLOURS = ["red", "blue", "green"]
@@ -53,9 +55,16 @@ class EditMachine(RuleBasedStateMachine):
         self.removed: set[str] = set()
         self.serial = 0
         self.saves = 0
+        # What the targets measure: the stored seeds are the runs that pushed these furthest.
+        self.edits_since_save = 0
+        self.most_edits_saved = 0
+        self.scarce_queries = 0
 
     def teardown(self) -> None:
         if hasattr(self, "engine"):
+            target(len(self.removed), label="items removed")
+            target(self.most_edits_saved, label="edits carried through one save")
+            target(self.scarce_queries, label="queries whose filters leave fewer than k")
             self.engine.close()
             shutil.rmtree(self.work, ignore_errors=True)
 
@@ -66,6 +75,7 @@ class EditMachine(RuleBasedStateMachine):
         self.engine.add_items([item_id], [text], [{"colour": colour}])
         self.catalogue[item_id] = (text, {"colour": colour})
         self.removed.discard(item_id)
+        self.edits_since_save += 1
         return item_id
 
     @rule(item_id=added, text=texts, colour=colours)
@@ -73,6 +83,7 @@ class EditMachine(RuleBasedStateMachine):
         self.engine.upsert_items([item_id], [text], [{"colour": colour}])  # back if it was removed
         self.catalogue[item_id] = (text, {"colour": colour})
         self.removed.discard(item_id)
+        self.edits_since_save += 1
 
     @rule(item_id=consumes(added))
     def remove(self, item_id: str) -> None:
@@ -81,6 +92,7 @@ class EditMachine(RuleBasedStateMachine):
         self.engine.remove_items([item_id])
         del self.catalogue[item_id]
         self.removed.add(item_id)
+        self.edits_since_save += 1
 
     @rule(data=st.data())
     def remove_an_original(self, data: st.DataObject) -> None:
@@ -90,15 +102,18 @@ class EditMachine(RuleBasedStateMachine):
             self.engine.remove_items([item_id])
             del self.catalogue[item_id]
             self.removed.add(item_id)
+            self.edits_since_save += 1
 
     @rule()
     def save_and_reload(self) -> None:
         self.saves += 1
-        target = self.work / f"saved-{self.saves}"
+        self.most_edits_saved = max(self.most_edits_saved, self.edits_since_save)
+        self.edits_since_save = 0
+        folder = self.work / f"saved-{self.saves}"
         before = self.engine.recommend(text="a brass lamp for the desk", k=5)
-        self.engine.save(target)
+        self.engine.save(folder)
         self.engine.close()
-        self.engine = Engine.load(target, device="cpu", threads=1)
+        self.engine = Engine.load(folder, device="cpu", threads=1)
         assert self.engine.recommend(text="a brass lamp for the desk", k=5) == before
 
     @rule(text=texts, k=st.integers(1, 12), colour=st.none() | colours, exact_allow=st.booleans())
@@ -111,6 +126,7 @@ class EditMachine(RuleBasedStateMachine):
             allow = sorted(eligible)[:6] + sorted(self.removed)[:6]
             options["allow"] = allow
             eligible &= set(allow)
+        self.scarce_queries += len(eligible) < k
         recs = self.engine.recommend(text=text, k=k, **options)
         got = [r.item_id for r in recs]
         assert not set(got) & self.removed, f"removed items came back: {set(got) & self.removed}"
@@ -129,14 +145,17 @@ class EditMachine(RuleBasedStateMachine):
 
 def test_edits_keep_the_invariants(tiny_bundle: Path) -> None:
     EditMachine.source = tiny_bundle
+    database, replayed = seed_database("edits")
     machine = EditMachine.TestCase
     machine.settings = settings(
-        max_examples=int(os.environ.get("RECSYS_INFER_FUZZ_EXAMPLES", "25")),
+        max_examples=budget(25),
         stateful_step_count=30,
         deadline=None,
+        database=database,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
     )
     machine().runTest()
+    assert recording() or replayed.read > 0, stale_message("edits", __file__)
 
 
 @pytest.fixture(autouse=True)
