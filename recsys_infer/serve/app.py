@@ -633,6 +633,7 @@ def _recommend_routes(app: FastAPI, deps: _Dependencies, bodies: Bodies) -> None
         summary="Recommend for one user. A batch body ({'requests': [...]}) still works here but is "
         "deprecated (answered with a Deprecation header): send it to /recommend/batch",
         response_model=RecommendResponse | BatchRecommendResponse,
+        operation_id="recommend",
     )
     async def recommend(body: Either, s: Annotated[Service, Depends(deps.reader)]) -> Any:  # type: ignore[valid-type]
         data: Any = body
@@ -673,8 +674,18 @@ def _recommend_routes(app: FastAPI, deps: _Dependencies, bodies: Bodies) -> None
 
 
 #: OpenAPI links between the editing routes, so that a client generator (and Schemathesis's
-#: stateful tests) can follow an item from its addition to its removal and a save.
+#: stateful tests) can follow an item from its addition to a recommendation, its removal and a save.
 _ADDED_LINKS = {
+    "RecommendTheFirstAdded": {
+        "operationId": "recommend",
+        "requestBody": {
+            "history": ["$request.body#/items/0/item_id"],
+            "allow": ["$request.body#/items/0/item_id"],
+            "exclude_seen": False,
+            "k": 1,
+        },
+        "description": "The first item this call added, recommended: it is the only one allowed.",
+    },
     "RemoveTheFirstAdded": {
         "operationId": "remove_item",
         "parameters": {"item_id": "$request.body#/items/0/item_id"},
