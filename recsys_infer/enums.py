@@ -70,6 +70,20 @@ class Space(StrEnum):
     L2 = "l2"
 
 
+class Consistency(StrEnum):
+    """What a read of a Milvus collection waits for. An engine always sees its own edits: its
+    first read after one waits until the server has applied it.
+
+    ``SESSION``: that, and nothing more, so another process's edits show once the server has
+    applied them (within a few hundred milliseconds on a default Milvus server). ``STRONG``:
+    every read waits for every edit made anywhere before it, which on a Milvus server means
+    waiting for its next time tick (about 0.35 s a read measured, against 2.5 ms). Milvus Lite
+    applies every edit at once, so there both read the same."""
+
+    SESSION = "session"
+    STRONG = "strong"
+
+
 class UserTowerKind(StrEnum):
     """What the user tower reads.
 

@@ -9,6 +9,9 @@ an environment without torch. A test that needs the toolchain skips there.
 from __future__ import annotations
 
 import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +19,15 @@ import pytest
 
 from .fixtures import BUNDLES, small_sample, write_pooling_modules
 
-__all__ = ["SHARED_DATA", "request_graph", "small_sample", "text_feeds", "write_pooling_modules"]
+__all__ = [
+    "MILVUS_BACKENDS",
+    "SHARED_DATA",
+    "milvus_place",
+    "request_graph",
+    "small_sample",
+    "text_feeds",
+    "write_pooling_modules",
+]
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 #: A folder of prebuilt bundles (``python -m tests.fixtures DIR``), for torch-free runs.
@@ -109,3 +120,47 @@ def text_feeds(graph: Path, lengths: list[int], seed: int = 0) -> list[dict[str,
         ids = rng.integers(1, vocab, size=(1, n), dtype=np.int64)
         feeds.append({"input_ids": ids, "attention_mask": np.ones_like(ids)})
     return feeds
+
+
+@pytest.fixture(scope="session")
+def milvus_standalone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One Milvus standalone server for the session (tests take collections of their own)."""
+    pytest.importorskip("milvus", reason="the Milvus server is PyPI's milvus package (the dev extra)")
+    from .loopback import milvus_standalone as standalone
+
+    with standalone(tmp_path_factory.mktemp("milvus-server")) as uri:
+        yield uri
+
+
+#: The Milvus tests run on Milvus Lite, and (cluster-marked, as .ci/run runs them) on a server.
+MILVUS_BACKENDS = ["lite", pytest.param("server", marks=pytest.mark.cluster)]
+
+
+@contextmanager
+def milvus_place(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """Where a test's collection lives, as (URI, collection): for ``lite``, a Milvus Lite file
+    of its own; for ``server``, a new collection on the session's Milvus server, dropped after."""
+    pytest.importorskip("pymilvus")
+    if backend == "lite":
+        pytest.importorskip("milvus_lite")
+        yield str(tmp_path / "milvus.db"), "items"
+        return
+    uri = request.getfixturevalue("milvus_standalone")
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    try:
+        yield uri, name
+    finally:
+        from pymilvus import MilvusClient
+
+        client = MilvusClient(uri)
+        for collection in client.list_collections():
+            if collection.startswith(name):  # and what a failed build staged beside it
+                client.drop_collection(collection)
+        client.close()
+
+
+@pytest.fixture(params=MILVUS_BACKENDS)
+def milvus_at(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """A collection's place on each Milvus backend in turn (see :func:`milvus_place`)."""
+    with milvus_place(request.param, request, tmp_path) as place:
+        yield place

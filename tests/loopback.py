@@ -1,5 +1,5 @@
 """Servers on 127.0.0.1 for tests (loopback only, bounded): uvicorn in a thread, Milvus Lite in
-a process of its own."""
+a process of its own, and a Milvus standalone server."""
 
 from __future__ import annotations
 
@@ -51,6 +51,21 @@ def milvus_lite_server(
     finally:
         proc.kill()
         proc.wait()
+
+
+@contextmanager
+def milvus_standalone(data_dir: Path) -> Iterator[str]:
+    """A real Milvus standalone server (PyPI's ``milvus``: the server binary with its own etcd
+    and local storage under ``data_dir``) on free ports; yields its URI, stops it afterwards."""
+    from milvus import MilvusServer
+
+    server = MilvusServer()
+    server.set_base_dir(str(data_dir))
+    server.start()  # waits for its /healthz
+    try:
+        yield f"http://127.0.0.1:{server.listen_port}"
+    finally:
+        server.stop()
 
 
 @contextmanager

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from recsys_infer.enums import Calibration, QuantMode, TowerChoice
+from recsys_infer.enums import Calibration, Consistency, QuantMode, TowerChoice
 
 from .app import app
 from .common import (
@@ -470,9 +470,18 @@ def index(
         ),
     ] = None,
     collection: Annotated[str, typer.Option(help="The Milvus collection's name.")] = "recsys_items",
+    milvus_consistency: Annotated[
+        Consistency,
+        typer.Option(
+            help="What a Milvus read waits for besides the engine's own edits: session (others' "
+            "edits show within moments) or strong (every edit; about 0.35 s a read on a server).",
+            **rare("Milvus"),
+        ),
+    ] = Consistency.SESSION,
     index_threads: Annotated[int, typer.Option(min=1, help="Threads building HNSW (1: reproducible).")] = 1,
     overwrite: Overwrite = False,
     json_out: JsonOut = None,
+    _help_all: HelpAll = False,
 ) -> None:
     """Rebuild a bundle's catalogue and index for a new items file, without retraining.
 
@@ -489,7 +498,7 @@ def index(
     encoding = EncodingSettings(workers=workers, threads=threads, runner=runner, shard_size=shard_size)
     target = None
     if milvus is not None:
-        target = MilvusTarget(lite_uri(milvus) if is_lite(milvus) else milvus, collection)
+        target = MilvusTarget(lite_uri(milvus) if is_lite(milvus) else milvus, collection, milvus_consistency)
     result = reindex_bundle(
         bundle, items, out, encoding=encoding, index_threads=index_threads, milvus=target,
         overwrite=overwrite, progress=True,

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from recsys_infer.data.readers import read_items
-from recsys_infer.enums import Device
+from recsys_infer.enums import Consistency, Device
 from recsys_infer.errors import ConfigError
 from recsys_infer.runtime.bundle import read_item_ids, read_manifest, write_catalog_bundle
 from recsys_infer.runtime.catalog import Catalog
@@ -55,6 +55,7 @@ class MilvusTarget:
 
     uri: str
     collection: str
+    consistency: Consistency = Consistency.SESSION
 
     def __post_init__(self) -> None:
         if not self.uri or not self.collection:
@@ -86,9 +87,12 @@ def _target_spec(spec: IndexSpec, milvus: MilvusTarget | None, **recorded: Any) 
     spec = replace(spec, **recorded)
     if milvus is not None:
         return replace(
-            spec, kind="milvus", file=None, uri=milvus.uri, collection=milvus.collection, capacity=None
-        )
-    return replace(spec, kind="hnsw", file=spec.file or ITEM_INDEX, uri=None, collection=None)
+            spec, kind="milvus", file=None, uri=milvus.uri, collection=milvus.collection, capacity=None,
+            consistency=milvus.consistency,
+        )  # fmt: skip
+    return replace(
+        spec, kind="hnsw", file=spec.file or ITEM_INDEX, uri=None, collection=None, consistency=None
+    )
 
 
 def reindex_bundle(
@@ -129,7 +133,7 @@ def reindex_bundle(
     else:
         MilvusIndex.create(
             milvus.uri, milvus.collection, list(catalog), vectors, params=params, space=spec.space,
-            overwrite=overwrite, progress=progress,
+            overwrite=overwrite, progress=progress, consistency=milvus.consistency,
         )  # fmt: skip
     build_s = time.perf_counter() - t0
     record = None

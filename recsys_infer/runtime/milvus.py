@@ -2,8 +2,14 @@
 
 Every engine connected to one collection sees the same catalogue: an edit through any of them
 (``add_items``, ``update_items``, ``remove_items``) is a write to the collection, and every
-read (search, history vectors, item texts for a text user tower and for responses) goes to it
-with strong consistency, so no engine answers from a stale copy. Milvus Lite (``pip install
+read (search, history vectors, item texts for a text user tower and for responses) goes to it.
+An engine always sees its own edits: its first read after one is a strong read, which waits
+until the server has applied it (pymilvus's own "Session" level does not cover deletes). How
+fresh its other reads are is the bundle's :class:`~recsys_infer.enums.Consistency`: by default
+``session``, which sees other processes' edits once the server has applied them (a Milvus
+server: within a few hundred milliseconds; Milvus Lite: at once), or ``strong``, which sees
+every edit made anywhere before the read, but on a Milvus server waits for the server's next
+time tick on every read (measured: about 0.35 s a query, against 2.5 ms). Milvus Lite (``pip install
 milvus-lite``; a URI that is a local ``.db`` path, or ``python -m milvus_lite server`` for
 several processes) serves tests and single machines; a Milvus server or cluster URI serves
 production.
@@ -25,13 +31,14 @@ import json
 import logging
 import os
 import re
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from recsys_infer.enums import Space
+from recsys_infer.enums import Consistency, Space
 from recsys_infer.errors import (
     BackendUnavailableError,
     BundleError,
@@ -128,13 +135,28 @@ class MilvusIndex:
     edits through several engines are applied by Milvus in the order they arrive.
     """
 
-    def __init__(self, client: Any, collection: str, *, uri: str, dim: int, ef_search: int, timeout: float):
+    def __init__(
+        self,
+        client: Any,
+        collection: str,
+        *,
+        uri: str,
+        dim: int,
+        ef_search: int,
+        timeout: float,
+        consistency: Consistency = Consistency.SESSION,
+    ):
         self._client = client
         self.collection = collection
         self.uri = uri
         self._dim = dim
         self.ef_search = ef_search
         self.timeout = timeout
+        self.consistency = Consistency(consistency)
+        # Read-your-writes: this index's edits so far, and how many a finished strong read saw.
+        self._writes = 0
+        self._seen = 0
+        self._sync = threading.Lock()
 
     def close(self) -> None:
         """Close this engine's connection to the server (the collection stays)."""
@@ -164,7 +186,16 @@ class MilvusIndex:
         uri = uri or spec.uri or ""
         name = spec.collection or ""
         client = cls.client(uri, timeout=timeout)
-        index = cls(client, name, uri=uri, dim=spec.dim, ef_search=spec.ef_search, timeout=timeout)
+        consistency = spec.consistency or Consistency.SESSION
+        index = cls(
+            client,
+            name,
+            uri=uri,
+            dim=spec.dim,
+            ef_search=spec.ef_search,
+            timeout=timeout,
+            consistency=consistency,
+        )
         index._check_collection(spec)
         index._call(client.load_collection, name)
         return index
@@ -216,6 +247,7 @@ class MilvusIndex:
         overwrite: bool = False,
         progress: bool = False,
         timeout: float = DEFAULT_TIMEOUT_S,
+        consistency: Consistency = Consistency.SESSION,
     ) -> MilvusIndex:
         """A new collection holding ``items`` and their ``vectors``, with an HNSW index.
 
@@ -229,7 +261,19 @@ class MilvusIndex:
             raise ValueError(f"{len(items)} items but {len(vectors)} vectors")
         client = cls.client(uri, timeout=timeout)
         dim = int(vectors.shape[1])
-        index = cls(client, collection, uri=uri, dim=dim, ef_search=params.ef_search, timeout=timeout)
+
+        def on(name: str) -> MilvusIndex:
+            return cls(
+                client,
+                name,
+                uri=uri,
+                dim=dim,
+                ef_search=params.ef_search,
+                timeout=timeout,
+                consistency=consistency,
+            )
+
+        index = on(collection)
         exists = index._call(client.has_collection, collection)
         if exists and not overwrite:
             raise OutputExistsError(
@@ -245,9 +289,7 @@ class MilvusIndex:
         try:
             cls._create_empty(index, staged, params)
             made.append(staged)
-            cls(client, staged, uri=uri, dim=dim, ef_search=params.ef_search, timeout=timeout)._insert(
-                items, data, progress=progress
-            )
+            on(staged)._insert(items, data, progress=progress)
             if exists:
                 index._call(client.drop_collection, collection)
                 try:
@@ -296,7 +338,7 @@ class MilvusIndex:
             name,
             schema=schema,
             index_params=index_params,
-            consistency_level="Strong",
+            consistency_level="Strong" if index.consistency is Consistency.STRONG else "Eventually",
         )
 
     def _insert(
@@ -315,11 +357,30 @@ class MilvusIndex:
                     items[start : start + BATCH], vectors[start : start + BATCH].tolist(), strict=True
                 )
             ]
-            self._call(write, self.collection, rows)
+            self._write(write, self.collection, rows)
             if bar is not None:
                 bar.update(len(rows))
         if bar is not None:
             bar.close()
+
+    def _write(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """An edit: the reads after it wait until the server has applied it (see :meth:`_read`)."""
+        try:
+            return self._call(method, *args, **kwargs)
+        finally:  # a failed call may still have been applied
+            with self._sync:
+                self._writes += 1
+
+    def _read(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """A read at the bundle's consistency, or a strong one while an edit of this index may
+        not be applied yet; the first strong read to finish after an edit marks it seen."""
+        writes = self._writes
+        strong = writes > self._seen or self.consistency is Consistency.STRONG
+        answer = self._call(method, *args, consistency_level="Strong" if strong else "Eventually", **kwargs)
+        if writes > self._seen:
+            with self._sync:
+                self._seen = max(self._seen, writes)
+        return answer
 
     def _call(self, method: Callable[..., Any], *args: Any, timed: bool = True, **kwargs: Any) -> Any:
         """One Milvus call under the timeout (``timed``: the method takes one); any failure of
@@ -353,24 +414,17 @@ class MilvusIndex:
         return self._dim
 
     def __len__(self) -> int:
-        rows = self._call(
-            self._client.query,
-            self.collection,
-            filter="",
-            output_fields=["count(*)"],
-            consistency_level="Strong",
-        )
+        rows = self._read(self._client.query, self.collection, filter="", output_fields=["count(*)"])
         return int(rows[0]["count(*)"])
 
     def _scan(self, expression: str, fields: list[str]) -> Iterator[list[dict[str, Any]]]:
         """Every row passing ``expression``, a page at a time."""
-        iterator = self._call(
+        iterator = self._read(
             self._client.query_iterator,
             self.collection,
             batch_size=BATCH,
             filter=expression,
             output_fields=fields,
-            consistency_level="Strong",
         )
         try:
             while True:
@@ -389,12 +443,11 @@ class MilvusIndex:
         out: dict[str, dict[str, Any]] = {}
         unique = list(dict.fromkeys(ids))
         for start in range(0, len(unique), BATCH):
-            rows = self._call(
+            rows = self._read(
                 self._client.query,
                 self.collection,
                 filter=ids_expression(unique[start : start + BATCH]),
                 output_fields=["item_id", *fields],
-                consistency_level="Strong",
             )
             out.update((row["item_id"], row) for row in rows)
         return out
@@ -467,7 +520,7 @@ class MilvusIndex:
         return [r or [] for r in results]
 
     def _search(self, vectors: np.ndarray, limit: int, expression: str) -> list[list[Hit]]:
-        answer = self._call(
+        answer = self._read(
             self._client.search,
             self.collection,
             data=np.asarray(vectors, dtype=np.float32).tolist(),
@@ -475,10 +528,9 @@ class MilvusIndex:
             filter=expression,
             output_fields=["text", "attributes"],
             search_params={"metric_type": "IP", "params": {"ef": max(self.ef_search, limit)}},
-            consistency_level="Strong",
         )
         return [
-            [(_item({**hit["entity"], "item_id": hit["item_id"]}), float(hit["distance"])) for hit in row]
+            [(_item({**hit["entity"], "item_id": _hit_id(hit)}), float(hit["distance"])) for hit in row]
             for row in answer
         ]
 
@@ -532,7 +584,7 @@ class MilvusIndex:
 
     def remove(self, ids: Sequence[str]) -> None:
         for start in range(0, len(ids), BATCH):
-            self._call(
+            self._write(
                 self._client.delete, self.collection, filter=ids_expression(ids[start : start + BATCH])
             )
 
@@ -545,6 +597,12 @@ def _released(error: Exception) -> bool:
     """Whether a Milvus error says the collection is not loaded (as after a server restart)."""
     text = str(error).lower()
     return "released" in text or "not loaded" in text or "load() before" in text
+
+
+def _hit_id(hit: Mapping[str, Any]) -> str:
+    """A search hit's item id: a Milvus server names the primary key ``id``, Milvus Lite by its
+    field's name."""
+    return str(hit["item_id"] if "item_id" in hit else hit["id"])
 
 
 def _item(row: Mapping[str, Any]) -> Item:

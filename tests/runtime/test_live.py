@@ -6,6 +6,7 @@ import json
 import random
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -14,21 +15,25 @@ import pytest
 
 from recsys_infer import Engine
 from recsys_infer.errors import BundleError, OutputExistsError, QueryError, UnknownItemError
+from tests.conftest import MILVUS_BACKENDS, milvus_place
 
 
-@pytest.fixture(params=["hnsw", "milvus"])
-def engine(request: pytest.FixtureRequest, bundle_copy: Path, tmp_path: Path) -> Engine:
-    """The same engine tests on both item stores: the embedded HNSW index, and a Milvus Lite
-    collection built from the same bundle."""
+@pytest.fixture(params=["hnsw", *MILVUS_BACKENDS])
+def engine(request: pytest.FixtureRequest, bundle_copy: Path, tmp_path: Path) -> Iterator[Engine]:
+    """The same engine tests on every item store: the embedded HNSW index, and a collection
+    built from the same bundle on Milvus Lite and (cluster-marked) on a Milvus server."""
     if request.param == "hnsw":
-        return Engine.load(bundle_copy, device="cpu", threads=1)
+        yield Engine.load(bundle_copy, device="cpu", threads=1)
+        return
     pytest.importorskip("pymilvus")
     from recsys_infer.indexing.reindex import MilvusTarget, reindex_bundle
 
     out = tmp_path / "milvus-bundle"
-    target = MilvusTarget(str(tmp_path / "milvus.db"), "items")
-    reindex_bundle(bundle_copy, None, out, milvus=target, progress=False)
-    return Engine.load(out, device="cpu", threads=1)
+    with milvus_place(request.param, request, tmp_path) as place:
+        reindex_bundle(bundle_copy, None, out, milvus=MilvusTarget(*place), progress=False)
+        engine = Engine.load(out, device="cpu", threads=1)
+        yield engine
+        engine.close()
 
 
 def _on_milvus(engine: Engine) -> bool:

@@ -1,8 +1,9 @@
-"""The item index in Milvus (Milvus Lite here): the bundle contract, filters pushed down or not,
-and clear errors for an unreachable server, a wrong collection and a server lost mid-request.
+"""The item index in Milvus: the bundle contract, filters pushed down or not, and clear errors
+for an unreachable server, a wrong collection and a server lost mid-request.
 
-The engine's own tests (edits, filters, threads, explanations) run on Milvus too: see the
-``engine`` fixture of ``test_live.py``.
+The tests that take ``milvus_bundle`` run on Milvus Lite and, cluster-marked, on a Milvus
+standalone server (``milvus_at`` in ``tests/conftest.py``). The engine's own tests (edits,
+filters, threads, explanations) run on both too: see the ``engine`` fixture of ``test_live.py``.
 """
 
 from __future__ import annotations
@@ -43,20 +44,18 @@ def milvus_server(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]
 
 
 @pytest.fixture
-def milvus_bundle(tiny_bundle: Path, tmp_path: Path) -> Path:
+def milvus_bundle(tiny_bundle: Path, tmp_path: Path, milvus_at: tuple[str, str]) -> Path:
     out = tmp_path / "mb"
-    reindex_bundle(
-        tiny_bundle, None, out, milvus=MilvusTarget(str(tmp_path / "lite.db"), "items"), progress=False
-    )
+    reindex_bundle(tiny_bundle, None, out, milvus=MilvusTarget(*milvus_at), progress=False)
     return out
 
 
 def test_the_manifest_records_the_collection_and_the_same_answers_come_back(
-    tiny_bundle: Path, milvus_bundle: Path, tmp_path: Path
+    tiny_bundle: Path, milvus_bundle: Path, milvus_at: tuple[str, str]
 ) -> None:
     index = json.loads((milvus_bundle / "manifest.json").read_text())["index"]
-    assert index["kind"] == "milvus" and index["collection"] == "items"
-    assert index["uri"] == str(tmp_path / "lite.db") and "file" not in index
+    assert index["kind"] == "milvus" and (index["uri"], index["collection"]) == milvus_at
+    assert index["consistency"] == "session" and "file" not in index
     assert not (milvus_bundle / "item_index.hnsw").exists()
     on_milvus = Engine.load(milvus_bundle, device="cpu", threads=1)
     exact = Engine.load(tiny_bundle, device="cpu", threads=1, exact=True)
@@ -125,24 +124,25 @@ def test_writes_refuse_what_a_collection_cannot_hold(milvus_bundle: Path) -> Non
 
 
 def test_unreachable_server_and_wrong_collections_are_clear_errors(
-    milvus_bundle: Path, tmp_path: Path
+    milvus_bundle: Path, tmp_path: Path, milvus_at: tuple[str, str]
 ) -> None:
     started = time.monotonic()
     with pytest.raises(BackendUnavailableError, match=r"cannot connect to Milvus at 'http://127\.0\.0\.1:1'"):
         Engine.load(milvus_bundle, device="cpu", milvus_uri="http://127.0.0.1:1")
     assert time.monotonic() - started < 30  # an error, not a hang
-    with pytest.raises(BundleError, match="has no collection 'items'"):
+    with pytest.raises(BundleError, match=f"has no collection '{milvus_at[1]}'"):
         Engine.load(milvus_bundle, device="cpu", milvus_uri=str(tmp_path / "empty.db"))
     # A collection of another model's vectors (another dimension) is refused at load.
     other = str(tmp_path / "other.db")
     vectors = np.eye(8, dtype=np.float32)
+    name = milvus_at[1]
     MilvusIndex.create(
-        other, "items", [Item(f"i{n}", f"item {n}") for n in range(8)], vectors, params=HnswParams()
+        other, name, [Item(f"i{n}", f"item {n}") for n in range(8)], vectors, params=HnswParams()
     )
     with pytest.raises(ConfigError, match="holds 8-d vectors, but this bundle's towers emit 32-d"):
         Engine.load(milvus_bundle, device="cpu", milvus_uri=other)
     with pytest.raises(OutputExistsError, match="--overwrite"):
-        MilvusIndex.create(other, "items", [Item("a", "a")], vectors[:1], params=HnswParams())
+        MilvusIndex.create(other, name, [Item("a", "a")], vectors[:1], params=HnswParams())
 
 
 def test_a_server_lost_mid_flight_is_a_503_never_a_hang(

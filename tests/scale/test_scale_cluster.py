@@ -1,12 +1,14 @@
 """On a local Ray cluster started here: catalogue encoding on Ray Data, and two Ray Serve
-replicas sharing one Milvus collection. Marked ``cluster`` (a cluster start costs seconds to a
-minute); ``.ci/run`` runs them."""
+replicas sharing one Milvus collection (on Milvus Lite and on a Milvus server). Marked
+``cluster`` (a cluster start costs seconds to a minute); ``.ci/run`` runs them."""
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,9 +17,11 @@ pytest.importorskip("ray")
 pytest.importorskip("milvus_lite")
 httpx = pytest.importorskip("httpx")
 
+from recsys_infer.enums import Consistency  # noqa: E402
 from recsys_infer.indexing.reindex import MilvusTarget, reindex_bundle  # noqa: E402
 from recsys_infer.indexing.shards import encode_catalog  # noqa: E402
 from recsys_infer.scale.encoding import RayRunner  # noqa: E402
+from tests.conftest import milvus_place  # noqa: E402
 from tests.loopback import free_port, milvus_lite_server  # noqa: E402
 
 pytestmark = pytest.mark.cluster
@@ -115,14 +119,55 @@ def _by_replica(client: httpx.Client, body: dict[str, object], calls: int = 40) 
     return seen
 
 
+#: Where the two replicas' collection lives, how they read it, and how long one replica's edit
+#: may take to reach the other: a Milvus Lite server process applies every edit at once; a
+#: Milvus server read strongly shows it at once, read by session within moments.
+SHARED = [
+    pytest.param(("lite", Consistency.SESSION, 0.0), id="lite"),
+    pytest.param(("server", Consistency.STRONG, 0.0), id="server-strong"),
+    pytest.param(("server", Consistency.SESSION, 5.0), id="server-session"),
+]
+
+
+@pytest.fixture(params=SHARED)
+def shared(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[MilvusTarget, float]]:
+    backend, consistency, lag = request.param
+    if backend == "lite":
+        with milvus_lite_server(tmp_path / "srv.db") as (uri, _):
+            yield MilvusTarget(uri, "items", consistency), lag
+        return
+    with milvus_place("server", request, tmp_path) as (uri, name):
+        yield MilvusTarget(uri, name, consistency), lag
+
+
+def _settled(client: httpx.Client, body: dict[str, object], holds: Any, within: float) -> tuple[bool, str]:
+    """Whether what each replica answers (20 calls a round) comes to satisfy ``holds`` within
+    ``within`` seconds (in the first round when 0), and after how many rounds and seconds."""
+    started, rounds = time.monotonic(), 0
+    while True:
+        rounds += 1
+        if holds(_by_replica(client, body, calls=20)):
+            return True, f"{rounds} round(s), {time.monotonic() - started:.2f} s"
+        if time.monotonic() - started > within:
+            return False, f"{rounds} round(s), {time.monotonic() - started:.2f} s"
+
+
 def test_two_replicas_share_one_collection(
-    cluster: None, tiny_bundle: Path, tmp_path: Path, milvus_uri: str, monkeypatch: pytest.MonkeyPatch
+    cluster: None,
+    tiny_bundle: Path,
+    tmp_path: Path,
+    shared: tuple[MilvusTarget, float],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """An edit through one replica is seen by the other: at once where its reads are strong (and
+    on Milvus Lite, which applies edits at once), within moments where they are by session; a
+    removed item never comes back once it has gone. The replica that made an edit sees it at once."""
     from recsys_infer.scale import serving
 
     monkeypatch.setenv("RECSYS_INFER_API_KEY", "secret")
+    target, lag = shared
     bundle = tmp_path / "bundle"
-    reindex_bundle(tiny_bundle, None, bundle, milvus=MilvusTarget(milvus_uri, "items"), progress=False)
+    reindex_bundle(tiny_bundle, None, bundle, milvus=target, progress=False)
     url = serving.deploy(bundle, replicas=2, port=free_port())
     key = {"x-api-key": "secret"}
     try:
@@ -133,14 +178,21 @@ def test_two_replicas_share_one_collection(
             )
             assert added.status_code == 200, added.text
             editor = added.headers["x-recsys-replica"]
-            seen = _by_replica(client, text)
-            assert len(seen) == 2, "both replicas should have answered"
-            other = next(r for r in seen if r != editor)
-            assert "zz-new" in seen[other] and "zz-new" in seen[editor]
+            mine = client.post("/recommend", json=text)
+            if mine.headers["x-recsys-replica"] == editor:  # read-your-writes, whatever the consistency
+                assert "zz-new" in {i["item_id"] for i in mine.json()["items"]}
+            both_see, took = _settled(client, text, lambda seen: len(seen) == 2 and all(
+                "zz-new" in items for items in seen.values()), lag)  # fmt: skip
+            print(f"{target.consistency}: both replicas returned the addition after {took}")
+            assert both_see, f"the other replica did not see the addition within {lag} s"
             removed = client.delete("/items/zz-new", headers=key)
             assert removed.status_code == 200
-            seen = _by_replica(client, {**text, "k": 20})
-            assert len(seen) == 2 and not any("zz-new" in items for items in seen.values())
+            gone, took = _settled(client, {**text, "k": 20}, lambda seen: len(seen) == 2 and not any(
+                "zz-new" in items for items in seen.values()), lag)  # fmt: skip
+            print(f"{target.consistency}: neither replica returned the removed item after {took}")
+            assert gone, f"a replica still returned the removed item after {lag} s"
+            seen = _by_replica(client, {**text, "k": 20})  # and it never comes back
+            assert not any("zz-new" in items for items in seen.values())
             refused = client.post("/admin/swap", headers=key, json={"bundle": str(bundle)})
             assert refused.status_code == 400 and "every replica" in refused.json()["error"]["message"]
             # Rolling out another bundle reaches every replica.
@@ -152,9 +204,8 @@ def test_two_replicas_share_one_collection(
             items.write_text(
                 "".join(json.dumps({"item_id": r["item_id"], "text": r["text"]}) + "\n" for r in rows)
             )
-            reindex_bundle(
-                tiny_bundle, items, smaller, milvus=MilvusTarget(milvus_uri, "smaller"), progress=False
-            )
+            other = MilvusTarget(target.uri, f"{target.collection}_smaller", target.consistency)
+            reindex_bundle(tiny_bundle, items, smaller, milvus=other, progress=False)
             serving.deploy(smaller, replicas=2, port=int(url.rsplit(":", 1)[1]))
             infos = {}
             for _ in range(40):
@@ -172,7 +223,6 @@ def test_a_replica_killed_under_load_is_replaced_while_the_other_answers(
     the other answers throughout, and Ray Serve's controller starts a replacement."""
     import os
     import signal
-    import time
 
     from recsys_infer.scale import serving
 
