@@ -32,6 +32,7 @@ import logging
 import os
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -301,10 +302,12 @@ class MilvusIndex:
                     made.append(collection)
                     index._insert(items, data, progress=progress)
                     index._call(client.drop_collection, staged)
-            # Seal what was inserted, and load again so that the sealed segments get their HNSW
-            # index: growing segments are searched by brute force (Milvus Lite, 10k items: 350 ms
-            # a query before the flush, 20 ms after; 50k: 174 ms before the reload, 61 ms after).
+            # Seal what was inserted, wait for the HNSW index of every sealed segment, and load
+            # again so that the search uses it. Before that, a Milvus server searches a segment
+            # through a temporary IVF index (recall@10 0.85 measured, whatever ef) and Milvus Lite
+            # by brute force (10k items: 350 ms a query before the flush, 20 ms after).
             index._call(client.flush, collection)
+            index._wait_for_index(time.monotonic() + max(timeout, 60.0))
             index._call(client.release_collection, collection)
         except BaseException:
             for name in made:
@@ -315,6 +318,22 @@ class MilvusIndex:
             raise
         index._call(client.load_collection, collection)
         return index
+
+    def _wait_for_index(self, deadline: float) -> None:
+        """Until the vector index covers every row (Milvus builds it after a flush, in the
+        background); :class:`BackendUnavailableError` past ``deadline``."""
+        names = self._call(self._client.list_indexes, self.collection, field_name="vector")
+        while True:
+            info = self._call(self._client.describe_index, self.collection, index_name=names[0])
+            total, indexed = int(info.get("total_rows", 0)), int(info.get("indexed_rows", 0))
+            if indexed >= total and not int(info.get("pending_index_rows", 0)):
+                return
+            if time.monotonic() > deadline:
+                raise BackendUnavailableError(
+                    f"Milvus at {self.uri!r} had indexed {indexed} of {total} rows of {self.collection!r} "
+                    "when the time ran out; check the server's index nodes, or build again"
+                )
+            time.sleep(0.5)
 
     @staticmethod
     def _create_empty(index: MilvusIndex, name: str, params: HnswParams) -> None:
