@@ -1,7 +1,10 @@
 """The numbers behind benchmarks/SCALE.md: catalogue encoding, and the item index at scale.
 
     python benchmarks/scale.py encode BUNDLE [--items 4096]      # items/s: in-process and Ray Data
-    python benchmarks/scale.py index [--sizes 10000,100000,1000000] [--backends hnsw,milvus]
+    python benchmarks/scale.py index [--sizes 10000,100000,1000000] [--backends hnsw,milvus,milvus-server]
+                                     [--dim 768]
+    python benchmarks/scale.py engine BUNDLE [--requests 400]    # recommend p50/p99 on each store
+    python benchmarks/scale.py replicas BUNDLE [--requests 2000] [--clients 8]  # Ray Serve, 1 and 2
     python benchmarks/scale.py report                            # tables + plot into SCALE.md
 
 Each measurement runs in a fresh interpreter (clean resident memory) and merges its results
@@ -9,12 +12,24 @@ into benchmarks/results/scale.json; ``report`` writes the tables between the mar
 SCALE.md and the plot to benchmarks/results/scale.png, so the document never disagrees with
 the measurements.
 
-Index measurements use synthetic catalogues: ``n`` unit vectors of dimension 384 (the default
-encoder's) drawn around 1,000 cluster centres, and 200 queries that are noisy copies of items.
-Recall@10 is against exact search (numpy). For each backend the smallest ``ef`` in
+``engine`` loads the bundle on each item store (its own hnswlib index; a Milvus Lite collection;
+a collection on a Milvus server started for the run) and times ``Engine.recommend`` one request
+at a time, the bundle's probe histories and text requests alternating (``load_test.queries``).
+``replicas`` serves the bundle's Milvus-server collection on Ray Serve with 1 and then 2
+replicas of one thread each, and sends ``--requests`` ``POST /recommend`` over ``--clients``
+keep-alive connections (``load_test.http_drive``); client, replicas and server share the
+machine's cores.
+
+Index measurements use synthetic catalogues: ``n`` unit vectors of dimension ``--dim`` (768 by
+default: the default bundle's index, its trained space beside the encoder's 384) drawn around
+1,000 cluster centres, each item in one of 10 genres, and 200 queries that are noisy copies of
+items. Recall@10 is against exact search (numpy). For each backend the smallest ``ef`` in
 16..512 whose recall@10 reaches 0.95 is reported, with queries per second one at a time (one
-thread, the engine's path: ids, texts and attributes come back with the hits) and in one
-batch of 200.
+thread, the engine's path: ids, texts and attributes come back with the hits), in one batch of
+200, and one at a time under a filter that one item in ten passes (``genre``: pushed down to
+Milvus; a label filter in hnswlib). Backends: ``hnsw`` (hnswlib, embedded), ``milvus`` (Milvus
+Lite, in this process), ``milvus-server`` (a Milvus standalone server, PyPI's ``milvus``, started
+for the run; its resident memory is the server process's).
 """
 
 from __future__ import annotations
@@ -28,6 +43,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +54,14 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "scale.json"
 PLOT = HERE / "results" / "scale.png"
 DOC = HERE / "SCALE.md"
-DIM = 384
 EFS = (16, 32, 64, 128, 256, 512)
+GENRES = 10
+NAMES = {"hnsw": "hnswlib (embedded)", "milvus": "Milvus Lite", "milvus-server": "Milvus server"}
 QUERIES = 200
 
 
-def _rss() -> int:
-    with open("/proc/self/status") as f:
+def _rss(pid: int | str = "self") -> int:
+    with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
@@ -140,13 +158,17 @@ def encode(bundle: Path, items: int) -> None:
 # -- indexes --------------------------------------------------------------------------------------
 
 
-def _synthetic(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def _synthetic(n: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(1000, DIM)).astype(np.float32)
-    vectors = centres[rng.integers(0, 1000, n)] + 0.6 * rng.normal(size=(n, DIM)).astype(np.float32)
+    centres = rng.normal(size=(1000, dim)).astype(np.float32)
+    vectors = np.empty((n, dim), dtype=np.float32)
+    for start in range(0, n, 100_000):  # in slices: a float64 draw of 1M x 768 alone is 6 GB
+        stop = min(n, start + 100_000)
+        noise = rng.standard_normal(size=(stop - start, dim), dtype=np.float32)
+        vectors[start:stop] = centres[rng.integers(0, 1000, stop - start)] + 0.6 * noise
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     pick = rng.choice(n, QUERIES, replace=False)
-    queries = vectors[pick] + 0.05 * rng.normal(size=(QUERIES, DIM)).astype(np.float32)
+    queries = vectors[pick] + 0.05 * rng.standard_normal(size=(QUERIES, dim), dtype=np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     return vectors, queries
 
@@ -155,12 +177,30 @@ def _exact(vectors: np.ndarray, queries: np.ndarray) -> np.ndarray:
     out = []
     for start in range(0, len(queries), 50):
         scores = queries[start : start + 50] @ vectors.T
-        out.append(np.argsort(-scores, axis=1)[:, :10])
+        top = np.argpartition(-scores, 10, axis=1)[:, :10]
+        order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1)
+        out.append(np.take_along_axis(top, order, axis=1))
     return np.concatenate(out)
 
 
 def _recall(found: list[list[int]], exact: np.ndarray) -> float:
     return float(np.mean([len(set(f) & set(e.tolist())) / 10 for f, e in zip(found, exact, strict=True)]))
+
+
+def _filtered_qps(search_filtered: Any, queries: np.ndarray) -> dict[str, Any]:
+    """One query at a time under the genre filter, at the ef chosen: queries/s, and whether every
+    hit passed (item ``i`` is in genre ``i % GENRES``) with 10 found."""
+    search_filtered(queries[0])
+    t0 = time.perf_counter()
+    found = []
+    for q in queries:  # at most a minute: a filter a backend scans for costs seconds a query at 1M
+        found.append(search_filtered(q))
+        if time.perf_counter() - t0 > 60:
+            break
+    seconds = time.perf_counter() - t0
+    ok = all(len(f) == 10 and all(i % GENRES == 3 for i in f) for f in found)
+    qps = round(len(found) / seconds, 2)
+    return {"qps_filtered_one_at_a_time": qps, "filtered_queries": len(found), "filtered_hits_all_pass": ok}
 
 
 def _sweep(
@@ -191,10 +231,10 @@ def _sweep(
     return {"curve": curve, "at_recall_0.95": chosen}
 
 
-def index_hnsw(n: int) -> dict[str, Any]:
+def index_hnsw(n: int, dim: int) -> dict[str, Any]:
     from recsys_infer.runtime.index import HnswIndex, HnswParams
 
-    vectors, queries = _synthetic(n)
+    vectors, queries = _synthetic(n, dim)
     exact = _exact(vectors, queries)
     before = _rss()
     t0 = time.perf_counter()
@@ -209,32 +249,58 @@ def index_hnsw(n: int) -> dict[str, Any]:
         return index.search(q[None, :], 10)[0][0].tolist()
 
     sweep = _sweep(one, lambda qs: index.search(qs, 10), index.set_ef_search, exact, queries)
+
+    def genre_3(label: int) -> bool:
+        return label % GENRES == 3
+
+    def filtered(q: np.ndarray) -> list[int]:
+        return index.search(q[None, :], 10, allowed=genre_3)[0][0].tolist()
+
     return {
         "build_s": round(build_s, 2),
         "build_threads": os.cpu_count(),
         "resident_bytes_per_item": round(rss / n, 1),
         "disk_bytes_per_item": round(disk / n, 1),
         **sweep,
+        **_filtered_qps(filtered, queries),
     }
 
 
-def index_milvus(n: int) -> dict[str, Any]:
+@contextmanager
+def _milvus_at(server: bool, tmp: Path) -> Iterator[tuple[str, Any]]:
+    """A Milvus to measure, as (URI, a function giving its resident memory): Milvus Lite in this
+    process, or a Milvus standalone server started here for the run."""
+    if not server:
+        yield str(tmp / "bench.db"), _rss
+        return
+    from milvus import MilvusServer
+
+    milvus = MilvusServer()
+    milvus.set_base_dir(str(tmp / "server"))
+    milvus.start()
+    try:
+        yield f"http://127.0.0.1:{milvus.listen_port}", lambda: _rss(milvus.server_proc.pid)
+    finally:
+        milvus.stop()
+
+
+def index_milvus(n: int, dim: int, server: bool) -> dict[str, Any]:
     from recsys_infer.runtime.catalog import Item
     from recsys_infer.runtime.index import HnswParams
     from recsys_infer.runtime.milvus import MilvusIndex
+    from recsys_infer.runtime.options import Where
 
-    vectors, queries = _synthetic(n)
+    vectors, queries = _synthetic(n, dim)
     exact = _exact(vectors, queries)
-    items = [Item(str(i), f"item {i}") for i in range(n)]
-    with tempfile.TemporaryDirectory() as tmp:
-        db = str(Path(tmp) / "bench.db")
-        before = _rss()
+    items = [Item(str(i), f"item {i}", {"genre": f"g{i % GENRES}"}) for i in range(n)]
+    with tempfile.TemporaryDirectory() as tmp, _milvus_at(server, Path(tmp)) as (uri, rss_of):
+        before = rss_of()
         t0 = time.perf_counter()
-        index = MilvusIndex.create(db, "bench", items, vectors, params=HnswParams(16, 200, 64), timeout=3600)
+        index = MilvusIndex.create(uri, "bench", items, vectors, params=HnswParams(16, 200, 64), timeout=3600)
         len(index)  # the collection answers: loaded and indexed
         build_s = time.perf_counter() - t0
-        rss = _rss() - before
-        disk = sum(p.stat().st_size for p in Path(db).rglob("*") if p.is_file())
+        rss = rss_of() - before
+        disk = sum(p.stat().st_size for p in Path(tmp).rglob("*") if p.is_file())
         none = [frozenset()]
 
         def one(q: np.ndarray) -> list[int]:
@@ -247,28 +313,39 @@ def index_milvus(n: int) -> dict[str, Any]:
             index.ef_search = ef
 
         sweep = _sweep(one, batch, set_ef, exact, queries)
+        genre = Where.of({"genre": "g3"})
+
+        def filtered(q: np.ndarray) -> list[int]:
+            return [int(it.item_id) for it, _ in index.search(q[None, :], 10, blocked=none, where=genre)[0]]
+
+        filtered_qps = _filtered_qps(filtered, queries)
+        index.close()
     return {
         "build_s": round(build_s, 2),
         "resident_bytes_per_item": round(rss / n, 1),
         "disk_bytes_per_item": round(disk / n, 1),
         **sweep,
+        **filtered_qps,
     }
 
 
-def index(sizes: list[int], backends: list[str]) -> None:
+def index(sizes: list[int], backends: list[str], dim: int) -> None:
     for n in sizes:
         for backend in backends:
-            print(f"{backend} at {n:,} items", flush=True)
-            run = subprocess.run(
-                [sys.executable, __file__, "_index_one", backend, str(n)], capture_output=False, check=False
-            )
+            print(f"{backend} at {n:,} items, {dim}-d", flush=True)
+            command = [sys.executable, __file__, "_index_one", backend, str(n), str(dim)]
+            run = subprocess.run(command, capture_output=False, check=False)
             if run.returncode != 0:
                 _merge("index", f"{backend} {n}", {"failed": f"exit {run.returncode}"})
 
 
-def _index_one(backend: str, n: int) -> None:
-    result = index_hnsw(n) if backend == "hnsw" else index_milvus(n)
+def _index_one(backend: str, n: int, dim: int) -> None:
+    if backend == "hnsw":
+        result = index_hnsw(n, dim)
+    else:
+        result = index_milvus(n, dim, server=backend == "milvus-server")
     result["items"] = n
+    result["dim"] = dim
     print(backend, n, {k: v for k, v in result.items() if k != "curve"}, flush=True)
     _merge("index", f"{backend} {n}", result)
 
@@ -291,26 +368,53 @@ def report() -> None:
         )
     lines += [
         "",
-        "| index | items | build s | resident B/item | marginal B/item | disk B/item "
-        "| ef at recall@10 >= 0.95 | recall@10 | QPS one at a time | QPS batch of 200 |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| index | items | dim | build s | resident B/item | marginal B/item | disk B/item "
+        "| ef at recall@10 >= 0.95 | recall@10 | QPS one at a time | QPS batch of 200 "
+        "| QPS filtered, 1 in 10 pass |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    rows = sorted(data.get("index", {}).items(), key=lambda kv: (kv[0].split()[0], kv[1].get("items", 0)))
+    order = {name: n for n, name in enumerate(NAMES)}
+    rows = sorted(
+        data.get("index", {}).items(), key=lambda kv: (order.get(kv[0].split()[0], 9), kv[1].get("items", 0))
+    )
     marginal = _marginal(data)
     for key, r in rows:
         backend = key.split()[0]
         if "failed" in r:
-            lines.append(f"| {backend} | {key.split()[1]} | failed ({r['failed']}) | | | | | | | |")
+            lines.append(f"| {backend} | {key.split()[1]} | | failed ({r['failed']}) | | | | | | | | |")
             continue
         p = r["at_recall_0.95"] or r["curve"][-1]
         reached = "" if r["at_recall_0.95"] else " (not reached)"
-        name = "hnswlib (embedded)" if backend == "hnsw" else "Milvus Lite"
+        filtered = r.get("qps_filtered_one_at_a_time")
         lines.append(
-            f"| {name} | {r['items']:,} | {r['build_s']:.1f} | "
+            f"| {NAMES.get(backend, backend)} | {r['items']:,} | {r.get('dim', 384)} | {r['build_s']:.1f} | "
             f"{r['resident_bytes_per_item']:.0f} | {marginal.get(key, '–')} | "
             f"{r['disk_bytes_per_item']:.0f} | {p['ef']}{reached} | "
-            f"{p['recall@10']:.3f} | {p['qps_one_at_a_time']:,.0f} | {p['qps_batch_200']:,.0f} |"
+            f"{p['recall@10']:.3f} | {_qps(p['qps_one_at_a_time'])} | {_qps(p['qps_batch_200'])} | "
+            f"{'–' if filtered is None else _qps(filtered)} |"
         )
+    if data.get("engine"):
+        lines += [
+            "",
+            "| `Engine.recommend`, quickstart bundle | items | p50 ms | p99 ms | requests/s, one client |",
+            "|---|---|---|---|---|",
+        ]
+        for store, r in data["engine"].items():
+            lines.append(
+                f"| {NAMES.get(store, store)} | {r['items']:,} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+                f"{r['throughput_rps']:,.0f} |"
+            )
+    if data.get("replicas"):
+        lines += [
+            "",
+            "| Ray Serve, Milvus server collection | clients | requests/s | p50 ms | p99 ms | errors |",
+            "|---|---|---|---|---|---|",
+        ]
+        for count, r in sorted(data["replicas"].items()):
+            lines.append(
+                f"| {count} replica(s) of 1 thread | {r['clients']} | {r['throughput_rps']:,.0f} | "
+                f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} |"
+            )
     lines += ["", *_extrapolation(data)]
     env = data.get("environment", {})
     lines += [
@@ -327,34 +431,51 @@ def report() -> None:
     print("\n".join(lines))
 
 
+def _qps(value: float) -> str:
+    return f"{value:,.1f}" if value < 10 else f"{value:,.0f}"
+
+
+def _largest(data: dict[str, Any], backend: str) -> dict[str, Any] | None:
+    rows = [r for k, r in data.get("index", {}).items() if k.split()[0] == backend and "failed" not in r]
+    return max(rows, key=lambda r: r["items"]) if rows else None
+
+
 def _extrapolation(data: dict[str, Any]) -> list[str]:
-    """10M and 100M items on paper, from the largest measured hnswlib index and the fastest
-    measured encoding on this 2-core machine."""
-    hnsw = sorted((r for k, r in data.get("index", {}).items() if k.startswith("hnsw") and "failed" not in r),
-                  key=lambda r: r["items"])  # fmt: skip
+    """10M and 100M items on paper, from the largest measured index of each backend (its
+    marginal memory per item, its build time grown as n log n) and the fastest measured
+    encoding on this 2-core machine."""
     enc = [r for k, r in data.get("encoding", {}).items() if not k.startswith("_")]
-    if not hnsw or not enc:
+    bigs = {b: r for b in ("hnsw", "milvus-server") if (r := _largest(data, b)) is not None}
+    if not bigs or not enc:
         return []
-    big = hnsw[-1]
-    per_item = float(_marginal(data).get(f"hnsw {big['items']}", big["resident_bytes_per_item"]))
+    marginal = _marginal(data)
+    per_item = {
+        b: float(marginal.get(f"{b} {r['items']}", r["resident_bytes_per_item"])) for b, r in bigs.items()
+    }
     machine_rate = max(r["items_per_s"] for r in enc)  # one 2-core machine, its best configuration
+    basis = "; ".join(
+        f"{NAMES[b]}: {per_item[b]:.0f} B/item at the margin and {r['build_s']:.0f} s to build "
+        f"{r['items']:,} {r.get('dim', 384)}-d items"
+        for b, r in bigs.items()
+    )
     lines = [
-        f"On paper, from the measurements above: memory at hnswlib's marginal {per_item:.0f} B/item (384-d "
-        f"float32 vectors plus the M=16 graph; a Milvus server holds the same structures, spread over its "
-        f"query nodes), build time growing as n log n from the {big['items']:,}-item build "
-        f"({big['build_s']:.0f} s on 2 threads), encoding at {machine_rate:.0f} items/s per 2-core machine "
-        f"(the best configuration measured), shards of 4,096 items.",
+        f"On paper, from the measurements above ({basis}): memory grows with the marginal cost per item, "
+        f"build time as n log n on the same 2 cores, encoding at {machine_rate:.0f} items/s per 2-core "
+        f"machine (the best configuration measured), shards of 4,096 items.",
         "",
-        "| items | index memory, GB (per copy) | HNSW build on 2 threads, h | encoding, machine-hours "
-        "| encoding on 32 machines, h | shards |",
-        "|---|---|---|---|---|---|",
+        "| items | "
+        + " | ".join(f"{NAMES[b]} memory, GB | {NAMES[b]} build on 2 cores, h" for b in bigs)
+        + " | encoding, machine-hours | encoding on 32 machines, h | shards |",
+        "|---|" + "---|---|" * len(bigs) + "---|---|---|",
     ]
     for n in (10_000_000, 100_000_000):
-        build_h = big["build_s"] * (n / big["items"]) * (np.log2(n) / np.log2(big["items"])) / 3600
+        cells = []
+        for b, r in bigs.items():
+            build_h = r["build_s"] * (n / r["items"]) * (np.log2(n) / np.log2(r["items"])) / 3600
+            cells += [f"{n * per_item[b] / 1e9:,.0f}", f"{build_h:,.1f}"]
         encode_h = n / machine_rate / 3600
         lines.append(
-            f"| {n:,} | {n * per_item / 1e9:,.0f} | {build_h:,.1f} | {encode_h:,.0f} | "
-            f"{encode_h / 32:,.1f} | {-(-n // 4096):,} |"
+            f"| {n:,} | {' | '.join(cells)} | {encode_h:,.0f} | {encode_h / 32:,.1f} | {-(-n // 4096):,} |"
         )
     return lines
 
@@ -363,9 +484,9 @@ def _marginal(data: dict[str, Any]) -> dict[str, str]:
     """Resident bytes per item between one size and the previous one of the same backend: the
     cost of one more item, without the fixed cost of the library or server."""
     out = {}
-    for backend in ("hnsw", "milvus"):
+    for backend in NAMES:
         rows = sorted(
-            (r for k, r in data.get("index", {}).items() if k.startswith(backend) and "failed" not in r),
+            (r for k, r in data.get("index", {}).items() if k.split()[0] == backend and "failed" not in r),
             key=lambda r: r["items"],
         )
         for a, b in itertools.pairwise(rows):
@@ -382,12 +503,9 @@ def _plot(data: dict[str, Any]) -> None:
 
     fig, (mem, build) = plt.subplots(1, 2, figsize=(11, 4.2))
     sizes = np.array([1e4, 1e5, 1e6, 1e7, 1e8])
-    for backend, label, colour in (
-        ("hnsw", "hnswlib (embedded)", "tab:blue"),
-        ("milvus", "Milvus Lite", "tab:orange"),
-    ):
+    for (backend, label), colour in zip(NAMES.items(), ("tab:blue", "tab:orange", "tab:red"), strict=True):
         rows = sorted(
-            (r for k, r in data.get("index", {}).items() if k.startswith(backend) and "failed" not in r),
+            (r for k, r in data.get("index", {}).items() if k.split()[0] == backend and "failed" not in r),
             key=lambda r: r["items"],
         )
         if not rows:
@@ -443,6 +561,63 @@ def _plot(data: dict[str, Any]) -> None:
     fig.savefig(PLOT, dpi=110)
 
 
+# -- the engine and replicas on each store ----------------------------------------------------------
+
+
+@contextmanager
+def _on_store(bundle: Path, store: str, tmp: Path) -> Iterator[Path]:
+    """``bundle`` with its index on ``store``: as it is (``hnsw``), or reindexed into a Milvus Lite
+    collection (``milvus``) or one on a Milvus server started here (``milvus-server``)."""
+    from recsys_infer.indexing.reindex import MilvusTarget, reindex_bundle
+
+    if store == "hnsw":
+        yield bundle
+        return
+    with _milvus_at(store == "milvus-server", tmp / store) as (uri, _):
+        out = tmp / f"{store}-bundle"
+        reindex_bundle(bundle, None, out, milvus=MilvusTarget(uri, "bench"), progress=False)
+        yield out
+
+
+def engine_e2e(bundle: Path, requests: int) -> None:
+    from load_test import drive, queries
+
+    from recsys_infer import Engine
+
+    work = queries(bundle, requests, "mixed")
+    for store in NAMES:
+        with tempfile.TemporaryDirectory() as tmp, _on_store(bundle, store, Path(tmp)) as on_store:
+            engine = Engine.load(on_store, device="cpu", threads=2)
+            result = drive(lambda q, e=engine: e.recommend(**q), work, clients=1)
+            result["items"] = len(engine)
+            engine.close()
+        print(store, result, flush=True)
+        _merge("engine", store, result)
+
+
+def replicas(bundle: Path, requests: int, clients: int) -> None:
+    import asyncio
+
+    from load_test import free_port, http_drive, queries
+
+    from recsys_infer.scale import serving
+    from recsys_infer.scale.encoding import start_ray
+
+    work = queries(bundle, requests, "mixed")
+    start_ray(None, num_cpus=os.cpu_count())
+    with tempfile.TemporaryDirectory() as tmp, _on_store(bundle, "milvus-server", Path(tmp)) as on_store:
+        for count in (1, 2):
+            url = serving.deploy(on_store, replicas=count, threads=1, port=free_port())
+            try:
+                asyncio.run(http_drive(url, work[:50], clients))  # warm-up
+                result = asyncio.run(http_drive(url, work, clients))
+            finally:
+                serving.shutdown()
+            result.update(replicas=count, clients=clients)
+            print(count, result, flush=True)
+            _merge("replicas", str(count), result)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -453,18 +628,31 @@ def main() -> None:
     e.add_argument("--items", type=int, default=4096)
     i = sub.add_parser("index")
     i.add_argument("--sizes", default="10000,100000,1000000")
-    i.add_argument("--backends", default="hnsw,milvus")
+    i.add_argument("--backends", default="hnsw,milvus,milvus-server")
+    i.add_argument("--dim", type=int, default=768)
     one = sub.add_parser("_index_one")
     one.add_argument("backend")
     one.add_argument("n", type=int)
+    one.add_argument("dim", type=int)
+    en = sub.add_parser("engine")
+    en.add_argument("bundle", type=Path)
+    en.add_argument("--requests", type=int, default=400)
+    rp = sub.add_parser("replicas")
+    rp.add_argument("bundle", type=Path)
+    rp.add_argument("--requests", type=int, default=2000)
+    rp.add_argument("--clients", type=int, default=8)
     sub.add_parser("report")
     args = parser.parse_args()
     if args.command == "encode":
         encode(args.bundle, args.items)
     elif args.command == "index":
-        index([int(s) for s in args.sizes.split(",")], args.backends.split(","))
+        index([int(s) for s in args.sizes.split(",")], args.backends.split(","), args.dim)
     elif args.command == "_index_one":
-        _index_one(args.backend, args.n)
+        _index_one(args.backend, args.n, args.dim)
+    elif args.command == "engine":
+        engine_e2e(args.bundle, args.requests)
+    elif args.command == "replicas":
+        replicas(args.bundle, args.requests, args.clients)
     else:
         report()
 

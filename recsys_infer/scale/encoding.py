@@ -26,11 +26,18 @@ class _ShardEncoder:
         self.encoder = load_item_tower(Path(bundle), threads=threads)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        import ray
+
         shards, vectors = [], []
         for shard, texts in zip(batch["shard"], batch["texts"], strict=True):
             shards.append(int(shard))
             vectors.append(self.encoder.encode([str(t) for t in texts]))
-        return {"shard": np.asarray(shards), "vectors": np.asarray(vectors, dtype=object)}
+        node = ray.get_runtime_context().get_node_id()
+        return {
+            "shard": np.asarray(shards),
+            "vectors": np.asarray(vectors, dtype=object),
+            "node": np.asarray([node] * len(shards)),
+        }
 
 
 def start_ray(address: str | None, *, num_cpus: int | None = None) -> Any:
@@ -81,6 +88,8 @@ class RayRunner:
 
     def __init__(self, address: str | None = None) -> None:
         self.address = address
+        #: Shards encoded per Ray node id, in the last run.
+        self.shards_by_node: dict[str, int] = {}
 
     def __call__(self, work: ShardWork) -> None:
         workers, threads = work.workers, work.threads
@@ -95,8 +104,11 @@ class RayRunner:
             batch_size=1,
             compute=ray.data.ActorPoolStrategy(size=workers),
             num_cpus=threads,
+            scheduling_strategy="SPREAD",  # over the nodes, not packed on the first with room
             batch_format="numpy",
         )
+        self.shards_by_node = {}
         for batch in dataset.iter_batches(batch_size=1, batch_format="numpy"):
-            for shard, vectors in zip(batch["shard"], batch["vectors"], strict=True):
+            for shard, vectors, node in zip(batch["shard"], batch["vectors"], batch["node"], strict=True):
                 work.finished(int(shard), np.asarray(vectors, dtype=np.float32))
+                self.shards_by_node[str(node)] = self.shards_by_node.get(str(node), 0) + 1
