@@ -28,7 +28,8 @@ items. Recall@10 is against exact search (numpy). For each backend the smallest 
 thread, the engine's path: ids, texts and attributes come back with the hits), in one batch of
 200, and one at a time under a filter that one item in ten passes (``genre``: pushed down to
 Milvus; a label filter in hnswlib). Backends: ``hnsw`` (hnswlib, embedded), ``milvus`` (Milvus
-Lite, in this process), ``milvus-server`` (a Milvus standalone server, PyPI's ``milvus``, started
+Lite, in this process), ``milvus-sq8`` (the same, vectors in 8 bits: ``--milvus-storage sq8``),
+``milvus-server`` (a Milvus standalone server, PyPI's ``milvus``, started
 for the run; its resident memory is the server process's).
 """
 
@@ -56,7 +57,12 @@ PLOT = HERE / "results" / "scale.png"
 DOC = HERE / "SCALE.md"
 EFS = (16, 32, 64, 128, 256, 512)
 GENRES = 10
-NAMES = {"hnsw": "hnswlib (embedded)", "milvus": "Milvus Lite", "milvus-server": "Milvus server"}
+NAMES = {
+    "hnsw": "hnswlib (embedded)",
+    "milvus": "Milvus Lite",
+    "milvus-sq8": "Milvus Lite, 8-bit vectors",
+    "milvus-server": "Milvus server",
+}
 QUERIES = 200
 
 
@@ -284,7 +290,8 @@ def _milvus_at(server: bool, tmp: Path) -> Iterator[tuple[str, Any]]:
         milvus.stop()
 
 
-def index_milvus(n: int, dim: int, server: bool) -> dict[str, Any]:
+def index_milvus(n: int, dim: int, server: bool, sq8: bool = False) -> dict[str, Any]:
+    from recsys_infer.enums import VectorStorage
     from recsys_infer.runtime.catalog import Item
     from recsys_infer.runtime.index import HnswParams
     from recsys_infer.runtime.milvus import MilvusIndex
@@ -296,7 +303,9 @@ def index_milvus(n: int, dim: int, server: bool) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp, _milvus_at(server, Path(tmp)) as (uri, rss_of):
         before = rss_of()
         t0 = time.perf_counter()
-        index = MilvusIndex.create(uri, "bench", items, vectors, params=HnswParams(16, 200, 64), timeout=3600)
+        storage = VectorStorage.SQ8 if sq8 else VectorStorage.FP32
+        params = HnswParams(16, 200, 64)
+        index = MilvusIndex.create(uri, "bench", items, vectors, params=params, timeout=3600, storage=storage)
         len(index)  # the collection answers: loaded and indexed
         build_s = time.perf_counter() - t0
         rss = rss_of() - before
@@ -343,7 +352,7 @@ def _index_one(backend: str, n: int, dim: int) -> None:
     if backend == "hnsw":
         result = index_hnsw(n, dim)
     else:
-        result = index_milvus(n, dim, server=backend == "milvus-server")
+        result = index_milvus(n, dim, server=backend == "milvus-server", sq8=backend == "milvus-sq8")
     result["items"] = n
     result["dim"] = dim
     print(backend, n, {k: v for k, v in result.items() if k != "curve"}, flush=True)
@@ -503,7 +512,9 @@ def _plot(data: dict[str, Any]) -> None:
 
     fig, (mem, build) = plt.subplots(1, 2, figsize=(11, 4.2))
     sizes = np.array([1e4, 1e5, 1e6, 1e7, 1e8])
-    for (backend, label), colour in zip(NAMES.items(), ("tab:blue", "tab:orange", "tab:red"), strict=True):
+    for (backend, label), colour in zip(
+        NAMES.items(), ("tab:blue", "tab:orange", "tab:olive", "tab:red"), strict=True
+    ):
         rows = sorted(
             (r for k, r in data.get("index", {}).items() if k.split()[0] == backend and "failed" not in r),
             key=lambda r: r["items"],
@@ -585,7 +596,7 @@ def engine_e2e(bundle: Path, requests: int) -> None:
     from recsys_infer import Engine
 
     work = queries(bundle, requests, "mixed")
-    for store in NAMES:
+    for store in ("hnsw", "milvus", "milvus-server"):
         with tempfile.TemporaryDirectory() as tmp, _on_store(bundle, store, Path(tmp)) as on_store:
             engine = Engine.load(on_store, device="cpu", threads=2)
             result = drive(lambda q, e=engine: e.recommend(**q), work, clients=1)

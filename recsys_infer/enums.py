@@ -84,6 +84,15 @@ class Consistency(StrEnum):
     STRONG = "strong"
 
 
+class VectorStorage(StrEnum):
+    """How a Milvus collection's index holds the item vectors. ``FP32``: as they are (Milvus's
+    ``HNSW``). ``SQ8``: each component as one byte, a quarter of the memory, ranked with a small
+    loss of recall (Milvus's ``HNSW_SQ``: Milvus 2.6 and later, and Milvus Lite)."""
+
+    FP32 = "fp32"
+    SQ8 = "sq8"
+
+
 class UserTowerKind(StrEnum):
     """What the user tower reads.
 

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from recsys_infer.enums import Calibration, Consistency, QuantMode, TowerChoice
+from recsys_infer.enums import Calibration, Consistency, QuantMode, TowerChoice, VectorStorage
 
 from .app import app
 from .common import (
@@ -478,6 +478,14 @@ def index(
             **rare("Milvus"),
         ),
     ] = Consistency.SESSION,
+    milvus_storage: Annotated[
+        VectorStorage,
+        typer.Option(
+            help="How the Milvus index holds vectors: fp32, or sq8 (a byte a component, a quarter of the "
+            "memory, a little recall; Milvus 2.6+ or Milvus Lite).",
+            **rare("Milvus"),
+        ),
+    ] = VectorStorage.FP32,
     index_threads: Annotated[int, typer.Option(min=1, help="Threads building HNSW (1: reproducible).")] = 1,
     overwrite: Overwrite = False,
     json_out: JsonOut = None,
@@ -498,7 +506,8 @@ def index(
     encoding = EncodingSettings(workers=workers, threads=threads, runner=runner, shard_size=shard_size)
     target = None
     if milvus is not None:
-        target = MilvusTarget(lite_uri(milvus) if is_lite(milvus) else milvus, collection, milvus_consistency)
+        uri = lite_uri(milvus) if is_lite(milvus) else milvus
+        target = MilvusTarget(uri, collection, milvus_consistency, milvus_storage)
     result = reindex_bundle(
         bundle, items, out, encoding=encoding, index_threads=index_threads, milvus=target,
         overwrite=overwrite, progress=True,

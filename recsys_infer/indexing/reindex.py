@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from recsys_infer.data.readers import read_items
-from recsys_infer.enums import Consistency, Device
+from recsys_infer.enums import Consistency, Device, VectorStorage
 from recsys_infer.errors import ConfigError
 from recsys_infer.runtime.bundle import read_item_ids, read_manifest, write_catalog_bundle
 from recsys_infer.runtime.catalog import Catalog
@@ -56,6 +56,7 @@ class MilvusTarget:
     uri: str
     collection: str
     consistency: Consistency = Consistency.SESSION
+    storage: VectorStorage = VectorStorage.FP32
 
     def __post_init__(self) -> None:
         if not self.uri or not self.collection:
@@ -88,10 +89,16 @@ def _target_spec(spec: IndexSpec, milvus: MilvusTarget | None, **recorded: Any) 
     if milvus is not None:
         return replace(
             spec, kind="milvus", file=None, uri=milvus.uri, collection=milvus.collection, capacity=None,
-            consistency=milvus.consistency,
+            consistency=milvus.consistency, storage=milvus.storage,
         )  # fmt: skip
     return replace(
-        spec, kind="hnsw", file=spec.file or ITEM_INDEX, uri=None, collection=None, consistency=None
+        spec,
+        kind="hnsw",
+        file=spec.file or ITEM_INDEX,
+        uri=None,
+        collection=None,
+        consistency=None,
+        storage=None,
     )
 
 
@@ -133,7 +140,7 @@ def reindex_bundle(
     else:
         MilvusIndex.create(
             milvus.uri, milvus.collection, list(catalog), vectors, params=params, space=spec.space,
-            overwrite=overwrite, progress=progress, consistency=milvus.consistency,
+            overwrite=overwrite, progress=progress, consistency=milvus.consistency, storage=milvus.storage,
         )  # fmt: skip
     build_s = time.perf_counter() - t0
     record = None

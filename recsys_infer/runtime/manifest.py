@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from recsys_infer.enums import Consistency, Pooling, Precision, Space
+from recsys_infer.enums import Consistency, Pooling, Precision, Space, VectorStorage
 from recsys_infer.errors import BundleError, SchemaVersionError
 
 from .schema import SchemaError, decode, encode
@@ -146,6 +146,8 @@ class IndexSpec:
     collection: str | None = None
     #: A Milvus index's read consistency (absent: :attr:`Consistency.SESSION`).
     consistency: Consistency | None = None
+    #: How a Milvus index holds the vectors (absent: :attr:`VectorStorage.FP32`).
+    storage: VectorStorage | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from recsys_infer.enums import Consistency, Space
+from recsys_infer.enums import Consistency, Space, VectorStorage
 from recsys_infer.errors import (
     BackendUnavailableError,
     BundleError,
@@ -249,6 +249,7 @@ class MilvusIndex:
         progress: bool = False,
         timeout: float = DEFAULT_TIMEOUT_S,
         consistency: Consistency = Consistency.SESSION,
+        storage: VectorStorage = VectorStorage.FP32,
     ) -> MilvusIndex:
         """A new collection holding ``items`` and their ``vectors``, with an HNSW index.
 
@@ -288,8 +289,8 @@ class MilvusIndex:
         staged = f"{collection}__building_{os.getpid()}" if exists else collection
         made: list[str] = []
         try:
-            cls._create_empty(index, staged, params)
-            made.append(staged)
+            made.append(staged)  # first: a create that fails half-way may leave it behind
+            cls._create_empty(index, staged, params, storage)
             on(staged)._insert(items, data, progress=progress)
             if exists:
                 index._call(client.drop_collection, collection)
@@ -298,8 +299,8 @@ class MilvusIndex:
                 except (NotImplementedError, BackendUnavailableError):
                     # Milvus Lite cannot rename: write the items again under the final name.
                     logger.info("this Milvus cannot rename collections; writing %s in place", collection)
-                    cls._create_empty(index, collection, params)
                     made.append(collection)
+                    cls._create_empty(index, collection, params, storage)
                     index._insert(items, data, progress=progress)
                     index._call(client.drop_collection, staged)
             # Seal what was inserted, wait for the HNSW index of every sealed segment, and load
@@ -336,7 +337,7 @@ class MilvusIndex:
             time.sleep(0.5)
 
     @staticmethod
-    def _create_empty(index: MilvusIndex, name: str, params: HnswParams) -> None:
+    def _create_empty(index: MilvusIndex, name: str, params: HnswParams, storage: VectorStorage) -> None:
         pymilvus = _pymilvus()
         client = index._client
         schema = pymilvus.MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
@@ -346,19 +347,26 @@ class MilvusIndex:
         schema.add_field("text", data_type.VARCHAR, max_length=MAX_TEXT_BYTES)
         schema.add_field("attributes", data_type.JSON)
         index_params = client.prepare_index_params()
-        index_params.add_index(
-            field_name="vector",
-            index_type="HNSW",
-            metric_type="IP",
-            params={"M": params.M, "efConstruction": params.ef_construction},
-        )
-        index._call(
-            client.create_collection,
-            name,
-            schema=schema,
-            index_params=index_params,
-            consistency_level="Strong" if index.consistency is Consistency.STRONG else "Eventually",
-        )
+        hnsw: dict[str, Any] = {"M": params.M, "efConstruction": params.ef_construction}
+        if storage is VectorStorage.SQ8:
+            hnsw["sq_type"] = "SQ8"
+        index_type = "HNSW_SQ" if storage is VectorStorage.SQ8 else "HNSW"
+        index_params.add_index(field_name="vector", index_type=index_type, metric_type="IP", params=hnsw)
+        try:
+            index._call(
+                client.create_collection,
+                name,
+                schema=schema,
+                index_params=index_params,
+                consistency_level="Strong" if index.consistency is Consistency.STRONG else "Eventually",
+            )
+        except BackendUnavailableError as e:
+            if storage is VectorStorage.SQ8 and "HNSW_SQ" in str(e):
+                raise ConfigError(
+                    f"Milvus at {index.uri!r} cannot store 8-bit vectors ({e.__cause__}): HNSW_SQ needs "
+                    "Milvus 2.6 or later, or Milvus Lite. Build with --milvus-storage fp32"
+                ) from e
+            raise
 
     def _insert(
         self, items: Sequence[Item], vectors: np.ndarray, *, progress: bool = False, upsert: bool = False
