@@ -261,6 +261,8 @@ class MilvusIndex:
             raise ConfigError(f"space {space!r} is not supported; towers emit unit vectors: use 'ip'")
         if len(items) != len(vectors):
             raise ValueError(f"{len(items)} items but {len(vectors)} vectors")
+        if is_lite(uri):  # Milvus Lite opens a .db folder only where its parent exists
+            Path(uri).expanduser().parent.mkdir(parents=True, exist_ok=True)
         client = cls.client(uri, timeout=timeout)
         dim = int(vectors.shape[1])
 

@@ -309,3 +309,13 @@ def test_vectors_stored_in_eight_bits_where_the_milvus_can(
     recall = np.mean([len({int(it.item_id) for it, _ in f} & set(e.tolist())) / 10 for f, e in pairs])
     assert recall >= 0.9, recall
     index.close()
+
+
+def test_a_lite_collection_may_go_into_a_new_folder(tmp_path: Path) -> None:
+    """`index --milvus runs/new/items.db`: the folder is made, not a confusing connection error."""
+    uri = str(tmp_path / "new" / "folder" / "items.db")
+    index = MilvusIndex.create(
+        uri, "items", [Item("a", "a")], np.eye(1, 4, dtype=np.float32), params=HnswParams()
+    )
+    assert len(index) == 1
+    index.close()
