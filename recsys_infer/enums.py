@@ -77,7 +77,7 @@ class Consistency(StrEnum):
     ``SESSION``: that, and nothing more, so another process's edits show once the server has
     applied them (within a few hundred milliseconds on a default Milvus server). ``STRONG``:
     every read waits for every edit made anywhere before it, which on a Milvus server means
-    waiting for its next time tick (about 0.35 s a read measured, against 2.5 ms). Milvus Lite
+    waiting for its next time tick (0.2 to 0.4 s a read measured, against 4 ms). Milvus Lite
     applies every edit at once, so there both read the same."""
 
     SESSION = "session"

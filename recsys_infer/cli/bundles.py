@@ -474,7 +474,7 @@ def index(
         Consistency,
         typer.Option(
             help="What a Milvus read waits for besides the engine's own edits: session (others' "
-            "edits show within moments) or strong (every edit; about 0.35 s a read on a server).",
+            "edits show within moments) or strong (every edit; 0.2 to 0.4 s a read on a server).",
             **rare("Milvus"),
         ),
     ] = Consistency.SESSION,

@@ -9,7 +9,7 @@ fresh its other reads are is the bundle's :class:`~recsys_infer.enums.Consistenc
 ``session``, which sees other processes' edits once the server has applied them (a Milvus
 server: within a few hundred milliseconds; Milvus Lite: at once), or ``strong``, which sees
 every edit made anywhere before the read, but on a Milvus server waits for the server's next
-time tick on every read (measured: about 0.35 s a query, against 2.5 ms). Milvus Lite (``pip install
+time tick on every read (measured: 0.2 to 0.4 s a query, against 4 ms). Milvus Lite (``pip install
 milvus-lite``; a URI that is a local ``.db`` path, or ``python -m milvus_lite server`` for
 several processes) serves tests and single machines; a Milvus server or cluster URI serves
 production.
