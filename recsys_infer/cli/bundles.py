@@ -428,6 +428,24 @@ def convert(
     )
 
 
+MilvusConsistencyOpt = Annotated[
+    Consistency,
+    typer.Option(
+        help="What a Milvus read waits for besides the engine's own edits: session (others' "
+        "edits show within moments) or strong (every edit; 0.2 to 0.4 s a read on a server).",
+        **rare("Milvus"),
+    ),
+]
+MilvusStorageOpt = Annotated[
+    VectorStorage,
+    typer.Option(
+        help="How the Milvus index holds vectors: fp32, or sq8 (a byte a component, a quarter of the "
+        "memory, a little recall; Milvus 2.6+ or Milvus Lite).",
+        **rare("Milvus"),
+    ),
+]
+
+
 @app.command(rich_help_panel="Bundles and compression", cls=Command)
 @friendly_errors
 def index(
@@ -470,22 +488,8 @@ def index(
         ),
     ] = None,
     collection: Annotated[str, typer.Option(help="The Milvus collection's name.")] = "recsys_items",
-    milvus_consistency: Annotated[
-        Consistency,
-        typer.Option(
-            help="What a Milvus read waits for besides the engine's own edits: session (others' "
-            "edits show within moments) or strong (every edit; 0.2 to 0.4 s a read on a server).",
-            **rare("Milvus"),
-        ),
-    ] = Consistency.SESSION,
-    milvus_storage: Annotated[
-        VectorStorage,
-        typer.Option(
-            help="How the Milvus index holds vectors: fp32, or sq8 (a byte a component, a quarter of the "
-            "memory, a little recall; Milvus 2.6+ or Milvus Lite).",
-            **rare("Milvus"),
-        ),
-    ] = VectorStorage.FP32,
+    milvus_consistency: MilvusConsistencyOpt = Consistency.SESSION,
+    milvus_storage: MilvusStorageOpt = VectorStorage.FP32,
     index_threads: Annotated[int, typer.Option(min=1, help="Threads building HNSW (1: reproducible).")] = 1,
     overwrite: Overwrite = False,
     json_out: JsonOut = None,
