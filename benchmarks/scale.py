@@ -444,9 +444,15 @@ def _qps(value: float) -> str:
     return f"{value:,.1f}" if value < 10 else f"{value:,.0f}"
 
 
-def _largest(data: dict[str, Any], backend: str) -> dict[str, Any] | None:
+def _rows(data: dict[str, Any], backend: str) -> list[dict[str, Any]]:
+    """``backend``'s measured index rows (failed runs left out), smallest catalogue first."""
     rows = [r for k, r in data.get("index", {}).items() if k.split()[0] == backend and "failed" not in r]
-    return max(rows, key=lambda r: r["items"]) if rows else None
+    return sorted(rows, key=lambda r: r["items"])
+
+
+def _largest(data: dict[str, Any], backend: str) -> dict[str, Any] | None:
+    rows = _rows(data, backend)
+    return rows[-1] if rows else None
 
 
 def _extrapolation(data: dict[str, Any]) -> list[str]:
@@ -494,10 +500,7 @@ def _marginal(data: dict[str, Any]) -> dict[str, str]:
     cost of one more item, without the fixed cost of the library or server."""
     out = {}
     for backend in NAMES:
-        rows = sorted(
-            (r for k, r in data.get("index", {}).items() if k.split()[0] == backend and "failed" not in r),
-            key=lambda r: r["items"],
-        )
+        rows = _rows(data, backend)
         for a, b in itertools.pairwise(rows):
             total = b["resident_bytes_per_item"] * b["items"] - a["resident_bytes_per_item"] * a["items"]
             out[f"{backend} {b['items']}"] = f"{total / (b['items'] - a['items']):.0f}"
@@ -515,10 +518,7 @@ def _plot(data: dict[str, Any]) -> None:
     for (backend, label), colour in zip(
         NAMES.items(), ("tab:blue", "tab:orange", "tab:olive", "tab:red"), strict=True
     ):
-        rows = sorted(
-            (r for k, r in data.get("index", {}).items() if k.split()[0] == backend and "failed" not in r),
-            key=lambda r: r["items"],
-        )
+        rows = _rows(data, backend)
         if not rows:
             continue
         n = np.array([r["items"] for r in rows], dtype=float)
