@@ -6,7 +6,6 @@ a node lost in the middle of an encoding. Marked ``cluster``; ``.ci/run`` runs t
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +20,7 @@ httpx = pytest.importorskip("httpx")
 
 from recsys_infer.indexing.reindex import MilvusTarget, reindex_bundle  # noqa: E402
 from recsys_infer.indexing.shards import encode_catalog  # noqa: E402
+from recsys_infer.runtime.catalog import Catalog  # noqa: E402
 from recsys_infer.scale.encoding import RayRunner  # noqa: E402
 from tests.loopback import free_port, milvus_lite_server  # noqa: E402
 
@@ -43,10 +43,6 @@ def cluster() -> Iterator[Any]:
     nodes.shutdown()
 
 
-def _texts(bundle: Path) -> list[str]:
-    return [json.loads(line)["text"] for line in (bundle / "catalog.jsonl").read_text().splitlines()]
-
-
 def _actor_nodes(class_name: str) -> dict[str, str]:
     """The live actors whose class name holds ``class_name``: actor id -> node id (from Ray's
     global control store, which needs no dashboard)."""
@@ -60,7 +56,7 @@ def _actor_nodes(class_name: str) -> dict[str, str]:
 
 
 def test_encoding_shards_run_on_several_nodes(cluster: Any, tiny_bundle: Path, tmp_path: Path) -> None:
-    texts = _texts(tiny_bundle)
+    texts = Catalog.read_jsonl(tiny_bundle / "catalog.jsonl").texts
     local, _ = encode_catalog(tiny_bundle, texts, tmp_path / "local", items_sha256="x", shard_size=25)
     runner = RayRunner(cluster.address)
     on_ray, report = encode_catalog(tiny_bundle, texts, tmp_path / "ray", items_sha256="x", shard_size=25,
@@ -75,7 +71,7 @@ def test_a_node_lost_mid_encoding_changes_nothing(cluster: Any, tiny_bundle: Pat
     """After the first shard, a worker node that holds an encoding actor is removed (its raylet
     and workers killed): Ray Data starts the actor again on a node that is left, and the run
     finishes with the vectors a run in this process gives."""
-    texts = _texts(tiny_bundle)
+    texts = Catalog.read_jsonl(tiny_bundle / "catalog.jsonl").texts
     local, _ = encode_catalog(tiny_bundle, texts, tmp_path / "local", items_sha256="x", shard_size=25)
     head = cluster.head_node.node_id
     lost: list[str] = []

@@ -20,6 +20,7 @@ httpx = pytest.importorskip("httpx")
 from recsys_infer.enums import Consistency  # noqa: E402
 from recsys_infer.indexing.reindex import MilvusTarget, reindex_bundle  # noqa: E402
 from recsys_infer.indexing.shards import encode_catalog  # noqa: E402
+from recsys_infer.runtime.catalog import Catalog  # noqa: E402
 from recsys_infer.scale.encoding import RayRunner  # noqa: E402
 from tests.conftest import milvus_place  # noqa: E402
 from tests.loopback import free_port, milvus_lite_server  # noqa: E402
@@ -36,14 +37,10 @@ def cluster() -> Iterator[None]:
     ray.shutdown()
 
 
-def _texts(bundle: Path) -> list[str]:
-    return [json.loads(line)["text"] for line in (bundle / "catalog.jsonl").read_text().splitlines()]
-
-
 def test_ray_data_encodes_the_same_vectors_and_resumes(
     cluster: None, tiny_bundle: Path, tmp_path: Path
 ) -> None:
-    texts = _texts(tiny_bundle)
+    texts = Catalog.read_jsonl(tiny_bundle / "catalog.jsonl").texts
     local, _ = encode_catalog(tiny_bundle, texts, tmp_path / "local", items_sha256="x", shard_size=50)
     done: list[int] = []
 
@@ -86,7 +83,7 @@ def test_a_ray_data_worker_killed_mid_encoding_changes_nothing(
     import os
     import signal
 
-    texts = _texts(tiny_bundle)
+    texts = Catalog.read_jsonl(tiny_bundle / "catalog.jsonl").texts
     local, _ = encode_catalog(tiny_bundle, texts, tmp_path / "local", items_sha256="x", shard_size=25)
     killed: list[int] = []
 

@@ -10,15 +10,11 @@ import pytest
 
 from recsys_infer import Engine
 from recsys_infer.indexing.shards import encode_catalog
-
-
-def _texts(bundle: Path) -> list[str]:
-    rows = [json.loads(line) for line in (bundle / "catalog.jsonl").read_text().splitlines()]
-    return [r["text"] for r in rows]
+from recsys_infer.runtime.catalog import Catalog
 
 
 def test_shards_give_the_engines_own_vectors(tiny_bundle: Path, tmp_path: Path) -> None:
-    texts = _texts(tiny_bundle)
+    texts = Catalog.read_jsonl(tiny_bundle / "catalog.jsonl").texts
     vectors, report = encode_catalog(tiny_bundle, texts, tmp_path / "work", items_sha256="x", shard_size=64)
     engine = Engine.load(tiny_bundle, device="cpu", threads=1)
     np.testing.assert_allclose(vectors, engine.encode_items(texts), atol=1e-5)
@@ -29,7 +25,7 @@ def test_shards_give_the_engines_own_vectors(tiny_bundle: Path, tmp_path: Path) 
 
 
 def test_a_killed_run_resumes_without_redoing_finished_shards(tiny_bundle: Path, tmp_path: Path) -> None:
-    texts = _texts(tiny_bundle)
+    texts = Catalog.read_jsonl(tiny_bundle / "catalog.jsonl").texts
     work = tmp_path / "work"
     seen: list[int] = []
 
