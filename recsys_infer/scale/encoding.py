@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +90,7 @@ class RayRunner:
     def __init__(self, address: str | None = None) -> None:
         self.address = address
         #: Shards encoded per Ray node id, in the last run.
-        self.shards_by_node: dict[str, int] = {}
+        self.shards_by_node: Counter[str] = Counter()
 
     def __call__(self, work: ShardWork) -> None:
         workers, threads = work.workers, work.threads
@@ -107,8 +108,8 @@ class RayRunner:
             scheduling_strategy="SPREAD",  # over the nodes, not packed on the first with room
             batch_format="numpy",
         )
-        self.shards_by_node = {}
+        self.shards_by_node = Counter()
         for batch in dataset.iter_batches(batch_size=1, batch_format="numpy"):
             for shard, vectors, node in zip(batch["shard"], batch["vectors"], batch["node"], strict=True):
                 work.finished(int(shard), np.asarray(vectors, dtype=np.float32))
-                self.shards_by_node[str(node)] = self.shards_by_node.get(str(node), 0) + 1
+                self.shards_by_node[str(node)] += 1
