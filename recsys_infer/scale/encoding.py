@@ -82,6 +82,10 @@ def _reachable(address: str, timeout: float = 5.0) -> None:
         ) from e
 
 
+#: Seconds the pool of encoding actors may take to start before the run gives up.
+ACTORS_START_S = 300
+
+
 class RayRunner:
     """Encodes shards on the Ray cluster at ``address`` (None: a local one, started here)."""
 
@@ -99,17 +103,31 @@ class RayRunner:
         rows: list[dict[str, Any]] = [{"shard": s, "texts": work.shard_texts(s)} for s in work.todo]
         # Longest texts first, so the slowest shards do not come last.
         rows.sort(key=lambda r: -sum(len(t) for t in r["texts"]))
-        dataset = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
-            _ShardEncoder,
-            fn_constructor_kwargs={"bundle": str(work.bundle.resolve()), "threads": threads},
-            batch_size=1,
-            compute=ray.data.ActorPoolStrategy(size=workers),
-            num_cpus=threads,
-            scheduling_strategy="SPREAD",  # over the nodes, not packed on the first with room
-            batch_format="numpy",
-        )
+        # The pool starts whole before any shard is handed out: otherwise the first actor up
+        # takes every shard that is quick to encode while the others are still loading.
+        context = ray.data.DataContext.get_current()
+        waited, context.wait_for_min_actors_s = context.wait_for_min_actors_s, ACTORS_START_S
+        try:  # a dataset keeps a copy of the context it was made under
+            dataset = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
+                _ShardEncoder,
+                fn_constructor_kwargs={"bundle": str(work.bundle.resolve()), "threads": threads},
+                batch_size=1,
+                compute=ray.data.ActorPoolStrategy(size=workers),
+                num_cpus=threads,
+                scheduling_strategy="SPREAD",  # over the nodes, not packed on the first with room
+                batch_format="numpy",
+            )
+        finally:
+            context.wait_for_min_actors_s = waited
         self.shards_by_node = Counter()
-        for batch in dataset.iter_batches(batch_size=1, batch_format="numpy"):
-            for shard, vectors, node in zip(batch["shard"], batch["vectors"], batch["node"], strict=True):
-                work.finished(int(shard), np.asarray(vectors, dtype=np.float32))
-                self.shards_by_node[str(node)] += 1
+        try:
+            for batch in dataset.iter_batches(batch_size=1, batch_format="numpy"):
+                for shard, vectors, node in zip(batch["shard"], batch["vectors"], batch["node"], strict=True):
+                    work.finished(int(shard), np.asarray(vectors, dtype=np.float32))
+                    self.shards_by_node[str(node)] += 1
+        except ray.exceptions.GetTimeoutError as e:
+            raise BackendUnavailableError(
+                f"{workers} encoding workers of {threads} CPU(s) each did not start on the Ray cluster "
+                f"within {ACTORS_START_S} s: it lacks the CPUs for them. Ask for fewer (--workers, "
+                "--threads) or add nodes; shards already encoded are kept, so the run resumes"
+            ) from e

@@ -67,6 +67,21 @@ def test_encoding_shards_run_on_several_nodes(cluster: Any, tiny_bundle: Path, t
     assert sum(runner.shards_by_node.values()) == -(-len(texts) // 25)
 
 
+def test_workers_the_cluster_cannot_hold_are_a_clear_error(
+    cluster: Any, tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three workers of four CPUs on a cluster of four CPUs never all start: the run says so,
+    naming the options to change, instead of waiting for them."""
+    from recsys_infer.errors import BackendUnavailableError
+    from recsys_infer.scale import encoding
+
+    monkeypatch.setattr(encoding, "ACTORS_START_S", 3)
+    texts = Catalog.read_jsonl(tiny_bundle / "catalog.jsonl").texts
+    with pytest.raises(BackendUnavailableError, match=r"did not start.*--workers"):
+        encode_catalog(tiny_bundle, texts, tmp_path / "ray", items_sha256="x", shard_size=25,
+                       workers=3, threads=4, runner=RayRunner(cluster.address))  # fmt: skip
+
+
 def test_a_node_lost_mid_encoding_changes_nothing(cluster: Any, tiny_bundle: Path, tmp_path: Path) -> None:
     """After the first shard, a worker node that holds an encoding actor is removed (its raylet
     and workers killed): Ray Data starts the actor again on a node that is left, and the run
