@@ -180,12 +180,22 @@ LastItemResidualOpt = Annotated[
         panel=_MODEL,
     ),
 ]
+_CHOSEN = "chosen by short trials on the validation split"
 ItemOffsetsOpt = Annotated[
     _Bool,
     _opt(
         _SEQ + "learn a vector per item beside its text's.",
         "off",
         "--item-offsets/--no-item-offsets",
+        panel=_MODEL,
+    ),
+]
+WhitenOpt = Annotated[
+    _Bool,
+    _opt(
+        _SEQ + "whiten the encoder's item vectors over the catalogue.",
+        _CHOSEN,
+        "--whiten/--no-whiten",
         panel=_MODEL,
     ),
 ]
@@ -237,6 +247,7 @@ def train_command(
     item_head_hidden: ItemHeadHiddenOpt = None,
     last_item_residual: LastItemResidualOpt = None,
     item_offsets: ItemOffsetsOpt = None,
+    whiten: WhitenOpt = None,
     unseen_negatives: UnseenNegativesOpt = None,
     softmax: Softmax = None,
     negatives: NegativesOpt = None,
@@ -305,11 +316,23 @@ def _print_training(result: Any) -> None:
     typer.echo(
         f"trained {result.steps} steps in {result.seconds:.0f}s ({loss}; stopped by {result.stopped_by})"
     )
+    if result.extra.get("chosen_on_validation"):
+        scores = [t["validation_ndcg@10"] for t in result.extra["trials"]]
+        tried = "; ".join(
+            f"{_levers_named(t)} {'cut short' if v is None else f'{v:.4f}'}"
+            for t, v in zip(result.extra["trials"], scores, strict=True)
+        )
+        typer.echo(f"levers tried (validation NDCG@10): {tried}")
+        typer.echo(f"levers chosen: {_levers_named(result.extra['levers'])}")
     if result.extra.get("best_epoch"):
         typer.echo(
             f"best validation NDCG@10 {result.extra['best_validation_ndcg@10']:.4f} at epoch "
             f"{result.extra['best_epoch']} of {result.extra['epochs']}"
         )
+
+
+def _levers_named(levers: dict[str, Any]) -> str:
+    return "whitened" if levers.get("whiten") else "plain"
 
 
 @app.command("sample-data", rich_help_panel="Train", cls=Command)

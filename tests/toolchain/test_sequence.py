@@ -272,7 +272,8 @@ def _interrupt_after(monkeypatch: pytest.MonkeyPatch, module: object, name: str,
 @pytest.mark.parametrize(
     ("kind", "settings", "hook"),
     [
-        ("sequence", {**SEQ, "epochs": 4, "eval_every": 1}, "save_state"),
+        # 8 epochs: both whitening trials take 5, and the winner saves as it carries on.
+        ("sequence", {**SEQ, "epochs": 8, "eval_every": 1}, "save_state"),
         (
             "text",
             {

@@ -92,7 +92,8 @@ def save_checkpoint(
 def _request_tower(encoder: Any, config: ModelConfig, head_file: Path) -> TextTower:
     if config.sequence is None:  # pragma: no cover - only sequence checkpoints get here
         raise CheckpointError("a request tower belongs to a sequence model")
-    head = ItemHead(int(encoder.config.hidden_size), config.sequence.item_head_hidden)
+    shape = config.sequence
+    head = ItemHead(int(encoder.config.hidden_size), shape.item_head_hidden, whiten=shape.whiten)
     head.load_state_dict(load_file(str(head_file)))
     tower = TextTower(encoder, config.pooling, head)
     tower.eval()

@@ -34,7 +34,9 @@ from recsys_infer.runtime.tokenizer import TextTokenizer
 from recsys_infer.runtime.userinput import UserInputFormat
 from recsys_infer.toolchain.train.checkpoint import save_checkpoint
 from recsys_infer.toolchain.train.encoders import EncoderSource, choose_pooling, resolve_encoder
+from recsys_infer.toolchain.train.levers import ORDER as LEVER_ORDER
 from recsys_infer.toolchain.train.model import (
+    ItemHead,
     ModelConfig,
     SequenceConfig,
     TwoTower,
@@ -120,6 +122,8 @@ class TrainConfig:
     item_head_hidden: int = 1024
     last_item_residual: bool = True
     item_offsets: bool = False
+    # A lever (see levers.py): None leaves it to short trials on the validation split.
+    whiten: bool | None = None
     # False (the default): items the training part never shows are left out of the softmax, so
     # that the head does not learn to push their kind of text away (see sequence_train and
     # benchmarks/QUALITY.md: it fixed cold items on ml-100k and did not hurt warm ones).
@@ -194,7 +198,8 @@ class TrainConfig:
         """The sequence tower's shape: the settings of that name here (every one is a field of
         this config too), the history length filled in."""
         shape = {f.name: getattr(self, f.name) for f in fields(SequenceConfig)}
-        return SequenceConfig(**{**shape, "max_history": int(_given(self.max_history))})
+        levers = {name: bool(shape[name]) for name in LEVER_ORDER}  # an open lever starts off
+        return SequenceConfig(**{**shape, **levers, "max_history": int(_given(self.max_history))})
 
 
 @dataclass(frozen=True)
@@ -304,6 +309,7 @@ def train(
                progress, saved)  # fmt: skip
     trainer = _train_sequence if config.user_tower is UserTowerKind.SEQUENCE else _train_text
     result_fields, extra = trainer(run)
+    model = run.model  # the trials of the levers may have chosen another model
     seconds = elapsed()
     model.eval()
     losses: list[float] = result_fields.pop("losses")
@@ -532,10 +538,9 @@ def _train_sequence(run: _Run) -> tuple[dict[str, Any], dict[str, Any]]:
             "interactions (after the last two are held out for validation and test)"
         )
     embeddings = embed_items(model.item, tokenizer, run.dataset.catalog.texts, progress=run.progress)
-    if model.item_offsets is not None:
-        seen = {i for seq in run.split.train.values() for i in seq}
-        mask = torch.tensor([[1.0 if i in seen else 0.0] for i in run.dataset.catalog.ids])
-        model.offset_mask.copy_(mask)
+    settings = LoopSettings.of(config)
+    choice, started = _choose_levers(run, embeddings, settings)
+    model = run.model
 
     def checkpoint_state(
         state: SequenceRun, optimizer: torch.optim.Optimizer, best: dict[str, torch.Tensor]
@@ -544,14 +549,14 @@ def _train_sequence(run: _Run) -> tuple[dict[str, Any], dict[str, Any]]:
         save_state(
             run.out,
             fingerprint=run.fingerprint,
-            progress={**asdict(state), "seconds": run.elapsed()},
+            progress={**asdict(state), "seconds": run.elapsed(), "levers": choice.to_json()},
             modules={"model": trainable, "best": best},
             optimizer=optimizer,
         )
 
     done, _ = train_sequence_loop(
-        model, embeddings, run.split, run.dataset.catalog, LoopSettings.of(config),
-        deadline=run.deadline, progress=run.progress, resume=run.saved, on_eval=checkpoint_state,
+        model, embeddings, run.split, run.dataset.catalog, settings, deadline=run.deadline,
+        progress=run.progress, resume=run.saved, on_eval=checkpoint_state, started=started,
     )  # fmt: skip
     stopped_by = (
         "max_minutes" if done.out_of_time
@@ -566,6 +571,7 @@ def _train_sequence(run: _Run) -> tuple[dict[str, Any], dict[str, Any]]:
         "validation": done.validation,
         "softmax": done.softmax,
         "epoch_seconds": done.epoch_seconds,
+        **choice.to_json(),
     }
     return {
         "steps": done.steps,
@@ -573,6 +579,56 @@ def _train_sequence(run: _Run) -> tuple[dict[str, Any], dict[str, Any]]:
         "stopped_by": stopped_by,
         "losses": done.losses,
     }, extra
+
+
+def _choose_levers(run: _Run, embeddings: torch.Tensor, settings: Any) -> tuple[Any, Any]:
+    """Set ``run.model`` to the model with the levers chosen, and return the choice and the
+    trial training carries on from (``None``: start afresh, as a resumed run does, with the
+    levers its state recorded)."""
+    from recsys_infer.toolchain.train.levers import Choice, Levers, choose, open_levers
+    from recsys_infer.toolchain.train.sequence import start_loop
+
+    start, open_ = open_levers({name: getattr(run.config, name) for name in LEVER_ORDER})
+    if run.saved is not None and "levers" in run.saved.meta["progress"]:
+        recorded = run.saved.meta["progress"]["levers"]
+        choice = Choice(Levers(**recorded["levers"]), recorded["trials"], recorded["chosen_on_validation"])
+        run.model = _with_levers(run, choice.levers, embeddings)
+        return choice, None
+    if not open_:
+        run.model = _with_levers(run, start, embeddings)
+        return Choice(start), None
+
+    def trial(levers: Levers) -> tuple[float | None, Any]:
+        model = _with_levers(run, levers, embeddings)
+        loop = start_loop(model, embeddings, run.split, run.dataset.catalog, settings,
+                          deadline=run.deadline, progress=run.progress, label=levers.describe())  # fmt: skip
+        cut_short = loop.run.out_of_time or loop.run.out_of_steps
+        logger.info("trial of %s: validation NDCG@10 %.4f", levers.describe(), loop.run.best_ndcg)
+        return (None if cut_short else loop.run.best_ndcg), (model, loop)
+
+    def out_of_time() -> bool:
+        return run.deadline is not None and time.monotonic() > run.deadline
+
+    choice, (run.model, started) = choose(start, open_, trial, out_of_time=out_of_time)
+    return choice, started
+
+
+def _with_levers(run: _Run, levers: Any, embeddings: torch.Tensor) -> TwoTower:
+    """A fresh sequence model on ``run.model``'s (frozen, shared) encoder with these levers, its
+    whitening fitted to the catalogue and its offsets masked to the items training shows."""
+    config = run.model.config
+    if config.sequence is None:  # pragma: no cover - only the sequence kind has levers
+        raise ConfigError("only the sequence user tower has levers")
+    config = replace(config, sequence=replace(config.sequence, **asdict(levers)))
+    torch.manual_seed(run.config.seed)  # every candidate starts from the same draw
+    model = TwoTower(None, run.model.item.encoder, config, n_items=len(run.dataset.catalog))
+    if isinstance(model.item.head, ItemHead) and levers.whiten:
+        model.item.head.fit_whitening(embeddings)
+    if model.item_offsets is not None:
+        seen = {i for seq in run.split.train.values() for i in seq}
+        mask = torch.tensor([[1.0 if i in seen else 0.0] for i in run.dataset.catalog.ids])
+        model.offset_mask.copy_(mask)
+    return model
 
 
 def _versions() -> dict[str, str]:

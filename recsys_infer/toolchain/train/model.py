@@ -42,6 +42,11 @@ class SequenceConfig:
     # (two thrillers with different audiences) the data can. Items never seen in training keep a
     # zero offset, so they are ranked by their text alone, exactly like items added later.
     item_offsets: bool = False
+    # ZCA-whiten the encoder's item vectors over the training catalogue before the head (as
+    # WhitenRec does): a sentence encoder crowds product texts into a narrow cone, where the
+    # differences between items are small next to what they share. Off in checkpoints made
+    # before it existed.
+    whiten: bool = False
 
     def __post_init__(self) -> None:
         if self.max_history < 1 or self.layers < 1 or self.item_head_hidden < 1:
@@ -106,21 +111,51 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: Pooling) -
     return F.normalize(pooled, p=2.0, dim=-1, eps=1e-12)
 
 
-class ItemHead(nn.Module):
-    """A residual MLP on the encoder's unit vector, re-normalised.
+#: Whitening divides by the square root of each eigenvalue of the catalogue's covariance plus
+#: this share of their mean: directions the training catalogue barely uses (all of them past its
+#: size, on a small one) are stretched at most about 1/sqrt(0.1) = 3 times the average, so an
+#: item added later that differs there is not thrown far away.
+WHITENING_SHRINKAGE = 0.1
 
-    Its last layer starts at zero, so an untrained head is the identity: training starts from
-    the pretrained encoder's space and moves items only as far as the data asks.
+
+class ItemHead(nn.Module):
+    """A residual MLP on the encoder's unit vector, re-normalised; with ``whiten``, the vector
+    is first ZCA-whitened over the training catalogue (:meth:`fit_whitening`) and re-normalised.
+
+    Its last layer starts at zero, so an untrained head is the identity (of the whitened space,
+    when whitened): training starts from the pretrained encoder's space and moves items only as
+    far as the data asks.
     """
 
-    def __init__(self, dim: int, hidden: int) -> None:
+    mean: torch.Tensor | None
+    whitening: torch.Tensor | None
+
+    def __init__(self, dim: int, hidden: int, *, whiten: bool = False) -> None:
         super().__init__()
         last = nn.Linear(hidden, dim)
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), last)
+        # Buffers, so they are saved with the head and are constants of its ONNX graph.
+        self.register_buffer("mean", torch.zeros(dim) if whiten else None)
+        self.register_buffer("whitening", torch.eye(dim) if whiten else None)
+
+    def fit_whitening(self, embeddings: torch.Tensor) -> None:
+        """Set the ZCA transform from the catalogue's encoder vectors ``(n, dim)``."""
+        if self.mean is None or self.whitening is None:
+            raise ConfigError("this item head was built without whitening")
+        data = embeddings.double()
+        mean = data.mean(dim=0)
+        centred = data - mean
+        eigenvalues, basis = torch.linalg.eigh(centred.T @ centred / len(data))
+        eigenvalues = eigenvalues.clamp(min=0)
+        scale = (eigenvalues + WHITENING_SHRINKAGE * eigenvalues.mean()).rsqrt()
+        self.mean.copy_(mean.float())
+        self.whitening.copy_(((basis * scale) @ basis.T).float())
 
     def forward(self, vectors: torch.Tensor) -> torch.Tensor:
+        if self.mean is not None and self.whitening is not None:
+            vectors = F.normalize((vectors - self.mean) @ self.whitening, p=2.0, dim=-1, eps=1e-12)
         return F.normalize(vectors + self.mlp(vectors), p=2.0, dim=-1, eps=1e-12)
 
 
@@ -266,9 +301,8 @@ class TwoTower(nn.Module):
             if item_encoder is None or user_encoder is not None or config.sequence is None:
                 raise ConfigError("a sequence model takes only an item encoder")
             dim = int(item_encoder.config.hidden_size)
-            self.item = TextTower(
-                item_encoder, config.pooling, ItemHead(dim, config.sequence.item_head_hidden)
-            )
+            head = ItemHead(dim, config.sequence.item_head_hidden, whiten=config.sequence.whiten)
+            self.item = TextTower(item_encoder, config.pooling, head)
             item_encoder.requires_grad_(False)
             self.user = SequenceTower(dim, config.sequence)
             if config.sequence.item_offsets:

@@ -303,6 +303,49 @@ class LoopSettings:
 OnEval = Callable[[SequenceRun, torch.optim.Optimizer, dict[str, torch.Tensor]], None]
 
 
+def trial_epochs(settings: LoopSettings) -> int:
+    """How long a lever's trial trains: the first validation at or after epoch 5."""
+    return settings.eval_every * -(-5 // settings.eval_every)
+
+
+def start_loop(
+    model: TwoTower,
+    embeddings: torch.Tensor,
+    split: Split,
+    catalog: Catalog,
+    settings: LoopSettings,
+    *,
+    deadline: float | None,
+    progress: bool = False,
+    label: str = "trial",
+) -> SequenceLoop:
+    """A loop trained for :func:`trial_epochs` epochs (or until the deadline), validated at its
+    end: a lever's trial, which :func:`train_sequence_loop` can then carry on."""
+    loop = SequenceLoop(model, embeddings, split, catalog, settings, deadline=deadline, on_eval=None)
+    epochs = min(trial_epochs(settings), settings.epochs)
+    _epochs(loop, epochs, progress, f"trial: {label}")
+    cut_short = loop.run.out_of_time or loop.run.out_of_steps  # validated where training ends
+    if not cut_short and (not loop.run.validation or loop.run.validation[-1]["epoch"] != loop.run.epochs):
+        loop.validate()
+    return loop
+
+
+def _epochs(loop: SequenceLoop, until: int, progress: bool, desc: str) -> None:
+    """Train ``loop`` until epoch ``until``, it stops (early stopping, time, steps) or both."""
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=until, initial=loop.run.epochs, desc=desc, unit="epoch")
+    loop.model.train()
+    try:
+        while loop.run.epochs < until and loop.epoch(bar):
+            pass
+    finally:
+        if bar is not None:
+            bar.close()
+
+
 def train_sequence_loop(
     model: TwoTower,
     embeddings: torch.Tensor,
@@ -314,28 +357,30 @@ def train_sequence_loop(
     progress: bool,
     resume: Any = None,
     on_eval: OnEval | None = None,
+    started: SequenceLoop | None = None,
 ) -> tuple[SequenceRun, dict[str, torch.Tensor]]:
     """Train head and sequence tower; returns the run and the best (validation) state dict.
+    ``started``: a trial of this model (:func:`start_loop`) to carry on.
 
     It stops at ``settings.epochs``, on early stopping, at the ``deadline`` or after
     ``settings.max_steps`` steps (a smoke test's budget), whichever comes first; a partial epoch
     is validated before the best state is chosen."""
-    loop = _Loop(model, embeddings, split, catalog, settings, deadline=deadline, on_eval=on_eval)
+    if started is not None:
+        loop = started
+        loop.on_eval = on_eval
+        if loop.run.out_of_time or loop.run.out_of_steps:  # its trial spent the budget
+            return _finish(loop)
+    else:
+        loop = SequenceLoop(model, embeddings, split, catalog, settings, deadline=deadline, on_eval=on_eval)
     if resume is not None:
         loop.resume(resume)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    _epochs(loop, settings.epochs, progress, "training (epochs)")
+    return _finish(loop)
 
-        bar = tqdm(total=settings.epochs, initial=loop.run.epochs, desc="training (epochs)", unit="epoch")
-    model.train()
-    try:
-        while loop.run.epochs < settings.epochs and loop.epoch(bar):
-            pass
-    finally:
-        if bar is not None:
-            bar.close()
-    run = loop.run
+
+def _finish(loop: SequenceLoop) -> tuple[SequenceRun, dict[str, torch.Tensor]]:
+    """Validate a run cut short where it stopped, then load its best state."""
+    run, model = loop.run, loop.model
     if not run.validation or run.out_of_time or run.out_of_steps:
         loop.validate()  # stopped mid-way (or no evaluation yet): measure where we are first
     model.load_state_dict(loop.best_state, strict=False)
@@ -343,7 +388,7 @@ def train_sequence_loop(
     return run, loop.best_state
 
 
-class _Loop:
+class SequenceLoop:
     """One sequence training run's state: its batches, optimizer, counters and best state."""
 
     def __init__(
