@@ -100,6 +100,7 @@ class RayRunner:
         workers, threads = work.workers, work.threads
         cpus = None if self.address else max(os.cpu_count() or 1, workers * threads)
         ray = start_ray(self.address, num_cpus=cpus)
+        _check_room(ray, workers, threads)
         rows: list[dict[str, Any]] = [{"shard": s, "texts": work.shard_texts(s)} for s in work.todo]
         # Longest texts first, so the slowest shards do not come last.
         rows.sort(key=lambda r: -sum(len(t) for t in r["texts"]))
@@ -125,9 +126,22 @@ class RayRunner:
                 for shard, vectors, node in zip(batch["shard"], batch["vectors"], batch["node"], strict=True):
                     work.finished(int(shard), np.asarray(vectors, dtype=np.float32))
                     self.shards_by_node[str(node)] += 1
-        except ray.exceptions.GetTimeoutError as e:
+        except ray.exceptions.GetTimeoutError as e:  # room on paper, taken by other work
             raise BackendUnavailableError(
                 f"{workers} encoding workers of {threads} CPU(s) each did not start on the Ray cluster "
-                f"within {ACTORS_START_S} s: it lacks the CPUs for them. Ask for fewer (--workers, "
-                "--threads) or add nodes; shards already encoded are kept, so the run resumes"
+                f"within {ACTORS_START_S} s: its CPUs are busy. Ask for fewer (--workers, --threads) or "
+                "try again later; shards already encoded are kept, so the run resumes"
             ) from e
+
+
+def _check_room(ray: Any, workers: int, threads: int) -> None:
+    """Refuse, before any actor is asked for, a pool the cluster's nodes cannot hold: Ray would
+    keep such actors pending for ever (and a pool given up on leaves them queued)."""
+    nodes = [node["Resources"].get("CPU", 0.0) for node in ray.nodes() if node["Alive"]]
+    room = sum(int(cpus // threads) for cpus in nodes)
+    if room < workers:
+        raise ConfigError(
+            f"the Ray cluster has room for {room} encoding worker(s) of {threads} CPU(s) each "
+            f"({sum(nodes):g} CPUs on {len(nodes)} node(s)), and {workers} were asked for: ask for "
+            "fewer (--workers, --threads) or add nodes"
+        )

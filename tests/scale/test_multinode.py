@@ -68,18 +68,16 @@ def test_encoding_shards_run_on_several_nodes(cluster: Any, tiny_bundle: Path, t
 
 
 def test_workers_the_cluster_cannot_hold_are_a_clear_error(
-    cluster: Any, tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    cluster: Any, tiny_bundle: Path, tmp_path: Path
 ) -> None:
-    """Three workers of four CPUs on a cluster of four CPUs never all start: the run says so,
-    naming the options to change, instead of waiting for them."""
-    from recsys_infer.errors import BackendUnavailableError
-    from recsys_infer.scale import encoding
+    """Three workers of two CPUs do not fit nodes of 2, 1 and 1 CPUs: refused before any actor
+    is asked for, naming the options to change, where Ray would wait for ever."""
+    from recsys_infer.errors import ConfigError
 
-    monkeypatch.setattr(encoding, "ACTORS_START_S", 3)
     texts = Catalog.read_jsonl(tiny_bundle / "catalog.jsonl").texts
-    with pytest.raises(BackendUnavailableError, match=r"did not start.*--workers"):
+    with pytest.raises(ConfigError, match=r"room for 1 encoding worker.*4 CPUs on 3 node.*--workers"):
         encode_catalog(tiny_bundle, texts, tmp_path / "ray", items_sha256="x", shard_size=25,
-                       workers=3, threads=4, runner=RayRunner(cluster.address))  # fmt: skip
+                       workers=3, threads=2, runner=RayRunner(cluster.address))  # fmt: skip
 
 
 def test_a_node_lost_mid_encoding_changes_nothing(cluster: Any, tiny_bundle: Path, tmp_path: Path) -> None:
