@@ -210,6 +210,9 @@ UnseenNegativesOpt = Annotated[
 ]
 NegativesOpt = Annotated[_Int, _opt(_SEQ + "sampled negatives per step.", "4096", min=1, panel=_LOOP)]
 EvalEveryOpt = Annotated[_Int, _opt(_SEQ + "validate every N epochs.", "5", panel=_LOOP)]
+TrialEpochsOpt = Annotated[
+    _Int, _opt(_SEQ + "epochs of each lever's trial (--whiten left open).", "15", min=1, panel=_LOOP)
+]
 PatienceOpt = Annotated[_Int, _opt("Stop after N validations without gain.", "4", panel=_LOOP)]
 Bf16Opt = Annotated[
     _Bool,
@@ -253,6 +256,7 @@ def train_command(
     negatives: NegativesOpt = None,
     eval_every: EvalEveryOpt = None,
     patience: PatienceOpt = None,
+    trial_epochs: TrialEpochsOpt = None,
     bf16: Bf16Opt = None,
     cold_items: ColdItemsOpt = None,
     save_every: SaveEveryOpt = None,

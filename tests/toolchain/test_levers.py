@@ -87,7 +87,7 @@ def test_a_lever_the_user_set_is_not_tried() -> None:
 
 
 def _trained(tiny_encoder: Path, out: Path, **settings: Any) -> dict[str, Any]:
-    config = TrainConfig(**SEQ, epochs=7, eval_every=1, **settings)  # type: ignore[arg-type]
+    config = TrainConfig(**SEQ, epochs=7, eval_every=1, trial_epochs=5, **settings)  # type: ignore[arg-type]
     result = train(small_sample(), out, encoder=str(tiny_encoder), config=config, progress=False)
     doc = json.loads((out / "recsys_checkpoint.json").read_text())
     assert doc["training"]["extra"] == result.extra

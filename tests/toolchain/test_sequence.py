@@ -273,7 +273,7 @@ def _interrupt_after(monkeypatch: pytest.MonkeyPatch, module: object, name: str,
     ("kind", "settings", "hook"),
     [
         # 8 epochs: both whitening trials take 5, and the winner saves as it carries on.
-        ("sequence", {**SEQ, "epochs": 8, "eval_every": 1}, "save_state"),
+        ("sequence", {**SEQ, "epochs": 8, "eval_every": 1, "trial_epochs": 5}, "save_state"),
         (
             "text",
             {

@@ -122,8 +122,10 @@ class TrainConfig:
     item_head_hidden: int = 1024
     last_item_residual: bool = True
     item_offsets: bool = False
-    # A lever (see levers.py): None leaves it to short trials on the validation split.
+    # A lever (see levers.py): None leaves it to trials on the validation split, each this many
+    # epochs long (to the first validation at or after it).
     whiten: bool | None = None
+    trial_epochs: int = 15
     # False (the default): items the training part never shows are left out of the softmax, so
     # that the head does not learn to push their kind of text away (see sequence_train and
     # benchmarks/QUALITY.md: it fixed cold items on ml-100k and did not hurt warm ones).
@@ -169,8 +171,8 @@ class TrainConfig:
                 f"{self.negatives}",
             ),
             (
-                self.save_every >= 1 and self.eval_every >= 1 and self.patience >= 1,
-                "save_every, eval_every and patience must be positive",
+                min(self.save_every, self.eval_every, self.patience, self.trial_epochs) >= 1,
+                "save_every, eval_every, patience and trial_epochs must be positive",
             ),
         ]
         for ok, message in checks:

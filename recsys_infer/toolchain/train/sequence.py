@@ -288,6 +288,7 @@ class LoopSettings:
     softmax: str = "auto"
     negatives: int = 4096
     max_steps: int | None = None
+    trial_epochs: int = 15
 
     @classmethod
     def of(cls, config: Any) -> LoopSettings:
@@ -304,8 +305,9 @@ OnEval = Callable[[SequenceRun, torch.optim.Optimizer, dict[str, torch.Tensor]],
 
 
 def trial_epochs(settings: LoopSettings) -> int:
-    """How long a lever's trial trains: the first validation at or after epoch 5."""
-    return settings.eval_every * -(-5 // settings.eval_every)
+    """How long a lever's trial trains: to the first validation at or after
+    ``settings.trial_epochs``."""
+    return settings.eval_every * -(-settings.trial_epochs // settings.eval_every)
 
 
 def start_loop(
