@@ -30,9 +30,9 @@ train() {  # train NAME ARGS...: skip when the model exists
     --json "$RUNS/$name.export.json"
 }
 
-train default                      # no flags: the levers chosen by trials on validation
-train plain --no-whiten            # the default before issue 39 (the same model, same seed)
-train whitened --whiten            # whitening alone
-train dropout --no-whiten --dropout 0.5   # the papers' dropout alone
-$CLI evaluate "$RUNS/plain-bundle" "$RUNS/default-bundle" "$RUNS/whitened-bundle" "$RUNS/dropout-bundle" \
+train default                      # no flags: the default model
+train whitened --whiten on         # whitening alone
+train dropout --dropout 0.5        # the papers' dropout alone
+train auto --whiten auto           # whitening chosen by 15-epoch trials on validation
+$CLI evaluate "$RUNS/default-bundle" "$RUNS/whitened-bundle" "$RUNS/dropout-bundle" "$RUNS/auto-bundle" \
   --data "$DATA" --include-seen --requests --json "$RUNS/evaluate.json"

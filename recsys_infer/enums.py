@@ -105,6 +105,15 @@ class UserTowerKind(StrEnum):
     SEQUENCE = "sequence"
 
 
+class Lever(StrEnum):
+    """A training lever's setting: ``on``, ``off``, or ``auto``, chosen by trials on the
+    validation split of the data being trained (see ``recsys_infer.toolchain.train.levers``)."""
+
+    ON = "on"
+    OFF = "off"
+    AUTO = "auto"
+
+
 class QuantMode(StrEnum):
     """``dynamic``: int8 weights, activations quantized at run time (CPUs with VNNI).
     ``static``: int8 weights and activations, QDQ, scales calibrated on real texts.

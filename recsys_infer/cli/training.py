@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from recsys_infer.enums import Pooling, UserTowerKind
+from recsys_infer.enums import Lever, Pooling, UserTowerKind
 
 from .app import app
 from .common import (
@@ -180,7 +180,6 @@ LastItemResidualOpt = Annotated[
         panel=_MODEL,
     ),
 ]
-_CHOSEN = "chosen by short trials on the validation split"
 ItemOffsetsOpt = Annotated[
     _Bool,
     _opt(
@@ -191,11 +190,10 @@ ItemOffsetsOpt = Annotated[
     ),
 ]
 WhitenOpt = Annotated[
-    _Bool,
+    Lever | None,
     _opt(
-        _SEQ + "whiten the encoder's item vectors over the catalogue.",
-        _CHOSEN,
-        "--whiten/--no-whiten",
+        _SEQ + "whiten the encoder's item vectors over the catalogue (auto: chosen by trials on validation).",
+        "off",
         panel=_MODEL,
     ),
 ]

@@ -118,9 +118,9 @@ def test_the_default_model_is_the_sequence_kind_with_two_spaces(
 ) -> None:
     ckpt, bundle = tmp_path / "ck", tmp_path / "b"
     code, out = invoke("train", "--data", str(small_data), "--out", str(ckpt), "--encoder", str(tiny_encoder),
-                       "--epochs", "2", "--item-max-length", "24")  # fmt: skip
+                       "--epochs", "2", "--item-max-length", "24", "--whiten", "auto")  # fmt: skip
     assert code == 0, out
-    # Whitening, left open, was tried both ways on validation, and train says what it chose.
+    # Whitening, set to auto, was tried both ways on validation, and train says what it chose.
     assert re.search(r"levers tried \(validation NDCG@10\): plain 0\.\d{4}; whitened 0\.\d{4}", out), out
     assert re.search(r"levers chosen: (plain|whitened)", out), out
     assert json.loads((ckpt / "recsys_checkpoint.json").read_text())["model"]["user_tower"] == "sequence"

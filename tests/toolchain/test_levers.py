@@ -11,6 +11,8 @@ import pytest
 import torch
 
 from recsys_infer import Engine
+from recsys_infer.enums import Lever
+from recsys_infer.errors import ConfigError
 from recsys_infer.runtime.bundle import read_manifest
 from recsys_infer.runtime.schema import encode
 from recsys_infer.toolchain.train.levers import Levers, choose, open_levers
@@ -80,10 +82,14 @@ def test_levers_are_chosen_greedily_and_only_on_a_strict_gain(monkeypatch: pytes
     assert len(late.trials) == 1 and late.levers == two()
 
 
-def test_a_lever_the_user_set_is_not_tried() -> None:
-    assert open_levers({"whiten": None}) == (Levers(), ["whiten"])
-    assert open_levers({"whiten": True}) == (Levers(whiten=True), [])
-    assert open_levers({"whiten": False}) == (Levers(), [])
+def test_only_a_lever_set_to_auto_is_tried() -> None:
+    assert open_levers({"whiten": Lever.AUTO}) == (Levers(), ["whiten"])
+    assert open_levers({"whiten": Lever.ON}) == (Levers(whiten=True), [])
+    assert open_levers({"whiten": Lever.OFF}) == (Levers(), [])
+    assert TrainConfig().whiten is Lever.OFF  # auto is not the default yet (levers.py says why)
+    assert TrainConfig(whiten=True).whiten is Lever.ON  # type: ignore[arg-type]  # a recipe's boolean
+    with pytest.raises(ConfigError, match="on, off or auto"):
+        TrainConfig(whiten="maybe")  # type: ignore[arg-type]
 
 
 def _trained(tiny_encoder: Path, out: Path, **settings: Any) -> dict[str, Any]:
@@ -94,10 +100,10 @@ def _trained(tiny_encoder: Path, out: Path, **settings: Any) -> dict[str, Any]:
     return dict(result.extra, model=doc["model"]["sequence"])
 
 
-def test_train_tries_the_open_levers_on_validation_and_keeps_the_winner(
+def test_train_tries_the_auto_levers_on_validation_and_keeps_the_winner(
     tiny_encoder: Path, tmp_path: Path
 ) -> None:
-    extra = _trained(tiny_encoder, tmp_path / "auto")
+    extra = _trained(tiny_encoder, tmp_path / "auto", whiten=Lever.AUTO)
     trials = extra["trials"]
     assert [t["whiten"] for t in trials] == [False, True] and extra["chosen_on_validation"] == ["whiten"]
     # The checkpoint is the trial that scored best (plain on a tie), carried on from its 5 epochs
@@ -112,7 +118,7 @@ def test_a_whitened_model_exports_and_serves_what_it_trained(tiny_encoder: Path,
     from recsys_infer.toolchain.export.bundle import export_bundle
     from recsys_infer.toolchain.train.checkpoint import load_checkpoint
 
-    extra = _trained(tiny_encoder, tmp_path / "ckpt", whiten=True)
+    extra = _trained(tiny_encoder, tmp_path / "ckpt", whiten=Lever.ON)
     assert extra["trials"] == [] and extra["chosen_on_validation"] == [] and extra["model"]["whiten"]
     ckpt = load_checkpoint(tmp_path / "ckpt")
     head = ckpt.model.item.head

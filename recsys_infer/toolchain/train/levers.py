@@ -2,11 +2,15 @@
 
 A lever changes what the model can learn from a catalogue, and which way it should go depends
 on the catalogue. Today there is one: whitening the encoder's item vectors
-(:class:`~.model.ItemHead`). A lever the user leaves open (``None``) is chosen by short trials,
-one lever at a time in :data:`ORDER`: the best model so far and the same model with that lever
+(:class:`~.model.ItemHead`). A lever set to ``auto`` is chosen by trials, one lever at a time
+in :data:`ORDER`: the best model so far and the same model with that lever
 switched on each train for a few epochs from the same seed, and the one with the higher
 validation NDCG@10 goes on. The winner's trial is not thrown away: training carries on from it.
 Test users are never looked at.
+
+``auto`` is not yet the default: a trial costs its length in epochs on top of the training, which
+on the larger MovieLens set is more than half an hour, and the choice it makes has been measured
+on one catalogue so far (benchmarks/QUALITY.md, "A product catalogue").
 
 Learned item offsets (``item_offsets``) are not among them: a bundle with offsets keeps its
 trained space alone, so requests would lose the encoder's own space they are read in.
@@ -18,6 +22,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
+
+from recsys_infer.enums import Lever
 
 #: The levers ``train`` chooses when left open, in the order it tries them.
 ORDER = ("whiten",)
@@ -52,10 +58,10 @@ class Choice:
         }
 
 
-def open_levers(given: dict[str, bool | None]) -> tuple[Levers, list[str]]:
-    """The starting point (every open lever off) and the levers left open, in trial order."""
-    start = Levers(**{name: bool(given.get(name)) for name in ORDER})
-    return start, [name for name in ORDER if given.get(name) is None]
+def open_levers(given: dict[str, Lever]) -> tuple[Levers, list[str]]:
+    """The starting point (every ``auto`` lever off) and the ``auto`` levers, in trial order."""
+    start = Levers(**{name: Lever(given[name]) is Lever.ON for name in ORDER})
+    return start, [name for name in ORDER if Lever(given[name]) is Lever.AUTO]
 
 
 def choose(

@@ -28,7 +28,7 @@ import torch
 from recsys_infer.data.dataset import Dataset
 from recsys_infer.data.probe import build_probe
 from recsys_infer.data.split import Example, Split, leave_one_out
-from recsys_infer.enums import Pooling, UserTowerKind
+from recsys_infer.enums import Lever, Pooling, UserTowerKind
 from recsys_infer.errors import CheckpointError, ConfigError, DataError, OutputExistsError
 from recsys_infer.runtime.tokenizer import TextTokenizer
 from recsys_infer.runtime.userinput import UserInputFormat
@@ -122,9 +122,9 @@ class TrainConfig:
     item_head_hidden: int = 1024
     last_item_residual: bool = True
     item_offsets: bool = False
-    # A lever (see levers.py): None leaves it to trials on the validation split, each this many
+    # A lever (see levers.py): auto leaves it to trials on the validation split, each this many
     # epochs long (to the first validation at or after it).
-    whiten: bool | None = None
+    whiten: Lever = Lever.OFF
     trial_epochs: int = 15
     # False (the default): items the training part never shows are left out of the softmax, so
     # that the head does not learn to push their kind of text away (see sequence_train and
@@ -139,6 +139,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "user_tower", UserTowerKind(self.user_tower))
+        object.__setattr__(self, "whiten", _lever(self.whiten))
         if self.pooling is not None:
             object.__setattr__(self, "pooling", Pooling(self.pooling))
         for name, value in KIND_DEFAULTS[self.user_tower].items():
@@ -200,8 +201,18 @@ class TrainConfig:
         """The sequence tower's shape: the settings of that name here (every one is a field of
         this config too), the history length filled in."""
         shape = {f.name: getattr(self, f.name) for f in fields(SequenceConfig)}
-        levers = {name: bool(shape[name]) for name in LEVER_ORDER}  # an open lever starts off
+        levers = {name: getattr(self, name) is Lever.ON for name in LEVER_ORDER}  # auto starts off
         return SequenceConfig(**{**shape, **levers, "max_history": int(_given(self.max_history))})
+
+
+def _lever(value: Any) -> Lever:
+    """A lever's setting; ``True`` and ``False`` (a recipe's booleans) are on and off."""
+    if isinstance(value, bool):
+        return Lever.ON if value else Lever.OFF
+    try:
+        return Lever(value)
+    except ValueError:
+        raise ConfigError(f"a lever is on, off or auto, got {value!r}") from None
 
 
 @dataclass(frozen=True)
