@@ -319,22 +319,20 @@ def _print_training(result: Any) -> None:
         f"trained {result.steps} steps in {result.seconds:.0f}s ({loss}; stopped by {result.stopped_by})"
     )
     if result.extra.get("chosen_on_validation"):
-        scores = [t["validation_ndcg@10"] for t in result.extra["trials"]]
-        tried = "; ".join(
-            f"{_levers_named(t)} {'cut short' if v is None else f'{v:.4f}'}"
-            for t, v in zip(result.extra["trials"], scores, strict=True)
-        )
+        from recsys_infer.toolchain.train.levers import Levers
+
+        def score(trial: dict[str, Any]) -> str:
+            value = trial["validation_ndcg@10"]
+            return "cut short" if value is None else f"{value:.4f}"
+
+        tried = "; ".join(f"{Levers.of(t).describe()} {score(t)}" for t in result.extra["trials"])
         typer.echo(f"levers tried (validation NDCG@10): {tried}")
-        typer.echo(f"levers chosen: {_levers_named(result.extra['levers'])}")
+        typer.echo(f"levers chosen: {Levers.of(result.extra['levers']).describe()}")
     if result.extra.get("best_epoch"):
         typer.echo(
             f"best validation NDCG@10 {result.extra['best_validation_ndcg@10']:.4f} at epoch "
             f"{result.extra['best_epoch']} of {result.extra['epochs']}"
         )
-
-
-def _levers_named(levers: dict[str, Any]) -> str:
-    return "whitened" if levers.get("whiten") else "plain"
 
 
 @app.command("sample-data", rich_help_panel="Train", cls=Command)

@@ -27,6 +27,8 @@ from recsys_infer.enums import Lever
 
 #: The levers ``train`` chooses when left open, in the order it tries them.
 ORDER = ("whiten",)
+#: How a model with each lever switched on is named.
+NAMES = {"whiten": "whitened"}
 
 T = TypeVar("T")
 
@@ -38,8 +40,14 @@ class Levers:
     whiten: bool = False
 
     def describe(self) -> str:
-        on = [name.replace("_", " ") for name in ORDER if getattr(self, name)]
-        return ", ".join(on) if on else "plain"
+        """``plain``, or the levers switched on (``whitened``)."""
+        on = [NAMES[name] for name in ORDER if getattr(self, name)]
+        return " + ".join(on) if on else "plain"
+
+    @classmethod
+    def of(cls, record: dict[str, Any]) -> Levers:
+        """The levers of a record: :meth:`Choice.to_json`'s ``levers`` or one of its trials."""
+        return cls(**{name: bool(record[name]) for name in ORDER})
 
 
 @dataclass

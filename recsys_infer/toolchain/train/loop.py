@@ -534,9 +534,10 @@ def _train_sequence(run: _Run) -> tuple[dict[str, Any], dict[str, Any]]:
 
     from recsys_infer.toolchain.train.sequence import (
         LoopSettings,
+        SequenceLoop,
         SequenceRun,
+        carry_on,
         embed_items,
-        train_sequence_loop,
     )
 
     model, config = run.model, run.config
@@ -567,10 +568,11 @@ def _train_sequence(run: _Run) -> tuple[dict[str, Any], dict[str, Any]]:
             optimizer=optimizer,
         )
 
-    done, _ = train_sequence_loop(
-        model, embeddings, run.split, run.dataset.catalog, settings, deadline=run.deadline,
-        progress=run.progress, resume=run.saved, on_eval=checkpoint_state, started=started,
-    )  # fmt: skip
+    loop = started or SequenceLoop(
+        model, embeddings, run.split, run.dataset.catalog, settings, deadline=run.deadline, on_eval=None
+    )
+    loop.on_eval = checkpoint_state
+    done, _ = carry_on(loop, progress=run.progress, resume=run.saved)
     stopped_by = (
         "max_minutes" if done.out_of_time
         else "max_steps" if done.out_of_steps
@@ -604,7 +606,7 @@ def _choose_levers(run: _Run, embeddings: torch.Tensor, settings: Any) -> tuple[
     start, open_ = open_levers({name: getattr(run.config, name) for name in LEVER_ORDER})
     if run.saved is not None and "levers" in run.saved.meta["progress"]:
         recorded = run.saved.meta["progress"]["levers"]
-        choice = Choice(Levers(**recorded["levers"]), recorded["trials"], recorded["chosen_on_validation"])
+        choice = Choice(Levers.of(recorded["levers"]), recorded["trials"], recorded["chosen_on_validation"])
         run.model = _with_levers(run, choice.levers, embeddings)
         return choice, None
     if not open_:
@@ -629,6 +631,8 @@ def _choose_levers(run: _Run, embeddings: torch.Tensor, settings: Any) -> tuple[
 def _with_levers(run: _Run, levers: Any, embeddings: torch.Tensor) -> TwoTower:
     """A fresh sequence model on ``run.model``'s (frozen, shared) encoder with these levers, its
     whitening fitted to the catalogue and its offsets masked to the items training shows."""
+    from recsys_infer.toolchain.train.sequence import seen_in_training
+
     config = run.model.config
     if config.sequence is None:  # pragma: no cover - only the sequence kind has levers
         raise ConfigError("only the sequence user tower has levers")
@@ -638,9 +642,8 @@ def _with_levers(run: _Run, levers: Any, embeddings: torch.Tensor) -> TwoTower:
     if isinstance(model.item.head, ItemHead) and levers.whiten:
         model.item.head.fit_whitening(embeddings)
     if model.item_offsets is not None:
-        seen = {i for seq in run.split.train.values() for i in seq}
-        mask = torch.tensor([[1.0 if i in seen else 0.0] for i in run.dataset.catalog.ids])
-        model.offset_mask.copy_(mask)
+        position = {item_id: i for i, item_id in enumerate(run.dataset.catalog.ids)}
+        model.offset_mask.copy_(seen_in_training(run.split, position).float().unsqueeze(1))
     return model
 
 

@@ -359,24 +359,26 @@ def train_sequence_loop(
     progress: bool,
     resume: Any = None,
     on_eval: OnEval | None = None,
-    started: SequenceLoop | None = None,
 ) -> tuple[SequenceRun, dict[str, torch.Tensor]]:
     """Train head and sequence tower; returns the run and the best (validation) state dict.
-    ``started``: a trial of this model (:func:`start_loop`) to carry on.
 
     It stops at ``settings.epochs``, on early stopping, at the ``deadline`` or after
     ``settings.max_steps`` steps (a smoke test's budget), whichever comes first; a partial epoch
     is validated before the best state is chosen."""
-    if started is not None:
-        loop = started
-        loop.on_eval = on_eval
-        if loop.run.out_of_time or loop.run.out_of_steps:  # its trial spent the budget
-            return _finish(loop)
-    else:
-        loop = SequenceLoop(model, embeddings, split, catalog, settings, deadline=deadline, on_eval=on_eval)
+    loop = SequenceLoop(model, embeddings, split, catalog, settings, deadline=deadline, on_eval=on_eval)
+    return carry_on(loop, progress=progress, resume=resume)
+
+
+def carry_on(
+    loop: SequenceLoop, *, progress: bool, resume: Any = None
+) -> tuple[SequenceRun, dict[str, torch.Tensor]]:
+    """Train ``loop`` (a fresh one, or a lever's trial from :func:`start_loop`) to the end, as
+    :func:`train_sequence_loop` says; ``resume``: the saved state of an interrupted run."""
+    if loop.run.out_of_time or loop.run.out_of_steps:  # a trial that spent the budget
+        return _finish(loop)
     if resume is not None:
         loop.resume(resume)
-    _epochs(loop, settings.epochs, progress, "training (epochs)")
+    _epochs(loop, loop.settings.epochs, progress, "training (epochs)")
     return _finish(loop)
 
 
