@@ -52,8 +52,21 @@ def unit_rows(vectors: np.ndarray) -> np.ndarray:
 
 
 def add_offsets(vectors: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Text vectors plus learned per-item offsets, re-normalised to unit length."""
-    return unit_rows(vectors + offsets)
+    """Item vectors plus learned per-item offsets: rows of unit length.
+
+    The offsets live in the trained space. Where ``vectors`` are wider (a two-space bundle's
+    ``[trained ; text]`` rows), they join the leading trained block, which is re-normalised to
+    the length it had, so each block keeps its share and the text block is left as it was.
+    """
+    width = offsets.shape[1]
+    if vectors.shape[1] == width:
+        return unit_rows(vectors + offsets)
+    if vectors.shape[1] < width:
+        raise BundleError(f"item offsets are {width}-d, wider than the {vectors.shape[1]}-d item vectors")
+    block = vectors[:, :width]
+    length = np.linalg.norm(block, axis=1, keepdims=True)
+    joined = unit_rows(block / np.maximum(length, 1e-12) + offsets) * length
+    return np.concatenate([joined, vectors[:, width:]], axis=1, dtype=np.float32)
 
 
 class TextUserEncoder:

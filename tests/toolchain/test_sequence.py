@@ -340,9 +340,13 @@ def test_cold_start_evaluation_fits_baselines_without_the_held_out_items(seq_bun
 def test_item_offsets_train_export_and_stay_zero_for_cold_items(
     tiny_encoder: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
+    from tokenizers import Tokenizer
+
+    from recsys_infer.runtime.tokenizer import TextTokenizer
     from recsys_infer.runtime.users import add_offsets
     from recsys_infer.toolchain.export.bundle import export_bundle
     from recsys_infer.toolchain.train.checkpoint import load_checkpoint
+    from recsys_infer.toolchain.train.sequence import embed_items
 
     root = tmp_path_factory.mktemp("offsets")
     config = TrainConfig(**SEQ, epochs=2, eval_every=1, cold_items=5, item_offsets=True)  # type: ignore[arg-type]
@@ -363,9 +367,22 @@ def test_item_offsets_train_export_and_stay_zero_for_cold_items(
     text_only = engine.encode_items(list(ckpt.catalog.texts))
     np.testing.assert_allclose(stored, add_offsets(text_only, offsets.numpy()), atol=1e-5)
     np.testing.assert_allclose(stored[rows], text_only[rows], atol=1e-5)
-    assert (
-        engine.manifest is not None and encode(engine.manifest)["index"]["offsets_file"] == "item_offsets.npy"
+    manifest = encode(engine.manifest)
+    assert manifest["index"]["offsets_file"] == "item_offsets.npy"
+    # The bundle keeps both spaces: the offsets moved the trained block (as PyTorch's catalogue
+    # vectors have it) and left the pretrained text block alone.
+    dim = offsets.shape[1]
+    assert manifest["fusion"] is not None and stored.shape[1] == 2 * dim
+    tokenizer = TextTokenizer(
+        Tokenizer.from_str(ckpt.tokenizer_json),
+        max_length=ckpt.config.item_max_length,
+        pad_token=ckpt.config.pad_token,
     )
+    embeddings = embed_items(ckpt.model.item, tokenizer, list(ckpt.catalog.texts), progress=False)
+    with torch.no_grad():
+        trained = ckpt.model.catalog_vectors(embeddings).numpy()
+    np.testing.assert_allclose(stored[:, :dim] * np.sqrt(2.0), trained, atol=1e-4)
+    np.testing.assert_allclose(stored[:, dim:], text_only[:, dim:], atol=1e-6)
 
 
 def test_items_the_training_part_never_shows_can_leave_the_softmax(

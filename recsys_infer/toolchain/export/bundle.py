@@ -161,13 +161,8 @@ def _tokenizer(ckpt: Checkpoint, max_length: int) -> TextTokenizer:
 
 def two_spaces(ckpt: Checkpoint, config: ExportConfig) -> bool:
     """Whether the bundle keeps the text space beside the trained one (a sequence model, asked
-    for, without learned item offsets: those live in the trained space and would unbalance it)."""
-    if not config.text_space or ckpt.config.user_tower is not UserTowerKind.SEQUENCE:
-        return False
-    if ckpt.model.item_offsets is not None:
-        logger.warning("this checkpoint learned item offsets: exporting its trained space alone")
-        return False
-    return True
+    for). Learned item offsets join the trained block only (:func:`add_offsets`)."""
+    return config.text_space and ckpt.config.user_tower is UserTowerKind.SEQUENCE
 
 
 def _text_towers(ckpt: Checkpoint, config: ExportConfig) -> tuple[TextTower, TextTower]:
@@ -255,8 +250,8 @@ def _check_and_encode(
     vectors = text["item"].encode(catalog.texts, progress=progress)
     offsets = ckpt.model.offset_matrix() if sequence else None
     if offsets is not None:
-        # The learned per-item offsets join the stored vectors (items unseen in training
-        # have none); the item graph itself reads text alone, as a new item's would be.
+        # The learned per-item offsets join the stored vectors' trained block (items unseen
+        # in training have none); the item graph reads text alone, as a new item's would be.
         np.save(tmp / ITEM_OFFSETS, offsets.numpy().astype(np.float32), allow_pickle=False)
         vectors = add_offsets(vectors, offsets.numpy())
     np.save(tmp / ITEM_VECTORS, vectors, allow_pickle=False)

@@ -11,9 +11,6 @@ Test users are never looked at.
 ``auto`` is not yet the default: a trial costs its length in epochs on top of the training, which
 on the larger MovieLens set is more than half an hour, and the choice it makes has been measured
 on one catalogue so far (benchmarks/QUALITY.md, "A product catalogue").
-
-Learned item offsets (``item_offsets``) are not among them: a bundle with offsets keeps its
-trained space alone, so requests would lose the encoder's own space they are read in.
 """
 
 from __future__ import annotations
