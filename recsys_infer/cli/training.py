@@ -181,11 +181,10 @@ LastItemResidualOpt = Annotated[
     ),
 ]
 ItemOffsetsOpt = Annotated[
-    _Bool,
+    Lever | None,
     _opt(
-        _SEQ + "learn a vector per item beside its text's.",
+        _SEQ + "learn a short vector per item beside its text's (auto: chosen by trials).",
         "off",
-        "--item-offsets/--no-item-offsets",
         panel=_MODEL,
     ),
 ]
@@ -209,7 +208,7 @@ UnseenNegativesOpt = Annotated[
 NegativesOpt = Annotated[_Int, _opt(_SEQ + "sampled negatives per step.", "4096", min=1, panel=_LOOP)]
 EvalEveryOpt = Annotated[_Int, _opt(_SEQ + "validate every N epochs.", "5", panel=_LOOP)]
 TrialEpochsOpt = Annotated[
-    _Int, _opt(_SEQ + "epochs of each lever's trial (--whiten left open).", "15", min=1, panel=_LOOP)
+    _Int, _opt(_SEQ + "epochs of each lever's trial (a lever left on auto).", "15", min=1, panel=_LOOP)
 ]
 PatienceOpt = Annotated[_Int, _opt("Stop after N validations without gain.", "4", panel=_LOOP)]
 Bf16Opt = Annotated[

@@ -83,13 +83,25 @@ def test_levers_are_chosen_greedily_and_only_on_a_strict_gain(monkeypatch: pytes
 
 
 def test_only_a_lever_set_to_auto_is_tried() -> None:
-    assert open_levers({"whiten": Lever.AUTO}) == (Levers(), ["whiten"])
-    assert open_levers({"whiten": Lever.ON}) == (Levers(whiten=True), [])
-    assert open_levers({"whiten": Lever.OFF}) == (Levers(), [])
-    assert TrainConfig().whiten is Lever.OFF  # auto is not the default yet (levers.py says why)
+    off = {"whiten": Lever.OFF, "item_offsets": Lever.OFF}
+    assert open_levers({**off, "whiten": Lever.AUTO}) == (Levers(), ["whiten"])
+    assert open_levers({**off, "whiten": Lever.ON}) == (Levers(whiten=True), [])
+    assert open_levers(off) == (Levers(), [])
+    both = open_levers({"whiten": Lever.AUTO, "item_offsets": Lever.AUTO})
+    assert both == (Levers(), ["whiten", "item_offsets"])  # tried in ORDER
+    assert open_levers({"whiten": Lever.AUTO, "item_offsets": Lever.ON}) == (
+        Levers(item_offsets=True),
+        ["whiten"],
+    )
+    assert Levers(whiten=True, item_offsets=True).describe() == "whitened + item offsets"
+    assert Levers.of({"whiten": True}) == Levers(whiten=True)  # a record from before offsets were a lever
+    assert TrainConfig().whiten is TrainConfig().item_offsets is Lever.OFF  # auto is not the default yet
     assert TrainConfig(whiten=True).whiten is Lever.ON  # type: ignore[arg-type]  # a recipe's boolean
+    assert TrainConfig(item_offsets=True).sequence_config().item_offsets is True  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="on, off or auto"):
         TrainConfig(whiten="maybe")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="on, off or auto"):
+        TrainConfig(item_offsets="sometimes")  # type: ignore[arg-type]
 
 
 def _trained(tiny_encoder: Path, out: Path, **settings: Any) -> dict[str, Any]:
@@ -106,12 +118,39 @@ def test_train_tries_the_auto_levers_on_validation_and_keeps_the_winner(
     extra = _trained(tiny_encoder, tmp_path / "auto", whiten=Lever.AUTO)
     trials = extra["trials"]
     assert [t["whiten"] for t in trials] == [False, True] and extra["chosen_on_validation"] == ["whiten"]
+    assert not any(t["item_offsets"] for t in trials) and not extra["model"]["item_offsets"]
     # The checkpoint is the trial that scored best (plain on a tie), carried on from its 5 epochs
     # (its validation at epoch 5 is the trial's) to the 7 asked for.
     plain, whitened = (t["validation_ndcg@10"] for t in trials)
     chosen = extra["levers"]["whiten"]
     assert chosen == (whitened > plain) == extra["model"]["whiten"]
     assert extra["epochs"] == 7 and round(extra["validation"][4]["ndcg@10"], 5) == max(plain, whitened)
+
+
+def test_item_offsets_are_tried_on_top_of_the_levers_chosen_before_them(
+    tiny_encoder: Path, tmp_path: Path
+) -> None:
+    from recsys_infer.toolchain.train.checkpoint import load_checkpoint
+
+    extra = _trained(tiny_encoder, tmp_path / "both", whiten=Lever.AUTO, item_offsets=Lever.AUTO)
+    plain, whitened, offsets = extra["trials"]
+    assert extra["chosen_on_validation"] == ["whiten", "item_offsets"]
+    assert not plain["item_offsets"] and not whitened["item_offsets"] and offsets["item_offsets"]
+    # The third trial builds on whatever the second chose.
+    assert offsets["whiten"] == (whitened["validation_ndcg@10"] > plain["validation_ndcg@10"])
+    best = max(extra["trials"], key=lambda t: t["validation_ndcg@10"])
+    assert extra["levers"] == {k: best[k] for k in ("whiten", "item_offsets")}
+    ckpt = load_checkpoint(tmp_path / "both")
+    assert (ckpt.model.offset_matrix() is not None) == extra["levers"]["item_offsets"]
+
+
+def test_item_offsets_are_bounded_in_length() -> None:
+    from recsys_infer.toolchain.train.model import OFFSET_MAX_NORM, bounded
+
+    offsets = torch.tensor([[3.0, 4.0], [0.0, 0.1], [0.0, 0.0]])
+    out = bounded(offsets)
+    np.testing.assert_allclose(out[0].numpy(), [0.6 * OFFSET_MAX_NORM, 0.8 * OFFSET_MAX_NORM], atol=1e-6)
+    assert torch.equal(out[1:], offsets[1:])  # short ones (and zero ones) are left as they are
 
 
 def test_a_whitened_model_exports_and_serves_what_it_trained(tiny_encoder: Path, tmp_path: Path) -> None:

@@ -1,8 +1,9 @@
 """The sequence model's levers, and choosing them on the validation split of the data trained.
 
 A lever changes what the model can learn from a catalogue, and which way it should go depends
-on the catalogue. Today there is one: whitening the encoder's item vectors
-(:class:`~.model.ItemHead`). A lever set to ``auto`` is chosen by trials, one lever at a time
+on the catalogue. Today there are two: whitening the encoder's item vectors
+(:class:`~.model.ItemHead`), and a learned offset per item beside its text vector, of bounded
+length (:data:`~.model.OFFSET_MAX_NORM`). A lever set to ``auto`` is chosen by trials, one lever at a time
 in :data:`ORDER`: the best model so far and the same model with that lever
 switched on each train for a few epochs from the same seed, and the one with the higher
 validation NDCG@10 goes on. The winner's trial is not thrown away: training carries on from it.
@@ -23,9 +24,9 @@ from typing import Any, TypeVar
 from recsys_infer.enums import Lever
 
 #: The levers ``train`` chooses when left open, in the order it tries them.
-ORDER = ("whiten",)
+ORDER = ("whiten", "item_offsets")
 #: How a model with each lever switched on is named.
-NAMES = {"whiten": "whitened"}
+NAMES = {"whiten": "whitened", "item_offsets": "item offsets"}
 
 T = TypeVar("T")
 
@@ -35,16 +36,17 @@ class Levers:
     """One setting of every lever."""
 
     whiten: bool = False
+    item_offsets: bool = False
 
     def describe(self) -> str:
-        """``plain``, or the levers switched on (``whitened``)."""
+        """``plain``, or the levers switched on (``whitened + item offsets``)."""
         on = [NAMES[name] for name in ORDER if getattr(self, name)]
         return " + ".join(on) if on else "plain"
 
     @classmethod
     def of(cls, record: dict[str, Any]) -> Levers:
         """The levers of a record: :meth:`Choice.to_json`'s ``levers`` or one of its trials."""
-        return cls(**{name: bool(record[name]) for name in ORDER})
+        return cls(**{name: bool(record.get(name, False)) for name in ORDER})
 
 
 @dataclass

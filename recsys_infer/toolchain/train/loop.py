@@ -121,9 +121,9 @@ class TrainConfig:
     dropout: float = 0.2
     item_head_hidden: int = 1024
     last_item_residual: bool = True
-    item_offsets: bool = False
-    # A lever (see levers.py): auto leaves it to trials on the validation split, each this many
+    # Levers (see levers.py): auto leaves each to trials on the validation split, each this many
     # epochs long (to the first validation at or after it).
+    item_offsets: Lever = Lever.OFF
     whiten: Lever = Lever.OFF
     trial_epochs: int = 15
     # False (the default): items the training part never shows are left out of the softmax, so
@@ -139,7 +139,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "user_tower", UserTowerKind(self.user_tower))
-        object.__setattr__(self, "whiten", _lever(self.whiten))
+        for name in LEVER_ORDER:
+            object.__setattr__(self, name, _lever(getattr(self, name)))
         if self.pooling is not None:
             object.__setattr__(self, "pooling", Pooling(self.pooling))
         for name, value in KIND_DEFAULTS[self.user_tower].items():
