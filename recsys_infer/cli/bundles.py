@@ -22,8 +22,8 @@ from .common import (
     Reference,
     fidelity_lines,
     friendly_errors,
-    fusion_lines,
     rare,
+    scoring_lines,
     step_summary,
     write_json,
 )
@@ -96,10 +96,8 @@ def export(
     if by_kind:
         recalls = ", ".join(f"{kind} {value:.3f}" for kind, value in by_kind.items())
         typer.echo(f"HNSW ef_search {manifest.index.ef_search}, recall@10 vs exact by query: {recalls}")
-    fusion = manifest.fusion
-    if fusion is not None:
-        for line in fusion_lines(fusion):
-            typer.echo(line)
+    for line in scoring_lines(manifest):
+        typer.echo(line)
     if result.fidelity is not None:
         fidelity_lines(result.fidelity)
     typer.echo(f"bundle: {out} ({sum(result.files.values()) / 1e6:.1f} MB)")

@@ -21,7 +21,7 @@ from typer.core import TyperCommand
 from recsys_infer.errors import FidelityError, MissingDependencyError, RecsysError
 
 if TYPE_CHECKING:
-    from recsys_infer.runtime.manifest import FusionSpec
+    from recsys_infer.runtime.manifest import FusionSpec, Manifest
     from recsys_infer.runtime.types import Recommendation
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -271,6 +271,23 @@ def step_summary(result: Any) -> None:
 
     onnx_mb = sum(v for k, v in result.files.items() if k.endswith(".onnx") or k == SHARED) / 1e6
     typer.echo(f"bundle: {result.bundle} (graphs {onnx_mb:.1f} MB, {result.seconds:.0f} s)")
+
+
+def scoring_lines(manifest: Manifest) -> list[str]:
+    """How a bundle scores what the export chose on validation: its spaces' weights and the
+    penalty on history items allowed back."""
+    lines = fusion_lines(manifest.fusion) if manifest.fusion is not None else []
+    seen = manifest.seen
+    if seen is not None:
+        record = seen.chosen_on
+        scores = {c["penalty"]: c["ndcg@10"] for c in record.get("candidates", [])}
+        lines.append(
+            f"history items allowed back (--include-seen) lose {seen.penalty:g} of their score: "
+            f"NDCG@10 {record['chosen']['ndcg@10']:.4f} on {record.get('users', '?')} validation users "
+            f"({scores.get(0.0, float('nan')):.4f} without; {record.get('targets_in_history', '?')} "
+            "targets were history items)"
+        )
+    return lines
 
 
 def fusion_lines(fusion: FusionSpec) -> list[str]:

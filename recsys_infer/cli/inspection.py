@@ -23,10 +23,10 @@ from .common import (
     JsonOut,
     OutputFormat,
     friendly_errors,
-    fusion_lines,
     make_console,
     parity_line,
     recs_table,
+    scoring_lines,
     write_json,
 )
 
@@ -102,8 +102,7 @@ def _manifest_lines(manifest: Any) -> list[str]:
             f"user input: up to {ui.max_history} history items as text, newest first, "
             f"separated by {ui.item_separator!r}"
         )
-    if manifest.fusion is not None:
-        lines += fusion_lines(manifest.fusion)
+    lines += scoring_lines(manifest)
     if manifest.probe is not None:
         p = manifest.probe
         lines.append(f"probe: {p.histories} {p.split} histories, {p.requests} requests")

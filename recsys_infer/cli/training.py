@@ -19,11 +19,11 @@ from .common import (
     Overwrite,
     clip,
     friendly_errors,
-    fusion_lines,
     make_console,
     parity_line,
     rare,
     recs_table,
+    scoring_lines,
     write_json,
 )
 
@@ -92,8 +92,7 @@ def quickstart(
     console.print(parity_line(report.export["parity"], report.export["index_recall_at_10"]))
     from recsys_infer.runtime.bundle import read_manifest
 
-    fusion = read_manifest(report.bundle).fusion
-    for line in fusion_lines(fusion) if fusion is not None else []:
+    for line in scoring_lines(read_manifest(report.bundle)):
         console.print(line, highlight=False)
     console.print(f'bundle ready: recsys-infer recommend {report.bundle} --text "..."')
     write_json(json_out, report.to_json())

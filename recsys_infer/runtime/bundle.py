@@ -34,6 +34,7 @@ from .manifest import (
     manifest_digest,
     manifest_json,
     parse_manifest,
+    schema_version_of,
 )
 
 __all__ = [
@@ -155,7 +156,7 @@ def file_entries(directory: Path) -> dict[str, FileEntry]:
 def write_manifest(directory: Path, manifest: Manifest) -> Manifest:
     """Write ``manifest.json`` with the checksums of the directory's files, after checking that
     this version reads it back; returns what was written."""
-    version = SCHEMA_VERSION if manifest.fusion is not None else 1  # see SCHEMA_VERSIONS
+    version = schema_version_of(manifest)
     # The model card first, from this manifest, so that it is among the checksummed files.
     card = model_card(replace(manifest, schema_version=version))
     (directory / CARD).write_text(card, encoding="utf-8")

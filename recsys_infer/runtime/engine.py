@@ -40,7 +40,7 @@ from .options import (
 )
 from .providers import Placement, create_session, parse_device, plan_placement
 from .rwlock import RWLock
-from .store import EditMode, ItemStore, LocalItems, refuse_taken
+from .store import EditMode, Hit, ItemStore, LocalItems, refuse_taken
 from .tokenizer import TextTokenizer
 from .types import Query, Reason, Recommendation
 from .users import SequenceUserEncoder, TextUserEncoder, UserEncoder
@@ -176,7 +176,8 @@ class Engine:
     Unknown item ids in a history raise :class:`UnknownItemError` (there is nothing to read for
     them: no text, no vector).
     With ``exclude_seen=True`` (the default) history items are never returned; when the
-    catalogue is so small that fewer than ``k`` unseen items remain, fewer are returned.
+    catalogue is so small that fewer than ``k`` unseen items remain, fewer are returned. With
+    ``False`` they are ranked with the bundle's seen penalty off their scores (``SeenSpec``).
 
     Thread safety: every public method may be called from many threads at once. Reads
     (``recommend*``, ``encode_users``, ``explain``, ``item_ids``, ``save``) share a lock;
@@ -197,9 +198,11 @@ class Engine:
         device: Device | Placement = Device.CPU,
         manifest: Manifest | None = None,
         path: Path | None = None,
+        seen_penalty: float | None = None,
     ) -> None:
         """``store``: the catalogue's items and their index (:class:`LocalItems` or
-        :class:`~recsys_infer.runtime.milvus.MilvusIndex`)."""
+        :class:`~recsys_infer.runtime.milvus.MilvusIndex`). ``seen_penalty``: what history
+        items lose when they may be returned (default: the manifest's, else 0)."""
         if user_encoder.dim != item_encoder.dim or store.dim != item_encoder.dim:
             raise BundleError(
                 f"the user tower emits {user_encoder.dim}-d vectors, the item tower {item_encoder.dim}-d "
@@ -210,6 +213,9 @@ class Engine:
         self.store = store
         self.manifest = manifest
         self.path = path
+        if seen_penalty is None:
+            seen_penalty = manifest.seen.penalty if manifest is not None and manifest.seen else 0.0
+        self.seen_penalty = seen_penalty
         self._placement = device if isinstance(device, Placement) else Placement(Device(device))
         self._lock = RWLock()
         self._edits = {"added": 0, "updated": 0, "removed": 0}
@@ -499,7 +505,8 @@ class Engine:
             history: item ids the user interacted with, oldest first (``None``: none).
             text: a free-text request ("cozy mysteries set in Scotland").
             k: how many items (default 10).
-            exclude_seen: never return history items (default True).
+            exclude_seen: never return history items (default True). False lets them compete,
+                less the bundle's seen penalty (chosen on validation at export; ``info``).
             exclude: ids that must not come back.
             allow: only these ids may come back.
             where: keep items whose attributes match: a mapping of attribute to wanted value (a
@@ -548,8 +555,7 @@ class Engine:
         with self._lock.read():
             self._check_k(o)
             vectors = self.user_encoder.encode(self._all_checked(queries))
-            blocked = [o.exclude | set(q.history) if o.exclude_seen else o.exclude for q in queries]
-            hits = self.store.search(vectors, o.k, blocked=blocked, allow=o.allow, where=o.where)
+            hits = self._search(queries, vectors, o)
             results = [
                 [
                     Recommendation(item.item_id, float(score), item.text, item.attributes)
@@ -560,6 +566,26 @@ class Engine:
             if o.explain:
                 results = [self._explain(q, recs) for q, recs in zip(queries, results, strict=True)]
         return results
+
+    def _search(self, queries: Sequence[Query], vectors: np.ndarray, o: RecommendOptions) -> list[list[Hit]]:
+        """Each query's top ``o.k``. History items are left out (``exclude_seen``), or compete
+        with the bundle's seen penalty taken off their scores (:class:`SeenSpec`)."""
+        penalty = self.seen_penalty
+        if o.exclude_seen or penalty == 0:
+            blocked = [o.exclude | set(q.history) if o.exclude_seen else o.exclude for q in queries]
+            return self.store.search(vectors, o.k, blocked=blocked, allow=o.allow, where=o.where)
+        # A penalty only lowers scores, so the top k after it lie within the top k + (distinct
+        # history items) before it.
+        seen = [set(q.history) for q in queries]
+        depth = min(len(self.store), o.k + max(len(s) for s in seen))
+        hits = self.store.search(
+            vectors, depth, blocked=[o.exclude] * len(queries), allow=o.allow, where=o.where
+        )
+        out = []
+        for row, history in zip(hits, seen, strict=True):
+            scored = [(item, score - penalty if item.item_id in history else score) for item, score in row]
+            out.append(sorted(scored, key=lambda hit: -hit[1])[: o.k])  # stable: ties keep index order
+        return out
 
     # -- explanations ---------------------------------------------------------------------------
 

@@ -37,11 +37,12 @@ from recsys_infer.errors import BundleError, SchemaVersionError
 from .schema import SchemaError, decode, encode
 from .userinput import UserInputFormat
 
-SCHEMA_VERSION = 2
-#: Version 2 adds ``fusion`` (two spaces in one vector). A bundle without it is written as
-#: version 1, so older readers still load it; one with it is version 2, which they refuse
-#: instead of scoring it wrongly.
-SCHEMA_VERSIONS = (1, 2)
+SCHEMA_VERSION = 3
+#: Version 2 adds ``fusion`` (two spaces in one vector), version 3 ``seen`` (a penalty on
+#: history items that may be returned). A bundle is written with the lowest version that holds
+#: what it has (:func:`schema_version_of`), so older readers still load what they can score
+#: and refuse the rest instead of scoring it wrongly.
+SCHEMA_VERSIONS = (1, 2, 3)
 
 MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer.json"
@@ -174,6 +175,31 @@ class IndexSpec:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if self.count < 0:
             raise ValueError(f"count must not be negative, got {self.count}")
+
+
+@dataclass(frozen=True)
+class SeenSpec:
+    """What a user's own history items lose when they may be returned (``exclude_seen=False``).
+
+    A user vector is built from the history, so the history's items, the newest above all, score
+    high, whether or not the catalogue is one people come back to. ``penalty`` is taken off each
+    history item's score before ranking: 0 ranks them as scored, and :data:`MAX_SEEN_PENALTY`
+    (the widest gap two cosines can have) puts them below every other item. ``export`` chooses
+    it on the validation probe, with history items left in the ranking (``chosen_on`` keeps the
+    measurements). With ``exclude_seen=True``, the default, history items are never returned and
+    the penalty plays no part.
+    """
+
+    penalty: float = 0.0
+    chosen_on: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.penalty <= MAX_SEEN_PENALTY:
+            raise ValueError(f"penalty must be in [0, {MAX_SEEN_PENALTY}], got {self.penalty}")
+
+
+#: A seen-item penalty that ranks every history item below every other item.
+MAX_SEEN_PENALTY = 2.0
 
 
 @dataclass(frozen=True)
@@ -322,11 +348,12 @@ class Manifest:
     catalogue_edits: tuple[CatalogEdit, ...] = ()
     reindexed: Mapping[str, Any] | None = None
     fusion: FusionSpec | None = None
+    seen: SeenSpec | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.fusion is not None and self.schema_version < 2:
-            raise ValueError("fusion needs schema version 2")
+        if self.schema_version < schema_version_of(self):
+            raise ValueError(f"this manifest needs schema version {schema_version_of(self)}")
         for name in ("user", "item"):
             if name not in self.towers:
                 raise ValueError(f"towers.{name} is missing")
@@ -385,6 +412,13 @@ def parse_manifest(data: object, *, source: str = MANIFEST) -> Manifest:
         return decode(Manifest, data, "manifest")
     except SchemaError as e:
         raise BundleError(f"{source} is malformed: {e}. Rebuild the bundle: {MAKE_BUNDLE}") from e
+
+
+def schema_version_of(manifest: Manifest) -> int:
+    """The lowest schema version that holds what ``manifest`` has (see :data:`SCHEMA_VERSIONS`)."""
+    if manifest.seen is not None and manifest.seen.penalty > 0:
+        return 3
+    return 2 if manifest.fusion is not None else 1
 
 
 #: The field of ``manifest.json`` that holds the digest of the rest of it, so that an edit made

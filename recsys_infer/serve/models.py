@@ -314,6 +314,10 @@ class InfoResponse(BaseModel):
         "space: a two-space bundle joins the trained space and the encoder's text space."
     )
     index: dict[str, Any] | None
+    seen_penalty: float = Field(
+        description="What a history item's score loses when exclude_seen is false (chosen on validation "
+        "at export; 0: ranked as scored)."
+    )
     limits: dict[str, Any]
     request_cache: dict[str, int] | None = Field(
         description="hits, misses, entries, max_entries and bytes of the request cache; null when off."

@@ -66,7 +66,7 @@ def test_an_edit_to_the_manifest_is_refused_at_load(bundle_copy: Path) -> None:
         (lambda d: d["towers"]["item"].update(precision="fp8"), "expected one of 'fp32'"),
         (lambda d: d["towers"]["item"].pop("dim"), "towers.item.dim: required"),
         (lambda d: d.update(compression={}), "compression: expected a list"),
-        (lambda d: d.update(fusion={"dims": [4, 4]}), "fusion needs schema version 2"),
+        (lambda d: d.update(fusion={"dims": [4, 4]}), "needs schema version 2"),
         (
             lambda d: d.update(schema_version=2, fusion={"dims": [4, 4]}),
             "fusion applies to a sequence user tower",
@@ -75,6 +75,8 @@ def test_an_edit_to_the_manifest_is_refused_at_load(bundle_copy: Path) -> None:
             lambda d: d.update(schema_version=2, fusion={"dims": [4, 4], "request": [0, 0]}),
             "fusion.request must be",
         ),
+        (lambda d: d.update(schema_version=2, seen={"penalty": 0.1}), "needs schema version 3"),
+        (lambda d: d.update(schema_version=3, seen={"penalty": 5}), "seen.penalty: must be in [0, 2.0]"),
     ],
 )
 def test_malformed_manifests_are_bundle_errors(bundle_copy: Path, change: Any, words: str) -> None:

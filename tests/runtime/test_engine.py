@@ -93,6 +93,32 @@ def test_recommend_by_text_and_history(handmade: Engine) -> None:
     assert handmade.user_text(Query(history=("n1", "t1"), text="stove")) == "stove || tent ; novel"
 
 
+@pytest.mark.parametrize("penalty", [0.05, 0.3, 2.0])
+def test_history_items_allowed_back_compete_less_the_seen_penalty(handmade: Engine, penalty: float) -> None:
+    engine = Engine(
+        user_encoder=handmade.user_encoder, item_encoder=handmade.item_encoder, store=handmade.store,
+        seen_penalty=penalty,
+    )  # fmt: skip
+    vectors = handmade.item_encoder.encode(handmade.store.catalog.texts)
+    for history, text in [(["t1"], "tent"), (["t1", "s1"], "tent stove"), (["n1", "k1", "t2"], None)]:
+        query = engine.encode_users([Query(history, text)])[0]
+        scores = {
+            item.item_id: float(v @ query) for item, v in zip(handmade.store.catalog, vectors, strict=True)
+        }
+        expected = sorted(
+            ((i, s - penalty if i in history else s) for i, s in scores.items()), key=lambda p: -p[1]
+        )[:3]
+        got = engine.recommend(history=history, text=text, k=3, exclude_seen=False)
+        assert [r.item_id for r in got] == [i for i, _ in expected]
+        assert [r.score for r in got] == pytest.approx([s for _, s in expected], abs=1e-5)
+        # Excluding history items is unchanged by the penalty.
+        kept = [r.item_id for r in engine.recommend(history=history, text=text, k=2)]
+        assert kept == [r.item_id for r in handmade.recommend(history=history, text=text, k=2)]
+    # A small penalty still lets an exact match through; the largest never does.
+    top = engine.recommend(history=["t1"], text="tent", k=1, exclude_seen=False)[0].item_id
+    assert top == ("t1" if penalty < 0.1 else "t2")
+
+
 def test_fewer_results_when_history_covers_the_catalog(handmade: Engine) -> None:
     recs = handmade.recommend(history=["t1", "t2", "s1", "n1"], k=5)
     assert [r.item_id for r in recs] == ["k1"]

@@ -128,6 +128,27 @@ def test_sequence_bundle_parity_and_serving(seq_bundle: Path) -> None:
     np.testing.assert_array_equal(engine.encode_users([{"history": probe["histories"][0]}])[0], hist)
 
 
+def test_the_seen_penalty_is_the_best_on_validation_with_history_items_left_in(seq_bundle: Path) -> None:
+    from recsys_infer.toolchain.export.fusion import SEEN_PENALTIES
+
+    seen = read_manifest(seq_bundle).seen
+    assert seen is not None
+    record = seen.chosen_on
+    scores = {c["penalty"]: c["ndcg@10"] for c in record["candidates"]}
+    assert list(scores) == list(SEEN_PENALTIES) and scores[seen.penalty] == max(scores.values())
+    assert seen.penalty == min(p for p, v in scores.items() if v == max(scores.values()))
+    # The engine, asked to leave history items in, scores the validation users as recorded.
+    engine = Engine.load(seq_bundle, device="cpu", exact=True)
+    probe = json.loads((seq_bundle / "probe.json").read_text())
+    pairs = list(zip(probe["histories"], probe["targets"], strict=True))
+    assert record["users"] == len(pairs) > 0
+    recs = engine.recommend_batch([{"history": h} for h, _ in pairs], k=10, exclude_seen=False)
+    ranks = [[r.item_id for r in row].index(t) + 1 if t in [r.item_id for r in row] else 0
+             for row, (_, t) in zip(recs, pairs, strict=True)]  # fmt: skip
+    ndcg = sum(1 / np.log2(r + 1) for r in ranks if r) / len(pairs)
+    assert ndcg == pytest.approx(record["chosen"]["ndcg@10"], abs=2e-3)
+
+
 def test_single_space_export_keeps_the_trained_space_alone(
     seq_checkpoint: Path, seq_bundle: Path, tmp_path: Path
 ) -> None:
@@ -135,8 +156,11 @@ def test_single_space_export_keeps_the_trained_space_alone(
 
     export_bundle(seq_checkpoint, tmp_path / "one", config=ExportConfig(text_space=False), progress=False)
     manifest = read_manifest(tmp_path / "one")
-    assert manifest.fusion is None and manifest.schema_version == 1  # older readers still load it
-    assert read_manifest(seq_bundle).schema_version == 2
+    # Older readers still load a bundle without fusion (version 1) or without a seen penalty (2).
+    penalised = manifest.seen is not None and manifest.seen.penalty > 0
+    assert manifest.fusion is None and manifest.schema_version == (3 if penalised else 1)
+    two_spaces = read_manifest(seq_bundle)
+    assert two_spaces.schema_version == (3 if two_spaces.seen and two_spaces.seen.penalty > 0 else 2)
     one = Engine.load(tmp_path / "one", device="cpu", exact=True)
     two = Engine.load(seq_bundle, device="cpu", exact=True)
     assert one.dim * 2 == two.dim

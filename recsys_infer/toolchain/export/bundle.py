@@ -49,6 +49,7 @@ from recsys_infer.runtime.manifest import (
     ProbeSpec,
     Provenance,
     ReferenceSpec,
+    SeenSpec,
     TokenizerSpec,
     TowerSpec,
 )
@@ -56,7 +57,7 @@ from recsys_infer.runtime.providers import create_session
 from recsys_infer.runtime.tokenizer import TextTokenizer
 from recsys_infer.runtime.users import SequenceUserEncoder, add_offsets
 from recsys_infer.toolchain.export.fidelity import check_answers, check_gate, measure_fidelity, reference_of
-from recsys_infer.toolchain.export.fusion import ProbeQueries, choose_fusion
+from recsys_infer.toolchain.export.fusion import ProbeQueries, choose_fusion, choose_seen_penalty
 from recsys_infer.toolchain.export.onnx_export import export_sequence, export_tower
 from recsys_infer.toolchain.export.parity import (
     check_parity,
@@ -210,6 +211,7 @@ class _Checked:
     # A two-space bundle's probe queries by kind ("history", "request", "history + request"):
     # each kind sits differently in the joined space, so the index is checked on each.
     query_kinds: dict[str, np.ndarray] = field(default_factory=dict)
+    seen: SeenSpec | None = None
 
 
 def _check_and_encode(
@@ -286,7 +288,22 @@ def _check_and_encode(
     users = user_encoder(fusion)
     history_queries = users.encode_histories(histories[:200])
     kinds = {} if fusion is None else _query_kinds(ckpt, users, history_queries)
-    return _Checked(parity, vectors, history_queries, offsets is not None, fusion, kinds)
+    seen = _choose_seen(ckpt, users, vectors, label)
+    return _Checked(parity, vectors, history_queries, offsets is not None, fusion, kinds, seen)
+
+
+def _choose_seen(
+    ckpt: Checkpoint, users: SequenceUserEncoder, vectors: np.ndarray, label: dict[str, int]
+) -> SeenSpec | None:
+    """The seen penalty chosen on the probe's validation users (``None`` without a probe)."""
+    examples = _probe_examples(ckpt)
+    if not examples:
+        return None
+    queries = users.encode_histories([h for h, _, _ in examples])
+    histories = [[label[i] for i in h] for h, _, _ in examples]
+    seen = choose_seen_penalty(queries, vectors, histories, [label[t] for _, t, _ in examples])
+    logger.info("seen penalty %s chosen on validation: %s", seen.penalty, seen.chosen_on["chosen"])
+    return seen
 
 
 def _probe_examples(ckpt: Checkpoint) -> list[tuple[list[str], str, str | None]]:
@@ -419,6 +436,7 @@ def _manifest(
             built_with="item tower of this bundle",
             offsets_file=ITEM_OFFSETS if checked.has_offsets else None,
         ),
+        seen=checked.seen,
         catalog=CatalogSpec(CATALOG, len(catalog)),
         probe=(
             ProbeSpec(

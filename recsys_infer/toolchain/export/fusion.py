@@ -13,6 +13,9 @@ chooses here, on the probe's validation users, how much each query kind reads of
   block reads a request exactly as the untrained encoder would;
 - history plus request: the share of each.
 
+It also chooses the bundle's seen penalty (:func:`choose_seen_penalty`): how much a history's own
+items lose when a caller lets them be returned.
+
 Every choice includes the plain alternatives (trained space alone, text alone), so on the
 validation users the chosen weights are never worse than either; ``chosen_on`` records each
 candidate's score so that the choice can be checked. The test split is never read.
@@ -28,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from recsys_infer.runtime.manifest import FusionSpec
+from recsys_infer.runtime.manifest import MAX_SEEN_PENALTY, FusionSpec, SeenSpec
 from recsys_infer.runtime.users import unit_rows
 
 logger = logging.getLogger(__name__)
@@ -42,6 +45,8 @@ REQUEST_TRAINED_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 #: The history's share tried for queries with both a history and a request.
 MIXES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 METRIC = "ndcg@10"
+#: Seen penalties tried (the largest ranks every history item below every other item).
+SEEN_PENALTIES = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, MAX_SEEN_PENALTY)
 
 
 @dataclass(frozen=True)
@@ -219,3 +224,41 @@ def _fields(spec: FusionSpec) -> dict[str, Any]:
         "request": spec.request,
         "mix": spec.mix,
     }
+
+
+def choose_seen_penalty(
+    queries: np.ndarray, item_vectors: np.ndarray, histories: Sequence[Sequence[int]], targets: Sequence[int]
+) -> SeenSpec:
+    """The penalty on history items with the best validation NDCG@10, history items left in the
+    ranking (as ``exclude_seen=False`` serves them); the smallest on a tie.
+
+    ``queries``: the engine's unit query vectors of ``histories`` (catalogue rows); scores are
+    their inner products with ``item_vectors``, as an exact search ranks them.
+    """
+    gains = np.zeros(len(SEEN_PENALTIES))
+    repeats = 0
+    for start in range(0, len(targets), 256):
+        scores = queries[start : start + 256] @ item_vectors.T
+        rows = np.arange(len(scores))
+        seen = np.zeros(scores.shape, dtype=bool)
+        for row, history in enumerate(histories[start : start + 256]):
+            seen[row, list(history)] = True
+        target = np.asarray(targets[start : start + 256])
+        repeats += int(seen[rows, target].sum())
+        for n, penalty in enumerate(SEEN_PENALTIES):
+            adjusted = scores - np.float32(penalty) * seen
+            rank = (adjusted > adjusted[rows, target][:, None]).sum(axis=1) + 1
+            gains[n] += float(np.where(rank <= 10, 1.0 / np.log2(rank + 1.0), 0.0).sum())
+    values = gains / max(1, len(targets))
+    best = int(np.argmax(values > values.max() - 1e-9))  # the first (smallest) of the best
+    record = {
+        "split": "validation",
+        "metric": METRIC,
+        "users": len(targets),
+        "targets_in_history": repeats,
+        "chosen": {"penalty": SEEN_PENALTIES[best], METRIC: round(float(values[best]), 5)},
+        "candidates": [
+            {"penalty": p, METRIC: round(float(v), 5)} for p, v in zip(SEEN_PENALTIES, values, strict=True)
+        ],
+    }
+    return SeenSpec(penalty=SEEN_PENALTIES[best], chosen_on=record)
