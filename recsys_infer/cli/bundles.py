@@ -51,6 +51,15 @@ def export(
             show_default="the recipe's, else text-space",
         ),
     ] = None,
+    seen_penalty: Annotated[
+        bool | None,
+        typer.Option(
+            "--seen-penalty/--no-seen-penalty",
+            help="Sequence models: choose on validation what history items lose when allowed back "
+            "(--include-seen); --no-seen-penalty: they are ranked as scored.",
+            show_default="the recipe's, else seen-penalty",
+        ),
+    ] = None,
     reference: Reference = None,
     max_overlap_drop: MaxDrop = None,
     overwrite: Overwrite = False,
@@ -70,6 +79,8 @@ def export(
     config = export_config_from_recipe(read_recipe(recipe), source=str(recipe)) if recipe else ExportConfig()
     if text_space is not None:
         config = replace(config, text_space=text_space)
+    if seen_penalty is not None:
+        config = replace(config, seen_penalty=seen_penalty)
     result = export_bundle(
         checkpoint,
         out,

@@ -156,6 +156,11 @@ def test_single_space_export_keeps_the_trained_space_alone(
 
     export_bundle(seq_checkpoint, tmp_path / "one", config=ExportConfig(text_space=False), progress=False)
     manifest = read_manifest(tmp_path / "one")
+    assert manifest.seen is not None  # a one-space bundle chooses its seen penalty too
+    config = ExportConfig(text_space=False, seen_penalty=False)
+    export_bundle(seq_checkpoint, tmp_path / "raw", config=config, progress=False)
+    assert read_manifest(tmp_path / "raw").seen is None  # as bundles were before
+    assert Engine.load(tmp_path / "raw", device="cpu").seen_penalty == 0.0
     # Older readers still load a bundle without fusion (version 1) or without a seen penalty (2).
     penalised = manifest.seen is not None and manifest.seen.penalty > 0
     assert manifest.fusion is None and manifest.schema_version == (3 if penalised else 1)

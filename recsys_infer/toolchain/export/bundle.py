@@ -288,7 +288,7 @@ def _check_and_encode(
     users = user_encoder(fusion)
     history_queries = users.encode_histories(histories[:200])
     kinds = {} if fusion is None else _query_kinds(ckpt, users, history_queries)
-    seen = _choose_seen(ckpt, users, vectors, label)
+    seen = _choose_seen(ckpt, users, vectors, label) if config.seen_penalty else None
     return _Checked(parity, vectors, history_queries, offsets is not None, fusion, kinds, seen)
 
 

@@ -30,6 +30,9 @@ class ExportConfig:
     # weighed per query kind on the validation probe (runtime.manifest.FusionSpec). False: the
     # trained space alone, as bundles were before (requests then read the trained head).
     text_space: bool = True
+    # A sequence bundle's penalty on history items allowed back (exclude_seen=False), chosen on
+    # the validation probe (runtime.manifest.SeenSpec). False: none, as bundles were before.
+    seen_penalty: bool = True
 
     def __post_init__(self) -> None:
         if not 14 <= self.opset <= 21:
