@@ -28,6 +28,25 @@ from .common import (
     write_json,
 )
 
+TextSpace = Annotated[
+    bool | None,
+    typer.Option(
+        "--text-space/--no-text-space",
+        help="Sequence models: keep the pretrained text space beside the trained one, weighed "
+        "per query kind on validation; --no-text-space: the trained space alone.",
+        show_default="the recipe's, else text-space",
+    ),
+]
+SeenPenalty = Annotated[
+    bool | None,
+    typer.Option(
+        "--seen-penalty/--no-seen-penalty",
+        help="Sequence models: choose on validation what history items lose when allowed back "
+        "(--include-seen); --no-seen-penalty: they are ranked as scored.",
+        show_default="the recipe's, else seen-penalty",
+    ),
+]
+
 
 @app.command(rich_help_panel="Bundles and compression", cls=Command)
 @friendly_errors
@@ -42,24 +61,8 @@ def export(
         ),
     ] = None,
     probe: Annotated[bool, typer.Option("--probe/--no-probe", help="Carry the validation probe set.")] = True,
-    text_space: Annotated[
-        bool | None,
-        typer.Option(
-            "--text-space/--no-text-space",
-            help="Sequence models: keep the pretrained text space beside the trained one, weighed "
-            "per query kind on validation; --no-text-space: the trained space alone.",
-            show_default="the recipe's, else text-space",
-        ),
-    ] = None,
-    seen_penalty: Annotated[
-        bool | None,
-        typer.Option(
-            "--seen-penalty/--no-seen-penalty",
-            help="Sequence models: choose on validation what history items lose when allowed back "
-            "(--include-seen); --no-seen-penalty: they are ranked as scored.",
-            show_default="the recipe's, else seen-penalty",
-        ),
-    ] = None,
+    text_space: TextSpace = None,
+    seen_penalty: SeenPenalty = None,
     reference: Reference = None,
     max_overlap_drop: MaxDrop = None,
     overwrite: Overwrite = False,
