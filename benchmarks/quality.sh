@@ -108,4 +108,13 @@ json.dump(d, open(p, "w"), indent=2)' "$out/default-ef64-bundle/manifest.json"
   # The bundle as export makes it now (ef_search chosen on the probe), requests included.
   $CLI evaluate "$out/default-bundle" "$out/zero-shot-bundle" --data "$DATA/$d" --exclude-seen --requests \
     --json "$out/evaluate-default-chosen-ef.json"
+  # Issue 39: whitening alone against the default, and the seen penalty (the default's
+  # checkpoint exported without it is the default as it was), history items left out and in.
+  train whitened --whiten on ${DEFAULT_BUDGET[$d]}
+  [ -d "$out/default-raw-bundle" ] || $CLI export "$out/default" --out "$out/default-raw-bundle" \
+    --no-seen-penalty --json "$out/default-raw.export.json"
+  $CLI evaluate "$out/default-bundle" "$out/whitened-bundle" --data "$DATA/$d" --exclude-seen --requests \
+    --json "$out/evaluate-levers.json"
+  $CLI evaluate "$out/default-raw-bundle" "$out/default-bundle" "$out/whitened-bundle" --data "$DATA/$d" \
+    --include-seen --requests --json "$out/evaluate-levers-include-seen.json"
 done
