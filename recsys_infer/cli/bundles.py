@@ -28,6 +28,7 @@ from .common import (
     write_json,
 )
 
+_SCORING = "How a sequence bundle scores (chosen on validation)"
 TextSpace = Annotated[
     bool | None,
     typer.Option(
@@ -35,6 +36,7 @@ TextSpace = Annotated[
         help="Sequence models: keep the pretrained text space beside the trained one, weighed "
         "per query kind on validation; --no-text-space: the trained space alone.",
         show_default="the recipe's, else text-space",
+        **rare(_SCORING),
     ),
 ]
 SeenPenalty = Annotated[
@@ -44,6 +46,7 @@ SeenPenalty = Annotated[
         help="Sequence models: choose on validation what history items lose when allowed back "
         "(--include-seen); --no-seen-penalty: they are ranked as scored.",
         show_default="the recipe's, else seen-penalty",
+        **rare(_SCORING),
     ),
 ]
 
@@ -63,6 +66,7 @@ def export(
     probe: Annotated[bool, typer.Option("--probe/--no-probe", help="Carry the validation probe set.")] = True,
     text_space: TextSpace = None,
     seen_penalty: SeenPenalty = None,
+    _help_all: HelpAll = False,
     reference: Reference = None,
     max_overlap_drop: MaxDrop = None,
     overwrite: Overwrite = False,

@@ -195,7 +195,7 @@ class SeenSpec:
 
     def __post_init__(self) -> None:
         if not 0 <= self.penalty <= MAX_SEEN_PENALTY:
-            raise ValueError(f"penalty must be in [0, {MAX_SEEN_PENALTY}], got {self.penalty}")
+            raise ValueError(f"penalty: must be in [0, {MAX_SEEN_PENALTY}], got {self.penalty}")
 
 
 #: A seen-item penalty that ranks every history item below every other item.
