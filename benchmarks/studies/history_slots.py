@@ -44,7 +44,7 @@ def main() -> None:
         "bundle": str(args.bundle),
         "data": str(args.data),
         "users": n,
-        "seen_penalty": engine.seen_penalty,
+        "seen_penalty": {"history": engine.seen.penalty, "history + request": engine.seen.with_request},
         "history_items_per_top_10": round(sum(by_rank.values()) / n, 3),
         "history_items_by_rank": dict(sorted(by_rank.items())),
         "newest_item_first": round(newest_first / n, 3),

@@ -279,14 +279,19 @@ def scoring_lines(manifest: Manifest) -> list[str]:
     lines = fusion_lines(manifest.fusion) if manifest.fusion is not None else []
     seen = manifest.seen
     if seen is not None:
-        record = seen.chosen_on
-        scores = {c["penalty"]: c["ndcg@10"] for c in record.get("candidates", [])}
-        lines.append(
-            f"history items allowed back (--include-seen) lose {seen.penalty:g} of their score: "
-            f"NDCG@10 {record['chosen']['ndcg@10']:.4f} on {record.get('users', '?')} validation users "
-            f"({scores.get(0.0, float('nan')):.4f} without; {record.get('targets_in_history', '?')} "
-            "targets were history items)"
-        )
+        lines.append("history items allowed back (--include-seen) lose, chosen on validation (NDCG@10):")
+        for kind, penalty in (("history", seen.penalty), ("history + request", seen.with_request)):
+            record = seen.chosen_on.get(kind)
+            if not isinstance(record, dict):
+                lines.append(f"  {kind}: {penalty:g} (not measured)")
+                continue
+            scores = {c["penalty"]: c["ndcg@10"] for c in record.get("candidates", [])}
+            without = scores.get(0.0, float("nan"))
+            repeats, users = record.get("targets_in_history", "?"), record.get("users", "?")
+            lines.append(
+                f"  {kind}: {penalty:g} -> {record['chosen']['ndcg@10']:.4f} ({without:.4f} without; "
+                f"{repeats} of {users} targets in the history)"
+            )
     return lines
 
 

@@ -26,7 +26,7 @@ from .cache import CachedEncoder, CacheStats
 from .catalog import Catalog, Item
 from .encoder import CPU_BATCH_TOKENS, Encoder, OnnxEncoder
 from .index import ExactIndex, HnswIndex, HnswParams, Index
-from .manifest import CatalogEdit
+from .manifest import CatalogEdit, SeenSpec
 from .options import (
     AttributeFilter,
     RecommendOptions,
@@ -198,11 +198,11 @@ class Engine:
         device: Device | Placement = Device.CPU,
         manifest: Manifest | None = None,
         path: Path | None = None,
-        seen_penalty: float | None = None,
+        seen: SeenSpec | None = None,
     ) -> None:
         """``store``: the catalogue's items and their index (:class:`LocalItems` or
-        :class:`~recsys_infer.runtime.milvus.MilvusIndex`). ``seen_penalty``: what history
-        items lose when they may be returned (default: the manifest's, else 0)."""
+        :class:`~recsys_infer.runtime.milvus.MilvusIndex`). ``seen``: what history items lose
+        when they may be returned (default: the manifest's, else nothing)."""
         if user_encoder.dim != item_encoder.dim or store.dim != item_encoder.dim:
             raise BundleError(
                 f"the user tower emits {user_encoder.dim}-d vectors, the item tower {item_encoder.dim}-d "
@@ -213,9 +213,9 @@ class Engine:
         self.store = store
         self.manifest = manifest
         self.path = path
-        if seen_penalty is None:
-            seen_penalty = manifest.seen.penalty if manifest is not None and manifest.seen else 0.0
-        self.seen_penalty = seen_penalty
+        if seen is None:
+            seen = manifest.seen if manifest is not None and manifest.seen else SeenSpec()
+        self.seen = seen
         self._placement = device if isinstance(device, Placement) else Placement(Device(device))
         self._lock = RWLock()
         self._edits = {"added": 0, "updated": 0, "removed": 0}
@@ -570,8 +570,8 @@ class Engine:
     def _search(self, queries: Sequence[Query], vectors: np.ndarray, o: RecommendOptions) -> list[list[Hit]]:
         """Each query's top ``o.k``. History items are left out (``exclude_seen``), or compete
         with the bundle's seen penalty taken off their scores (:class:`SeenSpec`)."""
-        penalty = self.seen_penalty
-        if o.exclude_seen or penalty == 0:
+        penalties = [self.seen.of(q) for q in queries]
+        if o.exclude_seen or not any(penalties):
             blocked = [o.exclude | set(q.history) if o.exclude_seen else o.exclude for q in queries]
             return self.store.search(vectors, o.k, blocked=blocked, allow=o.allow, where=o.where)
         # A penalty only lowers scores, so the top k after it lie within the top k + (distinct
@@ -582,7 +582,7 @@ class Engine:
             vectors, depth, blocked=[o.exclude] * len(queries), allow=o.allow, where=o.where
         )
         out = []
-        for row, history in zip(hits, seen, strict=True):
+        for row, history, penalty in zip(hits, seen, penalties, strict=True):
             scored = [(item, score - penalty if item.item_id in history else score) for item, score in row]
             out.append(sorted(scored, key=lambda hit: -hit[1])[: o.k])  # stable: ties keep index order
         return out

@@ -29,13 +29,16 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from recsys_infer.enums import Consistency, Pooling, Precision, Space, VectorStorage
 from recsys_infer.errors import BundleError, SchemaVersionError
 
 from .schema import SchemaError, decode, encode
 from .userinput import UserInputFormat
+
+if TYPE_CHECKING:
+    from .types import Query
 
 SCHEMA_VERSION = 3
 #: Version 2 adds ``fusion`` (two spaces in one vector), version 3 ``seen`` (a penalty on
@@ -182,20 +185,27 @@ class SeenSpec:
     """What a user's own history items lose when they may be returned (``exclude_seen=False``).
 
     A user vector is built from the history, so the history's items, the newest above all, score
-    high, whether or not the catalogue is one people come back to. ``penalty`` is taken off each
-    history item's score before ranking: 0 ranks them as scored, and :data:`MAX_SEEN_PENALTY`
-    (the widest gap two cosines can have) puts them below every other item. ``export`` chooses
-    it on the validation probe, with history items left in the ranking (``chosen_on`` keeps the
-    measurements). With ``exclude_seen=True``, the default, history items are never returned and
-    the penalty plays no part.
+    high, whether or not the catalogue is one people come back to. A penalty is taken off each
+    history item's score before ranking: ``penalty`` for a history alone, ``with_request`` for a
+    history sent with a request (which may name an item bought before). 0 ranks them as scored,
+    and :data:`MAX_SEEN_PENALTY` (the widest gap two cosines can have) puts them below every
+    other item. ``export`` chooses each on the validation probe, with history items left in the
+    ranking (``chosen_on`` keeps the measurements). With ``exclude_seen=True``, the default,
+    history items are never returned and the penalty plays no part.
     """
 
     penalty: float = 0.0
+    with_request: float = 0.0
     chosen_on: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not 0 <= self.penalty <= MAX_SEEN_PENALTY:
-            raise ValueError(f"penalty: must be in [0, {MAX_SEEN_PENALTY}], got {self.penalty}")
+        for name in ("penalty", "with_request"):
+            if not 0 <= getattr(self, name) <= MAX_SEEN_PENALTY:
+                raise ValueError(f"{name}: must be in [0, {MAX_SEEN_PENALTY}], got {getattr(self, name)}")
+
+    def of(self, query: Query) -> float:
+        """The penalty for this query's history items."""
+        return self.with_request if query.text else self.penalty
 
 
 #: A seen-item penalty that ranks every history item below every other item.
@@ -416,7 +426,7 @@ def parse_manifest(data: object, *, source: str = MANIFEST) -> Manifest:
 
 def schema_version_of(manifest: Manifest) -> int:
     """The lowest schema version that holds what ``manifest`` has (see :data:`SCHEMA_VERSIONS`)."""
-    if manifest.seen is not None and manifest.seen.penalty > 0:
+    if manifest.seen is not None and max(manifest.seen.penalty, manifest.seen.with_request) > 0:
         return 3
     return 2 if manifest.fusion is not None else 1
 

@@ -396,7 +396,7 @@ class Service:
             "spaces": _spaces(engine),
             # the live count: edits since the bundle was written included
             "index": {**encode(engine.manifest.index), "count": len(engine)} if engine.manifest else None,
-            "seen_penalty": engine.seen_penalty,
+            "seen_penalty": {"history": engine.seen.penalty, "history + request": engine.seen.with_request},
             "limits": self.settings.to_json(),
             "request_cache": dataclasses.asdict(cache) if (cache := engine.request_cache()) else None,
             "replica": self.replica.name if self.replica else None,

@@ -314,9 +314,9 @@ class InfoResponse(BaseModel):
         "space: a two-space bundle joins the trained space and the encoder's text space."
     )
     index: dict[str, Any] | None
-    seen_penalty: float = Field(
-        description="What a history item's score loses when exclude_seen is false (chosen on validation "
-        "at export; 0: ranked as scored)."
+    seen_penalty: dict[str, float] = Field(
+        description="What a history item's score loses when exclude_seen is false, for a history alone "
+        "and for a history with a request (chosen on validation at export; 0: ranked as scored)."
     )
     limits: dict[str, Any]
     request_cache: dict[str, int] | None = Field(

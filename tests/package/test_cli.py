@@ -131,8 +131,10 @@ def test_the_default_model_is_the_sequence_kind_with_two_spaces(
     assert code == 0 and "two spaces: trained" in out, out
     info = json.loads((tmp_path / "info.json").read_text())
     assert info["fusion"]["chosen_on"]["split"] == info["seen"]["chosen_on"]["split"] == "validation"
-    assert info["schema_version"] == (3 if info["seen"]["penalty"] > 0 else 2)
-    assert "history items allowed back (--include-seen) lose" in out, out
+    assert info["schema_version"] == (
+        3 if max(info["seen"]["penalty"], info["seen"]["with_request"]) > 0 else 2
+    )
+    assert "history items allowed back (--include-seen) lose" in out and "  history + request: " in out, out
     code, out = invoke("export", str(ckpt), "--out", str(tmp_path / "one"), "--no-text-space")
     assert code == 0 and "two spaces" not in out, out
     code, out = invoke(

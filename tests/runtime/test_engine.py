@@ -25,6 +25,7 @@ from recsys_infer.ranking import recall_at_k
 from recsys_infer.runtime import providers
 from recsys_infer.runtime.catalog import Catalog, Item
 from recsys_infer.runtime.index import ExactIndex
+from recsys_infer.runtime.manifest import SeenSpec
 from recsys_infer.runtime.store import LocalItems
 from recsys_infer.runtime.userinput import UserInputFormat
 from recsys_infer.runtime.users import TextUserEncoder
@@ -97,7 +98,7 @@ def test_recommend_by_text_and_history(handmade: Engine) -> None:
 def test_history_items_allowed_back_compete_less_the_seen_penalty(handmade: Engine, penalty: float) -> None:
     engine = Engine(
         user_encoder=handmade.user_encoder, item_encoder=handmade.item_encoder, store=handmade.store,
-        seen_penalty=penalty,
+        seen=SeenSpec(penalty=penalty, with_request=penalty),
     )  # fmt: skip
     vectors = handmade.item_encoder.encode(handmade.store.catalog.texts)
     for history, text in [(["t1"], "tent"), (["t1", "s1"], "tent stove"), (["n1", "k1", "t2"], None)]:
@@ -117,6 +118,12 @@ def test_history_items_allowed_back_compete_less_the_seen_penalty(handmade: Engi
     # A small penalty still lets an exact match through; the largest never does.
     top = engine.recommend(history=["t1"], text="tent", k=1, exclude_seen=False)[0].item_id
     assert top == ("t1" if penalty < 0.1 else "t2")
+    # A history sent with a request has its own penalty.
+    alone = Engine(
+        user_encoder=handmade.user_encoder, item_encoder=handmade.item_encoder, store=handmade.store,
+        seen=SeenSpec(penalty=penalty, with_request=0.0),
+    )  # fmt: skip
+    assert alone.recommend(history=["t1"], text="tent", k=1, exclude_seen=False)[0].item_id == "t1"
 
 
 def test_fewer_results_when_history_covers_the_catalog(handmade: Engine) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from recsys_infer import Engine, Query
 from recsys_infer.data import leave_one_out
 from recsys_infer.errors import CheckpointError, QueryError
 from recsys_infer.runtime.bundle import read_manifest
+from recsys_infer.runtime.manifest import SeenSpec
 from recsys_infer.runtime.schema import encode
 from recsys_infer.runtime.users import weigh_blocks
 from recsys_infer.toolchain.train.loop import TrainConfig, hold_out_items, train
@@ -132,11 +134,12 @@ def test_the_seen_penalty_is_the_best_on_validation_with_history_items_left_in(s
     from recsys_infer.toolchain.export.fusion import SEEN_PENALTIES
 
     seen = read_manifest(seq_bundle).seen
-    assert seen is not None
-    record = seen.chosen_on
-    scores = {c["penalty"]: c["ndcg@10"] for c in record["candidates"]}
-    assert list(scores) == list(SEEN_PENALTIES) and scores[seen.penalty] == max(scores.values())
-    assert seen.penalty == min(p for p, v in scores.items() if v == max(scores.values()))
+    assert seen is not None and seen.chosen_on["split"] == "validation"
+    for kind, penalty in (("history", seen.penalty), ("history + request", seen.with_request)):
+        scores = {c["penalty"]: c["ndcg@10"] for c in seen.chosen_on[kind]["candidates"]}
+        assert list(scores) == list(SEEN_PENALTIES) and scores[penalty] == max(scores.values())
+        assert penalty == min(p for p, v in scores.items() if v == max(scores.values()))
+    record = seen.chosen_on["history"]
     # The engine, asked to leave history items in, scores the validation users as recorded.
     engine = Engine.load(seq_bundle, device="cpu", exact=True)
     probe = json.loads((seq_bundle / "probe.json").read_text())
@@ -160,12 +163,15 @@ def test_single_space_export_keeps_the_trained_space_alone(
     config = ExportConfig(text_space=False, seen_penalty=False)
     export_bundle(seq_checkpoint, tmp_path / "raw", config=config, progress=False)
     assert read_manifest(tmp_path / "raw").seen is None  # as bundles were before
-    assert Engine.load(tmp_path / "raw", device="cpu").seen_penalty == 0.0
+    assert Engine.load(tmp_path / "raw", device="cpu").seen == SeenSpec()
+
     # Older readers still load a bundle without fusion (version 1) or without a seen penalty (2).
-    penalised = manifest.seen is not None and manifest.seen.penalty > 0
-    assert manifest.fusion is None and manifest.schema_version == (3 if penalised else 1)
+    def penalised(m: Any) -> bool:
+        return m.seen is not None and max(m.seen.penalty, m.seen.with_request) > 0
+
+    assert manifest.fusion is None and manifest.schema_version == (3 if penalised(manifest) else 1)
     two_spaces = read_manifest(seq_bundle)
-    assert two_spaces.schema_version == (3 if two_spaces.seen and two_spaces.seen.penalty > 0 else 2)
+    assert two_spaces.schema_version == (3 if penalised(two_spaces) else 2)
     one = Engine.load(tmp_path / "one", device="cpu", exact=True)
     two = Engine.load(seq_bundle, device="cpu", exact=True)
     assert one.dim * 2 == two.dim

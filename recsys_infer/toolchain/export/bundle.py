@@ -295,15 +295,28 @@ def _check_and_encode(
 def _choose_seen(
     ckpt: Checkpoint, users: SequenceUserEncoder, vectors: np.ndarray, label: dict[str, int]
 ) -> SeenSpec | None:
-    """The seen penalty chosen on the probe's validation users (``None`` without a probe)."""
+    """The seen penalties chosen on the probe's validation users, for histories alone and for
+    histories with the requests made of their targets (``None`` without a probe)."""
+    from recsys_infer.runtime.types import Query
+
     examples = _probe_examples(ckpt)
     if not examples:
         return None
-    queries = users.encode_histories([h for h, _, _ in examples])
-    histories = [[label[i] for i in h] for h, _, _ in examples]
-    seen = choose_seen_penalty(queries, vectors, histories, [label[t] for _, t, _ in examples])
-    logger.info("seen penalty %s chosen on validation: %s", seen.penalty, seen.chosen_on["chosen"])
-    return seen
+
+    def chosen(picked: list[tuple[list[str], str, str | None]], queries: np.ndarray) -> tuple[float, Any]:
+        histories = [[label[i] for i in h] for h, _, _ in picked]
+        return choose_seen_penalty(queries, vectors, histories, [label[t] for _, t, _ in picked])
+
+    penalty, alone = chosen(examples, users.encode_histories([h for h, _, _ in examples]))
+    record: dict[str, Any] = {"split": "validation", "metric": "ndcg@10", "history": alone}
+    mixed = [e for e in examples if e[2]]
+    with_request = penalty
+    if mixed:
+        with_request, record["history + request"] = chosen(
+            mixed, users.encode([Query(tuple(h), r) for h, _, r in mixed])
+        )
+    logger.info("seen penalties chosen on validation: %s alone, %s with a request", penalty, with_request)
+    return SeenSpec(penalty=penalty, with_request=with_request, chosen_on=record)
 
 
 def _probe_examples(ckpt: Checkpoint) -> list[tuple[list[str], str, str | None]]:

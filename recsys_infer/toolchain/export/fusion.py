@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from recsys_infer.runtime.manifest import MAX_SEEN_PENALTY, FusionSpec, SeenSpec
+from recsys_infer.runtime.manifest import MAX_SEEN_PENALTY, FusionSpec
 from recsys_infer.runtime.users import unit_rows
 
 logger = logging.getLogger(__name__)
@@ -228,12 +228,13 @@ def _fields(spec: FusionSpec) -> dict[str, Any]:
 
 def choose_seen_penalty(
     queries: np.ndarray, item_vectors: np.ndarray, histories: Sequence[Sequence[int]], targets: Sequence[int]
-) -> SeenSpec:
+) -> tuple[float, dict[str, Any]]:
     """The penalty on history items with the best validation NDCG@10, history items left in the
-    ranking (as ``exclude_seen=False`` serves them); the smallest on a tie.
+    ranking (as ``exclude_seen=False`` serves them; the smallest on a tie), and its record.
 
-    ``queries``: the engine's unit query vectors of ``histories`` (catalogue rows); scores are
-    their inner products with ``item_vectors``, as an exact search ranks them.
+    ``queries``: the engine's unit query vectors of one kind (histories alone, or histories with
+    requests) for ``histories`` (catalogue rows); scores are their inner products with
+    ``item_vectors``, as an exact search ranks them.
     """
     gains = np.zeros(len(SEEN_PENALTIES))
     repeats = 0
@@ -252,8 +253,6 @@ def choose_seen_penalty(
     values = gains / max(1, len(targets))
     best = int(np.argmax(values > values.max() - 1e-9))  # the first (smallest) of the best
     record = {
-        "split": "validation",
-        "metric": METRIC,
         "users": len(targets),
         "targets_in_history": repeats,
         "chosen": {"penalty": SEEN_PENALTIES[best], METRIC: round(float(values[best]), 5)},
@@ -261,4 +260,4 @@ def choose_seen_penalty(
             {"penalty": p, METRIC: round(float(v), 5)} for p, v in zip(SEEN_PENALTIES, values, strict=True)
         ],
     }
-    return SeenSpec(penalty=SEEN_PENALTIES[best], chosen_on=record)
+    return SEEN_PENALTIES[best], record
