@@ -70,6 +70,8 @@ MAX_TEXT_BYTES = 65_535
 MAX_FETCH = 16_384
 #: Rows per insert and per page of a scan.
 BATCH = 2_000
+#: Tries of a collection load that fails on a transient read (see :meth:`MilvusIndex._load`).
+LOAD_TRIES = 4
 
 _FIELDS = ("item_id", "vector", "text", "attributes")
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_]{1,128}")
@@ -199,7 +201,7 @@ class MilvusIndex:
             consistency=consistency,
         )
         index._check_collection(spec)
-        index._call(client.load_collection, name)
+        index._load(name)
         return index
 
     def _check_collection(self, spec: IndexSpec) -> None:
@@ -311,8 +313,25 @@ class MilvusIndex:
                 except Exception:  # the original error is the one to report
                     logger.warning("could not drop the half-built collection %s", name, exc_info=True)
             raise
-        index._call(client.load_collection, collection)
+        index._load(collection)
         return index
+
+    def _load(self, collection: str) -> None:
+        """Load a collection for search. Milvus Lite can report a fresh index built while it is
+        still writing the index file, and a load then fails reading it ("Resource temporarily
+        unavailable"; once in about ten test runs here): such a load is tried again, a little
+        later, up to :data:`LOAD_TRIES` times."""
+        for attempt in range(1, LOAD_TRIES + 1):
+            try:
+                self._call(self._client.load_collection, collection)
+                return
+            except BackendUnavailableError as e:
+                if attempt == LOAD_TRIES or "temporarily unavailable" not in str(e).lower():
+                    raise
+                logger.info(
+                    "Milvus at %s: loading %r failed on a transient read; trying again", self.uri, collection
+                )
+                time.sleep(0.5 * attempt)
 
     def _seal(self) -> None:
         """Seal what was inserted and wait for the HNSW index of every sealed segment; the load

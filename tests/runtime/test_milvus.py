@@ -319,3 +319,40 @@ def test_a_lite_collection_may_go_into_a_new_folder(tmp_path: Path) -> None:
     )
     assert len(index) == 1
     index.close()
+
+
+def test_a_load_that_fails_on_a_transient_read_is_tried_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Milvus Lite may report a fresh index built while still writing its file; a load then
+    fails with "Resource temporarily unavailable" (seen in the setup of test_live). Only that
+    error is tried again, and not for ever."""
+    from pymilvus.exceptions import MilvusException
+
+    from recsys_infer.runtime import milvus
+
+    monkeypatch.setattr(milvus.time, "sleep", lambda seconds: None)
+
+    class Client:
+        def __init__(self, failures: int, message: str) -> None:
+            self.failures, self.message, self.calls = failures, message, 0
+
+        def load_collection(self, name: str, timeout: float | None = None) -> None:
+            self.calls += 1
+            if self.calls <= self.failures:
+                raise MilvusException(message=self.message)
+
+    def load(client: Client) -> None:
+        index = milvus.MilvusIndex(client, "items", uri="lite.db", dim=4, ef_search=64, timeout=1.0)
+        index._load("items")
+
+    transient = "read error in items.hnsw.idx: 0 != 1 (Resource temporarily unavailable)"
+    flaky = Client(2, transient)
+    load(flaky)
+    assert flaky.calls == 3
+    stuck = Client(99, transient)
+    with pytest.raises(BackendUnavailableError, match="temporarily unavailable"):
+        load(stuck)
+    assert stuck.calls == milvus.LOAD_TRIES
+    missing = Client(99, "collection not found")
+    with pytest.raises(BackendUnavailableError, match="not found"):
+        load(missing)
+    assert missing.calls == 1
