@@ -247,9 +247,7 @@ def choose_seen_penalty(
         target = np.asarray(targets[start : start + 256])
         repeats += int(seen[rows, target].sum())
         for n, penalty in enumerate(SEEN_PENALTIES):
-            adjusted = scores - np.float32(penalty) * seen
-            rank = (adjusted > adjusted[rows, target][:, None]).sum(axis=1) + 1
-            gains[n] += float(np.where(rank <= 10, 1.0 / np.log2(rank + 1.0), 0.0).sum())
+            gains[n] += _ndcg(scores - np.float32(penalty) * seen, target) * len(target)
     values = gains / max(1, len(targets))
     best = int(np.argmax(values > values.max() - 1e-9))  # the first (smallest) of the best
     record = {

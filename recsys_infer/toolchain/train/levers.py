@@ -3,8 +3,8 @@
 A lever changes what the model can learn from a catalogue, and which way it should go depends
 on the catalogue. Today there are two: whitening the encoder's item vectors
 (:class:`~.model.ItemHead`), and a learned offset per item beside its text vector, of bounded
-length (:data:`~.model.OFFSET_MAX_NORM`). A lever set to ``auto`` is chosen by trials, one lever at a time
-in :data:`ORDER`: the best model so far and the same model with that lever
+length (:data:`~.model.OFFSET_MAX_NORM`). A lever set to ``auto`` is chosen by trials, one
+lever at a time in :data:`ORDER`: the best model so far and the same model with that lever
 switched on each train for a few epochs from the same seed, and the one with the higher
 validation NDCG@10 goes on. The winner's trial is not thrown away: training carries on from it.
 Test users are never looked at.
