@@ -201,12 +201,12 @@ class LocalItems:
         where: AttributeFilter | None,
     ) -> tuple[list[int], list[float]]:
         if allowed is None and where is None:
-            # Only a few ids are blocked: fetch that many more and skip them.
-            fetch = min(len(self._label), k + len(blocked))
-            labels, scores = self.index.search(vector[None, :], fetch)
-            keep = [(int(n), float(s)) for n, s in zip(labels[0], scores[0], strict=True)
-                    if self._ids[int(n)] not in blocked]  # fmt: skip
-            return [n for n, _ in keep[:k]], [s for _, s in keep[:k]]
+            # Fetch as many more as there are blocked items in the catalogue, and drop those: in
+            # numpy, since a hostile body may block thousands (ids not in the catalogue cost nothing).
+            gone = np.fromiter((n for i in blocked if (n := self._label.get(i)) is not None), np.int64)
+            labels, scores = self.index.search(vector[None, :], min(len(self._label), k + len(gone)))
+            keep = ~np.isin(labels[0].astype(np.int64), gone)
+            return labels[0][keep][:k].tolist(), scores[0][keep][:k].tolist()
 
         def passes(label: int) -> bool:
             item_id = self._ids[label]

@@ -281,20 +281,21 @@ class Service:
                 self.metrics.pending.set(self._pending)
 
     async def recommend(self, bodies: list[Any]) -> list[list[Recommendation]]:
-        ids = sum(len(b.history) + len(b.exclude) + len(b.allow or ()) for b in bodies)
-        options: list[RecommendOptions]
-        if ids > _INLINE_IDS:  # each id is checked: thousands take milliseconds, off the event loop
-            options = await asyncio.to_thread(lambda: [b.options() for b in bodies])
-        else:
-            options = [b.options() for b in bodies]
-        cost = sum(o.cost for o in options)
-        if cost > self.settings.max_cost:
-            raise OverLimitError(
-                f"this request asks for {cost} result rows (k summed over its requests, an explained "
-                f"result counting {EXPLAIN_COST}); the limit is {self.settings.max_cost} (--max-cost). "
-                "Ask for a smaller k, fewer requests per body, or explanations for fewer of them."
-            )
-        with self.admit(len(bodies)):
+        with self.admit(len(bodies)):  # first: a body refused for overload costs nothing more
+            ids = sum(len(b.history) + len(b.exclude) + len(b.allow or ()) for b in bodies)
+            options: list[RecommendOptions]
+            if ids > _INLINE_IDS:  # each id is checked: thousands take milliseconds, off the event loop
+                options = await asyncio.to_thread(lambda: [b.options() for b in bodies])
+            else:
+                options = [b.options() for b in bodies]
+            cost = sum(o.cost for o in options)
+            if cost > self.settings.max_cost:
+                raise OverLimitError(
+                    f"this request asks for {cost} result rows (k summed over its requests, an explained "
+                    f"result counting {EXPLAIN_COST}); the limit is {self.settings.max_cost} "
+                    "(--max-cost). Ask for a smaller k, fewer requests per body, or explanations for "
+                    "fewer of them."
+                )
             calls = [
                 self.batcher.arecommend(b.history, b.text, options=o)
                 for b, o in zip(bodies, options, strict=True)
