@@ -37,6 +37,26 @@ class Device(StrEnum):
     TENSORRT = "tensorrt"
 
 
+class Backend(StrEnum):
+    """The runtime that runs a bundle's ONNX graphs on the CPU. ``ONNXRUNTIME`` always;
+    ``OPENVINO`` (the ``openvino`` extra) reads the same ``.onnx`` files and, on CPUs with bf16
+    (AMX, AVX-512 BF16), runs them in bf16 by default; ``AUTO`` times both on the bundle's probe
+    when the engine loads and takes, per tower, the faster one whose results agree with ONNX
+    Runtime's (:mod:`recsys_infer.runtime.backends`)."""
+
+    AUTO = "auto"
+    ONNXRUNTIME = "onnxruntime"
+    OPENVINO = "openvino"
+
+    @classmethod
+    def of(cls, value: str) -> Backend:
+        try:
+            return cls(str(value).strip().lower())
+        except ValueError:
+            choices = ", ".join(b.value for b in cls)
+            raise ConfigError(f"backend must be one of {choices}, got {value!r:.40}") from None
+
+
 class Spin(StrEnum):
     """When ONNX Runtime's intra-op threads busy-wait for work instead of sleeping.
 

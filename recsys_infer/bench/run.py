@@ -79,6 +79,10 @@ class BenchConfig:
     # engine within each run; ``never`` makes every operator that splits its work wake them.
     spin: Spin = Spin.RUN
     warmup: int = 5  # untimed calls before each subject's block of calls
+    # Every bundle runs under each of these runtimes (recsys_infer.enums.Backend); a bundle on
+    # any but ONNX Runtime re-encodes its catalogue through its own item tower first, so its
+    # quality is measured after reindexing, as a catalogue encoded on that runtime would serve.
+    backends: tuple[str, ...] = ("onnxruntime",)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "spin", Spin.of(self.spin))
@@ -413,21 +417,26 @@ def _load(
     dataset = data if isinstance(data, Dataset) else load_dataset(data)
     bundle_subjects: list[Subject] = []
     names = {"pytorch-fp32", "pytorch-bf16", "st-onnx", "st-onnx-int8"}
-    for path in bundles:
-        name = Path(path).name
+    for path, backend in ((p, b) for p in bundles for b in config.backends):
+        name = Path(path).name + ("" if backend == "onnxruntime" else f"@{backend}")
         if name in names:
             name = next(f"{name}-{i}" for i in range(2, len(names) + 3) if f"{name}-{i}" not in names)
         names.add(name)
-        say(f"loading bundle {path}")
-        subject = bundle_subject(
-            Path(path), threads=config.threads, name=name, device=config.device, spin=config.spin
-        )
+        say(f"loading bundle {path} on {backend}")
+        subject = bundle_subject(Path(path), threads=config.threads, name=name, device=config.device,
+                                 spin=config.spin, backend=backend)  # fmt: skip
         known = set(subject.engine.item_ids) if subject.engine is not None else set(dataset.catalog.ids)
         missing = [i for i in dataset.catalog.ids if i not in known]
         if missing:
             raise DataError(
                 f"{len(missing)} items of {dataset.name} are not in {name}'s catalogue (e.g. "
                 f"{missing[0]!r}): bench a bundle on the data it was built from"
+            )
+        if backend != "onnxruntime" and subject.engine is not None:
+            say(f"re-encoding {name}'s catalogue through its own item tower")
+            items = subject.engine.items(subject.engine.item_ids)
+            subject.engine.update_items(
+                [i.item_id for i in items], [i.text for i in items], [dict(i.attributes) for i in items]
             )
         bundle_subjects.append(subject)
     inputs = gather_inputs(dataset, config, bundle_subjects[0])

@@ -75,11 +75,17 @@ def _describe(manifest: Any) -> str:
 
 
 def bundle_subject(
-    path: Path, *, threads: int, name: str | None = None, device: str = "cpu", spin: Spin | bool = True
+    path: Path,
+    *,
+    threads: int,
+    name: str | None = None,
+    device: str = "cpu",
+    spin: Spin | bool = True,
+    backend: str = "onnxruntime",
 ) -> Subject:
     path = Path(path)
     t0 = time.perf_counter()
-    engine = Engine.load(path, device=device, threads=threads, spin=spin)
+    engine = Engine.load(path, device=device, threads=threads, spin=spin, backend=backend)
     load_s = time.perf_counter() - t0
     manifest = read_manifest(path)
     side = "request" if "request" in manifest.towers else "user"
@@ -102,6 +108,7 @@ def bundle_subject(
                 k: {"file": v.file, "precision": str(v.precision)} for k, v in manifest.towers.items()
             },
             "fidelity_at_build": manifest.fidelity.get("queries"),
+            "backends": {n: t.to_json() for n, t in engine.backends.items()},
         },
     )
 

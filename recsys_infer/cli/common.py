@@ -31,6 +31,10 @@ DEVICE_HELP = "Where the graphs run: auto, cpu, cuda, cuda:N (the N-th GPU), ten
 #: ONNX Runtime has one, else the CPU.
 DeviceOption = Annotated[str, typer.Option(help=DEVICE_HELP)]
 DEFAULT_DEVICE = "auto"
+BACKEND_HELP = (
+    "The runtime of the graphs on the CPU: onnxruntime, openvino (the openvino extra) or auto (per "
+    "tower the faster of the two on the bundle's probe, among those agreeing with ONNX Runtime)."
+)
 #: Whether a query's own history may come back, as ``recommend`` and ``evaluate`` both ask it.
 ExcludeSeen = Annotated[
     bool,

@@ -9,10 +9,11 @@ from typing import Annotated, Any
 
 import typer
 
-from recsys_infer.enums import Spin
+from recsys_infer.enums import Backend, Spin
 
 from .app import app
 from .common import (
+    BACKEND_HELP,
     DEFAULT_DEVICE,
     DEVICE_HELP,
     BundleSource,
@@ -44,6 +45,14 @@ def info(
             show_default="not loaded",
         ),
     ] = None,
+    backend: Annotated[
+        str | None,
+        typer.Option(
+            help=BACKEND_HELP + " Loads the engine (on the CPU unless --device says) and reports "
+            "which runtime runs each tower, and why.",
+            show_default="not loaded",
+        ),
+    ] = None,
     revision: HubRevision = None,
     json_out: JsonOut = None,
 ) -> None:
@@ -66,16 +75,18 @@ def info(
         f"checksums {'verified' if verify else 'not checked'}"
     )
     report = encode(manifest)
-    if device is not None:
-        report["device"] = _device_report(bundle, device)
-        running = report["device"]
+    if device is not None or backend is not None:
+        report["device"] = running = _device_report(bundle, device or "cpu", backend or "onnxruntime")
         console.print(
-            f"  device: {device} requested, the graphs run on {running['running']} "
+            f"  device: {device or 'cpu'} requested, the graphs run on {running['running']} "
             f"(providers: {', '.join(running['providers'])})"
             + (f"; fell back: {running['fallback']}" if running["fallback"] else ""),
             highlight=False,
             markup=False,
         )
+        for tower, chosen in running["backends"].items():
+            line = f"  {tower} tower runs on {chosen['backend']} ({chosen['precision']}): {chosen['why']}"
+            console.print(line, highlight=False, markup=False)
     write_json(json_out, report)
 
 
@@ -112,17 +123,18 @@ def _manifest_lines(manifest: Any) -> list[str]:
     return lines + model_lines(manifest) + data_lines(manifest) + fidelity_lines(manifest)
 
 
-def _device_report(bundle: Path, device: str) -> dict[str, Any]:
-    """Where a bundle's graphs really run when loaded on ``device``."""
+def _device_report(bundle: Path, device: str, backend: str) -> dict[str, Any]:
+    """Where a bundle's graphs really run when loaded on ``device`` with ``backend``."""
     from recsys_infer.runtime.engine import Engine
 
-    engine = Engine.load(bundle, device=device, verify=False)
-    return {
-        "requested": str(device),
-        "running": engine.device_name,
-        "providers": list(getattr(engine.item_encoder, "providers", [])),
-        "fallback": engine.device_fallback,
-    }
+    with Engine.load(bundle, device=device, verify=False, backend=backend) as engine:
+        return {
+            "requested": str(device),
+            "running": engine.device_name,
+            "providers": list(getattr(engine.item_encoder, "providers", [])),
+            "fallback": engine.device_fallback,
+            "backends": {n: t.to_json() for n, t in engine.backends.items()},
+        }
 
 
 @app.command(rich_help_panel="Inspect, evaluate and benchmark", cls=Command)
@@ -316,6 +328,13 @@ SpinOpt = Annotated[
         "threads would slow the next.",
     ),
 ]
+BackendsOpt = Annotated[
+    str,
+    typer.Option(
+        help="Comma-separated runtimes each bundle runs under: onnxruntime, openvino, auto. A bundle on "
+        "any but onnxruntime re-encodes its catalogue on that runtime first.",
+    ),
+]
 QuickOpt = Annotated[bool, typer.Option("--quick", help="A smoke test: few users, rounds and calls.")]
 
 
@@ -333,6 +352,7 @@ def bench(
     rounds: RoundsOpt = None,
     peers: PeersOpt = True,
     spin: SpinOpt = Spin.RUN,
+    backends: BackendsOpt = "onnxruntime",
     quick: QuickOpt = False,
 ) -> None:
     """Measure bundles against the PyTorch reference and sentence-transformers: speed, memory, quality."""
@@ -340,6 +360,7 @@ def bench(
     from recsys_infer.bench import plot as draw
 
     overrides: dict[str, Any] = {"threads": threads, "peers": peers, "device": device, "spin": spin}
+    overrides["backends"] = tuple(str(Backend.of(b)) for b in backends.split(",") if b.strip())
     if rounds is not None:
         overrides["rounds"] = rounds
     config = BenchConfig.quick_mode(**overrides) if quick else BenchConfig(**overrides)

@@ -13,7 +13,16 @@ import typer
 from recsys_infer.enums import Spin
 
 from .app import app
-from .common import DEFAULT_DEVICE, DEVICE_HELP, Command, HelpAll, HubRevision, friendly_errors, rare
+from .common import (
+    BACKEND_HELP,
+    DEFAULT_DEVICE,
+    DEVICE_HELP,
+    Command,
+    HelpAll,
+    HubRevision,
+    friendly_errors,
+    rare,
+)
 
 _LIMITS, _RUNTIME, _RAY = "Limits", "Runtime", "Ray Serve"
 
@@ -57,6 +66,20 @@ Threads = Annotated[
 ]
 DeviceOpt = Annotated[
     str | None, typer.Option(help=DEVICE_HELP + " (env RECSYS_INFER_DEVICE)", show_default=DEFAULT_DEVICE)
+]
+BackendOpt = Annotated[
+    str | None,
+    typer.Option(
+        help=BACKEND_HELP + " (env RECSYS_INFER_BACKEND)", show_default="onnxruntime", **rare(_RUNTIME)
+    ),
+]
+OpenVinoPrecision = Annotated[
+    str | None,
+    typer.Option(
+        help="OpenVINO's inference precision: bf16, f16 or f32. (env RECSYS_INFER_OPENVINO_PRECISION)",
+        show_default="OpenVINO's: bf16 where the CPU has it",
+        **rare(_RUNTIME),
+    ),
 ]
 ProviderOption = Annotated[
     list[str] | None,
@@ -158,6 +181,8 @@ def serve(
     access_log: AccessLog = False,
     threads: Threads = None,
     device: DeviceOpt = None,
+    backend: BackendOpt = None,
+    openvino_precision: OpenVinoPrecision = None,
     provider_option: ProviderOption = None,
     max_batch: MaxBatchOpt = None,
     max_wait_us: MaxWait = None,

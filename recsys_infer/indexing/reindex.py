@@ -72,6 +72,7 @@ class EncodingSettings:
     threads: int | None = None
     runner: ShardRunner | None = None
     shard_size: int = DEFAULT_SHARD_SIZE
+    runtime: str = "onnxruntime"  # the item tower's: onnxruntime, openvino or auto (Engine.load's backend)
 
 
 def _catalog(src: Path, items: Path | None, manifest: Manifest) -> tuple[Catalog, str]:
@@ -127,6 +128,7 @@ def reindex_bundle(
     vectors, report = encode_catalog(
         src, catalog.texts, work, items_sha256=items_sha, shard_size=encoding.shard_size,
         workers=encoding.workers, threads=encoding.threads, runner=encoding.runner, progress=progress,
+        runtime=encoding.runtime,
     )  # fmt: skip
     offsets = carried_offsets(src, manifest, catalog)
     if offsets is not None:

@@ -134,6 +134,7 @@ class ShardWork:
     workers: int
     threads: int
     finished: Finished
+    runtime: str = "onnxruntime"  # the item tower's runtime (Backend): onnxruntime, openvino or auto
 
     def shard_texts(self, shard: int) -> list[str]:
         start, stop = self.plan.rows(shard)
@@ -154,7 +155,7 @@ class InProcess:
     name = "in-process"
 
     def __call__(self, work: ShardWork) -> None:
-        encoder = load_item_tower(work.bundle, threads=work.threads * work.workers)
+        encoder = load_item_tower(work.bundle, threads=work.threads * work.workers, backend=work.runtime)
         for shard in work.todo:
             work.finished(shard, encoder.encode(work.shard_texts(shard)))
 
@@ -171,6 +172,7 @@ def encode_catalog(
     runner: ShardRunner | None = None,
     progress: bool = True,
     on_shard: Callable[[int], None] | None = None,
+    runtime: str = "onnxruntime",
 ) -> tuple[np.ndarray, EncodeReport]:
     """The item vectors of ``texts`` (``float32 (n, dim)``, in order) by ``bundle``'s item tower.
 
@@ -178,7 +180,8 @@ def encode_catalog(
     resumes). ``runner``: where the shards are encoded (:class:`InProcess` by default).
     ``threads``: cores per worker (default: the cores shared out), each running one
     batch at a time on one ONNX Runtime thread (:func:`~recsys_infer.runtime.engine.load_item_tower`).
-    ``on_shard``: called with each shard number once its file is written."""
+    ``on_shard``: called with each shard number once its file is written. ``runtime``: the item
+    tower's runtime, as :meth:`~recsys_infer.runtime.engine.Engine.load` takes ``backend``."""
     if shard_size < 1 or workers < 1:
         raise ConfigError(f"shard_size and workers must be positive, got {shard_size} and {workers}")
     manifest_sha = sha256_file(bundle / MANIFEST)
@@ -204,7 +207,7 @@ def encode_catalog(
     runner = runner or InProcess()
     try:
         if todo:
-            runner(ShardWork(bundle, texts, plan, todo, workers, per_worker, finished))
+            runner(ShardWork(bundle, texts, plan, todo, workers, per_worker, finished, runtime))
     finally:
         if bar is not None:
             bar.close()

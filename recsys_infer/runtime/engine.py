@@ -5,21 +5,30 @@ Torch-free by construction: it needs numpy, onnxruntime, tokenizers and hnswlib 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tokenizers import Tokenizer
 
-from recsys_infer.enums import Device, Spin
-from recsys_infer.errors import BundleError, DeviceUnavailableError, QueryError, UnknownItemError
+from recsys_infer.enums import Backend, Device, Spin
+from recsys_infer.errors import (
+    BundleError,
+    ConfigError,
+    DeviceUnavailableError,
+    QueryError,
+    UnknownItemError,
+)
 
+from . import backends as runtimes
 from . import hub
 from .bundle import Manifest, read_item_ids, read_manifest, verify_files, write_catalog_bundle
 from .cache import CachedEncoder, CacheStats
@@ -88,15 +97,36 @@ def cpu_workers(threads: int | None) -> int:
     return threads or len(os.sched_getaffinity(0))
 
 
-def load_item_tower(bundle: Path, *, threads: int | None = None) -> OnnxEncoder:
+def load_item_tower(
+    bundle: Path, *, threads: int | None = None, backend: Backend | str = Backend.ONNXRUNTIME
+) -> OnnxEncoder:
     """A bundle's item tower alone, on the CPU, its batches run ``threads`` at once (default:
-    every core), each on one core (catalogue encoding workers load only this)."""
+    every core), each on one core (catalogue encoding workers load only this). ``backend``: as
+    :meth:`Engine.load` takes it; ``auto`` times the catalogue's first 64 texts on both runtimes."""
     manifest = read_manifest(bundle)
     verify_files(bundle, manifest)
-    spec = manifest.item
-    sessions = {spec.file: create_session(bundle / spec.file, Device.CPU, threads=1)}
+    spec, workers, chosen = manifest.item, cpu_workers(threads), Backend.of(backend)
     tokenizer_json = (bundle / manifest.tokenizer.file).read_text(encoding="utf-8")
-    return tower_encoder(manifest, "item", sessions, tokenizer_json, workers=cpu_workers(threads))
+
+    def encoder(session: Any) -> OnnxEncoder:
+        return tower_encoder(manifest, "item", {spec.file: session}, tokenizer_json, workers=workers)
+
+    onnx = encoder(create_session(bundle / spec.file, Device.CPU, threads=1))
+    if chosen is Backend.ONNXRUNTIME or (chosen is Backend.AUTO and not runtimes.openvino_available()):
+        return onnx
+    ov = runtimes.OpenVinoSession(bundle / spec.file, threads=workers, streams=workers)
+    if chosen is Backend.OPENVINO:
+        return encoder(ov)
+    texts = Catalog.read_jsonl(bundle / manifest.catalog.file).texts[:64]
+    openvino = encoder(ov)
+    pick = runtimes.choose(
+        {Backend.ONNXRUNTIME: lambda: onnx.encode(texts), Backend.OPENVINO: lambda: openvino.encode(texts)},
+        runtimes.least_cosine,
+        gate=runtimes.MIN_ITEM_COSINE,
+        precisions={Backend.ONNXRUNTIME: str(spec.precision), Backend.OPENVINO: ov.precision},
+    )
+    logger.info("item tower on %s: %s", pick.backend, pick.why)
+    return openvino if pick.backend is Backend.OPENVINO else onnx
 
 
 def _item_streamed(manifest: Manifest, placement: Placement) -> bool:
@@ -105,6 +135,119 @@ def _item_streamed(manifest: Manifest, placement: Placement) -> bool:
     return placement.device is Device.CPU and all(
         spec.file != manifest.item.file for name, spec in manifest.towers.items() if name != "item"
     )
+
+
+def _encoders(
+    manifest: Manifest,
+    store: ItemStore,
+    tokenizer_json: str,
+    sessions: Mapping[str, Any],
+    *,
+    io_binding: bool,
+    item_workers: int,
+    request_cache: int = 0,
+) -> tuple[UserEncoder, OnnxEncoder]:
+    """The user and item encoders of a bundle whose towers run in ``sessions`` (by tower name)."""
+
+    def text_encoder(name: str, workers: int = 1) -> OnnxEncoder:
+        graph = {manifest.towers[name].file: sessions[name]}
+        return tower_encoder(manifest, name, graph, tokenizer_json, io_binding=io_binding, workers=workers)
+
+    def request_encoder(name: str) -> Encoder:
+        encoder = text_encoder(name)
+        return CachedEncoder(encoder, request_cache) if request_cache else encoder
+
+    user_encoder: UserEncoder
+    if manifest.user.kind == "sequence":
+        user_encoder = SequenceUserEncoder(
+            sessions["user"],
+            store.vectors,
+            dim=manifest.user.dim,
+            max_history=manifest.user.max_length,
+            requests=request_encoder("request"),
+            io_binding=io_binding,
+            fusion=manifest.fusion,
+        )
+    else:
+        user_encoder = TextUserEncoder(request_encoder("user"), store, manifest.user_input)
+    return user_encoder, text_encoder("item", item_workers)
+
+
+Build = Any  # _encoders with the bundle's arguments bound: sessions by tower -> the encoders
+
+
+def _backends(
+    bundle: Path,
+    manifest: Manifest,
+    backend: Backend,
+    placement: Placement,
+    onnx: dict[str, Any],
+    build: Build,
+    store: ItemStore,
+    *,
+    item_workers: int,
+    threads: int | None,
+    precision: str | None,
+) -> tuple[dict[str, Any], dict[str, runtimes.TowerBackend]]:
+    """The session each tower runs in, and which runtime that is and why (``backend``: the one
+    asked for; ``auto`` measures, see :mod:`~recsys_infer.runtime.backends`)."""
+    asked = f"backend={str(backend)!r} was asked for"
+    graphs = {name: str(spec.precision) for name, spec in manifest.towers.items()}
+    kept = {n: runtimes.TowerBackend(Backend.ONNXRUNTIME, graphs[n], asked) for n in onnx}
+    if backend is Backend.ONNXRUNTIME:
+        return onnx, kept
+    problem = None
+    if placement.device is not Device.CPU:
+        problem = f"OpenVINO runs the graphs on the CPU here, and they run on {placement}"
+    elif not runtimes.openvino_available():
+        problem = f"OpenVINO is not installed ({runtimes.OPENVINO_HINT})"
+    if problem and backend is Backend.OPENVINO:
+        runtimes.openvino()  # not installed: the error that names the extra
+        raise ConfigError(f"backend='openvino' cannot run: {problem}; load with device='cpu'")
+    if problem:
+        logger.info("backend 'auto': ONNX Runtime, because %s", problem)
+        return onnx, {n: replace(t, why=problem) for n, t in kept.items()}
+    compiled = {
+        spec.file: runtimes.OpenVinoSession(
+            bundle / spec.file,
+            threads=item_workers if name == "item" and item_workers > 1 else threads,
+            streams=item_workers if name == "item" else 1,
+            precision=precision,
+        )
+        for name, spec in manifest.towers.items()
+    }
+    openvino = {name: compiled[spec.file] for name, spec in manifest.towers.items()}
+    ran = {n: f"{graphs[n]} graph in {openvino[n].precision}" for n in onnx}
+    if backend is Backend.OPENVINO:
+        return openvino, {n: runtimes.TowerBackend(backend, ran[n], asked) for n in onnx}
+
+    def top10(vectors: np.ndarray) -> list[list[str]]:
+        hits = store.search(vectors, 10, blocked=[frozenset()] * len(vectors))
+        return [[item.item_id for item, _ in row] for row in hits]
+
+    found = runtimes.measure(
+        list(onnx),
+        {Backend.ONNXRUNTIME: build(onnx), Backend.OPENVINO: build(openvino)},
+        top10,
+        _probe(bundle, manifest, store),
+        {n: {Backend.ONNXRUNTIME: graphs[n], Backend.OPENVINO: ran[n]} for n in onnx},
+    )
+    logger.info("backend 'auto': %s", {n: str(t.backend) for n, t in found.items()})
+    return {n: (openvino if t.backend is Backend.OPENVINO else onnx)[n] for n, t in found.items()}, found
+
+
+def _probe(bundle: Path, manifest: Manifest, store: ItemStore, n: int = 16) -> runtimes.Probe:
+    """What ``auto`` times the towers on: the bundle's probe (its first ``n`` histories whose
+    items are all indexed, and requests), else the catalogue's first items and their texts."""
+    ids = list(store.ids()[:64])
+    texts = [item.text for item in store.items(ids)]
+    histories, requests = [[i] for i in ids[:n]], texts[:n]
+    if manifest.probe is not None and (bundle / manifest.probe.file).is_file():
+        probe = json.loads((bundle / manifest.probe.file).read_text(encoding="utf-8"))
+        known = [list(h) for h in probe.get("histories", []) if h and not store.missing(h)]
+        histories = known[:n] or histories
+        requests = [t for t in probe.get("requests", []) if t and t.strip()][:n] or requests
+    return runtimes.Probe(texts, histories, requests)
 
 
 def _open_store(bundle: Path, manifest: Manifest, *, exact: bool, milvus_uri: str | None) -> ItemStore:
@@ -199,6 +342,7 @@ class Engine:
         manifest: Manifest | None = None,
         path: Path | None = None,
         seen: SeenSpec | None = None,
+        backends: Mapping[str, runtimes.TowerBackend] | None = None,
     ) -> None:
         """``store``: the catalogue's items and their index (:class:`LocalItems` or
         :class:`~recsys_infer.runtime.milvus.MilvusIndex`). ``seen``: what history items lose
@@ -216,6 +360,8 @@ class Engine:
         if seen is None:
             seen = manifest.seen if manifest is not None and manifest.seen else SeenSpec()
         self.seen = seen
+        #: Which runtime runs each tower, and why (:class:`~recsys_infer.runtime.backends.TowerBackend`).
+        self.backends = dict(backends or {})
         self._placement = device if isinstance(device, Placement) else Placement(Device(device))
         self._lock = RWLock()
         self._edits = {"added": 0, "updated": 0, "removed": 0}
@@ -260,6 +406,8 @@ class Engine:
         request_cache: int = 0,
         spin: Spin | bool = True,
         revision: str | None = None,
+        backend: Backend | str = Backend.ONNXRUNTIME,
+        openvino_precision: str | None = None,
     ) -> Engine:
         """Load a bundle directory, or a bundle on the Hugging Face Hub named ``hf://OWNER/NAME``
         (at ``revision``: a branch, tag or commit; downloaded with the ``hub`` extra, then
@@ -282,45 +430,41 @@ class Engine:
         ``exact``: rank by exact search over the stored item vectors instead of the HNSW index.
         ``verify``: check every file's sha256 (sizes are always checked). ``milvus_uri``: for a
         bundle whose index is a Milvus collection, the server to connect to instead of the one
-        the manifest records.
+        the manifest records. ``backend``: the runtime of the graphs on the CPU,
+        ``"onnxruntime"``, ``"openvino"`` (the ``openvino`` extra; at ``openvino_precision``,
+        ``bf16``, ``f16`` or ``f32``, default OpenVINO's: bf16 where the CPU has it) or ``"auto"``:
+        per tower the faster of the two on the bundle's probe, among those that agree with ONNX
+        Runtime (:mod:`~recsys_infer.runtime.backends`; :attr:`backends` says what ran where, and
+        why).
         """
         bundle = hub.local_bundle(path, revision)
         manifest = read_manifest(bundle)
         verify_files(bundle, manifest, checksums=verify)
         sessions, placement = cls._start(bundle, manifest, device, threads, provider_options, spin)
-        streamed = _item_streamed(manifest, placement)
-        tokenizer_json = (bundle / manifest.tokenizer.file).read_text(encoding="utf-8")
-        cuda = placement.device is not Device.CPU  # bind inputs and outputs on the GPU (run_graph)
-
-        def text_encoder(name: str, workers: int = 1) -> OnnxEncoder:
-            return tower_encoder(manifest, name, sessions, tokenizer_json, io_binding=cuda, workers=workers)
-
-        def request_encoder(name: str) -> Encoder:
-            encoder = text_encoder(name)
-            return CachedEncoder(encoder, request_cache) if request_cache else encoder
-
         store = _open_store(bundle, manifest, exact=exact, milvus_uri=milvus_uri)
-
-        user_encoder: UserEncoder
-        if manifest.user.kind == "sequence":
-            user_encoder = SequenceUserEncoder(
-                sessions[manifest.user.file],
-                store.vectors,
-                dim=manifest.user.dim,
-                max_history=manifest.user.max_length,
-                requests=request_encoder("request"),
-                io_binding=cuda,
-                fusion=manifest.fusion,
-            )
-        else:
-            user_encoder = TextUserEncoder(request_encoder("user"), store, manifest.user_input)
+        item_workers = cpu_workers(threads) if _item_streamed(manifest, placement) else 1
+        build = partial(
+            _encoders,
+            manifest,
+            store,
+            (bundle / manifest.tokenizer.file).read_text(encoding="utf-8"),
+            io_binding=placement.device is not Device.CPU,  # inputs and outputs bound on the GPU
+            item_workers=item_workers,
+        )
+        onnx = {name: sessions[spec.file] for name, spec in manifest.towers.items()}
+        chosen, backends = _backends(
+            bundle, manifest, Backend.of(backend), placement, onnx, build, store,
+            item_workers=item_workers, threads=threads, precision=openvino_precision,
+        )  # fmt: skip
+        user_encoder, item_encoder = build(chosen, request_cache=request_cache)
         engine = cls(
             user_encoder=user_encoder,
-            item_encoder=text_encoder("item", cpu_workers(threads) if streamed else 1),
+            item_encoder=item_encoder,
             store=store,
             device=placement,
             manifest=manifest,
             path=bundle,
+            backends=backends,
         )
         logger.info("loaded %s: %d items, device %s", bundle, len(engine), placement)
         return engine

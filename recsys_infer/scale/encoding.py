@@ -23,8 +23,8 @@ from recsys_infer.runtime.engine import load_item_tower
 class _ShardEncoder:
     """A Ray Data actor: one ONNX Runtime session of the bundle's item tower."""
 
-    def __init__(self, bundle: str, threads: int) -> None:
-        self.encoder = load_item_tower(Path(bundle), threads=threads)
+    def __init__(self, bundle: str, threads: int, runtime: str = "onnxruntime") -> None:
+        self.encoder = load_item_tower(Path(bundle), threads=threads, backend=runtime)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         import ray
@@ -111,7 +111,11 @@ class RayRunner:
         try:  # a dataset keeps a copy of the context it was made under
             dataset = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
                 _ShardEncoder,
-                fn_constructor_kwargs={"bundle": str(work.bundle.resolve()), "threads": threads},
+                fn_constructor_kwargs={
+                    "bundle": str(work.bundle.resolve()),
+                    "threads": threads,
+                    "runtime": work.runtime,
+                },
                 batch_size=1,
                 compute=ray.data.ActorPoolStrategy(size=workers),
                 num_cpus=threads,

@@ -258,6 +258,8 @@ class Service:
                 provider_options=self.settings.provider_options or None,
                 request_cache=self.settings.request_cache,
                 spin=self.settings.spin,
+                backend=self.settings.backend,
+                openvino_precision=self.settings.openvino_precision or None,
             )
         except OSError as e:  # a file of it unreadable (permissions, a name too long): no 500
             raise BundleError(f"cannot read the bundle at {bundle}: {e.strerror or e}") from e
@@ -393,6 +395,7 @@ class Service:
             "device": engine.device_name,
             "device_fallback": engine.device_fallback,
             "providers": list(getattr(engine.item_encoder, "providers", [])),
+            "backends": {n: t.to_json() for n, t in engine.backends.items()},
             "towers": towers,
             "spaces": _spaces(engine),
             # the live count: edits since the bundle was written included

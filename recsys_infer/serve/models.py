@@ -300,6 +300,20 @@ class SpaceInfo(BaseModel):
     stop: int = Field(description="One past the last.")
 
 
+class BackendInfo(BaseModel):
+    backend: str = Field(description="onnxruntime or openvino.")
+    precision: str = Field(description="What the graph computes in on that runtime.")
+    why: str
+    ms: dict[str, float] | None = Field(
+        default=None, description="With backend 'auto': each runtime's time for the tower's probe work."
+    )
+    agreement: float | None = Field(
+        default=None,
+        description="With backend 'auto': OpenVINO's overlap@10 with ONNX Runtime (the item tower's: "
+        "least cosine).",
+    )
+
+
 class InfoResponse(BaseModel):
     version: str = Field(description="The recsys-infer package version.")
     bundle: str
@@ -308,6 +322,11 @@ class InfoResponse(BaseModel):
     device: str
     device_fallback: str | None
     providers: list[str] = Field(description="The ONNX Runtime providers the item tower's session kept.")
+    backends: dict[str, BackendInfo] = Field(
+        description="Which runtime runs each tower (onnxruntime or openvino), and why: with backend "
+        "'auto', each runtime's measured time on the bundle's probe and OpenVINO's agreement with ONNX "
+        "Runtime."
+    )
     towers: dict[str, TowerInfo]
     spaces: list[SpaceInfo] = Field(
         description="Which components of a served vector (recommend, /embed, /v1/embeddings) are which "

@@ -8,8 +8,9 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from recsys_infer.enums import Spin
+from recsys_infer.enums import Backend, Spin
 from recsys_infer.errors import ConfigError
+from recsys_infer.runtime.backends import OPENVINO_PRECISIONS
 from recsys_infer.runtime.batcher import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_US
 from recsys_infer.runtime.options import EXPLAIN_COST
 from recsys_infer.runtime.providers import parse_device
@@ -43,6 +44,9 @@ class ServeSettings:
     - ``device``: where the graphs run (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``tensorrt``);
       ``provider_options``: passed to the GPU provider (``RECSYS_INFER_PROVIDER_OPTIONS`` as
       ``key=value,key=value``).
+    - ``backend``: the runtime of the graphs on the CPU, ``onnxruntime``, ``openvino`` or
+      ``auto`` (measured per tower at load, :mod:`recsys_infer.runtime.backends`);
+      ``openvino_precision``: ``bf16``, ``f16`` or ``f32`` for OpenVINO (empty: its default).
     """
 
     max_body_bytes: int = 4 * 1024 * 1024
@@ -64,6 +68,8 @@ class ServeSettings:
     spin: Spin = Spin.ALWAYS
     device: str = "auto"
     provider_options: dict[str, str] = field(default_factory=dict)
+    backend: Backend = Backend.ONNXRUNTIME
+    openvino_precision: str = ""
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -72,6 +78,14 @@ class ServeSettings:
                 parse_device(value)
             elif f.name == "spin":
                 object.__setattr__(self, "spin", Spin.of(value))
+            elif f.name == "backend":
+                object.__setattr__(self, "backend", Backend.of(value))
+            elif f.name == "openvino_precision":
+                if value not in ("", *OPENVINO_PRECISIONS):
+                    raise ConfigError(
+                        f"openvino_precision must be one of {', '.join(OPENVINO_PRECISIONS)} or empty, "
+                        f"got {value!r:.40}"
+                    )
             elif f.name == "provider_options":
                 if not isinstance(value, dict) or not all(
                     isinstance(k, str) and isinstance(v, str) for k, v in value.items()
@@ -125,7 +139,7 @@ def parse_provider_options(items: list[str] | str) -> dict[str, str]:
 
 def _parse(name: str, raw: str) -> int | bool | str | dict[str, str]:
     env = ENV_PREFIX + name.upper()
-    if name == "device":
+    if name in ("device", "backend", "openvino_precision"):
         return raw.strip()
     if name == "spin":  # always, run or never; 1 and 0 stand for always and never
         text = raw.strip().lower()
