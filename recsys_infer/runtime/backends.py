@@ -39,6 +39,9 @@ OPENVINO_PRECISIONS = ("bf16", "f16", "f32")
 #: How much faster OpenVINO must measure for ``auto`` to take it: timings on a shared machine
 #: wander by a few percent, and a tie should keep the reference runtime.
 MARGIN = 0.10
+#: A pause before each runtime's timed work: the threads of the runtime timed just before may
+#: still be spinning for work (both do, for a while after each run) and would take the cores.
+SETTLE_S = 0.05
 #: The least mean overlap@10 (against ONNX Runtime, on the probe's queries) a request or user
 #: tower must keep on OpenVINO for ``auto`` to take it.
 MIN_OVERLAP = 0.99
@@ -152,19 +155,22 @@ def choose(
     *,
     gate: float,
     precisions: Mapping[Backend, str],
-    rounds: int = 3,
+    rounds: int = 4,
 ) -> TowerBackend:
-    """The faster runtime for ``tower``: ``work`` on each, interleaved for ``rounds`` rounds
-    (the best time of each kept), OpenVINO taken only when it is faster by :data:`MARGIN` and
-    ``agreement(openvino_vectors, onnxruntime_vectors)`` is at least ``gate``."""
+    """The faster runtime for a tower: ``work`` on each, interleaved for ``rounds`` rounds, each
+    round in the other order (the best time of each kept), OpenVINO taken only when it is faster
+    by :data:`MARGIN` and ``agreement(openvino_vectors, onnxruntime_vectors)`` is at least
+    ``gate``."""
     best = {b: float("inf") for b in work}
     vectors: dict[Backend, np.ndarray] = {}
     for b, run in work.items():
         vectors[b] = run()  # a first run warms the graph up (OpenVINO compiles shapes lazily)
-    for _ in range(rounds):
-        for b, run in work.items():
+    order = list(work)
+    for n in range(rounds):
+        for b in order if n % 2 == 0 else order[::-1]:  # neither runtime always goes first
+            time.sleep(SETTLE_S)  # the other runtime's threads stop spinning before this one runs
             started = time.perf_counter()
-            run()
+            work[b]()
             best[b] = min(best[b], time.perf_counter() - started)
     ms = {str(b): round(1000 * t, 2) for b, t in best.items()}
     ort, ov = Backend.ONNXRUNTIME, Backend.OPENVINO

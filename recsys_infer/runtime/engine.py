@@ -191,7 +191,7 @@ def _backends(
 ) -> tuple[dict[str, Any], dict[str, runtimes.TowerBackend]]:
     """The session each tower runs in, and which runtime that is and why (``backend``: the one
     asked for; ``auto`` measures, see :mod:`~recsys_infer.runtime.backends`)."""
-    asked = f"backend={str(backend)!r} was asked for"
+    asked = f"backend={str(backend)!r} (the engine's setting)"
     graphs = {name: str(spec.precision) for name, spec in manifest.towers.items()}
     kept = {n: runtimes.TowerBackend(Backend.ONNXRUNTIME, graphs[n], asked) for n in onnx}
     if backend is Backend.ONNXRUNTIME:

@@ -322,6 +322,10 @@ def test_routes_over_a_real_server_match_their_typed_schema(bundle_copy: Path) -
         assert info.providers == ["CPUExecutionProvider"] and info.items == len(engine)
         assert {"user", "item"} <= set(info.towers) and info.towers["item"].precision == "fp32"
         assert info.limits["device"] == "auto" and info.schema_version is not None
+        assert set(info.backends) == set(info.towers)  # the default: ONNX Runtime for every tower, as asked
+        assert {(b.backend, b.why) for b in info.backends.values()} == {
+            ("onnxruntime", "backend='onnxruntime' (the engine's setting)")
+        }
         health = models.HealthResponse.model_validate(c.get("/healthz").json())
         assert health.device == "cpu" and health.device_fallback == info.device_fallback
 
