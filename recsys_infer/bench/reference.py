@@ -276,10 +276,14 @@ def peer_subjects(
     checkpoint: Checkpoint,
     device: str = "cpu",
     spin: Spin | bool = True,
+    calibration: Sequence[str] = (),
 ) -> list[Subject]:
     """sentence-transformers with its ONNX backend, plain and with its own dynamic int8 export,
     on the checkpoint's encoder (pooling and normalisation as ours, no head). On a GPU the plain
-    one runs on the CUDA provider, and the int8 one, which has no CUDA kernels, is left out."""
+    one runs on the CUDA provider, and the int8 one, which has no CUDA kernels, is left out. On
+    the CPU, where optimum-intel is installed, also its OpenVINO backend, plain (OpenVINO's
+    default precision) and quantized to int8 by NNCF as its static export does (SmoothQuant),
+    calibrated on ``calibration`` texts."""
     try:
         import sentence_transformers
         from sentence_transformers import SentenceTransformer
@@ -313,6 +317,7 @@ def peer_subjects(
     ]
     if not gpu:
         peers.append(_int8_peer(plain, folder, kwargs))
+        peers += _openvino_peers(folder, threads, calibration)
 
     version = sentence_transformers.__version__
     return [_peer(peer, folder, dim, max_length, version) for peer in peers]
@@ -342,6 +347,53 @@ def _int8_peer(plain: Any, folder: Path, kwargs: dict[str, Any]) -> tuple[Any, s
     return int8, "st-onnx-int8", quant_file, time.perf_counter() - t0, what
 
 
+Peer = tuple[Any, str, str, float, str]  # (model, name, file, load seconds, what)
+
+
+def _openvino_peers(folder: Path, threads: int, calibration: Sequence[str]) -> list[Peer]:
+    """sentence-transformers' OpenVINO backend (through optimum-intel), plain and in static int8
+    (NNCF with SmoothQuant, as ``export_static_quantized_openvino_model`` does, calibrated here on
+    ``calibration`` since its default calibration set is on the Hub); none without optimum-intel."""
+    try:
+        import nncf
+        import openvino as ov
+        from optimum.intel import OVModelForFeatureExtraction  # noqa: F401  # the backend's own import
+        from sentence_transformers import SentenceTransformer
+    except ImportError:
+        logger.info("optimum-intel is not installed: no sentence-transformers OpenVINO peers")
+        return []
+    config = {"ov_config": {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}}
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():  # the exporter's tracer and deprecation notes, not ours
+        warnings.simplefilter("ignore")
+        plain = SentenceTransformer(str(folder), backend="openvino", device="cpu", model_kwargs=config)
+    plain.save_pretrained(str(folder))  # keeps openvino/openvino_model.xml beside the weights
+    peers = [(plain, "st-openvino", "openvino/openvino_model.bin", time.perf_counter() - t0,
+              "OpenVINO backend, its default precision")]  # fmt: skip
+    if not calibration:
+        return peers
+    t0 = time.perf_counter()
+    model = plain[0].auto_model.model
+    names = [port.any_name for port in model.inputs]
+
+    def feed(text: str) -> dict[str, np.ndarray]:
+        encoded = plain.tokenizer([text], truncation=True, max_length=plain.max_seq_length,
+                                  return_tensors="np")  # fmt: skip
+        return {name: encoded[name] for name in names if name in encoded}
+
+    dataset = nncf.Dataset([feed(t) for t in calibration[:300]])
+    int8 = nncf.quantize(model, dataset, model_type=nncf.ModelType.TRANSFORMER, subset_size=300)
+    ov.save_model(int8, str(folder / "openvino" / "openvino_model_qint8_quantized.xml"))
+    quantized = SentenceTransformer(
+        str(folder), backend="openvino", device="cpu",
+        model_kwargs={**config, "file_name": "openvino/openvino_model_qint8_quantized.xml"},
+    )  # fmt: skip
+    what = "OpenVINO backend, int8 by NNCF (SmoothQuant), calibrated on the catalogue"
+    file = "openvino/openvino_model_qint8_quantized.bin"
+    peers.append((quantized, "st-openvino-int8", file, time.perf_counter() - t0, what))
+    return peers
+
+
 def _peer(
     peer: tuple[Any, str, str, float, str], folder: Path, dim: int, max_length: int, version: str
 ) -> Subject:
@@ -360,7 +412,11 @@ def _peer(
         path=str(folder / file),
         text_max_length=max_length,
         precision="int8" if "int8" in name else "fp32",
-        extra={"load_includes": "ONNX export" + (" and quantization" if "int8" in name else "")},
+        extra={
+            "load_includes": ("OpenVINO" if "openvino" in name else "ONNX")
+            + " export"
+            + (" and quantization" if "int8" in name else "")
+        },
     )
 
 

@@ -467,7 +467,7 @@ def _load(
             )
         subjects += bundle_subjects
         if config.peers:
-            say("exporting the sentence-transformers peers (ONNX, and its dynamic int8)")
+            say("exporting the sentence-transformers peers (ONNX and OpenVINO, each plain and in int8)")
             length = bundle_subjects[0].text_max_length
             subjects += peer_subjects(
                 ref_path,
@@ -477,6 +477,7 @@ def _load(
                 checkpoint=checkpoint,
                 device=config.device,
                 spin=config.spin,
+                calibration=inputs.catalog,
             )
     else:
         subjects += bundle_subjects

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -83,7 +84,9 @@ def test_quick_bench_report_schema_and_consistency(quick_report: Path, tiny_bund
     for key in ("cpu", "cores", "versions", "providers", "cpu_flags"):
         assert key in report["environment"]
     names = [s["name"] for s in report["subjects"]]
-    assert names == ["pytorch-fp32", "pytorch-bf16", "bundle", "int8", "st-onnx", "st-onnx-int8"]
+    openvino_peers = ["st-openvino", "st-openvino-int8"] if importlib.util.find_spec("optimum.intel") else []
+    peers = ["st-onnx", "st-onnx-int8", *openvino_peers]
+    assert names == ["pytorch-fp32", "pytorch-bf16", "bundle", "int8", *peers]
     assert report["reference"]["name"] == "pytorch-fp32"
     by = {s["name"]: s for s in report["subjects"]}
     for s in report["subjects"]:
@@ -110,7 +113,7 @@ def test_quick_bench_report_schema_and_consistency(quick_report: Path, tiny_bund
         shares = by[name]["breakdown"]["recommend@request"]
         assert sum(shares.values()) == pytest.approx(1, abs=0.01)
     assert by["bundle"]["quality"]["paired_vs_reference"]["recall@10"]["b"] == "pytorch-fp32"
-    for peer in ("st-onnx", "st-onnx-int8"):
+    for peer in peers:
         assert by[peer]["kind"] == "peer" and 0 < by[peer]["quality"]["request_overlap@10_vs_own_fp32"] <= 1
     # the plain peer is our encoder in fp32 ONNX: its neighbours are its PyTorch encoder's
     assert by["st-onnx"]["quality"]["request_overlap@10_vs_own_fp32"] >= 0.9
@@ -133,6 +136,28 @@ def test_quick_bench_writes_a_table_and_a_plot(quick_report: Path) -> None:
     for name in ("pytorch-fp32", "pytorch-bf16", "| bundle |", "| int8 |", "st-onnx-int8", "| ef |"):
         assert name in table
     assert (quick_report / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_runs_a_bundle_under_each_runtime_asked_for(
+    tiny_checkpoint: Path, tiny_bundle: Path, tmp_path: Path
+) -> None:
+    pytest.importorskip("openvino")
+    (tmp_path / "data").mkdir()
+    write_generic(small_sample(), tmp_path / "data")
+    result = CliRunner().invoke(
+        app, ["bench", str(tiny_bundle), "--data", str(tmp_path / "data"),
+              "--reference", str(tiny_checkpoint), "--backends", "onnxruntime,openvino",
+              "--threads", "1", "--quick", "--no-peers",
+              "--json", str(tmp_path / "b.json")],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    by = {s["name"]: s for s in json.loads((tmp_path / "b.json").read_text())["subjects"]}
+    assert {"bundle", "bundle@openvino"} <= set(by)
+    assert {t["backend"] for t in by["bundle@openvino"]["extra"]["backends"].values()} == {"openvino"}
+    assert {t["backend"] for t in by["bundle"]["extra"]["backends"].values()} == {"onnxruntime"}
+    # measured after its catalogue was re-encoded on OpenVINO: the same recommendations, nearly
+    quality = by["bundle@openvino"]["quality"]
+    assert quality["user_overlap@10"] >= 0.8 and quality["request_overlap@10"] >= 0.8
 
 
 def test_bench_refuses_data_the_bundle_was_not_built_from(tiny_bundle: Path, tmp_path: Path) -> None:
