@@ -9,7 +9,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from functools import partial
@@ -173,7 +173,8 @@ def _encoders(
     return user_encoder, text_encoder("item", item_workers)
 
 
-Build = Any  # _encoders with the bundle's arguments bound: sessions by tower -> the encoders
+#: :func:`_encoders` with the bundle's arguments bound: sessions by tower name in, encoders out.
+Build = Callable[..., tuple[UserEncoder, OnnxEncoder]]
 
 
 def _backends(
