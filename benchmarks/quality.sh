@@ -117,4 +117,9 @@ json.dump(d, open(p, "w"), indent=2)' "$out/default-ef64-bundle/manifest.json"
     --json "$out/evaluate-levers.json"
   $CLI evaluate "$out/default-raw-bundle" "$out/default-bundle" "$out/whitened-bundle" --data "$DATA/$d" \
     --include-seen --requests --json "$out/evaluate-levers-include-seen.json"
+  # The papers' dropout and the bounded item offsets, each alone against the default.
+  train dropout --dropout 0.5 ${DEFAULT_BUDGET[$d]}
+  train offsets --item-offsets on ${DEFAULT_BUDGET[$d]}
+  $CLI evaluate "$out/default-bundle" "$out/dropout-bundle" "$out/offsets-bundle" --data "$DATA/$d" \
+    --exclude-seen --requests --json "$out/evaluate-levers-dropout-offsets.json"
 done
