@@ -120,6 +120,8 @@ json.dump(d, open(p, "w"), indent=2)' "$out/default-ef64-bundle/manifest.json"
   # The papers' dropout and the bounded item offsets, each alone against the default.
   train dropout --dropout 0.5 ${DEFAULT_BUDGET[$d]}
   train offsets --item-offsets on ${DEFAULT_BUDGET[$d]}
-  $CLI evaluate "$out/default-bundle" "$out/dropout-bundle" "$out/offsets-bundle" --data "$DATA/$d" \
-    --exclude-seen --requests --json "$out/evaluate-levers-dropout-offsets.json"
+  for lever in offsets dropout; do
+    $CLI evaluate "$out/default-bundle" "$out/$lever-bundle" --data "$DATA/$d" --exclude-seen --requests \
+      --json "$out/evaluate-levers-$lever.json"
+  done
 done
