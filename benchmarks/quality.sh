@@ -117,11 +117,13 @@ json.dump(d, open(p, "w"), indent=2)' "$out/default-ef64-bundle/manifest.json"
     --json "$out/evaluate-levers.json"
   $CLI evaluate "$out/default-raw-bundle" "$out/default-bundle" "$out/whitened-bundle" --data "$DATA/$d" \
     --include-seen --requests --json "$out/evaluate-levers-include-seen.json"
-  # The papers' dropout and the bounded item offsets, each alone against the default.
+  # The papers' dropout and the bounded item offsets, each alone, against the default and
+  # against the default trained again with another seed (how far a seed alone moves it).
   train dropout --dropout 0.5 ${DEFAULT_BUDGET[$d]}
   train offsets --item-offsets on ${DEFAULT_BUDGET[$d]}
-  for lever in offsets dropout; do
-    $CLI evaluate "$out/default-bundle" "$out/$lever-bundle" --data "$DATA/$d" --exclude-seen --requests \
-      --json "$out/evaluate-levers-$lever.json"
-  done
+  train default-seed1 --seed 1 ${DEFAULT_BUDGET[$d]}
+  $CLI evaluate "$out/default-bundle" "$out/default-seed1-bundle" "$out/offsets-bundle" "$out/dropout-bundle" \
+    --data "$DATA/$d" --exclude-seen --requests --json "$out/evaluate-levers-seeds.json"
+  $CLI evaluate "$out/default-seed1-bundle" "$out/offsets-bundle" "$out/dropout-bundle" --data "$DATA/$d" \
+    --exclude-seen --requests --json "$out/evaluate-levers-seed1.json"
 done
