@@ -208,14 +208,17 @@ def _backends(
     if problem:
         logger.info("backend 'auto': ONNX Runtime, because %s", problem)
         return onnx, {n: replace(t, why=problem) for n, t in kept.items()}
+    # One compiled model per graph file, as one ONNX Runtime session (towers sharing weights share
+    # it); an item graph of its own runs a stream per catalogue-encoding worker.
+    alone = manifest.item.file if item_workers > 1 else None
     compiled = {
-        spec.file: runtimes.OpenVinoSession(
-            bundle / spec.file,
-            threads=item_workers if name == "item" and item_workers > 1 else threads,
-            streams=item_workers if name == "item" else 1,
+        f: runtimes.OpenVinoSession(
+            bundle / f,
+            threads=item_workers if f == alone else threads,
+            streams=item_workers if f == alone else 1,
             precision=precision,
         )
-        for name, spec in manifest.towers.items()
+        for f in sorted({spec.file for spec in manifest.towers.values()})
     }
     openvino = {name: compiled[spec.file] for name, spec in manifest.towers.items()}
     ran = {n: f"{graphs[n]} graph in {openvino[n].precision}" for n in onnx}
