@@ -32,6 +32,8 @@ import numpy as np
 from recsys_infer.enums import Backend
 from recsys_infer.errors import BundleError, ConfigError, MissingDependencyError
 
+from .types import Query
+
 #: What to install for the OpenVINO backend.
 OPENVINO_HINT = "pip install 'recsys-infer[openvino]'"
 #: OpenVINO's inference precisions a caller may ask for (None: OpenVINO's own choice, bf16 where
@@ -62,6 +64,15 @@ def openvino() -> ModuleType:
     return module  # type: ignore[no-any-return]  # openvino ships no type information
 
 
+def check_precision(precision: str | None) -> None:
+    """A :class:`ConfigError` unless ``precision`` is one of :data:`OPENVINO_PRECISIONS` or None."""
+    if precision is not None and precision not in OPENVINO_PRECISIONS:
+        raise ConfigError(
+            f"OpenVINO precision must be one of {', '.join(OPENVINO_PRECISIONS)} (or unset), "
+            f"got {precision!r:.40}"
+        )
+
+
 def openvino_available() -> bool:
     try:
         openvino()
@@ -87,11 +98,7 @@ class OpenVinoSession:
     def __init__(
         self, path: Path, *, threads: int | None = None, streams: int = 1, precision: str | None = None
     ) -> None:
-        if precision is not None and precision not in OPENVINO_PRECISIONS:
-            raise ConfigError(
-                f"OpenVINO precision must be one of {', '.join(OPENVINO_PRECISIONS)} (or unset), "
-                f"got {precision!r}"
-            )
+        check_precision(precision)
         ov = openvino()
         config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY" if streams == 1 else "THROUGHPUT"}
         if streams > 1:
@@ -219,8 +226,6 @@ class Probe:
 def tower_work(name: str, users: Any, items: Any, probe: Probe) -> Work:
     """The probe work of tower ``name`` on one runtime's encoders (``users`` a user encoder,
     ``items`` the item encoder): what that tower does most in service."""
-    from .types import Query
-
     if name == "item":
         return lambda: np.asarray(items.encode(probe.texts))
     if name == "request":

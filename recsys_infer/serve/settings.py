@@ -10,7 +10,7 @@ from typing import Any
 
 from recsys_infer.enums import Backend, Spin
 from recsys_infer.errors import ConfigError
-from recsys_infer.runtime.backends import OPENVINO_PRECISIONS
+from recsys_infer.runtime.backends import check_precision
 from recsys_infer.runtime.batcher import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_US
 from recsys_infer.runtime.options import EXPLAIN_COST
 from recsys_infer.runtime.providers import parse_device
@@ -81,11 +81,7 @@ class ServeSettings:
             elif f.name == "backend":
                 object.__setattr__(self, "backend", Backend.of(value))
             elif f.name == "openvino_precision":
-                if value not in ("", *OPENVINO_PRECISIONS):
-                    raise ConfigError(
-                        f"openvino_precision must be one of {', '.join(OPENVINO_PRECISIONS)} or empty, "
-                        f"got {value!r:.40}"
-                    )
+                check_precision(value or None)  # empty: OpenVINO's default
             elif f.name == "provider_options":
                 if not isinstance(value, dict) or not all(
                     isinstance(k, str) and isinstance(v, str) for k, v in value.items()
