@@ -2,8 +2,8 @@
 # Reproduces "Two CPU runtimes" in benchmarks/README.md: the quickstart's bundle and its dynamic
 # int8 variant, each under ONNX Runtime, OpenVINO and `auto`, in one interleaved
 # `recsys-infer bench` run beside the PyTorch reference and the sentence-transformers peers.
-# A bundle on OpenVINO or auto re-encodes its catalogue through its own item tower first, so
-# its overlap and Recall are measured after reindexing.
+# A bundle whose item tower runs on OpenVINO (under openvino, and under auto where auto takes it)
+# re-encodes its catalogue through it first, so its overlap and Recall are after reindexing.
 #
 #   benchmarks/backends.sh [WORK_DIR] [OUT_DIR]      defaults: /tmp/backends, benchmarks/results
 #

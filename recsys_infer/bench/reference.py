@@ -267,6 +267,10 @@ def encoder_folder(ckpt_path: Path) -> Path:
     raise FileNotFoundError(f"{ckpt_path} has no encoder folder ({CHECKPOINT_FILE} without weights?)")
 
 
+#: A peer as loaded: (model, name, file, load seconds, what).
+Peer = tuple[Any, str, str, float, str]
+
+
 def peer_subjects(
     ckpt_path: Path,
     work: Path,
@@ -310,9 +314,8 @@ def peer_subjects(
         plain = SentenceTransformer(str(folder), backend="onnx", device=str(on), model_kwargs=kwargs)
     plain.save_pretrained(str(folder))  # keeps the exported onnx/model.onnx beside the weights
     plain_s = time.perf_counter() - t0
-    # (model, name, file, load seconds, what): the int8 export has no CUDA kernels, so on a
-    # GPU the plain one runs alone.
-    peers = [
+    # The int8 exports have no CUDA kernels, so on a GPU the plain one runs alone.
+    peers: list[Peer] = [
         (plain, "st-onnx", "onnx/model.onnx", plain_s, "ONNX backend, fp32" + (f", {on}" if gpu else ""))
     ]
     if not gpu:
@@ -323,7 +326,7 @@ def peer_subjects(
     return [_peer(peer, folder, dim, max_length, version) for peer in peers]
 
 
-def _int8_peer(plain: Any, folder: Path, kwargs: dict[str, Any]) -> tuple[Any, str, str, float, str]:
+def _int8_peer(plain: Any, folder: Path, kwargs: dict[str, Any]) -> Peer:
     """sentence-transformers' own dynamic int8 export of ``plain``, loaded like it."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.backend import export_dynamic_quantized_onnx_model
@@ -345,9 +348,6 @@ def _int8_peer(plain: Any, folder: Path, kwargs: dict[str, Any]) -> tuple[Any, s
     )
     what = f"ONNX backend, its dynamic int8 export ({target})"
     return int8, "st-onnx-int8", quant_file, time.perf_counter() - t0, what
-
-
-Peer = tuple[Any, str, str, float, str]  # (model, name, file, load seconds, what)
 
 
 def _openvino_peers(folder: Path, threads: int, calibration: Sequence[str]) -> list[Peer]:
@@ -394,9 +394,7 @@ def _openvino_peers(folder: Path, threads: int, calibration: Sequence[str]) -> l
     return peers
 
 
-def _peer(
-    peer: tuple[Any, str, str, float, str], folder: Path, dim: int, max_length: int, version: str
-) -> Subject:
+def _peer(peer: Peer, folder: Path, dim: int, max_length: int, version: str) -> Subject:
     model, name, file, secs, what = peer
     model.max_seq_length = max_length  # the same truncation as the bundles' text graph
     encoder = SentenceTransformerEncoder(model, dim)

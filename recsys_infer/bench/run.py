@@ -26,7 +26,7 @@ import numpy as np
 
 from recsys_infer.data import Dataset, leave_one_out, load_dataset
 from recsys_infer.data.probe import request_from_item
-from recsys_infer.enums import Device, Spin
+from recsys_infer.enums import Backend, Device, Spin
 from recsys_infer.errors import ConfigError, DataError
 from recsys_infer.evaluation.metrics import (
     EvalResult,
@@ -79,9 +79,9 @@ class BenchConfig:
     # engine within each run; ``never`` makes every operator that splits its work wake them.
     spin: Spin = Spin.RUN
     warmup: int = 5  # untimed calls before each subject's block of calls
-    # Every bundle runs under each of these runtimes (recsys_infer.enums.Backend); a bundle on
-    # any but ONNX Runtime re-encodes its catalogue through its own item tower first, so its
-    # quality is measured after reindexing, as a catalogue encoded on that runtime would serve.
+    # Every bundle runs under each of these runtimes (recsys_infer.enums.Backend); a bundle whose
+    # item tower runs on another runtime than ONNX Runtime re-encodes its catalogue through it
+    # first, so its quality is measured after reindexing, as a catalogue encoded there would serve.
     backends: tuple[str, ...] = ("onnxruntime",)
 
     def __post_init__(self) -> None:
@@ -416,7 +416,8 @@ def _load(
     """Every subject, reference first (when there is one), bundles, then the peers."""
     dataset = data if isinstance(data, Dataset) else load_dataset(data)
     bundle_subjects: list[Subject] = []
-    names = {"pytorch-fp32", "pytorch-bf16", "st-onnx", "st-onnx-int8"}
+    # The reference's and the peers' names, which a bundle's subject may not take.
+    names = {"pytorch-fp32", "pytorch-bf16", "st-onnx", "st-onnx-int8", "st-openvino", "st-openvino-int8"}
     for path, backend in ((p, b) for p in bundles for b in config.backends):
         name = Path(path).name + ("" if backend == "onnxruntime" else f"@{backend}")
         if name in names:
@@ -432,8 +433,9 @@ def _load(
                 f"{len(missing)} items of {dataset.name} are not in {name}'s catalogue (e.g. "
                 f"{missing[0]!r}): bench a bundle on the data it was built from"
             )
-        if backend != "onnxruntime" and subject.engine is not None:
-            say(f"re-encoding {name}'s catalogue through its own item tower")
+        item = subject.engine.backends.get("item") if subject.engine is not None else None
+        if subject.engine is not None and item is not None and item.backend is not Backend.ONNXRUNTIME:
+            say(f"re-encoding {name}'s catalogue through its own item tower ({item.backend})")
             items = subject.engine.items(subject.engine.item_ids)
             subject.engine.update_items(
                 [i.item_id for i in items], [i.text for i in items], [dict(i.attributes) for i in items]

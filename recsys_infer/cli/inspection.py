@@ -331,8 +331,8 @@ SpinOpt = Annotated[
 BackendsOpt = Annotated[
     str,
     typer.Option(
-        help="Comma-separated runtimes each bundle runs under: onnxruntime, openvino, auto. A bundle on "
-        "any but onnxruntime re-encodes its catalogue on that runtime first.",
+        help="Comma-separated runtimes each bundle runs under: onnxruntime, openvino, auto. A bundle whose "
+        "item tower runs on OpenVINO re-encodes its catalogue there first.",
     ),
 ]
 QuickOpt = Annotated[bool, typer.Option("--quick", help="A smoke test: few users, rounds and calls.")]
