@@ -31,6 +31,7 @@ import numpy as np
 
 from recsys_infer.enums import Backend
 from recsys_infer.errors import BundleError, ConfigError, MissingDependencyError
+from recsys_infer.ranking import cosines, overlap
 
 from .types import Query
 
@@ -198,19 +199,14 @@ Search = Callable[[np.ndarray], list[list[str]]]
 
 
 def overlap_at_10(search: Search) -> Callable[[np.ndarray, np.ndarray], float]:
-    """The mean share of each query's top 10 (``search``) that two runtimes' vectors have in common."""
-
-    def agreement(a: np.ndarray, b: np.ndarray) -> float:
-        pairs = zip(search(a), search(b), strict=True)
-        return float(np.mean([len(set(x) & set(y)) / max(len(y), 1) for x, y in pairs]))
-
-    return agreement
+    """The mean share of each query's top 10 (``search``) that two runtimes' vectors have in
+    common (:func:`recsys_infer.ranking.overlap`)."""
+    return lambda a, b: overlap(search(a), search(b))
 
 
 def least_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    """The least cosine between matching rows of ``a`` and ``b``."""
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    return float(np.min(np.sum(a * b, axis=1) / np.maximum(norms, 1e-12)))
+    """The least cosine between matching rows of ``a`` and ``b`` (:func:`recsys_infer.ranking.cosines`)."""
+    return cosines(a, b)["min_cosine"]
 
 
 @dataclass(frozen=True)
