@@ -14,13 +14,16 @@ RUNS=${1:-../runs/product-sample}
 MINUTES=${2:-30}
 CLI=${CLI:-.venv/bin/recsys-infer}
 DATA=${DATA:-sample:items=50000,users=20000}
+# torch threads per training run (empty: torch's own choice); the issue 39 rows of QUALITY.md
+# were trained with THREADS=1, two runs at a time.
+THREADS=${THREADS:-}
 out=$RUNS
 mkdir -p "$out"
 
 train() {  # train NAME ARGS...: skip when the model exists
   local name=$1; shift
   [ -d "$out/$name" ] || $CLI train --data "$DATA" --out "$out/$name" --overwrite \
-    --json "$out/$name.train.json" "$@"
+    --json "$out/$name.train.json" ${THREADS:+--threads "$THREADS"} "$@"
   [ -d "$out/$name-bundle" ] || $CLI export "$out/$name" --out "$out/$name-bundle" \
     --json "$out/$name.export.json"
 }
@@ -35,3 +38,12 @@ $CLI evaluate "$out/default-bundle" "$out/zero-shot-bundle" --data "$DATA" --bas
 # category holds about 1,700 near-identical products.
 $CLI evaluate "$out/default-bundle" "$out/zero-shot-bundle" --data "$DATA" --exclude-seen --requests --exact \
   --k 10 --json "$out/evaluate-default-exact.json"
+# Issue 39: whitening alone under the same clock, and the seen penalty (the default's checkpoint
+# exported without it is the default as it was), history items left out and left in.
+train whitened --whiten on --max-minutes "$MINUTES"
+[ -d "$out/default-raw-bundle" ] || $CLI export "$out/default" --out "$out/default-raw-bundle" \
+  --no-seen-penalty --json "$out/default-raw.export.json"
+$CLI evaluate "$out/default-bundle" "$out/whitened-bundle" --data "$DATA" --exclude-seen --requests \
+  --json "$out/evaluate-levers.json"
+$CLI evaluate "$out/default-raw-bundle" "$out/default-bundle" "$out/whitened-bundle" --data "$DATA" \
+  --include-seen --requests --json "$out/evaluate-levers-include-seen.json"

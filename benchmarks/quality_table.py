@@ -2,6 +2,7 @@
 
     python benchmarks/quality_table.py REPORT.json [REPORT.json ...]
     python benchmarks/quality_table.py --glance REPORT.json [REPORT.json ...]
+    python benchmarks/quality_table.py --levers REPORT.json [REPORT.json ...]
 
 One table of metrics (mean [95% CI]) per report, then its paired differences against the
 first model. Numbers are copied from the reports, never typed by hand.
@@ -89,10 +90,48 @@ def glance(reports: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: The query kinds of a report, as evaluate names their sections.
+KINDS = (
+    ("histories", ""),
+    ("requests", " (text requests)"),
+    ("history + request", " (history + text request)"),
+)
+
+
+def levers(reports: list[dict[str, Any]]) -> str:
+    """One row per (data set, model, metric) of each report's later models against its first, on
+    each query kind: the paired difference turned round, *model minus first*, bold where its
+    interval excludes zero."""
+    lines = [
+        "| data | history items | model | minus | metric | " + " | ".join(kind for kind, _ in KINDS) + " |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for report in reports:
+        paired = {(p["a"], p["b"], p["metric"]): p for p in report["paired"]}
+        first = report["models"][0]["name"]
+        shown = "left out" if report["protocol"]["exclude_seen"] else "left in"
+        for other in [m["name"] for m in report["models"][1:]]:
+            for metric in ("recall@10", "ndcg@10"):
+                cells = []
+                for _, suffix in KINDS:
+                    p = paired.get((first + suffix, other + suffix, metric))
+                    if p is None:  # this report did not score that kind
+                        cells.append("")
+                        continue
+                    lo, hi = p["ci95"]
+                    # 0.0 - x: turned round without printing a zero as -0.0000
+                    text = f"{0.0 - p['mean_difference']:+.4f} [{0.0 - hi:+.4f}, {0.0 - lo:+.4f}]"
+                    cells.append(f"**{text}**" if p["significant"] else text)
+                row = [report["data"]["name"], shown, other, first, metric, *cells]
+                lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     args = sys.argv[1:]
-    if args and args[0] == "--glance":
-        print(glance([json.loads(Path(a).read_text()) for a in args[1:]]))
+    modes = {"--glance": glance, "--levers": levers}
+    if args and args[0] in modes:
+        print(modes[args[0]]([json.loads(Path(a).read_text()) for a in args[1:]]))
         return
     for path in map(Path, args):
         print(render(json.loads(path.read_text()), f"{path.parent.name}: {path.stem}"))
