@@ -3,6 +3,7 @@
     python benchmarks/quality_table.py REPORT.json [REPORT.json ...]
     python benchmarks/quality_table.py --glance REPORT.json [REPORT.json ...]
     python benchmarks/quality_table.py --levers REPORT.json [REPORT.json ...]
+    python benchmarks/quality_table.py --training TRAIN.json [TRAIN.json ...]
 
 One table of metrics (mean [95% CI]) per report, then its paired differences against the
 first model. Numbers are copied from the reports, never typed by hand.
@@ -127,9 +128,35 @@ def levers(reports: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def training(reports: list[dict[str, Any]], names: list[str]) -> str:
+    """One row per `train --json` report: validation NDCG@10 at each check, the best, and the
+    time the run took."""
+    epochs = sorted({v["epoch"] for r in reports for v in r["extra"]["validation"]})
+    lines = [
+        "| model | " + " | ".join(map(str, epochs)) + " | best (epoch) | seconds | stopped by |",
+        "|---|" + "---|" * len(epochs) + "---|---|---|",
+    ]
+    for name, report in zip(names, reports, strict=True):
+        extra = report["extra"]
+        scores = {v["epoch"]: v["ndcg@10"] for v in extra["validation"]}
+        cells = [
+            f"**{scores[e]:.4f}**" if e == extra["best_epoch"] else f"{scores[e]:.4f}" if e in scores else ""
+            for e in epochs
+        ]
+        best = f"{extra['best_validation_ndcg@10']:.4f} ({extra['best_epoch']})"
+        row = [name, *cells, best, f"{report['seconds']:,.0f}", report["stopped_by"]]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     args = sys.argv[1:]
     modes = {"--glance": glance, "--levers": levers}
+    if args and args[0] == "--training":
+        paths = [Path(a) for a in args[1:]]
+        names = [p.name.removesuffix(".train.json") for p in paths]
+        print(training([json.loads(p.read_text()) for p in paths], names))
+        return
     if args and args[0] in modes:
         print(modes[args[0]]([json.loads(Path(a).read_text()) for a in args[1:]]))
         return
