@@ -102,16 +102,20 @@ KINDS = (
 def levers(reports: list[dict[str, Any]]) -> str:
     """One row per (data set, model, metric) of each report's later models against its first, on
     each query kind: the paired difference turned round, *model minus first*, bold where its
-    interval excludes zero."""
+    interval excludes zero. A pair already shown from an earlier report is not repeated."""
     lines = [
         "| data | history items | model | minus | metric | " + " | ".join(kind for kind, _ in KINDS) + " |",
         "|---|---|---|---|---|---|---|---|",
     ]
+    done = set()
     for report in reports:
         paired = {(p["a"], p["b"], p["metric"]): p for p in report["paired"]}
         first = report["models"][0]["name"]
         shown = "left out" if report["protocol"]["exclude_seen"] else "left in"
         for other in [m["name"] for m in report["models"][1:]]:
+            if (key := (report["data"]["name"], shown, other, first)) in done:  # in an earlier report
+                continue
+            done.add(key)
             for metric in ("recall@10", "ndcg@10"):
                 cells = []
                 for _, suffix in KINDS:
