@@ -40,6 +40,7 @@ raw() {  # raw NAME: the model's bundle without the seen penalty
 train default                      # no flags: the default model
 train whitened --whiten on         # whitening alone
 train dropout --dropout 0.5        # the papers' dropout alone
+train offsets --item-offsets on    # the bounded item offsets alone
 for name in default whitened dropout; do raw "$name"; done
 # Each training lever alone, history items ranked as scored ("each lever alone").
 $CLI evaluate "$RUNS/default-raw-bundle" "$RUNS/whitened-raw-bundle" "$RUNS/dropout-raw-bundle" \
@@ -50,3 +51,7 @@ $CLI evaluate "$RUNS/default-raw-bundle" "$RUNS/default-bundle" "$RUNS/whitened-
 # The same, history items left out, as the engine serves by default.
 $CLI evaluate "$RUNS/default-bundle" "$RUNS/whitened-bundle" --data "$DATA" --exclude-seen \
   --json "$RUNS/evaluate-masked.json"
+# The bounded item offsets against the default, both as export makes them today (with the seen
+# penalty), history items left in ("every lever on the four data sets").
+$CLI evaluate "$RUNS/default-bundle" "$RUNS/offsets-bundle" --data "$DATA" --include-seen --requests \
+  --json "$RUNS/evaluate-offsets.json"
