@@ -22,6 +22,16 @@ def _cell(metric: dict[str, Any]) -> str:
     return f"{metric['mean']:.4f} [{lo:.4f}, {hi:.4f}]"
 
 
+def _difference(paired: dict[str, Any], *, turned: bool = False, bold: bool = False) -> str:
+    """A paired difference and its interval, as evaluate reports it (*a minus b*) or turned round
+    (*b minus a*); bold, if asked, where the interval excludes zero."""
+    mean, (lo, hi) = paired["mean_difference"], paired["ci95"]
+    if turned:  # 0.0 - x: turned round without printing a zero as -0.0000
+        mean, lo, hi = 0.0 - mean, 0.0 - hi, 0.0 - lo
+    text = f"{mean:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+    return f"**{text}**" if bold and paired["significant"] else text
+
+
 def render(report: dict[str, Any], title: str) -> str:
     protocol = report["protocol"]
     mask = "history masked" if protocol["exclude_seen"] else "history not masked"
@@ -53,10 +63,8 @@ def render(report: dict[str, Any], title: str) -> str:
         lines.append("|---|---|---|---|---|")
         for p in report["paired"]:
             if p["metric"] in ("recall@10", "ndcg@10"):
-                lo, hi = p["ci95"]
-                difference = f"{p['mean_difference']:+.4f} [{lo:+.4f}, {hi:+.4f}]"
                 significant = "yes" if p["significant"] else "no"
-                lines.append(f"| {p['a']} | {p['b']} | {p['metric']} | {difference} | {significant} |")
+                lines.append(f"| {p['a']} | {p['b']} | {p['metric']} | {_difference(p)} | {significant} |")
     if report.get("als_tuning"):
         best = max(report["als_tuning"], key=lambda t: t["ndcg@10"])
         lines += [
@@ -81,12 +89,7 @@ def glance(reports: list[dict[str, Any]]) -> str:
             if (report["data"]["name"], other) in done:  # the same pair in another report
                 continue
             done.add((report["data"]["name"], other))
-            cells = []
-            for metric in ("recall@10", "ndcg@10"):
-                p = paired[(other, metric)]
-                lo, hi = p["ci95"]
-                text = f"{p['mean_difference']:+.4f} [{lo:+.4f}, {hi:+.4f}]"
-                cells.append(f"**{text}**" if p["significant"] else text)
+            cells = [_difference(paired[(other, metric)], bold=True) for metric in ("recall@10", "ndcg@10")]
             lines.append(f"| {report['data']['name']} | {other} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines) + "\n"
 
@@ -105,7 +108,7 @@ def levers(reports: list[dict[str, Any]]) -> str:
     interval excludes zero. A pair already shown from an earlier report is not repeated."""
     lines = [
         "| data | history items | model | minus | metric | " + " | ".join(kind for kind, _ in KINDS) + " |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|" + "---|" * len(KINDS),
     ]
     done = set()
     for report in reports:
@@ -117,16 +120,9 @@ def levers(reports: list[dict[str, Any]]) -> str:
                 continue
             done.add(key)
             for metric in ("recall@10", "ndcg@10"):
-                cells = []
-                for _, suffix in KINDS:
-                    p = paired.get((first + suffix, other + suffix, metric))
-                    if p is None:  # this report did not score that kind
-                        cells.append("")
-                        continue
-                    lo, hi = p["ci95"]
-                    # 0.0 - x: turned round without printing a zero as -0.0000
-                    text = f"{0.0 - p['mean_difference']:+.4f} [{0.0 - hi:+.4f}, {0.0 - lo:+.4f}]"
-                    cells.append(f"**{text}**" if p["significant"] else text)
+                kinds = [paired.get((first + suffix, other + suffix, metric)) for _, suffix in KINDS]
+                # an empty cell where this report did not score that kind
+                cells = ["" if p is None else _difference(p, turned=True, bold=True) for p in kinds]
                 row = [report["data"]["name"], shown, other, first, metric, *cells]
                 lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
